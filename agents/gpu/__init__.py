@@ -1,0 +1,1 @@
+"""GPU backends: one interface (``GpuBackend``), a real one (NVML) and a simulator."""

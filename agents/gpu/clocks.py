@@ -1,0 +1,48 @@
+"""Clocks-event ("throttle") reason bits, decoded to the names operators read.
+
+The bit values are NVML's ``nvmlClocksEventReason*`` constants; they are spelled out here so the
+simulator and the tests need no driver. ``sw_power_cap`` is the normal state of a busy GPU
+(design.md §2); the thermal ones are what an operator should be alarmed by.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+CLOCK_REASON_BITS: Final[dict[int, str]] = {
+    0x001: "gpu_idle",
+    0x002: "applications_clocks_setting",
+    0x004: "sw_power_cap",
+    0x008: "hw_slowdown",
+    0x010: "sync_boost",
+    0x020: "sw_thermal_slowdown",
+    0x040: "hw_thermal_slowdown",
+    0x080: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+#: Reasons that mean the GPU is being held back by heat or an external brake, not by its
+#: own power budget: worth an alert.
+ALARMING_REASONS: Final = frozenset(
+    {"hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
+)
+THERMAL_REASONS: Final = frozenset({"sw_thermal_slowdown", "hw_thermal_slowdown"})
+
+
+def decode_clock_reasons(mask: int) -> list[str]:
+    """Names for each set bit, lowest first; unknown bits as ``bit_0x...`` so none is hidden."""
+    names = [name for bit, name in CLOCK_REASON_BITS.items() if mask & bit]
+    unknown = mask & ~sum(CLOCK_REASON_BITS)
+    bit = 1
+    while unknown:
+        if unknown & bit:
+            names.append(f"bit_{bit:#x}")
+            unknown &= ~bit
+        bit <<= 1
+    return names
+
+
+def encode_clock_reasons(names: list[str]) -> int:
+    """The mask for a list of known names (the simulator builds readings this way)."""
+    by_name = {name: bit for bit, name in CLOCK_REASON_BITS.items()}
+    return sum(by_name[name] for name in names)

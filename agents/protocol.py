@@ -1,0 +1,399 @@
+"""The wire between a node's agent and the console: typed frames, one per line of JSON.
+
+This module is the whole contract. The agent and the console both import it and nothing else
+from each other, so a change here is a protocol change: bump ``PROTOCOL_MINOR`` for additions a
+peer may ignore, ``PROTOCOL_MAJOR`` for anything an older peer would misread.
+
+Conversation, as the agent sees it::
+
+    agent  -> Hello                       (first frame, always)
+    client -> Hello                       (first frame, always; a major mismatch ends it)
+    agent  -> Inventory, Sample(replay=True) x history, then live Sample / Event frames
+    client -> Request ...                 agent -> Response (same id)
+
+Readings the hardware did not give (NotSupported, GPU lost, no baseline yet) are ``None``:
+never 0, never a sentinel string, so a reader can always tell "zero" from "unknown".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import msgspec
+
+PROTOCOL_MAJOR: Final = 1
+PROTOCOL_MINOR: Final = 0
+PROTOCOL_VERSION: Final = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
+
+#: Largest frame either side accepts, newline included. A sample of 8 GPUs with a few
+#: processes each is a few kB; this leaves room for hundreds of processes without letting a
+#: peer make us buffer without bound.
+MAX_FRAME_BYTES: Final = 1 << 20
+
+#: Consecutive undecodable frames after which the receiver gives up on the peer.
+MAX_BAD_FRAMES: Final = 5
+
+OpsState = Literal["schedulable", "draining", "drained"]
+Role = Literal["viewer", "operator"]
+EventKind = Literal[
+    "xid", "ecc", "remap_pending", "thermal", "gpu_lost", "gpu_back", "state", "notice"
+]
+
+
+class GpufleetError(Exception):
+    """Root of every error gpufleet raises on purpose; its message is fit to show a person."""
+
+
+class ProtocolError(GpufleetError):
+    """A frame that could not be read; ``code`` is the machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (not frames themselves)
+
+
+class GpuInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """What does not change while the agent runs: read once at start (and on re-probe)."""
+
+    index: int
+    uuid: str | None
+    name: str | None
+    serial: str | None = None
+    pci_bus_id: str | None = None
+    memory_total: int | None = None  # bytes
+    power_limit_mw: int | None = None  # enforced limit, milliwatts
+    temp_slowdown_c: int | None = None
+    temp_shutdown_c: int | None = None
+    temp_mem_max_c: int | None = None
+    mig_enabled: bool | None = None
+    persistence_mode: bool | None = None
+    ecc_enabled: bool | None = None
+    pcie_max_width: int | None = None
+    pcie_max_gen: int | None = None
+    sm_clock_max_mhz: int | None = None
+
+
+class HostInfo(msgspec.Struct, kw_only=True, frozen=True):
+    hostname: str
+    kernel: str
+    cpu_count: int
+    memory_total: int  # bytes
+    boot_id: str | None
+
+
+class GpuProcess(msgspec.Struct, kw_only=True, frozen=True):
+    """A process using a GPU, joined with the host's view of it.
+
+    ``user`` and ``command`` are ``None`` when the PID is not visible from the agent's PID
+    namespace (containers) or exited between the two reads.
+    """
+
+    pid: int
+    used_memory: int | None  # bytes
+    kind: Literal["compute", "graphics"] = "compute"
+    user: str | None = None
+    command: str | None = None
+
+
+class GpuReading(msgspec.Struct, kw_only=True, frozen=True):
+    """One GPU at one tick. Units are NVML's own, named in the field: mW, MHz, bytes, °C."""
+
+    index: int
+    lost: bool = False
+    util_gpu: int | None = None  # percent
+    util_mem: int | None = None  # percent
+    mem_used: int | None = None
+    mem_total: int | None = None
+    mem_reserved: int | None = None
+    temp_c: int | None = None
+    temp_mem_c: int | None = None  # HBM, slow cadence
+    power_mw: int | None = None
+    energy_mj: int | None = None  # since driver load, slow cadence
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    clock_reasons: list[str] | None = None  # decoded names, see agents.gpu.clocks
+    pstate: int | None = None
+    ecc_uncorrected_volatile: int | None = None
+    remapped_correctable: int | None = None
+    remapped_uncorrectable: int | None = None
+    remap_pending: bool | None = None
+    remap_failure: bool | None = None
+    pcie_tx_kbs: int | None = None  # slow cadence
+    pcie_rx_kbs: int | None = None  # slow cadence
+    pcie_width: int | None = None
+    processes: list[GpuProcess] | None = None
+
+
+class HostReading(msgspec.Struct, kw_only=True, frozen=True):
+    """The host at one tick. Rates are per second since the previous tick (None on the first)."""
+
+    cpu_percent: float | None
+    cpu_per_core: list[float] | None
+    load: tuple[float, float, float] | None
+    mem_total: int
+    mem_used: int
+    mem_available: int
+    swap_total: int
+    swap_used: int
+    disk_read_bps: float | None
+    disk_write_bps: float | None
+    net_rx_bps: float | None
+    net_tx_bps: float | None
+    uptime_s: float
+    boot_id: str | None
+
+
+class NodeState(msgspec.Struct, kw_only=True, frozen=True):
+    """The node's operational state, owned and persisted by the agent."""
+
+    state: OpsState = "schedulable"
+    pool: str | None = None
+    reason: str | None = None
+    who: str | None = None
+    since: float | None = None  # unix time of the last change
+
+
+class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One line of the node's audit log: every action, accepted or refused."""
+
+    ts: float
+    who: str
+    uid: int
+    op: str
+    args: dict[str, Any]
+    result: Literal["ok", "refused", "failed"]
+    message: str | None = None
+    before: NodeState | None = None
+    after: NodeState | None = None
+    request_id: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames: a tagged union on the "t" field
+
+
+class _Frame(msgspec.Struct, tag_field="t", kw_only=True, frozen=True):
+    pass
+
+
+class Hello(_Frame, tag="hello", kw_only=True):
+    """First frame from each side. ``proto`` is "MAJOR.MINOR"."""
+
+    proto: str
+    software: str
+    peer: Literal["agent", "console", "tool"]
+    node: str | None = None  # agent: its node name
+    interval_s: float | None = None  # agent: sampling interval
+    history: bool = True  # client: send the buffered samples first
+    stream: bool = True  # client: send live samples and events
+
+
+class Inventory(_Frame, tag="inventory", kw_only=True):
+    node: str
+    backend: Literal["nvml", "sim", "none"]
+    backend_note: str | None = None  # why there are no GPUs, when there are none
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    nvml_version: str | None = None
+    host: HostInfo
+    gpus: list[GpuInfo]
+    state: NodeState
+
+
+class Sample(_Frame, tag="sample", kw_only=True):
+    seq: int
+    ts: float  # unix time at the agent
+    host: HostReading
+    gpus: list[GpuReading]
+    replay: bool = False  # True while the agent sends its buffered history
+
+
+class Event(_Frame, tag="event", kw_only=True):
+    seq: int
+    ts: float
+    kind: EventKind
+    gpu: int | None = None
+    xid: int | None = None
+    count: int | None = None  # ECC: the counter's new value
+    message: str
+    state: NodeState | None = None  # kind == "state"
+
+
+class Request(_Frame, tag="request", kw_only=True):
+    """An operation by name. ``args`` is checked against ``REQUEST_ARGS[op]`` by the agent."""
+
+    id: int
+    op: str
+    args: dict[str, Any] = {}
+
+
+class Response(_Frame, tag="response", kw_only=True):
+    id: int
+    ok: bool
+    result: dict[str, Any] | None = None
+    code: str | None = None  # machine-readable reason when not ok
+    error: str | None = None  # one line for a person when not ok
+
+
+class Error(_Frame, tag="error", kw_only=True):
+    """Something went wrong with the connection itself. ``fatal`` means the sender closes."""
+
+    code: str
+    message: str
+    fatal: bool = False
+
+
+Frame = Hello | Inventory | Sample | Event | Request | Response | Error
+
+# ---------------------------------------------------------------------------------------------
+# Requests and their arguments. Later issues add actions here; the set is closed.
+
+
+class NoArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class SimInjectArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Inject a fault into a simulated GPU (refused on nodes with real GPUs)."""
+
+    fault: Literal["overheat", "xid79", "ecc", "lost", "clear", "busy", "idle"]
+    gpu: int
+
+
+class RequestSpec(msgspec.Struct, frozen=True):
+    args: type[msgspec.Struct]
+    role: Role  # the least role allowed to make it
+    audited: bool  # whether it changes anything and so goes to the audit log
+
+
+REQUEST_SPECS: Final[dict[str, RequestSpec]] = {
+    "ping": RequestSpec(NoArgs, "viewer", audited=False),
+    "whoami": RequestSpec(NoArgs, "viewer", audited=False),
+    "state": RequestSpec(NoArgs, "viewer", audited=False),
+    "sim_inject": RequestSpec(SimInjectArgs, "operator", audited=True),
+}
+
+
+class WhoAmI(msgspec.Struct, frozen=True):
+    uid: int
+    user: str
+    groups: list[str]
+    role: Role
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding and decoding
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Frame)
+
+
+def encode(frame: Frame) -> bytes:
+    """One frame as one line, newline included."""
+    data = _encoder.encode(frame)
+    if len(data) + 1 > MAX_FRAME_BYTES:
+        raise ProtocolError("too_large", f"frame of {len(data) + 1} bytes exceeds {MAX_FRAME_BYTES}")
+    return data + b"\n"
+
+
+def decode(line: bytes) -> Frame:
+    """Parse one line (with or without its newline) into a frame, or raise ProtocolError."""
+    if len(line) > MAX_FRAME_BYTES:
+        raise ProtocolError("too_large", f"frame of {len(line)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        return _decoder.decode(line)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError("invalid", f"invalid frame: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("malformed", f"malformed frame: {exc}") from None
+
+
+def parse_version(proto: str) -> tuple[int, int]:
+    major, sep, minor = proto.partition(".")
+    if not sep or not major.isdigit() or not minor.isdigit():
+        raise ProtocolError("version", f"unreadable protocol version {proto!r}")
+    return int(major), int(minor)
+
+
+def check_version(hello: Hello) -> None:
+    """Raise unless the peer speaks our major version (minors are compatible both ways)."""
+    major, _ = parse_version(hello.proto)
+    if major != PROTOCOL_MAJOR:
+        raise ProtocolError(
+            "version",
+            f"protocol {hello.proto} from {hello.software} is not compatible with "
+            f"{PROTOCOL_VERSION}: upgrade the older side",
+        )
+
+
+def decode_args(request: Request) -> msgspec.Struct:
+    """The request's arguments as the op's typed struct, or ProtocolError naming the problem."""
+    spec = REQUEST_SPECS.get(request.op)
+    if spec is None:
+        raise ProtocolError("unknown_op", f"unknown request {request.op!r}")
+    try:
+        return msgspec.convert(request.args, spec.args)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError("bad_args", f"{request.op}: {exc}") from None
+
+
+def to_builtins(obj: Any) -> Any:
+    """A struct as plain JSON-able data (for results, audit args and --json output)."""
+    return msgspec.to_builtins(obj)
+
+
+class FrameSplitter:
+    """Cuts a byte stream into frames without ever holding more than one frame's worth.
+
+    Sans-IO so both sides (asyncio streams, threads, tests) share it. ``feed`` returns complete
+    lines; an over-long line is swallowed up to its newline and reported once as ``None`` so
+    the caller can answer with an error and carry on reading.
+    """
+
+    def __init__(self, limit: int = MAX_FRAME_BYTES) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                self._append(data[start:], out)
+                return out
+            chunk = data[start:nl]
+            start = nl + 1
+            if self._discarding:
+                self._discarding = False
+                self._buf.clear()
+                continue
+            if len(self._buf) + len(chunk) + 1 > self._limit:
+                self._buf.clear()
+                out.append(None)
+                continue
+            self._buf += chunk
+            line = bytes(self._buf)
+            self._buf.clear()
+            if line.strip():
+                out.append(line)
+
+    def _append(self, rest: bytes, out: list[bytes | None]) -> None:
+        if self._discarding:
+            return
+        self._buf += rest
+        if len(self._buf) >= self._limit:
+            self._buf.clear()
+            self._discarding = True
+            out.append(None)
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for an unfinished frame."""
+        return len(self._buf)

@@ -1,0 +1,1 @@
+"""Everything that runs on the operator's side: transport, fleet model, TUI and commands."""
