@@ -181,7 +181,7 @@ class _Frame(msgspec.Struct, tag_field="t", kw_only=True, frozen=True):
     pass
 
 
-class Hello(_Frame, tag="hello", kw_only=True):
+class Hello(_Frame, tag="hello", kw_only=True, frozen=True):
     """First frame from each side. ``proto`` is "MAJOR.MINOR"."""
 
     proto: str
@@ -193,7 +193,7 @@ class Hello(_Frame, tag="hello", kw_only=True):
     stream: bool = True  # client: send live samples and events
 
 
-class Inventory(_Frame, tag="inventory", kw_only=True):
+class Inventory(_Frame, tag="inventory", kw_only=True, frozen=True):
     node: str
     backend: Literal["nvml", "sim", "none"]
     backend_note: str | None = None  # why there are no GPUs, when there are none
@@ -205,7 +205,7 @@ class Inventory(_Frame, tag="inventory", kw_only=True):
     state: NodeState
 
 
-class Sample(_Frame, tag="sample", kw_only=True):
+class Sample(_Frame, tag="sample", kw_only=True, frozen=True):
     seq: int
     ts: float  # unix time at the agent
     host: HostReading
@@ -213,7 +213,7 @@ class Sample(_Frame, tag="sample", kw_only=True):
     replay: bool = False  # True while the agent sends its buffered history
 
 
-class Event(_Frame, tag="event", kw_only=True):
+class Event(_Frame, tag="event", kw_only=True, frozen=True):
     seq: int
     ts: float
     kind: EventKind
@@ -224,7 +224,7 @@ class Event(_Frame, tag="event", kw_only=True):
     state: NodeState | None = None  # kind == "state"
 
 
-class Request(_Frame, tag="request", kw_only=True):
+class Request(_Frame, tag="request", kw_only=True, frozen=True):
     """An operation by name. ``args`` is checked against ``REQUEST_ARGS[op]`` by the agent."""
 
     id: int
@@ -232,7 +232,7 @@ class Request(_Frame, tag="request", kw_only=True):
     args: dict[str, Any] = {}
 
 
-class Response(_Frame, tag="response", kw_only=True):
+class Response(_Frame, tag="response", kw_only=True, frozen=True):
     id: int
     ok: bool
     result: dict[str, Any] | None = None
@@ -240,7 +240,7 @@ class Response(_Frame, tag="response", kw_only=True):
     error: str | None = None  # one line for a person when not ok
 
 
-class Error(_Frame, tag="error", kw_only=True):
+class Error(_Frame, tag="error", kw_only=True, frozen=True):
     """Something went wrong with the connection itself. ``fatal`` means the sender closes."""
 
     code: str
@@ -297,7 +297,9 @@ def encode(frame: Frame) -> bytes:
     """One frame as one line, newline included."""
     data = _encoder.encode(frame)
     if len(data) + 1 > MAX_FRAME_BYTES:
-        raise ProtocolError("too_large", f"frame of {len(data) + 1} bytes exceeds {MAX_FRAME_BYTES}")
+        raise ProtocolError(
+            "too_large", f"frame of {len(data) + 1} bytes exceeds {MAX_FRAME_BYTES}"
+        )
     return data + b"\n"
 
 
@@ -306,11 +308,12 @@ def decode(line: bytes) -> Frame:
     if len(line) > MAX_FRAME_BYTES:
         raise ProtocolError("too_large", f"frame of {len(line)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
-        return _decoder.decode(line)
+        frame: Frame = _decoder.decode(line)
     except msgspec.ValidationError as exc:
         raise ProtocolError("invalid", f"invalid frame: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("malformed", f"malformed frame: {exc}") from None
+    return frame
 
 
 def parse_version(proto: str) -> tuple[int, int]:

@@ -53,7 +53,8 @@ class GpuBackend(Protocol):
     thread at its own cadence; the sampler merges its latest values into each tick's readings.
     """
 
-    name: Literal["nvml", "sim", "none"]
+    @property
+    def name(self) -> Literal["nvml", "sim", "none"]: ...
 
     def inventory(self) -> GpuInventory: ...
 
@@ -61,6 +62,11 @@ class GpuBackend(Protocol):
 
     def read_slow(self) -> dict[int, dict[str, int | None]]:
         """Per GPU index: field name of ``GpuReading`` -> value, for the slow fields only."""
+        ...
+
+    def start_events(self) -> None:
+        """Start watching for driver events (XIDs), on the backend's own thread if it needs
+        one; called once, when the agent starts serving."""
         ...
 
     def drain_events(self) -> list[XidEvent]:
@@ -86,6 +92,9 @@ class NoGpus:
 
     def read_slow(self) -> dict[int, dict[str, int | None]]:
         return {}
+
+    def start_events(self) -> None:
+        return None
 
     def drain_events(self) -> list[XidEvent]:
         return []

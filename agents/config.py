@@ -1,0 +1,148 @@
+"""The agent's TOML configuration: every key optional, every mistake named.
+
+A typo in a config key is an operator error we want to catch at start, not a setting silently
+ignored, so unknown keys are refused. Errors name the file, the key path and what was wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Final, Literal
+
+import msgspec
+
+from agents.protocol import GpufleetError
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/gpufleet/agent.toml")
+
+
+class ConfigError(GpufleetError):
+    """The config file is missing (when asked for explicitly), unreadable or invalid."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class AgentSection(_Section):
+    node_name: str | None = None  # defaults to the host name
+    socket: str = "/run/gpufleet/agent.sock"
+    socket_group: str | None = None  # group that may connect; None keeps the process's group
+    socket_mode: str = "0660"
+    state_dir: str = "/var/lib/gpufleet"
+    backend: Literal["auto", "nvml", "sim"] = "auto"
+    interval: float = 1.0  # seconds between samples
+    history: float = 900.0  # seconds of samples kept for new clients
+    slow_interval: float = 5.0  # seconds between the slow reads (energy, PCIe, HBM temp)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SimSection(_Section):
+    gpus: int = 8
+    seed: int = 0
+
+
+class RolesSection(_Section):
+    """Who may act. Anyone who can open the socket may read; root and the agent's own user
+    are always operators."""
+
+    operators: list[str] = []  # user names
+    operator_groups: list[str] = []  # group names
+
+
+class ClientsSection(_Section):
+    max_queued_samples: int = 60  # per client; older samples are dropped past this
+    max_queued_other: int = 1000  # responses and events are never dropped: past this, disconnect
+    max_behind: float = 120.0  # seconds a client may stay behind before it is disconnected
+    max_clients: int = 64
+
+
+class AgentConfig(_Section):
+    agent: AgentSection = msgspec.field(default_factory=AgentSection)
+    sim: SimSection = msgspec.field(default_factory=SimSection)
+    roles: RolesSection = msgspec.field(default_factory=RolesSection)
+    clients: ClientsSection = msgspec.field(default_factory=ClientsSection)
+
+    @property
+    def history_len(self) -> int:
+        """How many samples the ring buffer holds."""
+        return max(1, round(self.agent.history / self.agent.interval))
+
+
+_PATH_RE: Final = re.compile(r" - at `\$\.?(.*)`$")
+
+
+def _check(cfg: AgentConfig) -> None:
+    """Checks msgspec's types cannot express; each raises naming the key."""
+    a = cfg.agent
+    if not 0.05 <= a.interval <= 3600:
+        raise ValueError("agent.interval: must be between 0.05 and 3600 seconds")
+    if a.history < a.interval:
+        raise ValueError("agent.history: must be at least one interval")
+    if not a.interval <= a.slow_interval <= 3600:
+        raise ValueError("agent.slow_interval: must be between agent.interval and 3600 seconds")
+    mode = socket_mode(a.socket_mode)
+    if mode & 0o002:
+        raise ValueError(f"agent.socket_mode: {a.socket_mode} is world-writable; use 0660")
+    if not a.socket.startswith("/"):
+        raise ValueError(f"agent.socket: {a.socket!r} must be an absolute path")
+    if not 1 <= cfg.sim.gpus <= 64:
+        raise ValueError("sim.gpus: must be between 1 and 64")
+    c = cfg.clients
+    for key in ("max_queued_samples", "max_queued_other", "max_clients"):
+        if getattr(c, key) < 1:
+            raise ValueError(f"clients.{key}: must be at least 1")
+    if c.max_behind <= 0:
+        raise ValueError("clients.max_behind: must be positive")
+
+
+def socket_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"agent.socket_mode: {text!r} is not an octal mode like 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"agent.socket_mode: {text!r} is not a file mode")
+    return mode
+
+
+def parse_config(data: bytes | str, source: str = "<config>") -> AgentConfig:
+    """Decode and validate; ConfigError names ``source`` and the offending key."""
+    try:
+        cfg = msgspec.toml.decode(data, type=AgentConfig)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = _PATH_RE.search(text)
+        where = m.group(1) if m else ""
+        what = _PATH_RE.sub("", text)
+        if where:
+            raise ConfigError(f"{source}: {where}: {what}") from None
+        raise ConfigError(f"{source}: {what}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    validate_config(cfg, source)
+    return cfg
+
+
+def validate_config(cfg: AgentConfig, source: str) -> None:
+    """Raise ConfigError naming ``source`` and the key if ``cfg`` breaks a rule."""
+    try:
+        _check(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: Path | None) -> AgentConfig:
+    """The config at ``path``; with no path, the default file if it exists, else defaults."""
+    explicit = path is not None
+    target = path if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{target}: no such file") from None
+        return AgentConfig()
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot read: {exc.strerror}") from None
+    return parse_config(data, str(target))

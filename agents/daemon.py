@@ -1,0 +1,173 @@
+"""``gpufleet-agent serve``: the sampling loop, the slow-read thread and the socket, together.
+
+The backend's reads run on one worker thread so that a hung NVML call stalls sampling but not
+the socket: clients stay connected and see the samples stop, the log says sampling is stalled,
+and because the systemd watchdog is only fed after a completed tick, systemd restarts the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agents.config import AgentConfig
+from agents.gpu.base import GpuBackend
+from agents.host import HostSampler, host_info
+from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample
+from agents.requests import RequestHandler
+from agents.sampler import Sampler
+from agents.sdnotify import Notifier
+from agents.server import AgentServer
+from agents.store import AuditLog, StateStore
+
+log = logging.getLogger("gpufleet.agent")
+
+#: A tick that has not returned after this many intervals (at least this many seconds) is
+#: reported as stalled; the systemd watchdog decides when to give up on it.
+STALL_INTERVALS = 5
+STALL_MIN_SECONDS = 5.0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: GpuBackend,
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        a = config.agent
+        self.config = config
+        self.node = a.node_name or socket.gethostname()
+        self.backend = backend
+        self.notifier = notifier or Notifier()
+        self._clock = clock
+        state_dir = Path(a.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.store = StateStore(state_dir)
+        self.state: NodeState = self.store.load()
+        self.audit = AuditLog(state_dir)
+        self.sampler = Sampler(backend, HostSampler(), history_len=config.history_len, clock=clock)
+        self._host: HostInfo = host_info()
+        inject = getattr(backend, "inject", None)
+        self.handler = RequestHandler(
+            node=self.node,
+            audit=self.audit,
+            get_state=lambda: self.state,
+            inject=inject if callable(inject) else None,
+            clock=clock,
+        )
+        self.server = AgentServer(
+            config=config,
+            node=self.node,
+            inventory=self.inventory,
+            history=lambda: self.sampler.ring,
+            handler=self.handler,
+            interval=a.interval,
+        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sample")
+        self._slow_stop = threading.Event()
+        self._slow_thread = threading.Thread(target=self._slow_loop, name="slow", daemon=True)
+        self.serving = asyncio.Event()  # set once the socket is bound and READY was sent
+
+    def inventory(self) -> Inventory:
+        inv = self.backend.inventory()
+        return Inventory(
+            node=self.node,
+            backend=inv.backend,
+            backend_note=inv.note,
+            driver_version=inv.driver_version,
+            cuda_version=inv.cuda_version,
+            nvml_version=inv.nvml_version,
+            host=self._host,
+            gpus=inv.gpus,
+            state=self.state,
+        )
+
+    def _slow_loop(self) -> None:
+        interval = self.config.agent.slow_interval
+        while not self._slow_stop.is_set():
+            try:
+                self.sampler.slow_tick()
+            except Exception as exc:  # a backend bug must not end the slow reads for good
+                log.error("slow read failed: %s", exc)
+            self._slow_stop.wait(interval)
+
+    async def _read(self) -> Sample | None:
+        """One tick's reads on the worker thread, reporting (not abandoning) a stall."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, self.sampler.read)
+        stall = max(STALL_MIN_SECONDS, STALL_INTERVALS * self.config.agent.interval)
+        started = loop.time()
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=stall)
+            if done:
+                break
+            waited = loop.time() - started
+            log.error("sampling stalled: the GPU read has not returned for %.0f s", waited)
+            self.notifier.status(f"sampling stalled for {waited:.0f} s")
+        try:
+            raw = fut.result()
+        except Exception as exc:
+            log.error("sampling failed: %s", exc)
+            return None
+        sample, events = self.sampler.record(raw)
+        for event in events:
+            self._emit(event)
+        return sample
+
+    def _emit(self, event: Event) -> None:
+        log.warning("event: %s", event.message)
+        self.server.publish(event)
+        if event.kind == "gpu_back":  # its static facts were re-read: let clients see them
+            self.server.publish(self.inventory())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set. Raises GpufleetError if the socket cannot be bound."""
+        loop = asyncio.get_running_loop()
+        interval = self.config.agent.interval
+        self.sampler.host.prime()
+        self.backend.start_events()
+        self._slow_thread.start()
+        # A first reading before READY: it proves the backend answers, gives new clients a
+        # sample at once, and is the baseline that later readings' events are measured from.
+        await self._read()
+        await self.server.start()
+        inv = self.backend.inventory()
+        summary = f"{self.node}: {len(inv.gpus)} GPU(s) via {inv.backend}, on {self.server.path}"
+        log.info("serving %s", summary)
+        self.notifier.ready(summary)
+        self.serving.set()
+        next_tick = loop.time() + interval
+        try:
+            while not stop.is_set():
+                try:
+                    async with asyncio.timeout_at(next_tick):
+                        await stop.wait()
+                    break
+                except TimeoutError:
+                    pass
+                sample = await self._read()
+                if sample is not None:
+                    self.server.publish(sample)
+                    self.notifier.watchdog()
+                # Keep a steady cadence; after a stall, skip the ticks that were missed.
+                next_tick += interval
+                now = loop.time()
+                if next_tick <= now:
+                    next_tick = now + interval
+        finally:
+            self.notifier.stopping()
+            await self.server.close()
+            self._slow_stop.set()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.backend.close()
+            self.notifier.close()
+            log.info("stopped")

@@ -1,0 +1,160 @@
+"""The closed set of requests the agent answers, with the role check and the audit.
+
+Every request goes through ``RequestHandler.handle``: decode the arguments against the op's
+typed struct, check the caller's role (taken from the socket's peer credentials, never from the
+request), run the op, and for ops that change anything, append an audit entry before replying.
+A refusal for role is audited too: a viewer trying to act is worth knowing about.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agents.identity import Peer
+from agents.protocol import (
+    REQUEST_SPECS,
+    AuditEntry,
+    GpufleetError,
+    NodeState,
+    ProtocolError,
+    Request,
+    Response,
+    Role,
+    SimInjectArgs,
+    WhoAmI,
+    decode_args,
+    to_builtins,
+)
+from agents.store import AuditLog, StoreError
+
+log = logging.getLogger("gpufleet.agent")
+
+
+class RequestRefused(GpufleetError):
+    """The op ran into a rule (wrong node kind, bad target); ``code`` for scripts."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    peer: Peer
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: dict[str, Any]
+    message: str | None = None
+    before: NodeState | None = None
+    after: NodeState | None = None
+
+
+Op = Callable[[Caller, Any], Awaitable[Outcome]]
+
+
+class RequestHandler:
+    def __init__(
+        self,
+        *,
+        node: str,
+        audit: AuditLog,
+        get_state: Callable[[], NodeState],
+        inject: Callable[[str, int], str] | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._node = node
+        self._audit = audit
+        self._get_state = get_state
+        self._inject = inject
+        self._clock = clock
+        self._ops: dict[str, Op] = {
+            "ping": self._ping,
+            "whoami": self._whoami,
+            "state": self._state,
+            "sim_inject": self._sim_inject,
+        }
+        missing = set(REQUEST_SPECS) ^ set(self._ops)
+        assert not missing, f"protocol and handler disagree on ops: {missing}"
+
+    async def handle(self, caller: Caller, request: Request) -> Response:
+        try:
+            args = decode_args(request)
+        except ProtocolError as exc:
+            return Response(id=request.id, ok=False, code=exc.code, error=exc.message)
+        spec = REQUEST_SPECS[request.op]
+        if spec.role == "operator" and caller.role != "operator":
+            message = f"{caller.peer.user} is a viewer; {request.op} needs the operator role"
+            self._record(caller, request, "refused", message)
+            return Response(id=request.id, ok=False, code="forbidden", error=message)
+        try:
+            outcome = await self._ops[request.op](caller, args)
+        except RequestRefused as exc:
+            if spec.audited:
+                self._record(caller, request, "refused", str(exc))
+            return Response(id=request.id, ok=False, code=exc.code, error=str(exc))
+        if spec.audited:
+            try:
+                self._record(caller, request, "ok", outcome.message, outcome)
+            except StoreError as exc:
+                log.error("audit: %s", exc)
+                return Response(
+                    id=request.id,
+                    ok=False,
+                    code="audit_failed",
+                    error=f"{request.op} was applied but could not be audited: {exc}",
+                )
+        return Response(id=request.id, ok=True, result=outcome.result)
+
+    def _record(
+        self,
+        caller: Caller,
+        request: Request,
+        result: str,
+        message: str | None,
+        outcome: Outcome | None = None,
+    ) -> None:
+        entry = AuditEntry(
+            ts=self._clock(),
+            who=caller.peer.user,
+            uid=caller.peer.uid,
+            op=request.op,
+            args=request.args,
+            result="ok" if result == "ok" else "refused",
+            message=message,
+            before=outcome.before if outcome else None,
+            after=outcome.after if outcome else None,
+            request_id=request.id,
+        )
+        self._audit.append(entry)
+        log.info("audit: %s %s %s: %s", caller.peer, request.op, entry.result, message or "")
+
+    async def _ping(self, caller: Caller, args: Any) -> Outcome:
+        return Outcome({"node": self._node, "ts": self._clock()})
+
+    async def _whoami(self, caller: Caller, args: Any) -> Outcome:
+        who = WhoAmI(
+            uid=caller.peer.uid,
+            user=caller.peer.user,
+            groups=list(caller.peer.groups),
+            role=caller.role,
+        )
+        return Outcome(to_builtins(who))
+
+    async def _state(self, caller: Caller, args: Any) -> Outcome:
+        return Outcome(to_builtins(self._get_state()))
+
+    async def _sim_inject(self, caller: Caller, args: SimInjectArgs) -> Outcome:
+        if self._inject is None:
+            raise RequestRefused("not_simulated", f"{self._node} has real GPUs; nothing to inject")
+        try:
+            message = self._inject(args.fault, args.gpu)
+        except ValueError as exc:
+            raise RequestRefused("bad_args", str(exc)) from None
+        return Outcome({"message": message}, message=message)

@@ -1,0 +1,171 @@
+"""One tick of the agent: read the GPUs and the host, merge the slow reads, derive events.
+
+Backend-agnostic on purpose: NVML and the simulator only report readings (plus XIDs), and this
+module alone decides what counts as an event (GPU lost or back, an ECC counter rising, a row
+remap pending, thermal slowdown starting or ending). Consecutive readings make that decision
+robust to a fault being present at start: a GPU already lost when the agent starts is reported
+once, as lost, just as one that is lost later.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from agents.gpu.base import SLOW_FIELDS, GpuBackend
+from agents.gpu.clocks import THERMAL_REASONS
+from agents.host import HostSampler
+from agents.protocol import Event, EventKind, GpuReading, HostReading, Sample
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """An event before it gets a sequence number and timestamp."""
+
+    kind: EventKind
+    gpu: int | None
+    message: str
+    xid: int | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RawTick:
+    """What the blocking reads returned, before numbering and event derivation."""
+
+    gpus: list[GpuReading]
+    host: HostReading
+    xids: list[Finding]
+
+
+_HEALTHY = GpuReading(index=-1)
+
+
+def _thermal(r: GpuReading) -> bool:
+    return bool(r.clock_reasons) and not THERMAL_REASONS.isdisjoint(r.clock_reasons or ())
+
+
+def derive_findings(prev: GpuReading | None, cur: GpuReading) -> list[Finding]:
+    """What changed between two readings of one GPU that an operator must hear about."""
+    before = prev if prev is not None else _HEALTHY
+    i = cur.index
+    out: list[Finding] = []
+    if cur.lost and not before.lost:
+        out.append(Finding("gpu_lost", i, f"GPU {i} is lost (not answering the driver)"))
+        return out
+    if before.lost and not cur.lost:
+        out.append(Finding("gpu_back", i, f"GPU {i} answers again"))
+    if cur.lost:
+        return out
+    new_ecc, old_ecc = cur.ecc_uncorrected_volatile, before.ecc_uncorrected_volatile
+    if prev is not None and new_ecc is not None and old_ecc is not None and new_ecc > old_ecc:
+        out.append(
+            Finding(
+                "ecc",
+                i,
+                f"GPU {i}: volatile uncorrected ECC errors {old_ecc} -> {new_ecc}",
+                count=new_ecc,
+            )
+        )
+    if cur.remap_pending and not before.remap_pending:
+        out.append(Finding("remap_pending", i, f"GPU {i}: row remapping pending, needs a reset"))
+    if _thermal(cur) and not _thermal(before):
+        names = ", ".join(sorted(THERMAL_REASONS.intersection(cur.clock_reasons or ())))
+        out.append(Finding("thermal", i, f"GPU {i}: thermal slowdown began ({names})"))
+    elif prev is not None and _thermal(before) and not _thermal(cur):
+        out.append(Finding("thermal", i, f"GPU {i}: thermal slowdown ended"))
+    return out
+
+
+class Sampler:
+    """Produces Sample and Event frames and keeps the recent samples for new clients.
+
+    ``tick`` is blocking (it calls the backend) and runs on one worker thread; ``slow_tick``
+    runs on another. The ring and sequence numbers are touched only from ``tick``'s caller
+    after it returns, so the asyncio side needs no lock; the slow values are handed over under
+    a lock.
+    """
+
+    def __init__(
+        self,
+        backend: GpuBackend,
+        host: HostSampler,
+        *,
+        history_len: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.host = host
+        self.ring: deque[Sample] = deque(maxlen=history_len)
+        self._clock = clock
+        self._seq = 0
+        self._prev: dict[int, GpuReading] = {}
+        self._slow: dict[int, dict[str, int | None]] = {}
+        self._slow_lock = threading.Lock()
+        self.tick_seconds = 0.0  # how long the last tick's reads took (for logs and benches)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def slow_tick(self) -> None:
+        values = self.backend.read_slow()
+        with self._slow_lock:
+            self._slow = values
+
+    def _merge_slow(self, readings: list[GpuReading]) -> list[GpuReading]:
+        with self._slow_lock:
+            slow = self._slow
+        if not slow:
+            return readings
+        merged = []
+        for r in readings:
+            extra = slow.get(r.index)
+            if extra and not r.lost:
+                r = msgspec.structs.replace(r, **{k: extra.get(k) for k in SLOW_FIELDS})
+            merged.append(r)
+        return merged
+
+    def read(self) -> RawTick:
+        """The blocking part of a tick: backend and host reads, no shared state touched."""
+        t0 = time.perf_counter()
+        gpus = self._merge_slow(self.backend.read())
+        host = self.host.read()
+        xids = [
+            Finding("xid", e.gpu, f"GPU {e.gpu}: XID {e.xid}", xid=e.xid)
+            for e in self.backend.drain_events()
+        ]
+        self.tick_seconds = time.perf_counter() - t0
+        return RawTick(gpus, host, xids)
+
+    def record(self, raw: RawTick) -> tuple[Sample, list[Event]]:
+        """Number, timestamp and remember a tick's readings; derive its events."""
+        ts = self._clock()
+        findings = list(raw.xids)
+        for r in raw.gpus:
+            findings.extend(derive_findings(self._prev.get(r.index), r))
+            self._prev[r.index] = r
+        events = [
+            Event(
+                seq=self.next_seq(),
+                ts=ts,
+                kind=f.kind,
+                gpu=f.gpu,
+                xid=f.xid,
+                count=f.count,
+                message=f.message,
+            )
+            for f in findings
+        ]
+        sample = Sample(seq=self.next_seq(), ts=ts, host=raw.host, gpus=raw.gpus)
+        self.ring.append(sample)
+        return sample, events
+
+    def tick(self) -> tuple[Sample, list[Event]]:
+        """Read and record in one go (for ``once`` and tests; the daemon splits the two)."""
+        return self.record(self.read())

@@ -1,0 +1,357 @@
+"""The agent's unix socket: any number of clients, none able to slow the others.
+
+Each client has a reader task (its requests, handled in order) and a writer task (frames from
+its own ``Outbox``). Publishing a sample appends the already-encoded bytes to every outbox and
+returns; nothing on the sampling path ever waits for a client. A client whose outbox overflows
+is told why and disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from agents import __version__
+from agents.config import AgentConfig, socket_mode
+from agents.identity import Peer, peer_of, role_of
+from agents.outbox import Outbox
+from agents.protocol import (
+    MAX_BAD_FRAMES,
+    PROTOCOL_VERSION,
+    Error,
+    Event,
+    Frame,
+    FrameSplitter,
+    GpufleetError,
+    Hello,
+    Inventory,
+    ProtocolError,
+    Request,
+    Sample,
+    check_version,
+    decode,
+    encode,
+)
+from agents.requests import Caller, RequestHandler
+
+log = logging.getLogger("gpufleet.agent")
+
+HELLO_TIMEOUT = 10.0  # seconds a client has to say hello
+CLOSE_GRACE = 5.0  # seconds a closing client has to read its last frame
+
+
+def _fatal(code: str, message: str) -> Error:
+    return Error(code=code, message=message, fatal=True)
+
+
+class SocketError(GpufleetError):
+    """The socket cannot be bound; the message names the path and the remedy."""
+
+
+def _socket_in_use(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def bind_socket(path: Path, mode: int, group: str | None) -> socket.socket:
+    """A listening socket at ``path`` that only its owner and ``group`` can connect to.
+
+    The mode is set through the umask at bind time, so there is no moment at which the socket
+    exists with looser permissions; a stale socket from a crashed agent is replaced, a live one
+    or a non-socket file at the path is an error.
+    """
+    gid = -1
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SocketError(
+                f"socket group {group!r} does not exist (agent.socket_group)"
+            ) from None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketError(f"{path} exists and is not a socket; not replacing it")
+        if _socket_in_use(path):
+            raise SocketError(f"another agent is already serving on {path}")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise SocketError(f"cannot bind {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    if gid >= 0:
+        os.chown(path, -1, gid)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+class ClientConn:
+    """One connected client: who it is, what it asked for, and its queue."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        caller: Caller,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        outbox: Outbox,
+    ) -> None:
+        self.peer = peer
+        self.caller = caller
+        self.reader = reader
+        self.writer = writer
+        self.outbox = outbox
+        self.wants_stream = False
+        self.closing = False
+        self.writer_task: asyncio.Task[None] | None = None
+        self.greeted = False
+        self.bad_frames = 0  # consecutive
+
+    def __str__(self) -> str:
+        return f"client {self.peer} pid={self.peer.pid}"
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class AgentServer:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        node: str,
+        inventory: Callable[[], Inventory],
+        history: Callable[[], Iterable[Sample]],
+        handler: RequestHandler,
+        interval: float,
+    ) -> None:
+        self._config = config
+        self._node = node
+        self._inventory = inventory
+        self._history = history
+        self._handler = handler
+        self._interval = interval
+        self._clients: set[ClientConn] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.path = Path(config.agent.socket)
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    async def start(self) -> None:
+        a = self._config.agent
+        sock = bind_socket(self.path, socket_mode(a.socket_mode), a.socket_group)
+        self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for client in list(self._clients):
+            self._disconnect(client, _fatal("shutdown", "agent stopping"))
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=CLOSE_GRACE + 1)
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    # -- publishing: never waits -----------------------------------------------------------
+
+    def publish(self, frame: Sample | Event | Inventory) -> None:
+        """Queue a frame for every streaming client; encoded once, never waits.
+
+        Samples may be dropped for a client that is behind; events and inventories may not.
+        """
+        data = encode(frame)
+        is_sample = isinstance(frame, Sample)
+        for client in list(self._clients):
+            if client.wants_stream:
+                if is_sample:
+                    client.outbox.put_sample(data)
+                else:
+                    client.outbox.put(data)
+                self._check(client)
+
+    def _check(self, client: ClientConn) -> None:
+        if client.outbox.overflowed and not client.closing:
+            log.warning("%s too far behind (%s): disconnecting", client, client.outbox.overflowed)
+            self._disconnect(client, _fatal("too_slow", client.outbox.overflowed))
+
+    # -- one connection ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock: socket.socket = writer.get_extra_info("socket")
+        peer = peer_of(sock)
+        caller = Caller(peer, role_of(peer, self._config.roles))
+        c = self._config.clients
+        outbox = Outbox(
+            max_samples=c.max_queued_samples,
+            max_other=c.max_queued_other,
+            max_behind=c.max_behind,
+        )
+        client = ClientConn(peer, caller, reader, writer, outbox)
+        hello = Hello(
+            proto=PROTOCOL_VERSION,
+            software=f"gpufleet-agent {__version__}",
+            peer="agent",
+            node=self._node,
+            interval_s=self._interval,
+        )
+        if len(self._clients) >= c.max_clients:
+            log.warning("%s refused: %d clients already", client, len(self._clients))
+            writer.write(encode(hello))
+            await self._close_writer(writer, _fatal("busy", "too many clients"))
+            return
+        self._clients.add(client)
+        log.info("%s connected as %s", client, caller.role)
+        writer.write(encode(hello))
+        try:
+            await self._serve(client)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._disconnect(client, None)
+            log.info("%s disconnected", client)
+
+    async def _serve(self, client: ClientConn) -> None:
+        splitter = FrameSplitter()
+        deadline = asyncio.get_running_loop().time() + HELLO_TIMEOUT
+        while not client.closing:
+            try:
+                if client.greeted:
+                    data = await client.reader.read(65536)
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        data = await client.reader.read(65536)
+            except TimeoutError:
+                self._disconnect(client, _fatal("handshake", "no hello"))
+                return
+            if not data:
+                return
+            for line in splitter.feed(data):
+                await self._on_line(client, line)
+                if client.is_closing():  # a fatal frame ends the batch too
+                    return
+
+    async def _on_line(self, client: ClientConn, line: bytes | None) -> None:
+        """One frame from a client. Bad frames are answered and counted; a run of them, or
+        anything bad before the handshake, ends the connection."""
+        try:
+            if line is None:
+                raise ProtocolError("too_large", "frame exceeds the maximum frame size")
+            frame = decode(line)
+        except ProtocolError as exc:
+            client.bad_frames += 1
+            if client.bad_frames >= MAX_BAD_FRAMES or not client.greeted:
+                self._disconnect(client, _fatal(exc.code, exc.message))
+            else:
+                client.outbox.put(encode(Error(code=exc.code, message=exc.message)))
+            return
+        client.bad_frames = 0
+        if not client.greeted:
+            self._on_hello(client, frame)
+        elif isinstance(frame, Request):
+            response = await self._handler.handle(client.caller, frame)
+            client.outbox.put(encode(response))
+            self._check(client)
+        else:
+            kind = type(frame).__name__.lower()
+            message = f"a client may not send {kind} frames now; ignored"
+            client.outbox.put(encode(Error(code="unexpected", message=message)))
+
+    def _on_hello(self, client: ClientConn, frame: Frame) -> None:
+        if not isinstance(frame, Hello):
+            kind = type(frame).__name__.lower()
+            self._disconnect(client, _fatal("handshake", f"expected hello first, got {kind}"))
+            return
+        try:
+            check_version(frame)
+        except ProtocolError as exc:
+            log.warning("%s: %s", client, exc.message)
+            self._disconnect(client, _fatal("version", exc.message))
+            return
+        client.greeted = True
+        self._start_stream(client, frame)
+
+    def _start_stream(self, client: ClientConn, hello: Hello) -> None:
+        """Queue what the client asked for and start writing. Runs without awaiting, so the
+        history snapshot and the live subscription join with no gap and no duplicate."""
+        history: list[Sample] = []
+        if hello.stream:
+            client.outbox.put(encode(self._inventory()))
+            if hello.history:
+                history = list(self._history())
+            client.wants_stream = True
+        client.writer_task = self._spawn(self._write(client, history))
+
+    async def _write(self, client: ClientConn, history: list[Sample]) -> None:
+        writer = client.writer
+        try:
+            # History goes out first (after the inventory, already queued), paced by the client,
+            # while live frames collect in its outbox.
+            if history:
+                writer.writelines(await client.outbox.take())
+            for sample in history:
+                writer.write(encode(msgspec.structs.replace(sample, replay=True)))
+                await writer.drain()
+            while not client.closing:
+                writer.writelines(await client.outbox.take())
+                await writer.drain()
+        except (ConnectionError, OSError):
+            client.closing = True
+
+    def _disconnect(self, client: ClientConn, error: Error | None) -> None:
+        if client.closing:
+            return
+        client.closing = True
+        self._clients.discard(client)
+        if client.writer_task is not None:
+            client.writer_task.cancel()
+        self._spawn(self._close_writer(client.writer, error))
+
+    async def _close_writer(self, writer: asyncio.StreamWriter, error: Error | None) -> None:
+        """Say why (when there is a why), then close; a client that will not read gets cut."""
+        with contextlib.suppress(ConnectionError, OSError):
+            if error is not None:
+                writer.write(encode(error))
+            writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
+        except (TimeoutError, ConnectionError, OSError):
+            writer.transport.abort()

@@ -1,0 +1,482 @@
+"""A real ``gpufleet-agent serve`` process (simulated GPUs) on a real unix socket."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.client import AgentClient, AgentUnreachable, ConnectionClosed
+from agents.protocol import (
+    PROTOCOL_VERSION,
+    AuditEntry,
+    Error,
+    Event,
+    Hello,
+    Inventory,
+    NodeState,
+    Response,
+    Sample,
+    decode,
+    encode,
+)
+from agents.store import AuditLog, StateStore
+from tests.conftest import AgentProc, agent_command, skip_or_fail, wait_for
+
+pytestmark = pytest.mark.integration
+
+FAST = ("--backend", "sim", "--gpus", "4", "--interval", "0.05")
+
+
+def _client_hello(**kw: Any) -> bytes:
+    return encode(Hello(proto=PROTOCOL_VERSION, software="test", peer="tool", **kw))
+
+
+class RawClient:
+    """A hand-driven socket, for what AgentClient would never send."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+
+    def frame(self) -> Any:
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionClosed("closed")
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\n")
+        return decode(line)
+
+    def until(self, match: Callable[[Any], bool], limit: int = 10_000) -> Any:
+        for _ in range(limit):
+            f = self.frame()
+            if match(f):
+                return f
+        raise AssertionError("no matching frame")
+
+    def closed(self) -> bool:
+        """True once the agent has closed its end (drains what is left)."""
+        try:
+            while data := self.sock.recv(65536):
+                self.buf += data
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        return True
+
+
+def _live_samples(client: AgentClient, n: int) -> list[Sample]:
+    out: list[Sample] = []
+    for frame in client.frames():
+        if isinstance(frame, Sample) and not frame.replay:
+            out.append(frame)
+            if len(out) == n:
+                break
+    return out
+
+
+def test_new_client_gets_hello_inventory_history_then_live(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*FAST).start()
+    with AgentClient(agent.socket, history=False) as warmup:
+        _live_samples(warmup, 10)  # let the ring fill a little
+
+    with AgentClient(agent.socket) as client:
+        assert client.hello.node and client.hello.proto == PROTOCOL_VERSION
+        assert client.hello.interval_s == pytest.approx(0.05)
+        frames = []
+        for frame in client.frames():
+            frames.append(frame)
+            if isinstance(frame, Sample) and not frame.replay and len(frames) > 20:
+                break
+    assert isinstance(frames[0], Inventory)
+    assert len(frames[0].gpus) == 4 and frames[0].backend == "sim"
+    samples = [f for f in frames if isinstance(f, Sample)]
+    replayed = [s for s in samples if s.replay]
+    assert len(replayed) >= 10, "history should arrive first"
+    first_live = next(i for i, s in enumerate(samples) if not s.replay)
+    assert all(s.replay for s in samples[:first_live]), "history comes before live"
+    seqs = [s.seq for s in samples]
+    assert seqs == sorted(set(seqs)), "no duplicate or reordered sample at the seam"
+
+
+def test_slow_reader_never_delays_the_others(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(
+        "--backend",
+        "sim",
+        "--gpus",
+        "8",
+        "--interval",
+        "0.05",
+        config="[clients]\nmax_queued_samples = 5\nmax_behind = 2.0\n",
+    ).start()
+    with AgentClient(agent.socket, history=False) as warm:
+        _live_samples(warm, 80)  # ~4 s of 8-GPU samples: more history than a socket buffers
+
+    stuck = RawClient(agent.socket)
+    stuck.frame()  # the agent's hello
+    stuck.sock.sendall(_client_hello())  # asks for history, then never reads again
+
+    readers = [AgentClient(agent.socket, history=False) for _ in range(3)]
+    try:
+        started = time.monotonic()
+        got = [_live_samples(r, 40) for r in readers]  # 2 s at 20 Hz
+        elapsed = time.monotonic() - started
+        for samples in got:
+            seqs = [s.seq for s in samples]
+            gaps = [b.ts - a.ts for a, b in zip(samples, samples[1:], strict=False)]
+            assert len(samples) == 40
+            assert max(gaps) < 1.0, f"a reader waited {max(gaps):.2f} s between samples"
+            assert seqs == sorted(seqs)
+        assert elapsed < 10, "readers were held up"
+        wait_for(lambda: "too far behind" in agent.log(), 15, "the stuck client to be cut off")
+        assert stuck.closed()
+        # The others are still served after the stuck one is gone.
+        assert len(_live_samples(readers[0], 5)) == 5
+    finally:
+        for r in readers:
+            r.close()
+        stuck.sock.close()
+
+
+def test_version_mismatch_ends_with_a_clear_error(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(*FAST).start()
+    raw = RawClient(agent.socket)
+    assert isinstance(raw.frame(), Hello)
+    raw.sock.sendall(encode(Hello(proto="2.0", software="future-console 9", peer="console")))
+    err = raw.frame()
+    assert isinstance(err, Error) and err.fatal and err.code == "version"
+    assert "2.0" in err.message and "1." in err.message
+    assert raw.closed()
+
+
+def test_bad_frames_are_answered_and_a_run_of_them_closes(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*FAST).start()
+    raw = RawClient(agent.socket)
+    raw.frame()
+    raw.sock.sendall(_client_hello(stream=False))
+    raw.sock.sendall(b"{not json\n")
+    err = raw.frame()
+    assert isinstance(err, Error) and not err.fatal and err.code == "malformed"
+    raw.sock.sendall(b'{"t":"request","id":"one","op":"ping"}\n')  # wrong type
+    err = raw.frame()
+    assert isinstance(err, Error) and err.code == "invalid" and "id" in err.message
+    # Over the size limit: swallowed up to its newline, answered, connection survives.
+    raw.sock.sendall(
+        b'{"t":"request","id":1,"op":"ping","args":{"x":"' + b"a" * (2 << 20) + b'"}}\n'
+    )
+    err = raw.frame()
+    assert isinstance(err, Error) and err.code == "too_large" and not err.fatal
+    raw.sock.sendall(b'{"t":"request","id":7,"op":"ping","args":{}}\n')
+    pong = raw.frame()
+    assert isinstance(pong, Response) and pong.id == 7 and pong.ok
+    for _ in range(5):
+        raw.sock.sendall(b"garbage\n")
+    last = raw.until(lambda f: isinstance(f, Error) and f.fatal)
+    assert last.code == "malformed"
+    assert raw.closed()
+
+
+def test_requests_before_the_handshake_are_refused(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(*FAST).start()
+    raw = RawClient(agent.socket)
+    raw.frame()
+    raw.sock.sendall(b'{"t":"request","id":1,"op":"sim_inject","args":{"fault":"lost","gpu":0}}\n')
+    err = raw.frame()
+    assert isinstance(err, Error) and err.fatal and err.code == "handshake"
+    assert raw.closed()
+    assert list(AuditLog(agent.state_dir).entries()) == []
+
+
+def test_unknown_op_and_bad_args_are_refused_by_name(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*FAST).start()
+    with AgentClient(agent.socket, stream=False) as c:
+        r = c.request("format_disk")
+        assert not r.ok and r.code == "unknown_op" and "format_disk" in (r.error or "")
+        r = c.request("sim_inject", fault="meltdown", gpu=0)
+        assert not r.ok and r.code == "bad_args" and "fault" in (r.error or "")
+        r = c.request("sim_inject", fault="lost", gpu=99)
+        assert not r.ok and r.code == "bad_args" and "99" in (r.error or "")
+
+
+def test_each_injected_fault_reaches_the_stream_as_its_event(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*FAST).start()
+    events: list[Event] = []
+
+    def seen(kind: str, gpu: int) -> Event | None:
+        return next((e for e in events if e.kind == kind and e.gpu == gpu), None)
+
+    with (
+        AgentClient(agent.socket, history=False) as watcher,
+        AgentClient(agent.socket, stream=False) as actor,
+    ):
+        for fault, gpu in (("overheat", 0), ("xid79", 1), ("ecc", 2), ("lost", 3)):
+            assert actor.request("sim_inject", fault=fault, gpu=gpu).ok
+
+        def collect(kind: str, gpu: int) -> Event:
+            def step() -> Event | None:
+                frame = watcher.recv()
+                if isinstance(frame, Event):
+                    events.append(frame)
+                return seen(kind, gpu)
+
+            return wait_for(step, 20, f"{kind} event on GPU {gpu}")
+
+        assert collect("xid", 1).xid == 79
+        collect("gpu_lost", 1)
+        assert (collect("ecc", 2).count or 0) >= 1
+        collect("remap_pending", 2)
+        collect("gpu_lost", 3)
+        assert "thermal" in collect("thermal", 0).message
+        assert actor.request("sim_inject", fault="clear", gpu=3).ok
+        collect("gpu_back", 3)
+        assert not any(e.kind == "gpu_lost" and e.gpu in (0, 2) for e in events)
+    audited = [e.args for e in AuditLog(agent.state_dir).entries()]
+    assert {"fault": "xid79", "gpu": 1} in audited and len(audited) == 5
+
+
+def test_state_and_audit_survive_restarts(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(*FAST)
+    agent.state_dir.mkdir(parents=True)
+    drained = NodeState(state="drained", pool="train", reason="bad HBM", who="alice", since=1.0)
+    StateStore(agent.state_dir).save(drained)
+    for round_ in range(2):
+        agent.start()
+        with AgentClient(agent.socket, history=False) as c:
+            inv = c.recv()
+            assert isinstance(inv, Inventory) and inv.state == drained
+            assert c.request("sim_inject", fault="busy", gpu=0).ok
+        assert agent.stop() == 0
+        assert not Path(agent.socket).exists(), "a clean stop removes its socket"
+        assert StateStore(agent.state_dir).load() == drained
+        assert len(list(AuditLog(agent.state_dir).entries())) == round_ + 1
+
+
+def test_a_crashed_agents_socket_is_replaced_a_live_one_is_not(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    first = agent_factory(*FAST, name="one").start()
+    first.stop(9)  # SIGKILL leaves the socket file behind
+    assert Path(first.socket).exists()
+    first.start()  # replaces the stale socket
+    with AgentClient(first.socket, stream=False) as c:
+        assert c.request("ping").ok
+    second = agent_factory(*FAST, name="one")
+    second.proc = subprocess.Popen(
+        [
+            *agent_command(),
+            "serve",
+            "--socket",
+            first.socket,
+            "--state-dir",
+            str(second.root / "s2"),
+            *FAST,
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    _, err = second.proc.communicate(timeout=20)
+    assert second.proc.returncode == 1
+    assert err.decode().strip().splitlines()[-1] == (
+        f"gpufleet-agent: error: another agent is already serving on {first.socket}"
+    )
+
+
+def test_socket_is_group_only(agent_factory: Callable[..., AgentProc]) -> None:
+    group = grp.getgrgid(os.getgid()).gr_name
+    agent = agent_factory(*FAST, config=f'[agent]\nsocket_group = "{group}"\n').start()
+    st = os.stat(agent.socket)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert not st.st_mode & stat.S_IWOTH
+
+
+def test_world_writable_socket_mode_is_refused(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(*FAST)
+    (agent.root / "agent.toml").write_text('[agent]\nsocket_mode = "0666"\n')
+    out = subprocess.run(
+        [*agent_command(), "serve", "--config", str(agent.root / "agent.toml"), *FAST],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 78
+    assert out.stderr.strip() == (
+        f"gpufleet-agent: error: {agent.root / 'agent.toml'}: agent.socket_mode: "
+        "0666 is world-writable; use 0660"
+    )
+
+
+# -- identity from peer credentials ---------------------------------------------------------
+
+
+def _as_user(uid: int, gid: int, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a forked child with another uid/gid (no exec: the interpreter under
+    /root is not readable by other users) and return what it returned, or its error text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            result: Any = {"ok": fn()}
+        except BaseException as exc:  # report anything to the parent
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(w, json.dumps(result).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        skip_or_fail("peer-credential tests need root to act as other users")
+
+
+def test_identity_comes_from_peer_credentials(agent_factory: Callable[..., AgentProc]) -> None:
+    _require_root()
+    nobody = pwd.getpwnam("nobody")
+    agent = agent_factory(
+        *FAST, config=f'[agent]\nsocket_group = "{grp.getgrgid(nobody.pw_gid).gr_name}"\n'
+    ).start()
+
+    def whoami_and_inject() -> dict[str, Any]:
+        with AgentClient(agent.socket, stream=False) as c:
+            who = c.request("whoami")
+            act = c.request("sim_inject", fault="lost", gpu=0)
+            return {"who": who.result, "act_ok": act.ok, "code": act.code}
+
+    got = _as_user(nobody.pw_uid, nobody.pw_gid, whoami_and_inject)["ok"]
+    assert got["who"]["uid"] == nobody.pw_uid and got["who"]["user"] == "nobody"
+    assert got["who"]["role"] == "viewer"
+    assert got["act_ok"] is False and got["code"] == "forbidden"
+    refused = [e for e in AuditLog(agent.state_dir).entries() if e.result == "refused"]
+    assert len(refused) == 1 and refused[0].who == "nobody" and refused[0].op == "sim_inject"
+
+    with AgentClient(agent.socket, stream=False) as c:  # root is an operator
+        who = c.request("whoami").result or {}
+        assert who["uid"] == 0 and who["role"] == "operator"
+
+
+def test_operator_role_from_config(agent_factory: Callable[..., AgentProc]) -> None:
+    _require_root()
+    nobody = pwd.getpwnam("nobody")
+    gname = grp.getgrgid(nobody.pw_gid).gr_name
+    agent = agent_factory(
+        *FAST, config=f'[agent]\nsocket_group = "{gname}"\n[roles]\noperators = ["nobody"]\n'
+    ).start()
+
+    def inject() -> bool:
+        with AgentClient(agent.socket, stream=False) as c:
+            return c.request("sim_inject", fault="busy", gpu=1).ok
+
+    assert _as_user(nobody.pw_uid, nobody.pw_gid, inject) == {"ok": True}
+    entry: AuditEntry = next(iter(AuditLog(agent.state_dir).entries()))
+    assert entry.who == "nobody" and entry.uid == nobody.pw_uid and entry.result == "ok"
+
+
+def test_users_outside_the_socket_group_cannot_connect(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    _require_root()
+    daemon = pwd.getpwnam("daemon")
+    agent = agent_factory(*FAST).start()  # socket group: root's
+
+    def connect() -> str:
+        try:
+            AgentClient(agent.socket, stream=False).close()
+        except AgentUnreachable as exc:
+            return str(exc)
+        return "connected"
+
+    result = _as_user(daemon.pw_uid, daemon.pw_gid, connect)["ok"]
+    assert result.startswith(f"permission denied on {agent.socket}")
+
+
+# -- the other commands ------------------------------------------------------------------------
+
+
+def test_attach_bridges_stdin_and_stdout(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(*FAST).start()
+    proc = subprocess.Popen(
+        [*agent_command(), "attach", "--socket", agent.socket],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin and proc.stdout
+    assert isinstance(decode(proc.stdout.readline()), Hello)
+    proc.stdin.write(_client_hello(stream=False))
+    proc.stdin.write(b'{"t":"request","id":3,"op":"whoami","args":{}}\n')
+    proc.stdin.flush()
+    reply = decode(proc.stdout.readline())
+    assert isinstance(reply, Response) and reply.id == 3
+    assert (reply.result or {})["uid"] == os.geteuid()
+    proc.stdin.close()  # EOF toward the agent: it hangs up, attach exits
+    assert proc.wait(15) == 0
+
+
+def test_sd_notify_ready_watchdog_stopping(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(*FAST)
+    notify_path = str(agent.root / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(15)
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"}
+    proc = subprocess.Popen(
+        [
+            *agent_command(),
+            "serve",
+            "--socket",
+            agent.socket,
+            "--state-dir",
+            str(agent.state_dir),
+            *FAST,
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        messages: list[str] = []
+        wait_for(
+            lambda: (
+                messages.append(listener.recv(4096).decode())
+                or any("WATCHDOG=1" in m for m in messages)
+            ),
+            15,
+            "READY and a WATCHDOG ping",
+        )
+        ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
+        assert "STATUS=" in messages[ready] and "4 GPU(s) via sim" in messages[ready]
+        assert Path(agent.socket).exists(), "READY only once the socket is bound"
+        proc.terminate()
+        wait_for(lambda: "STOPPING=1" in listener.recv(4096).decode(), 15, "STOPPING")
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+        listener.close()

@@ -1,0 +1,542 @@
+"""The NVML backend against a fake pynvml that replays a real H100's answers.
+
+There is no GPU on dev or CI machines, so these tests use ``tests.fakes.fake_pynvml``; the
+values asserted here are the ones the real card returned (tests/fixtures/h100).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pynvml
+import pytest
+
+from agents.gpu.base import SLOW_FIELDS, BackendUnavailable, XidEvent
+from agents.gpu.nvml import NvmlBackend
+from agents.gpu.procinfo import MAX_COMMAND_CHARS, ProcessTable
+from agents.protocol import GpuReading
+from tests.fakes.fake_pynvml import FakeNvml, make
+
+UUID0 = "GPU-a1c8b3f1-1bea-079e-4e2e-01b112c74d03"
+SLOW_CALLS = (
+    "nvmlDeviceGetTotalEnergyConsumption",
+    "nvmlDeviceGetPcieThroughput",
+    "nvmlDeviceGetFieldValues",
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def open_backend(clock: FakeClock) -> Iterator[Callable[..., tuple[NvmlBackend, FakeNvml]]]:
+    opened: list[NvmlBackend] = []
+
+    def _open(gpus: int = 1, **kwargs: Any) -> tuple[NvmlBackend, FakeNvml]:
+        fake = make(gpus)
+        backend = NvmlBackend(fake, clock=clock, **kwargs)
+        opened.append(backend)
+        return backend, fake
+
+    yield _open
+    for backend in opened:
+        backend.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met before the deadline")
+        time.sleep(0.005)
+
+
+def collect_events(backend: NvmlBackend, count: int = 1) -> list[XidEvent]:
+    """Drain until ``count`` events arrived (the event thread delivers them asynchronously)."""
+    events: list[XidEvent] = []
+
+    def arrived() -> bool:
+        events.extend(backend.drain_events())
+        return len(events) >= count
+
+    wait_for(arrived)
+    return events
+
+
+def nonexistent_pid() -> int:
+    # pid_max itself is never handed out.
+    try:
+        pid = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except OSError:
+        pid = 4_194_304
+    while psutil.pid_exists(pid):
+        pid += 1
+    return pid
+
+
+# ---------------------------------------------------------------------------------------------
+# Inventory
+
+
+def test_inventory_maps_the_captured_h100(open_backend: Any) -> None:
+    backend, _ = open_backend()
+    inv = backend.inventory()
+    assert inv.backend == "nvml"
+    assert inv.driver_version == "580.159.04"
+    assert inv.cuda_version == "13.0"
+    assert inv.nvml_version == "13.580.159.04"
+    assert inv.note is None
+    [gpu] = inv.gpus
+    assert gpu.index == 0
+    assert gpu.name == "NVIDIA H100 80GB HBM3"
+    assert gpu.uuid == UUID0
+    assert gpu.serial == "1752624018850"
+    assert gpu.pci_bus_id == "00000000:00:06.0"
+    assert gpu.memory_total == 85520809984
+    assert gpu.power_limit_mw == 700000
+    assert gpu.temp_slowdown_c == 89
+    assert gpu.temp_shutdown_c == 95
+    assert gpu.temp_mem_max_c == 95
+    assert gpu.ecc_enabled is True
+    assert gpu.mig_enabled is False
+    assert gpu.persistence_mode is True
+    assert gpu.pcie_max_width == 16
+    assert gpu.pcie_max_gen == 5
+    assert gpu.sm_clock_max_mhz == 1980
+
+
+def test_inventory_is_read_once(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    before = fake.calls["nvmlDeviceGetName"]
+    assert backend.inventory() is backend.inventory()
+    backend.read()
+    assert fake.calls["nvmlDeviceGetName"] == before == 1
+
+
+def test_gpus_get_distinct_identities(open_backend: Any) -> None:
+    backend, _ = open_backend(gpus=3)
+    gpus = backend.inventory().gpus
+    assert [g.index for g in gpus] == [0, 1, 2]
+    assert len({g.uuid for g in gpus}) == 3
+    assert len({g.pci_bus_id for g in gpus}) == 3
+
+
+def test_unsupported_static_facts_are_none(clock: FakeClock) -> None:
+    fake = make()
+    fake.set_error("nvmlDeviceGetSerial", pynvml.NVMLError_NotSupported)
+    fake.set_error("nvmlDeviceGetEnforcedPowerLimit", pynvml.NVMLError_NoPermission)
+    backend = NvmlBackend(fake, clock=clock)
+    try:
+        gpu = backend.inventory().gpus[0]
+        assert gpu.serial is None
+        assert gpu.power_limit_mw is None
+        assert gpu.name == "NVIDIA H100 80GB HBM3"
+    finally:
+        backend.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tick
+
+
+def test_read_gives_captured_values_in_nvml_units(open_backend: Any) -> None:
+    backend, _ = open_backend()
+    [r] = backend.read()
+    assert r.index == 0
+    assert r.lost is False
+    assert r.power_mw == 129212
+    assert r.sm_clock_mhz == 1980
+    assert r.mem_clock_mhz == 2619
+    assert r.temp_c == 39
+    assert r.util_gpu == 0
+    assert r.util_mem == 0
+    assert r.pstate == 0
+    assert r.clock_reasons == []
+    assert r.ecc_uncorrected_volatile == 0
+    assert r.remapped_correctable == 0
+    assert r.remapped_uncorrectable == 0
+    assert r.remap_pending is False
+    assert r.remap_failure is False
+    assert r.pcie_width == 16
+    assert r.processes == []
+    # v2 memory: the 480 MiB the driver reserves is reported apart from "used".
+    assert r.mem_total == 85520809984
+    assert r.mem_reserved == 480 * 1024 * 1024
+    assert r.mem_used == 0
+
+
+def test_read_leaves_slow_fields_alone(open_backend: Any) -> None:
+    backend, fake = open_backend(gpus=2)
+    readings = backend.read()
+    for reading in readings:
+        for name in SLOW_FIELDS:
+            assert getattr(reading, name) is None
+    for name in SLOW_CALLS:
+        assert fake.calls[name] == 0, f"{name} is too slow for the tick"
+
+
+def test_memory_falls_back_to_v1_once(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetMemoryInfo_v2", pynvml.NVMLError_FunctionNotFound)
+    [r] = backend.read()
+    assert r.mem_total == 85520809984
+    assert r.mem_used == 503316480  # v1 counts the reserved part as used
+    assert r.mem_reserved is None
+    backend.read()
+    assert fake.calls["nvmlDeviceGetMemoryInfo_v2"] == 1
+
+
+def test_not_supported_reads_none_not_zero(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetPowerUsage", pynvml.NVMLError_NotSupported)
+    fake.set_error("nvmlDeviceGetUtilizationRates", pynvml.NVMLError_NotSupported)
+    fake.set_error("nvmlDeviceGetRemappedRows", pynvml.NVMLError_NotSupported)
+    fake.set_error("nvmlDeviceGetCurrentClocksEventReasons", pynvml.NVMLError_Unknown)
+    [r] = backend.read()
+    assert r.power_mw is None
+    assert r.util_gpu is None
+    assert r.util_mem is None
+    assert r.remapped_correctable is None
+    assert r.remap_pending is None
+    assert r.clock_reasons is None
+    assert r.lost is False
+    assert r.temp_c == 39  # the rest of the GPU still reads
+
+
+def test_unexpected_nvml_error_is_none_and_logged_once(
+    open_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetTemperature", pynvml.NVMLError_NotReady)
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+        for _ in range(3):
+            [r] = backend.read()
+            assert r.temp_c is None
+            assert r.lost is False
+    lines = [rec for rec in caplog.records if "nvmlDeviceGetTemperature" in rec.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].exc_info is None
+
+
+def test_clock_reasons_decode(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_value("nvmlDeviceGetCurrentClocksEventReasons", 4)
+    assert backend.read()[0].clock_reasons == ["sw_power_cap"]
+    fake.set_value("nvmlDeviceGetCurrentClocksEventReasons", 0x44)
+    assert backend.read()[0].clock_reasons == ["sw_power_cap", "hw_thermal_slowdown"]
+
+
+def test_unknown_pstate_is_none(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_value("nvmlDeviceGetPerformanceState", pynvml.NVML_PSTATE_UNKNOWN)
+    assert backend.read()[0].pstate is None
+
+
+def test_ecc_count_only_when_ecc_is_on(clock: FakeClock) -> None:
+    fake = make(2)
+    fake.set_value("nvmlDeviceGetEccMode", [0, 0], gpu=1)
+    backend = NvmlBackend(fake, clock=clock)
+    try:
+        assert [g.ecc_enabled for g in backend.inventory().gpus] == [True, False]
+        on, off = backend.read()
+        assert on.ecc_uncorrected_volatile == 0
+        assert off.ecc_uncorrected_volatile is None
+    finally:
+        backend.close()
+
+
+def test_remapped_rows_pending_and_failure(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_value("nvmlDeviceGetRemappedRows", [2, 1, 1, 0])
+    [r] = backend.read()
+    assert (r.remapped_correctable, r.remapped_uncorrectable) == (2, 1)
+    assert r.remap_pending is True
+    assert r.remap_failure is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def test_processes_joined_with_user_and_command(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    me = os.getpid()
+    ghost = nonexistent_pid()
+    fake.set_processes(0, compute=[(me, 1 << 30), (ghost, None)], graphics=[(me, 1 << 30)])
+    [r] = backend.read()
+    assert r.processes is not None
+    by_pid = {p.pid: p for p in r.processes}
+    assert sorted(by_pid) == sorted([me, ghost])  # our pid once, though in both lists
+    mine = by_pid[me]
+    own = psutil.Process(me)
+    assert mine.kind == "compute"
+    assert mine.used_memory == 1 << 30
+    assert mine.user == own.username()
+    expected = " ".join(own.cmdline())
+    if len(expected) > MAX_COMMAND_CHARS:
+        expected = expected[: MAX_COMMAND_CHARS - 1] + "…"
+    assert mine.command == expected
+    other = by_pid[ghost]
+    assert (other.user, other.command) == (None, None)
+    assert other.used_memory is None  # NVML could not say; not 0
+
+
+def test_graphics_only_process_is_kept(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_processes(0, graphics=[(os.getpid(), 4096)])
+    [r] = backend.read()
+    assert r.processes is not None
+    assert [(p.kind, p.used_memory) for p in r.processes] == [("graphics", 4096)]
+
+
+def test_process_lists_unsupported_is_none(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetComputeRunningProcesses", pynvml.NVMLError_NotSupported)
+    fake.set_error("nvmlDeviceGetGraphicsRunningProcesses", pynvml.NVMLError_NotSupported)
+    assert backend.read()[0].processes is None
+
+
+def test_process_table_caches_by_create_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = ProcessTable()
+    calls = 0
+    real_cmdline = psutil.Process.cmdline
+
+    def counting_cmdline(self: psutil.Process) -> list[str]:
+        nonlocal calls
+        calls += 1
+        result: list[str] = real_cmdline(self)
+        return result
+
+    monkeypatch.setattr(psutil.Process, "cmdline", counting_cmdline)
+    first = table.lookup(os.getpid())
+    second = table.lookup(os.getpid())
+    assert first == second
+    assert first[0] is not None
+    assert calls == 1
+    table.prune([])
+    assert len(table) == 0
+    table.lookup(os.getpid())
+    assert calls == 2
+
+
+def test_process_table_truncates_and_falls_back_to_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(psutil.Process, "cmdline", lambda self: ["python", "x" * 500])
+    _, command = ProcessTable().lookup(os.getpid())
+    assert command is not None
+    assert len(command) == MAX_COMMAND_CHARS
+    assert command.startswith("python xxx")
+
+    monkeypatch.setattr(psutil.Process, "cmdline", lambda self: [])
+    _, command = ProcessTable().lookup(os.getpid())
+    assert command == psutil.Process().name()
+
+
+def test_process_table_unknown_pid() -> None:
+    assert ProcessTable().lookup(nonexistent_pid()) == (None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lost and back
+
+
+def test_gpu_lost_mid_sample_and_back_after_reprobe(open_backend: Any, clock: FakeClock) -> None:
+    backend, fake = open_backend(gpus=3, reprobe_interval=5.0)
+    assert all(not r.lost for r in backend.read())
+
+    fake.set_error("nvmlDeviceGetTemperature", pynvml.NVMLError_GpuIsLost, gpu=1)
+    readings = backend.read()
+    assert readings[1] == GpuReading(index=1, lost=True)
+    assert [r.index for r in readings] == [0, 1, 2]
+    for other in (readings[0], readings[2]):
+        assert other.lost is False
+        assert other.temp_c == 39
+
+    # While lost, nothing asks the lost GPU again before the re-probe interval.
+    probes = fake.calls["nvmlDeviceGetTemperature"]
+    clock.advance(4.9)
+    assert backend.read()[1].lost
+    assert fake.calls["nvmlDeviceGetTemperature"] == probes + 2  # GPUs 0 and 2 only
+
+    # A re-probe while still broken keeps it lost and waits another interval.
+    clock.advance(0.2)
+    assert backend.read()[1].lost
+
+    # The card comes back (after a reset, with a new power limit): re-probe, fresh inventory.
+    fake.heal(1)
+    fake.set_value("nvmlDeviceGetEnforcedPowerLimit", 600000, gpu=1)
+    clock.advance(4.0)
+    assert backend.read()[1].lost  # interval since the last probe not yet passed
+    clock.advance(1.1)
+    back = backend.read()[1]
+    assert back.lost is False
+    assert back.temp_c == 39
+    assert back.power_mw == 129212
+    assert backend.inventory().gpus[1].power_limit_mw == 600000
+    assert backend.inventory().gpus[0].power_limit_mw == 700000
+
+
+def test_wholly_lost_gpu_reads_lost_and_skips_slow(open_backend: Any, clock: FakeClock) -> None:
+    backend, fake = open_backend(gpus=2)
+    fake.lose(0)
+    lost, fine = backend.read()
+    assert lost == GpuReading(index=0, lost=True)
+    assert fine.lost is False
+    assert fine.temp_c == 39
+    slow = backend.read_slow()
+    assert list(slow) == [1]
+    fake.heal(0)
+    clock.advance(5.0)
+    assert backend.read()[0].lost is False
+    assert sorted(backend.read_slow()) == [0, 1]
+
+
+def test_gpu_lost_in_slow_read_marks_it_lost(open_backend: Any) -> None:
+    backend, fake = open_backend(gpus=2)
+    fake.set_error("nvmlDeviceGetPcieThroughput", pynvml.NVMLError_GpuIsLost, gpu=1)
+    assert list(backend.read_slow()) == [0]
+    assert backend.read()[1] == GpuReading(index=1, lost=True)
+
+
+def test_gpu_lost_at_start_is_probed_later(clock: FakeClock) -> None:
+    fake = make(2)
+    fake.lose(1)
+    backend = NvmlBackend(fake, clock=clock)
+    try:
+        info = backend.inventory().gpus[1]
+        assert (info.index, info.uuid, info.name) == (1, None, None)
+        assert backend.read()[1].lost
+        fake.heal(1)
+        clock.advance(5.0)
+        assert backend.read()[1].lost is False
+        assert backend.inventory().gpus[1].name == "NVIDIA H100 80GB HBM3"
+    finally:
+        backend.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow reads
+
+
+def test_read_slow_gives_captured_values(open_backend: Any) -> None:
+    backend, _ = open_backend()
+    slow = backend.read_slow()
+    assert slow == {
+        0: {"energy_mj": 8845614, "pcie_tx_kbs": 1332, "pcie_rx_kbs": 427, "temp_mem_c": 39}
+    }
+    assert set(slow[0]) == set(SLOW_FIELDS)
+
+
+def test_hbm_temperature_field_errors_and_types(open_backend: Any) -> None:
+    backend, fake = open_backend(gpus=3)
+    fake.set_field(0, "NVML_FI_DEV_MEMORY_TEMP", ret=pynvml.NVML_ERROR_NOT_SUPPORTED)
+    fake.set_field(1, "NVML_FI_DEV_MEMORY_TEMP", 41.6)
+    fake.set_field(2, "NVML_FI_DEV_MEMORY_TEMP", ret=pynvml.NVML_ERROR_GPU_IS_LOST)
+    slow = backend.read_slow()
+    assert slow[0]["temp_mem_c"] is None
+    assert slow[0]["energy_mj"] == 8845614
+    assert slow[1]["temp_mem_c"] == 42
+    assert 2 not in slow
+
+
+# ---------------------------------------------------------------------------------------------
+# XID events
+
+
+def test_xid_reaches_drain_events(open_backend: Any, clock: FakeClock) -> None:
+    backend, fake = open_backend(gpus=3)
+    assert backend.drain_events() == []
+    backend.start_events()
+    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 2)  # timeouts are "nothing happened"
+    fake.inject_xid(2, 79)
+    events = collect_events(backend)
+    assert events == [XidEvent(gpu=2, xid=79, ts=clock.now)]
+    assert backend.drain_events() == []
+
+
+def test_device_refusing_events_is_skipped(
+    open_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, fake = open_backend(gpus=2)
+    fake.set_error("nvmlDeviceRegisterEvents", pynvml.NVMLError_NotSupported, gpu=0)
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+        backend.start_events()
+    refusals = [r for r in caplog.records if "GPU 0" in r.getMessage()]
+    assert len(refusals) == 1
+    assert refusals[0].exc_info is None
+    fake.inject_xid(1, 48)
+    events = collect_events(backend)
+    assert [(e.gpu, e.xid) for e in events] == [(1, 48)]
+
+
+def test_close_stops_the_event_thread_and_shuts_down(clock: FakeClock) -> None:
+    fake = make(1)
+    backend = NvmlBackend(fake, clock=clock)
+    backend.start_events()
+    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1)
+    threads_before = {t.name for t in threading.enumerate()}
+    assert "gpufleet-nvml-xid" in threads_before
+    backend.close()
+    assert "gpufleet-nvml-xid" not in {t.name for t in threading.enumerate()}
+    assert fake.event_sets[0].freed
+    assert fake.shutdown_calls == 1
+    assert not fake.initialized
+    backend.close()
+    assert fake.shutdown_calls == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up
+
+
+def test_init_failure_is_backend_unavailable() -> None:
+    fake = make(init_error=pynvml.NVMLError_LibraryNotFound)
+    with pytest.raises(BackendUnavailable) as info:
+        NvmlBackend(fake)
+    message = str(info.value)
+    assert message == "NVML library not found (no NVIDIA driver on this host)"
+    assert "\n" not in message
+
+
+def test_other_init_failures_say_why() -> None:
+    fake = make(init_error=pynvml.NVMLError_DriverNotLoaded)
+    with pytest.raises(BackendUnavailable, match="driver not loaded"):
+        NvmlBackend(fake)
+
+
+def test_real_pynvml_without_driver_is_unavailable_or_works() -> None:
+    """On dev machines the real library is absent; on a GPU node the backend opens."""
+    outcome: NvmlBackend | BackendUnavailable
+    try:
+        outcome = NvmlBackend()
+    except BackendUnavailable as exc:
+        outcome = exc
+    if isinstance(outcome, BackendUnavailable):
+        message = str(outcome)
+        assert message
+        assert "\n" not in message
+        return
+    try:
+        assert outcome.inventory().backend == "nvml"
+        assert len(outcome.read()) == len(outcome.inventory().gpus)
+    finally:
+        outcome.close()
