@@ -111,7 +111,9 @@ class AgentProc:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
         log.close()
         wait_for(
-            lambda: "serving" in self.log()[mark:] or self.proc is None or self.proc.poll() is not None,
+            lambda: (
+                "serving" in self.log()[mark:] or self.proc is None or self.proc.poll() is not None
+            ),
             timeout,
             "the agent to serve",
         )
