@@ -29,11 +29,13 @@ from agents import __version__
 from agents.client import AgentClient, connect_unix
 from agents.config import AgentConfig, ConfigError, load_config, validate_config
 from agents.daemon import Agent
+from agents.gpu.base import GpuBackend
 from agents.gpu.select import open_backend
 from agents.host import HostSampler, host_info
-from agents.protocol import GpufleetError, Inventory, Sample, to_builtins
+from agents.protocol import GpufleetError, Inventory, NodeState, Sample, to_builtins
 from agents.render import frame_line, sample_report
-from agents.sampler import Sampler
+from agents.sampler import Sampler, inventory_frame
+from agents.store import StateStore, StoreError
 
 EX_CONFIG = 78
 
@@ -120,10 +122,10 @@ socket_option = click.option(
 )
 
 
-def _backend_for(cfg: AgentConfig, node: str) -> Any:
+def _backend_for(cfg: AgentConfig) -> GpuBackend:
     a = cfg.agent
     return open_backend(
-        a.backend, gpus=cfg.sim.gpus, seed=cfg.sim.seed, node=node, interval=a.interval
+        a.backend, gpus=cfg.sim.gpus, seed=cfg.sim.seed, node=cfg.node, interval=a.interval
     )
 
 
@@ -169,8 +171,7 @@ def serve(
 
 
 async def _serve(cfg: AgentConfig) -> None:
-    node = cfg.agent.node_name or socket.gethostname()
-    agent = Agent(cfg, _backend_for(cfg, node))
+    agent = Agent(cfg, _backend_for(cfg))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -202,8 +203,7 @@ def once(
 
 
 def _one_sample(cfg: AgentConfig) -> tuple[Inventory, Sample]:
-    node = cfg.agent.node_name or socket.gethostname()
-    backend = _backend_for(cfg, node)
+    backend = _backend_for(cfg)
     try:
         host = HostSampler()
         sampler = Sampler(backend, host, history_len=1)
@@ -211,21 +211,12 @@ def _one_sample(cfg: AgentConfig) -> tuple[Inventory, Sample]:
         sampler.slow_tick()  # a one-shot wants energy, PCIe and HBM too
         time.sleep(0.25)  # rates need a second reading
         sample, _ = sampler.tick()
-        inv = backend.inventory()
-        from agents.store import StateStore
-
-        state = StateStore(Path(cfg.agent.state_dir)).load()
-        return Inventory(
-            node=node,
-            backend=inv.backend,
-            backend_note=inv.note,
-            driver_version=inv.driver_version,
-            cuda_version=inv.cuda_version,
-            nvml_version=inv.nvml_version,
-            host=host_info(),
-            gpus=inv.gpus,
-            state=state,
-        ), sample
+        try:
+            state: NodeState | None = StateStore(Path(cfg.agent.state_dir)).load()
+        except StoreError as exc:  # e.g. run by a user who may not read /var/lib/gpufleet
+            logging.getLogger("gpufleet.agent").warning("ops state unknown: %s", exc)
+            state = None
+        return inventory_frame(cfg.node, backend.inventory(), host_info(), state), sample
     finally:
         backend.close()
 

@@ -7,6 +7,7 @@ ignored, so unknown keys are refused. Errors name the file, the key path and wha
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Final, Literal
 
@@ -63,6 +64,11 @@ class AgentConfig(_Section):
     sim: SimSection = msgspec.field(default_factory=SimSection)
     roles: RolesSection = msgspec.field(default_factory=RolesSection)
     clients: ClientsSection = msgspec.field(default_factory=ClientsSection)
+
+    @property
+    def node(self) -> str:
+        """The node's name as the console and the scheduler know it."""
+        return self.agent.node_name or socket.gethostname()
 
     @property
     def history_len(self) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
 from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample
 from agents.requests import RequestHandler
-from agents.sampler import Sampler
+from agents.sampler import Sampler, inventory_frame
 from agents.sdnotify import Notifier
 from agents.server import AgentServer
 from agents.store import AuditLog, StateStore
@@ -45,7 +44,7 @@ class Agent:
     ) -> None:
         a = config.agent
         self.config = config
-        self.node = a.node_name or socket.gethostname()
+        self.node = config.node
         self.backend = backend
         self.notifier = notifier or Notifier()
         self._clock = clock
@@ -78,18 +77,7 @@ class Agent:
         self.serving = asyncio.Event()  # set once the socket is bound and READY was sent
 
     def inventory(self) -> Inventory:
-        inv = self.backend.inventory()
-        return Inventory(
-            node=self.node,
-            backend=inv.backend,
-            backend_note=inv.note,
-            driver_version=inv.driver_version,
-            cuda_version=inv.cuda_version,
-            nvml_version=inv.nvml_version,
-            host=self._host,
-            gpus=inv.gpus,
-            state=self.state,
-        )
+        return inventory_frame(self.node, self.backend.inventory(), self._host, self.state)
 
     def _slow_loop(self) -> None:
         interval = self.config.agent.slow_interval

@@ -202,7 +202,9 @@ class Inventory(_Frame, tag="inventory", kw_only=True, frozen=True):
     nvml_version: str | None = None
     host: HostInfo
     gpus: list[GpuInfo]
-    state: NodeState
+    #: The ops state. Always set by a serving agent; None only from a one-shot reader
+    #: (``gpufleet-agent once``) that could not read the state directory.
+    state: NodeState | None
 
 
 class Sample(_Frame, tag="sample", kw_only=True, frozen=True):

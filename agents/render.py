@@ -90,7 +90,10 @@ def host_line(h: HostReading) -> str:
 def inventory_header(inv: Inventory) -> str:
     versions = f"driver {inv.driver_version or NA}  CUDA {inv.cuda_version or NA}"
     note = f"  ({inv.backend_note})" if inv.backend_note else ""
-    state = inv.state.state + (f" ({inv.state.reason})" if inv.state.reason else "")
+    if inv.state is None:
+        state = NA
+    else:
+        state = inv.state.state + (f" ({inv.state.reason})" if inv.state.reason else "")
     return (
         f"node {inv.node}  backend {inv.backend}  {versions}  "
         f"{len(inv.gpus)} GPU(s)  state {state}{note}"

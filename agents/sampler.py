@@ -17,10 +17,36 @@ from dataclasses import dataclass
 
 import msgspec
 
-from agents.gpu.base import SLOW_FIELDS, GpuBackend
+from agents.gpu.base import SLOW_FIELDS, GpuBackend, GpuInventory
 from agents.gpu.clocks import THERMAL_REASONS
 from agents.host import HostSampler
-from agents.protocol import Event, EventKind, GpuReading, HostReading, Sample
+from agents.protocol import (
+    Event,
+    EventKind,
+    GpuReading,
+    HostInfo,
+    HostReading,
+    Inventory,
+    NodeState,
+    Sample,
+)
+
+
+def inventory_frame(
+    node: str, gpus: GpuInventory, host: HostInfo, state: NodeState | None
+) -> Inventory:
+    """The Inventory frame: the backend's static facts, the host's, and the ops state."""
+    return Inventory(
+        node=node,
+        backend=gpus.backend,
+        backend_note=gpus.note,
+        driver_version=gpus.driver_version,
+        cuda_version=gpus.cuda_version,
+        nvml_version=gpus.nvml_version,
+        host=host,
+        gpus=gpus.gpus,
+        state=state,
+    )
 
 
 @dataclass(frozen=True, slots=True)

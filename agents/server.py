@@ -16,6 +16,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,27 +114,20 @@ def bind_socket(path: Path, mode: int, group: str | None) -> socket.socket:
     return sock
 
 
+@dataclass(eq=False)
 class ClientConn:
     """One connected client: who it is, what it asked for, and its queue."""
 
-    def __init__(
-        self,
-        peer: Peer,
-        caller: Caller,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        outbox: Outbox,
-    ) -> None:
-        self.peer = peer
-        self.caller = caller
-        self.reader = reader
-        self.writer = writer
-        self.outbox = outbox
-        self.wants_stream = False
-        self.closing = False
-        self.writer_task: asyncio.Task[None] | None = None
-        self.greeted = False
-        self.bad_frames = 0  # consecutive
+    peer: Peer
+    caller: Caller
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    outbox: Outbox
+    wants_stream: bool = False
+    closing: bool = False
+    writer_task: asyncio.Task[None] | None = None
+    greeted: bool = False
+    bad_frames: int = 0  # consecutive
 
     def __str__(self) -> str:
         return f"client {self.peer} pid={self.peer.pid}"
