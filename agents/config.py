@@ -6,6 +6,7 @@ ignored, so unknown keys are refused. Errors name the file, the key path and wha
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from pathlib import Path
@@ -16,6 +17,8 @@ import msgspec
 from agents.protocol import GpufleetError
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/gpufleet/agent.toml")
+#: Bound on the ring buffer (a day at 1 Hz is 86,400): memory, not taste, sets it.
+MAX_HISTORY_SAMPLES: Final = 1_000_000
 
 
 class ConfigError(GpufleetError):
@@ -82,10 +85,18 @@ _PATH_RE: Final = re.compile(r" - at `\$\.?(.*)`$")
 def _check(cfg: AgentConfig) -> None:
     """Checks msgspec's types cannot express; each raises naming the key."""
     a = cfg.agent
+    for key in ("interval", "history", "slow_interval"):
+        if not math.isfinite(getattr(a, key)):
+            raise ValueError(f"agent.{key}: must be a finite number of seconds")
     if not 0.05 <= a.interval <= 3600:
         raise ValueError("agent.interval: must be between 0.05 and 3600 seconds")
     if a.history < a.interval:
         raise ValueError("agent.history: must be at least one interval")
+    if a.history / a.interval > MAX_HISTORY_SAMPLES:
+        raise ValueError(
+            f"agent.history: {a.history:g} s at {a.interval:g} s intervals is more than "
+            f"{MAX_HISTORY_SAMPLES} samples"
+        )
     if not a.interval <= a.slow_interval <= 3600:
         raise ValueError("agent.slow_interval: must be between agent.interval and 3600 seconds")
     mode = socket_mode(a.socket_mode)
@@ -99,8 +110,8 @@ def _check(cfg: AgentConfig) -> None:
     for key in ("max_queued_samples", "max_queued_other", "max_clients"):
         if getattr(c, key) < 1:
             raise ValueError(f"clients.{key}: must be at least 1")
-    if c.max_behind <= 0:
-        raise ValueError("clients.max_behind: must be positive")
+    if not (math.isfinite(c.max_behind) and c.max_behind > 0):
+        raise ValueError("clients.max_behind: must be a positive number of seconds")
 
 
 def socket_mode(text: str) -> int:
@@ -127,6 +138,8 @@ def parse_config(data: bytes | str, source: str = "<config>") -> AgentConfig:
         raise ConfigError(f"{source}: {what}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not valid UTF-8 (byte {exc.start})") from None
     validate_config(cfg, source)
     return cfg
 

@@ -17,6 +17,7 @@ never 0, never a sentinel string, so a reader can always tell "zero" from "unkno
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final, Literal
 
 import msgspec
@@ -315,14 +316,19 @@ def decode(line: bytes) -> Frame:
         raise ProtocolError("invalid", f"invalid frame: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("malformed", f"malformed frame: {exc}") from None
+    except RecursionError:  # a small frame can nest deep enough to exhaust the stack
+        raise ProtocolError("malformed", "malformed frame: nested too deeply") from None
     return frame
 
 
+_VERSION_RE: Final = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})")
+
+
 def parse_version(proto: str) -> tuple[int, int]:
-    major, sep, minor = proto.partition(".")
-    if not sep or not major.isdigit() or not minor.isdigit():
+    m = _VERSION_RE.fullmatch(proto)
+    if m is None:
         raise ProtocolError("version", f"unreadable protocol version {proto!r}")
-    return int(major), int(minor)
+    return int(m.group(1)), int(m.group(2))
 
 
 def check_version(hello: Hello) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agents.identity import Peer
 from agents.protocol import (
@@ -91,14 +91,11 @@ class RequestHandler:
         spec = REQUEST_SPECS[request.op]
         if spec.role == "operator" and caller.role != "operator":
             message = f"{caller.peer.user} is a viewer; {request.op} needs the operator role"
-            self._record(caller, request, "refused", message)
-            return Response(id=request.id, ok=False, code="forbidden", error=message)
+            return self._refuse(caller, request, "forbidden", message)
         try:
             outcome = await self._ops[request.op](caller, args)
         except RequestRefused as exc:
-            if spec.audited:
-                self._record(caller, request, "refused", str(exc))
-            return Response(id=request.id, ok=False, code=exc.code, error=str(exc))
+            return self._refuse(caller, request, exc.code, str(exc), audit=spec.audited)
         if spec.audited:
             try:
                 self._record(caller, request, "ok", outcome.message, outcome)
@@ -112,11 +109,23 @@ class RequestHandler:
                 )
         return Response(id=request.id, ok=True, result=outcome.result)
 
+    def _refuse(
+        self, caller: Caller, request: Request, code: str, message: str, *, audit: bool = True
+    ) -> Response:
+        """A refusal, audited when it should be; a failing audit log does not swallow it."""
+        if audit:
+            try:
+                self._record(caller, request, "refused", message)
+            except StoreError as exc:
+                log.error("audit: %s", exc)
+                message = f"{message} (and the refusal could not be audited: {exc})"
+        return Response(id=request.id, ok=False, code=code, error=message)
+
     def _record(
         self,
         caller: Caller,
         request: Request,
-        result: str,
+        result: Literal["ok", "refused"],
         message: str | None,
         outcome: Outcome | None = None,
     ) -> None:
@@ -126,7 +135,7 @@ class RequestHandler:
             uid=caller.peer.uid,
             op=request.op,
             args=request.args,
-            result="ok" if result == "ok" else "refused",
+            result=result,
             message=message,
             before=outcome.before if outcome else None,
             after=outcome.after if outcome else None,

@@ -239,6 +239,9 @@ class AgentServer:
             await self._serve(client)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:  # a bug of ours: say so to the client and the log, keep serving
+            log.exception("%s: internal error", client)
+            self._disconnect(client, _fatal("internal", "internal error in the agent; see its log"))
         finally:
             self._disconnect(client, None)
             log.info("%s disconnected", client)

@@ -9,6 +9,7 @@ agent answers the request it records.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -84,10 +85,16 @@ class AuditLog:
         """Durable before it returns: the caller replies only after this."""
         line = self._encoder.encode(entry) + b"\n"
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    # A torn line from a crash or a full disk: end it, so this entry is whole.
+                    line = b"\n" + line
                 # One write() of a whole line: O_APPEND keeps concurrent writers' lines whole.
-                os.write(fd, line)
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, "short write (disk full?)")
                 os.fsync(fd)
             finally:
                 os.close(fd)
