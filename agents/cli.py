@@ -208,8 +208,8 @@ def _one_sample(cfg: AgentConfig) -> tuple[Inventory, Sample]:
         host = HostSampler()
         sampler = Sampler(backend, host, history_len=1)
         host.prime()
-        sampler.slow_tick()  # a one-shot wants energy, PCIe and HBM too
         time.sleep(0.25)  # rates need a second reading
+        sampler.slow_tick()  # a one-shot wants the slow readings too
         sample, _ = sampler.tick()
         try:
             state: NodeState | None = StateStore(Path(cfg.agent.state_dir)).load()

@@ -140,6 +140,8 @@ class Sampler:
         return self._seq
 
     def slow_tick(self) -> None:
+        """The slow cadence: energy, PCIe and HBM per GPU; swap, disk and network rates."""
+        self.host.read_slow()
         values = self.backend.read_slow()
         with self._slow_lock:
             self._slow = values

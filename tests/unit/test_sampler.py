@@ -194,6 +194,9 @@ class StubHost(HostSampler):
     def prime(self) -> None:
         return None
 
+    def read_slow(self) -> None:
+        return None
+
     def read(self) -> HostReading:
         self.reads += 1
         return self.reading
