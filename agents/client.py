@@ -80,15 +80,20 @@ class AgentClient:
                 raise ProtocolError("handshake", f"agent sent {type(first).__name__} first")
             check_version(first)
             self.hello: Hello = first
-            self.send(
-                Hello(
-                    proto=PROTOCOL_VERSION,
-                    software=f"gpufleet-agent-client {__version__}",
-                    peer=peer,
-                    history=history,
-                    stream=stream,
-                )
+            hello = Hello(
+                proto=PROTOCOL_VERSION,
+                software=f"gpufleet-agent-client {__version__}",
+                peer=peer,
+                history=history,
+                stream=stream,
             )
+            try:
+                self.send(hello)
+            except (BrokenPipeError, ConnectionResetError):
+                # The agent said hello and hung up (too many clients, say): its reason is the
+                # next frame, which recv() raises as ConnectionClosed.
+                self.recv()
+                raise ConnectionClosed("the agent closed the connection") from None
         except BaseException:
             self.sock.close()
             raise

@@ -60,6 +60,7 @@ class ClientsSection(_Section):
     max_queued_other: int = 1000  # responses and events are never dropped: past this, disconnect
     max_behind: float = 120.0  # seconds a client may stay behind before it is disconnected
     max_clients: int = 64
+    hello_timeout: float = 10.0  # seconds a new client has to send its hello
 
 
 class AgentConfig(_Section):
@@ -110,8 +111,9 @@ def _check(cfg: AgentConfig) -> None:
     for key in ("max_queued_samples", "max_queued_other", "max_clients"):
         if getattr(c, key) < 1:
             raise ValueError(f"clients.{key}: must be at least 1")
-    if not (math.isfinite(c.max_behind) and c.max_behind > 0):
-        raise ValueError("clients.max_behind: must be a positive number of seconds")
+    for key in ("max_behind", "hello_timeout"):
+        if not (math.isfinite(getattr(c, key)) and getattr(c, key) > 0):
+            raise ValueError(f"clients.{key}: must be a positive number of seconds")
 
 
 def socket_mode(text: str) -> int:

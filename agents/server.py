@@ -47,7 +47,6 @@ from agents.requests import Caller, RequestHandler
 
 log = logging.getLogger("gpufleet.agent")
 
-HELLO_TIMEOUT = 10.0  # seconds a client has to say hello
 CLOSE_GRACE = 5.0  # seconds a closing client has to read its last frame
 
 
@@ -248,7 +247,7 @@ class AgentServer:
 
     async def _serve(self, client: ClientConn) -> None:
         splitter = FrameSplitter()
-        deadline = asyncio.get_running_loop().time() + HELLO_TIMEOUT
+        deadline = asyncio.get_running_loop().time() + self._config.clients.hello_timeout
         while not client.closing:
             try:
                 if client.greeted:

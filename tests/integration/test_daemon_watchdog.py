@@ -11,6 +11,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.integration
 class HangingBackend:
     """The simulator, except that ``read`` blocks while ``hang`` is set."""
 
-    name = "sim"
+    name: Literal["sim"] = "sim"
 
     def __init__(self) -> None:
         self.sim = SimBackend(2)

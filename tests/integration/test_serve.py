@@ -464,11 +464,13 @@ def test_sd_notify_ready_watchdog_stopping(agent_factory: Callable[..., AgentPro
     )
     try:
         messages: list[str] = []
+
+        def got_watchdog() -> bool:
+            messages.append(listener.recv(4096).decode())
+            return any("WATCHDOG=1" in m for m in messages)
+
         wait_for(
-            lambda: (
-                messages.append(listener.recv(4096).decode())
-                or any("WATCHDOG=1" in m for m in messages)
-            ),
+            got_watchdog,
             15,
             "READY and a WATCHDOG ping",
         )
@@ -481,3 +483,32 @@ def test_sd_notify_ready_watchdog_stopping(agent_factory: Callable[..., AgentPro
     finally:
         proc.kill()
         listener.close()
+
+
+def test_a_client_that_never_says_hello_is_cut_off(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(*FAST, config="[clients]\nhello_timeout = 0.5\n").start()
+    raw = RawClient(agent.socket)
+    assert isinstance(raw.frame(), Hello)
+    err = raw.frame()  # nothing sent: the agent gives up after hello_timeout
+    assert isinstance(err, Error)
+    assert err.fatal
+    assert err.code == "handshake"
+    assert raw.closed()
+
+
+def test_clients_past_the_limit_are_refused(agent_factory: Callable[..., AgentProc]) -> None:
+    agent = agent_factory(*FAST, config="[clients]\nmax_clients = 2\n").start()
+    first = AgentClient(agent.socket, stream=False)
+    second = AgentClient(agent.socket, stream=False)
+    try:
+        assert first.request("ping").ok  # both are registered before the third arrives
+        assert second.request("ping").ok
+        with pytest.raises(ConnectionClosed) as refused:  # at hello, or just after it
+            AgentClient(agent.socket, stream=False).recv()
+        assert refused.value.error is not None
+        assert refused.value.error.code == "busy"
+    finally:
+        first.close()
+        second.close()
+    with AgentClient(agent.socket, stream=False) as again:  # a freed place is usable
+        assert wait_for(lambda: again.request("ping").ok, 5, "a place to free up")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from agents import sdnotify
 from agents.sdnotify import Notifier
 
 
@@ -133,7 +132,7 @@ def test_without_notify_socket_everything_is_a_no_op(monkeypatch: pytest.MonkeyP
     def no_socket(*args: object, **kwargs: object) -> socket.socket:
         raise AssertionError("a socket was opened without NOTIFY_SOCKET")
 
-    monkeypatch.setattr(sdnotify.socket, "socket", no_socket)
+    monkeypatch.setattr(socket, "socket", no_socket)
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     for n in (Notifier({}), Notifier({"NOTIFY_SOCKET": ""}), Notifier()):
         assert not n.enabled
