@@ -125,6 +125,7 @@ ONE_KEY = [
     ("clients", "max_queued_other", "7", 7),
     ("clients", "max_behind", "30.5", 30.5),
     ("clients", "max_clients", "2", 2),
+    ("clients", "hello_timeout", "2.5", 2.5),
 ]
 
 
@@ -245,6 +246,7 @@ def test_relative_socket_path_is_refused(path: str) -> None:
         ("[clients]\nmax_queued_other = 0\n", "clients.max_queued_other"),
         ("[clients]\nmax_clients = -3\n", "clients.max_clients"),
         ("[clients]\nmax_behind = 0\n", "clients.max_behind"),
+        ("[clients]\nhello_timeout = 0\n", "clients.hello_timeout"),
     ],
 )
 def test_out_of_range_values_are_refused_naming_the_key(text: str, key: str) -> None:
