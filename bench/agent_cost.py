@@ -21,6 +21,14 @@ No root and no GPU needed. Prints a table and writes every raw figure as JSON.
 
     python bench/agent_cost.py                      # 10 s warm-up, 60 s window, 20 polls each
     python bench/agent_cost.py --seconds 10 --polls 5
+
+``--backend nvml`` measures the same on a machine with NVIDIA GPUs (bench/gpu_check.sh runs it
+on a lent GPU machine): the agent runs ``serve --backend nvml`` on every GPU the machine has
+(``--gpus`` is ignored; the count is the one the agent's Inventory frame reports), and the
+spawn-per-poll baselines become ``python -m agents once --json --backend nvml`` and the real
+thing, ``nvidia-smi --query-gpu=... --format=csv,noheader,nounits`` (when nvidia-smi is on PATH),
+measured the same way. The minimal Python sampler is for the simulator only. Without a driver,
+``--backend nvml`` stops at once with one line saying why.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ import psutil
 
 from agents.client import AgentClient
 from agents.config import AgentConfig
-from agents.protocol import Sample, encode
+from agents.protocol import Inventory, Sample, encode, to_builtins
 
 REPO = Path(__file__).resolve().parent.parent
 TIMING_FIXTURE = REPO / "tests" / "fixtures" / "h100" / "nvml_timing.json"
@@ -67,6 +75,15 @@ TARGET_CPU_PERCENT = 0.2  # of one core, at 1 Hz with 8 GPUs (the issue's target
 TARGET_RSS_MB = 60.0
 SSH_SETUP_MS = 43.0  # one SSH connection with key auth on these machines (design.md §6)
 MB = 1_000_000  # RSS is reported in MB of 10**6 bytes (the JSON keeps bytes)
+
+NVML_POLL_TIMEOUT_S = 30.0  # nvml mode: a spawned poll that runs longer is killed, and fails
+
+#: What people run to poll a node today (the query of design.md §2 and nvml_timing.json).
+NVIDIA_SMI_ARGS = [
+    "--query-gpu=index,uuid,name,utilization.gpu,utilization.memory,memory.used,memory.total,"
+    "temperature.gpu,power.draw,clocks.sm,clocks.mem,pstate",
+    "--format=csv,noheader,nounits",
+]
 
 #: The leanest honest one-shot poll: a fresh interpreter, psutil and the simulator, one read of
 #: every GPU and of the host's CPU and memory, JSON on stdout. A one-shot process cannot report a
@@ -122,7 +139,8 @@ def _schedstat_ns(pid: int) -> dict[int, int]:
 @dataclass
 class AgentProcess:
     root: Path
-    gpus: int
+    gpus: int  # sim only: with nvml the agent samples every GPU the machine has
+    backend: str = "sim"
     proc: subprocess.Popen[bytes] | None = None
     served_at: float | None = None  # time.monotonic() when the log said "serving"
 
@@ -135,15 +153,15 @@ class AgentProcess:
         return self.root / "agent.log"
 
     def command(self) -> list[str]:
+        gpus = ["--gpus", str(self.gpus)] if self.backend == "sim" else []
         return [
             sys.executable,
             "-m",
             "agents",
             "serve",
             "--backend",
-            "sim",
-            "--gpus",
-            str(self.gpus),
+            self.backend,
+            *gpus,
             "--interval",
             str(INTERVAL),
             "--socket",
@@ -208,6 +226,7 @@ class StreamCounter(threading.Thread):
         self.arrivals: list[float] = []  # time.monotonic() per sample received
         self.frame_bytes: list[int] = []
         self.other_frames = 0
+        self.inventory: Inventory | None = None  # the first one: what the agent samples
         self.error: str | None = None
         self._stopping = False
 
@@ -219,6 +238,8 @@ class StreamCounter(threading.Thread):
                     if len(self.frame_bytes) < 50:  # wire size; re-encoding costs us, not it
                         self.frame_bytes.append(len(encode(frame)))
                 else:
+                    if isinstance(frame, Inventory) and self.inventory is None:
+                        self.inventory = frame
                     self.other_frames += 1
         except Exception as exc:  # reported in the results, never silently
             if not self._stopping:
@@ -237,7 +258,7 @@ class StreamCounter(threading.Thread):
 
 def measure_agent(
     agent: AgentProcess, warmup: float, seconds: float, stack: contextlib.ExitStack
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Inventory | None]:
     agent.start()
     assert agent.proc is not None
     ps = psutil.Process(agent.proc.pid)
@@ -339,7 +360,7 @@ def measure_agent(
         **_ring_projection(rss, agent.served_at, w1),
         "rss_max_mb": max(rss) / MB,
         "uss_median_mb": statistics.median(uss) / MB,
-    }
+    }, counter.inventory
 
 
 def _ring_projection(rss: list[int], served_at: float | None, now: float) -> dict[str, Any]:
@@ -376,6 +397,8 @@ class Baseline:
     polls: list[Poll] = field(default_factory=list)
     warmup_polls: int = 1
     expect_gpus: bool = True
+    output: str = "json"  # how to count the GPUs it reported: "json" or "csv" (nvidia-smi)
+    timeout: float | None = None  # per poll; None: wait for ever (sim)
 
     def summary(self) -> dict[str, Any]:
         cpu = [p.cpu_s for p in self.polls]
@@ -404,19 +427,59 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def spawn_poll(cmd: list[str], scratch: Path, gpus: int | None) -> Poll:
+class _Deadline:
+    """Kills a spawned poll that runs past ``seconds`` (nvml mode: a hung nvidia-smi or driver
+    must not eat a lent GPU machine's time). The child is killed only while it is still ours:
+    ``reaping`` is called once it has exited but before it is reaped, so its pid cannot have
+    been reused."""
+
+    def __init__(self, pid: int, seconds: float) -> None:
+        self.pid = pid
+        self.fired = False
+        self._done = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._kill)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _kill(self) -> None:
+        with self._lock:
+            if not self._done:
+                self.fired = True
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+
+    def reaping(self) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+
+def spawn_poll(
+    cmd: list[str],
+    scratch: Path,
+    gpus: int | None,
+    output: str = "json",
+    timeout: float | None = None,
+) -> Poll:
     """Run one one-shot sampler to completion; check it really sampled ``gpus`` GPUs."""
     errfile = scratch / "poll.stderr"
     before = _children_cpu()
     t0 = time.perf_counter()
     with errfile.open("wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+    deadline = _Deadline(proc.pid, timeout) if timeout is not None else None
     try:
         assert proc.stdout is not None
         out = proc.stdout.read()
+        if deadline is not None:  # exited (or killed), not yet reaped: stop the timer first
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            deadline.reaping()
         # Reap it ourselves: wait4 gives this child's own rusage (ru_maxrss in KB on Linux).
         _, status, ru = os.wait4(proc.pid, 0)
     except BaseException:
+        if deadline is not None:
+            deadline.reaping()
         if proc.returncode is None:
             with contextlib.suppress(OSError):
                 proc.kill()
@@ -430,13 +493,18 @@ def spawn_poll(cmd: list[str], scratch: Path, gpus: int | None) -> Poll:
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     after = _children_cpu()
+    if deadline is not None and deadline.fired:
+        raise RuntimeError(f"{shlex.join(cmd)} ran past {timeout:g} s and was killed")
     if proc.returncode != 0:
         raise RuntimeError(
             f"{shlex.join(cmd)} exited {proc.returncode}:\n{errfile.read_text(errors='replace')}"
         )
     if gpus is not None:
-        doc = json.loads(out)
-        sampled = doc["sample"]["gpus"] if "sample" in doc else doc["gpus"]
+        if output == "csv":  # nvidia-smi --format=csv,noheader: one line per GPU
+            sampled = [row for row in out.decode(errors="replace").splitlines() if row.strip()]
+        else:
+            doc = json.loads(out)
+            sampled = doc["sample"]["gpus"] if "sample" in doc else doc["gpus"]
         if len(sampled) != gpus:
             raise RuntimeError(f"{shlex.join(cmd)} reported {len(sampled)} GPUs, not {gpus}")
     return Poll(
@@ -448,11 +516,30 @@ def spawn_poll(cmd: list[str], scratch: Path, gpus: int | None) -> Poll:
 
 
 def measure_baseline(base: Baseline, polls: int, scratch: Path, gpus: int) -> dict[str, Any]:
+    expect = gpus if base.expect_gpus else None
     for _ in range(base.warmup_polls):  # page cache and .pyc files warm, as in steady polling
-        spawn_poll(base.command, scratch, gpus if base.expect_gpus else None)
+        spawn_poll(base.command, scratch, expect, base.output, base.timeout)
     for _ in range(polls):
-        base.polls.append(spawn_poll(base.command, scratch, gpus if base.expect_gpus else None))
+        base.polls.append(spawn_poll(base.command, scratch, expect, base.output, base.timeout))
     return base.summary()
+
+
+def measure_baseline_or_error(
+    base: Baseline, polls: int, scratch: Path, gpus: int
+) -> dict[str, Any]:
+    """As measure_baseline, but a failing baseline becomes a result saying why (nvml mode: one
+    tool failing on a lent GPU machine must not cost the other figures), and a poll past
+    NVML_POLL_TIMEOUT_S is killed."""
+    base.timeout = NVML_POLL_TIMEOUT_S
+    try:
+        return measure_baseline(base, polls, scratch, gpus)
+    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
+        return {
+            "name": base.name,
+            "command": shlex.join(base.command),
+            "error": f"{type(exc).__name__}: {exc}",
+            "polls_done": len(base.polls),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,11 +593,37 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _spawned(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """This run's spawn-per-poll baselines, in table order, each with its short name."""
+    once = ("gpufleet-agent once", results["spawn_once_cli"])
+    if results["parameters"].get("backend", "sim") != "nvml":
+        return [once, ("minimal python sampler", results["spawn_minimal"])]
+    smi = results["spawn_nvidia_smi"]
+    return [once] if "skipped" in smi else [once, ("nvidia-smi --query-gpu", smi)]
+
+
+def _cpu_ratio(b: dict[str, Any], agent: dict[str, Any]) -> float | None:
+    if "cpu_ms_per_poll_mean" not in b or agent["cpu_ms_per_sample"] is None:
+        return None
+    return _ratio(b["cpu_ms_per_poll_mean"], agent["cpu_ms_per_sample"])
+
+
+def _gpu_summary(gpu: dict[str, Any]) -> str:
+    """'1x NVIDIA H100 80GB HBM3, driver 580.159.04' from the agent's Inventory frame."""
+    names: dict[str, int] = {}
+    for info in gpu["gpus"]:
+        name = info.get("name") or "unnamed GPU"
+        names[name] = names.get(name, 0) + 1
+    cards = ", ".join(f"{n}x {name}" for name, n in names.items()) or "no GPUs"
+    return f"{cards}, driver {gpu['driver_version'] or 'unknown'}"
+
+
 def report(results: dict[str, Any]) -> str:
     a = results["agent"]
-    once = results["spawn_once_cli"]
-    mini = results["spawn_minimal"]
-    g = results["parameters"]["gpus"]
+    params = results["parameters"]
+    nvml = params.get("backend", "sim") == "nvml"
+    spawned = _spawned(results)
+    g = params["gpus"]
     rows = [
         (
             "agent (streaming, per sample)",
@@ -519,21 +632,20 @@ def report(results: dict[str, Any]) -> str:
             "n/a",
             f"{a['rss_median_mb']:.1f} (max {a['rss_max_mb']:.1f})",
         ),
-        (
-            "spawn-per-poll: gpufleet-agent once",
-            _fmt(once["cpu_ms_per_poll_mean"], ".1f"),
-            _fmt(once["cpu_percent_one_core_at_1hz"], ".2f"),
-            _fmt(once["wall_ms_per_poll_mean"], ".1f"),
-            f"{once['maxrss_mb_max']:.1f}",
-        ),
-        (
-            "spawn-per-poll: minimal python sampler",
-            _fmt(mini["cpu_ms_per_poll_mean"], ".1f"),
-            _fmt(mini["cpu_percent_one_core_at_1hz"], ".2f"),
-            _fmt(mini["wall_ms_per_poll_mean"], ".1f"),
-            f"{mini['maxrss_mb_max']:.1f}",
-        ),
     ]
+    for name, b in spawned:
+        if "error" in b:
+            rows.append((f"spawn-per-poll: {name}", "failed", "n/a", "n/a", "n/a"))
+            continue
+        rows.append(
+            (
+                f"spawn-per-poll: {name}",
+                _fmt(b["cpu_ms_per_poll_mean"], ".1f"),
+                _fmt(b["cpu_percent_one_core_at_1hz"], ".2f"),
+                _fmt(b["wall_ms_per_poll_mean"], ".1f"),
+                f"{b['maxrss_mb_max']:.1f}",
+            )
+        )
     head = ("", "CPU ms/sample|poll", "% core @1 Hz", "wall ms/poll", "RSS MB")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
 
@@ -542,10 +654,14 @@ def report(results: dict[str, Any]) -> str:
         rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
         return "  ".join([first, *rest])
 
+    if nvml:
+        what = f"{g} GPUs through NVML ({_gpu_summary(results['gpu'])})"
+    else:
+        what = f"{g} simulated GPUs"
     out = [
-        f"gpufleet agent cost: {g} simulated GPUs, 1 Hz, "
+        f"gpufleet agent cost: {what}, 1 Hz, "
         f"{a['window_s']:.0f} s window after {a['warmup_s']:g} s warm-up, "
-        f"{once['polls']} polls per baseline",
+        f"{params['polls']} polls per baseline",
         "",
         line(head),
         line(["-" * w for w in widths]),
@@ -553,12 +669,21 @@ def report(results: dict[str, Any]) -> str:
         "",
     ]
     agent_cpu = a["cpu_ms_per_sample"]
-    for name, b in (("gpufleet-agent once", once), ("minimal python sampler", mini)):
-        ratio = _ratio(b["cpu_ms_per_poll_mean"], agent_cpu)
+    for name, b in spawned:
+        if "error" in b:
+            error = b["error"].splitlines()
+            more = [f"    ... ({len(error) - 6} more lines in the JSON)"] if len(error) > 6 else []
+            out += [f"spawn-per-poll ({name}) FAILED: {error[0]}"]
+            out += [f"    {e}" for e in error[1:6]] + more
+            continue
+        ratio = _cpu_ratio(b, a)
+        spec = ".0f" if ratio is None or ratio >= 10 else ".2g"  # nvidia-smi can be cheap
         out.append(
-            f"spawn-per-poll ({name}) costs {_fmt(ratio, '.0f')}x the CPU of streaming "
-            f"({b['cpu_ms_per_poll_mean']:.1f} ms vs {agent_cpu:.3f} ms per sample)"
+            f"spawn-per-poll ({name}) costs {_fmt(ratio, spec)}x the CPU of streaming "
+            f"({b['cpu_ms_per_poll_mean']:.1f} ms vs {_fmt(agent_cpu, '.3f')} ms per sample)"
         )
+    if nvml and "skipped" in results["spawn_nvidia_smi"]:
+        out.append(f"nvidia-smi not measured: {results['spawn_nvidia_smi']['skipped']}")
     out.append("")
     pct = a["cpu_percent_one_core_at_1hz"]
     x = pct / TARGET_CPU_PERCENT
@@ -595,7 +720,10 @@ def report(results: dict[str, Any]) -> str:
             ref["query_gpu_csv"]["cmd"].split(" --query-gpu")[0] + " --query-gpu=... --format=csv"
         )
         out += [
-            "measured on a real H100 (design.md §2), not in this run (wall time per poll):",
+            "measured earlier on a real H100 (design.md §2), to compare with this run "
+            "(wall time per poll):"
+            if nvml
+            else "measured on a real H100 (design.md §2), not in this run (wall time per poll):",
             f"  {csv_cmd}  about {ref['query_gpu_csv']['median_s'] * 1e3:.1f} ms",
             f"  {ref['q_xml']['cmd']}  about {ref['q_xml']['median_s'] * 1e3:.1f} ms",
             f"  (medians from {ref['source']})",
@@ -607,6 +735,12 @@ def report(results: dict[str, Any]) -> str:
     out += [
         "how it was measured:",
     ]
+    started_as = (
+        f"process, started directly (no shell, no pyenv shim): python as {sys.executable}, "
+        f"nvidia-smi as {results['gpu']['nvidia_smi'] or '(not on PATH)'}"
+        if nvml
+        else f"python process, started directly (no shell, no pyenv shim) as {sys.executable}"
+    )
     notes = [
         "agent: CPU = the agent process's run time over the window (all its threads, and "
         "children if any), divided by the samples the client got. Two readings of it: utime+stime "
@@ -615,19 +749,31 @@ def report(results: dict[str, Any]) -> str:
         "nanosecond run time in /proc/<pid>/task/*/schedstat, used when no thread came or went "
         f"(this run: {a['cpu_source']}). RSS read once a second. The client runs in this process: "
         "its CPU is not counted.",
-        "baselines: each poll is a fresh python process, started directly (no shell, no pyenv "
-        f"shim) as {sys.executable}; CPU = getrusage(RUSAGE_CHILDREN) delta (user+sys) per poll, "
-        "mean of the polls after one discarded warm-up poll; RSS = the largest poll's ru_maxrss "
-        "(wait4). Wall ms is spawn to exit as seen by this process.",
+        f"baselines: each poll is a fresh {started_as}; CPU = getrusage(RUSAGE_CHILDREN) delta "
+        "(user+sys) per poll, mean of the polls after one discarded warm-up poll; RSS = the "
+        "largest poll's ru_maxrss (wait4). Wall ms is spawn to exit as seen by this process.",
         f"for scale, a bare `python -c pass` costs {floor['cpu_ms_per_poll_mean']:.1f} ms CPU and "
         f"{floor['wall_ms_per_poll_mean']:.1f} ms wall per start on this machine: the floor of "
         "any spawn-per-poll Python tool.",
         "`gpufleet-agent once` sleeps 0.25 s for a second host reading (rates): that is in its "
         "wall time, not its CPU.",
+    ]
+    if nvml:
+        modes = {info.get("persistence_mode") for info in results["gpu"]["gpus"]}
+        mode = {frozenset([True]): "on", frozenset([False]): "off"}.get(
+            frozenset(modes), "mixed or unknown"
+        )
+        notes.append(
+            "every spawned poll opens NVML afresh (nvmlInit, device handles), which the agent "
+            "does once; the baselines run after the agent has stopped, so with persistence mode "
+            "off the driver may also set the GPUs up again on each poll. Persistence mode "
+            f"here, from the Inventory frame: {mode}."
+        )
+    notes.append(
         "no SSH hop: a real `ssh node nvidia-smi` also pays SSH session setup, about "
         f"{SSH_SETUP_MS:g} ms per connection on these machines (design.md §6), plus sshd's and "
-        "the login shell's CPU; none of that is included, so the baselines are a floor.",
-    ]
+        "the login shell's CPU; none of that is included, so the baselines are a floor."
+    )
     for note in notes:
         out.append(textwrap.fill(note, 96, initial_indent="  - ", subsequent_indent="    "))
     return "\n".join(out)
@@ -641,21 +787,82 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=60.0, help="agent measurement window (s)")
     p.add_argument("--warmup", type=float, default=10.0, help="agent warm-up before the window")
     p.add_argument("--polls", type=int, default=20, help="spawned polls per baseline")
-    p.add_argument("--gpus", type=int, default=8, help="simulated GPUs")
+    p.add_argument(
+        "--backend",
+        choices=["sim", "nvml"],
+        default="sim",
+        help="sim: simulated GPUs, anywhere; nvml: this machine's NVIDIA GPUs (default: sim)",
+    )
+    p.add_argument(
+        "--gpus", type=int, default=None, help="simulated GPUs (sim; default 8; nvml ignores it)"
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
     args = p.parse_args(argv)
-    if args.seconds < 2 or args.warmup < 0 or args.polls < 1 or args.gpus < 1:
+    if args.backend == "sim" and args.gpus is None:
+        args.gpus = 8
+    bad_gpus = args.gpus is not None and args.gpus < 1
+    if args.seconds < 2 or args.warmup < 0 or args.polls < 1 or bad_gpus:
         p.error("need --seconds >= 2, --warmup >= 0, --polls >= 1, --gpus >= 1")
     return args
 
 
+def _nvml_unavailable() -> str | None:
+    """None when NVML opens here; else why not, in the agent's own words (no driver, ...)."""
+    from agents.gpu.base import BackendUnavailable
+    from agents.gpu.select import open_backend
+
+    try:
+        backend = open_backend("nvml")
+    except BackendUnavailable as exc:
+        return str(exc)
+    backend.close()
+    return None
+
+
+def _package_version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _gpu_facts(inventory: Inventory, nvidia_smi: str | None) -> dict[str, Any]:
+    return {
+        "source": "the agent's Inventory frame",
+        "count": len(inventory.gpus),
+        "driver_version": inventory.driver_version,
+        "cuda_version": inventory.cuda_version,
+        "nvml_version": inventory.nvml_version,
+        "nvidia_ml_py": _package_version("nvidia-ml-py"),
+        "nvidia_smi": nvidia_smi,
+        "gpus": to_builtins(inventory.gpus),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    nvml = args.backend == "nvml"
+    if nvml:
+        why = _nvml_unavailable()
+        if why is not None:
+            print(f"agent_cost: error: --backend nvml: {why}", file=sys.stderr)
+            return 1
+        if args.gpus is not None:
+            print(
+                "agent_cost: --gpus is ignored with --backend nvml: the agent samples every GPU",
+                file=sys.stderr,
+            )
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="gf-bench-", dir="/tmp"))  # short: socket paths <= 108
-    agent = AgentProcess(tmp, args.gpus)
+    agent = AgentProcess(tmp, args.gpus if not nvml else 0, args.backend)
+    nvidia_smi = shutil.which("nvidia-smi") if nvml else None
+    spawn: dict[str, dict[str, Any]] = {}
+    inventory: Inventory | None = None
+    gpus: int = args.gpus if not nvml else 0
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(agent.stop)
@@ -664,13 +871,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            agent_results = measure_agent(agent, args.warmup, args.seconds, stack)
+            agent_results, inventory = measure_agent(agent, args.warmup, args.seconds, stack)
         # The agent is reaped now; everything below is measured after it, alone.
         agent_results["exit_status"] = agent.proc.returncode if agent.proc else None
         agent_results["log_warnings"] = [
             line for line in agent.log().splitlines() if " WARNING " in line or " ERROR " in line
         ]
+        if nvml:
+            if inventory is None:
+                raise RuntimeError("the agent sent no Inventory frame")
+            gpus = len(inventory.gpus)
+            if gpus == 0:
+                raise RuntimeError(f"the agent found no GPUs: {inventory.backend_note}")
 
+        sim_gpus = [] if nvml else ["--gpus", str(args.gpus)]
         once = Baseline(
             "gpufleet-agent once",
             [
@@ -680,31 +894,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "once",
                 "--json",
                 "--backend",
-                "sim",
-                "--gpus",
-                str(args.gpus),
+                args.backend,
+                *sim_gpus,
                 "--config",
                 str(tmp / "agent.toml"),
             ],
         )
-        minimal = Baseline(
-            "minimal python sampler",
-            [sys.executable, "-c", MINIMAL_SAMPLER, str(args.gpus)],
-        )
         print(f"spawn-per-poll: {args.polls} polls each ...", file=sys.stderr, flush=True)
         children0 = _children_cpu()
-        once_results = measure_baseline(once, args.polls, tmp, args.gpus)
-        minimal_results = measure_baseline(minimal, args.polls, tmp, args.gpus)
+        if nvml:
+            # On a lent GPU machine one failing tool must not cost the other figures.
+            spawn["spawn_once_cli"] = measure_baseline_or_error(once, args.polls, tmp, gpus)
+            if nvidia_smi is None:
+                spawn["spawn_nvidia_smi"] = {"skipped": "nvidia-smi is not on PATH"}
+            else:
+                smi = Baseline(
+                    "nvidia-smi --query-gpu", [nvidia_smi, *NVIDIA_SMI_ARGS], output="csv"
+                )
+                spawn["spawn_nvidia_smi"] = measure_baseline_or_error(smi, args.polls, tmp, gpus)
+        else:
+            minimal = Baseline(
+                "minimal python sampler",
+                [sys.executable, "-c", MINIMAL_SAMPLER, str(args.gpus)],
+            )
+            spawn["spawn_once_cli"] = measure_baseline(once, args.polls, tmp, gpus)
+            spawn["spawn_minimal"] = measure_baseline(minimal, args.polls, tmp, gpus)
         floor = Baseline("python -c pass", [sys.executable, "-c", "pass"], expect_gpus=False)
-        floor_results = measure_baseline(floor, args.polls, tmp, args.gpus)
+        floor_results = measure_baseline(floor, args.polls, tmp, gpus)
         children_total = _children_cpu() - children0
     except (KeyboardInterrupt, Interrupted):
         print("\ninterrupted: agent stopped, temporary files removed", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if not nvml:
+            raise
+        print(f"agent_cost: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         agent.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    ratio_names = {
+        "spawn_once_cli": "once_cli_cpu_per_poll_over_agent_cpu_per_sample",
+        "spawn_minimal": "minimal_cpu_per_poll_over_agent_cpu_per_sample",
+        "spawn_nvidia_smi": "nvidia_smi_cpu_per_poll_over_agent_cpu_per_sample",
+    }
     results: dict[str, Any] = {
         "benchmark": "agent_cost",
         "date": started.isoformat(timespec="seconds"),
@@ -714,25 +948,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": args.seconds,
             "warmup": args.warmup,
             "polls": args.polls,
-            "gpus": args.gpus,
+            "gpus": gpus,
             "interval": INTERVAL,
             "out": str(args.out),
+            "backend": args.backend,
         },
         "machine": _machine(),
+        **({"gpu": _gpu_facts(inventory, nvidia_smi)} if nvml and inventory else {}),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "agent": agent_results,
-        "spawn_once_cli": once_results,
-        "spawn_minimal": minimal_results,
+        **spawn,
         "spawn_interpreter_floor": floor_results,
         "spawn_children_cpu_s_total": children_total,
         "ratios": {
-            "once_cli_cpu_per_poll_over_agent_cpu_per_sample": _ratio(
-                once_results["cpu_ms_per_poll_mean"], agent_results["cpu_ms_per_sample"]
-            ),
-            "minimal_cpu_per_poll_over_agent_cpu_per_sample": _ratio(
-                minimal_results["cpu_ms_per_poll_mean"], agent_results["cpu_ms_per_sample"]
-            ),
+            ratio_names[key]: _cpu_ratio(value, agent_results) for key, value in spawn.items()
         },
         "targets": {
             "cpu_percent_one_core_at_1hz": TARGET_CPU_PERCENT,
