@@ -59,8 +59,12 @@ class ClientsSection(_Section):
     max_queued_samples: int = 60  # per client; older samples are dropped past this
     max_queued_other: int = 1000  # responses and events are never dropped: past this, disconnect
     max_behind: float = 120.0  # seconds a client may stay behind before it is disconnected
-    max_clients: int = 64
+    max_queued_bytes: int = 4 << 20  # per client, responses and events together
+    max_clients: int = 64  # root may always connect, past this
+    max_clients_per_user: int = 16
     hello_timeout: float = 10.0  # seconds a new client has to send its hello
+    idle_timeout: float = 600.0  # seconds a non-streaming client may stay silent
+    max_refusals: int = 20  # requests refused for role before the connection is closed
 
 
 class AgentConfig(_Section):
@@ -108,10 +112,17 @@ def _check(cfg: AgentConfig) -> None:
     if not 1 <= cfg.sim.gpus <= 64:
         raise ValueError("sim.gpus: must be between 1 and 64")
     c = cfg.clients
-    for key in ("max_queued_samples", "max_queued_other", "max_clients"):
+    for key in (
+        "max_queued_samples",
+        "max_queued_other",
+        "max_queued_bytes",
+        "max_clients",
+        "max_clients_per_user",
+        "max_refusals",
+    ):
         if getattr(c, key) < 1:
             raise ValueError(f"clients.{key}: must be at least 1")
-    for key in ("max_behind", "hello_timeout"):
+    for key in ("max_behind", "hello_timeout", "idle_timeout"):
         if not (math.isfinite(getattr(c, key)) and getattr(c, key) > 0):
             raise ValueError(f"clients.{key}: must be a positive number of seconds")
 

@@ -67,7 +67,7 @@ class Agent:
             config=config,
             node=self.node,
             inventory=self.inventory,
-            history=lambda: self.sampler.ring,
+            history=lambda: self.sampler.replay,
             handler=self.handler,
             interval=a.interval,
         )

@@ -2,9 +2,15 @@
 
 Samples are replaceable (the next one supersedes the last), so past a limit the oldest queued
 sample is dropped for that client. Responses and events are not: losing a response leaves an
-operator not knowing whether their drain happened. Those are never dropped; if they pile up past
-their own limit, or a client has been dropping samples for too long, the client is too far
-behind to be useful and ``overflowed`` says why, for the server to tell it and disconnect it.
+operator not knowing whether their drain happened. Those are never dropped. Instead:
+
+- a client's own requests are paced by its reading: the server waits for ``room()`` before
+  handling the next one, so a client that pipelines requests and does not read only fills its
+  own socket buffers, not the agent's memory;
+- events, which the agent sends unasked, can still pile up behind a client that has stopped
+  reading; past ``max_other`` frames or ``max_bytes``, or after dropping samples for longer than
+  ``max_behind``, the client is too far behind to be useful, and ``overflowed`` says why, for
+  the server to tell it and disconnect it.
 """
 
 from __future__ import annotations
@@ -22,21 +28,36 @@ class Outbox:
         max_samples: int,
         max_other: int,
         max_behind: float,
+        max_bytes: int = 4 << 20,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._items: deque[tuple[bool, bytes]] = deque()  # (is_sample, frame)
         self._samples = 0
+        self._other_bytes = 0
         self._max_samples = max_samples
         self._max_other = max_other
+        self._max_bytes = max_bytes
         self._max_behind = max_behind
         self._monotonic = monotonic
         self._ready = asyncio.Event()
+        self._taken = asyncio.Event()
         self.dropped = 0  # samples dropped for this client, in all
         self._dropping_since: float | None = None
         self.overflowed: str | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        """The client is gone: release anyone waiting in ``room`` or ``take``."""
+        self.closed = True
+        self._taken.set()
+        self._ready.set()
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def _others(self) -> int:
+        return len(self._items) - self._samples
 
     def put_sample(self, frame: bytes) -> None:
         if self.overflowed:
@@ -52,8 +73,11 @@ class Outbox:
         if self.overflowed:
             return
         self._items.append((False, frame))
-        if len(self._items) - self._samples > self._max_other:
+        self._other_bytes += len(frame)
+        if self._others > self._max_other:
             self.overflowed = f"more than {self._max_other} responses and events unread"
+        elif self._other_bytes > self._max_bytes:
+            self.overflowed = f"more than {self._max_bytes} bytes of responses and events unread"
         self._ready.set()
 
     def _drop_oldest_sample(self) -> None:
@@ -69,13 +93,24 @@ class Outbox:
         elif now - self._dropping_since > self._max_behind:
             self.overflowed = f"behind by more than {self._max_behind:g} s of samples"
 
+    def _roomy(self) -> bool:
+        return self._others <= self._max_other // 2 and self._other_bytes <= self._max_bytes // 2
+
+    async def room(self) -> None:
+        """Wait until the client has read enough that another response fits comfortably."""
+        while not self._roomy() and not self.overflowed and not self.closed:
+            self._taken.clear()
+            await self._taken.wait()
+
     async def take(self) -> list[bytes]:
         """Everything queued, in order, waiting until there is something."""
-        while not self._items:
+        while not self._items and not self.closed:
             self._ready.clear()
             await self._ready.wait()
         frames = [frame for _, frame in self._items]
         self._items.clear()
         self._samples = 0
+        self._other_bytes = 0
         self._dropping_since = None  # the client has caught up with what we had
+        self._taken.set()
         return frames

@@ -45,10 +45,25 @@ class GpufleetError(Exception):
     """Root of every error gpufleet raises on purpose; its message is fit to show a person."""
 
 
+#: Longest message we build from text a peer sent (op names, field names, versions): enough to
+#: recognise it, too short to bloat replies or forge log lines.
+MAX_ECHO: Final = 200
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """``text`` safe to echo back or log: control characters escaped, length bounded."""
+    safe = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
 class ProtocolError(GpufleetError):
-    """A frame that could not be read; ``code`` is the machine-readable reason."""
+    """A frame that could not be read; ``code`` is the machine-readable reason.
+
+    The message often quotes what the peer sent, so it is clipped here, once for every caller.
+    """
 
     def __init__(self, code: str, message: str) -> None:
+        message = clip(message, 2 * MAX_ECHO)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -313,9 +328,9 @@ def decode(line: bytes) -> Frame:
     try:
         frame: Frame = _decoder.decode(line)
     except msgspec.ValidationError as exc:
-        raise ProtocolError("invalid", f"invalid frame: {exc}") from None
+        raise ProtocolError("invalid", f"invalid frame: {clip(str(exc))}") from None
     except msgspec.DecodeError as exc:
-        raise ProtocolError("malformed", f"malformed frame: {exc}") from None
+        raise ProtocolError("malformed", f"malformed frame: {clip(str(exc))}") from None
     except RecursionError:  # a small frame can nest deep enough to exhaust the stack
         raise ProtocolError("malformed", "malformed frame: nested too deeply") from None
     return frame
@@ -327,7 +342,7 @@ _VERSION_RE: Final = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})")
 def parse_version(proto: str) -> tuple[int, int]:
     m = _VERSION_RE.fullmatch(proto)
     if m is None:
-        raise ProtocolError("version", f"unreadable protocol version {proto!r}")
+        raise ProtocolError("version", f"unreadable protocol version {clip(proto)!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -337,7 +352,7 @@ def check_version(hello: Hello) -> None:
     if major != PROTOCOL_MAJOR:
         raise ProtocolError(
             "version",
-            f"protocol {hello.proto} from {hello.software} is not compatible with "
+            f"protocol {hello.proto} from {clip(hello.software)!r} is not compatible with "
             f"{PROTOCOL_VERSION}: upgrade the older side",
         )
 
@@ -346,11 +361,11 @@ def decode_args(request: Request) -> msgspec.Struct:
     """The request's arguments as the op's typed struct, or ProtocolError naming the problem."""
     spec = REQUEST_SPECS.get(request.op)
     if spec is None:
-        raise ProtocolError("unknown_op", f"unknown request {request.op!r}")
+        raise ProtocolError("unknown_op", f"unknown request {clip(request.op)!r}")
     try:
         return msgspec.convert(request.args, spec.args)
     except msgspec.ValidationError as exc:
-        raise ProtocolError("bad_args", f"{request.op}: {exc}") from None
+        raise ProtocolError("bad_args", f"{clip(request.op)}: {clip(str(exc))}") from None
 
 
 def to_builtins(obj: Any) -> Any:

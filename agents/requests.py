@@ -8,11 +8,14 @@ A refusal for role is audited too: a viewer trying to act is worth knowing about
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import msgspec
 
 from agents.identity import Peer
 from agents.protocol import (
@@ -26,12 +29,18 @@ from agents.protocol import (
     Role,
     SimInjectArgs,
     WhoAmI,
+    clip,
     decode_args,
     to_builtins,
 )
 from agents.store import AuditLog, StoreError
 
 log = logging.getLogger("gpufleet.agent")
+encode_json = msgspec.json.encode
+
+#: Request arguments larger than this (encoded) are audited clipped: the audit log records
+#: what was asked, and must not be a way to fill the disk.
+MAX_AUDITED_ARGS = 4096
 
 
 class RequestRefused(GpufleetError):
@@ -84,21 +93,26 @@ class RequestHandler:
         assert not missing, f"protocol and handler disagree on ops: {missing}"
 
     async def handle(self, caller: Caller, request: Request) -> Response:
+        """Refusals come in this order: unknown op, wrong role, bad arguments, the op's own
+        rules. All of them but a viewer's bad arguments to a read are audited."""
+        spec = REQUEST_SPECS.get(request.op)
+        if spec is None:
+            message = f"unknown request {clip(request.op)!r}"
+            return await self._refuse(caller, request, "unknown_op", message)
+        if spec.role == "operator" and caller.role != "operator":
+            message = f"{caller.peer.user} is a viewer; {request.op} needs the operator role"
+            return await self._refuse(caller, request, "forbidden", message)
         try:
             args = decode_args(request)
         except ProtocolError as exc:
-            return Response(id=request.id, ok=False, code=exc.code, error=exc.message)
-        spec = REQUEST_SPECS[request.op]
-        if spec.role == "operator" and caller.role != "operator":
-            message = f"{caller.peer.user} is a viewer; {request.op} needs the operator role"
-            return self._refuse(caller, request, "forbidden", message)
+            return await self._refuse(caller, request, exc.code, exc.message, audit=spec.audited)
         try:
             outcome = await self._ops[request.op](caller, args)
         except RequestRefused as exc:
-            return self._refuse(caller, request, exc.code, str(exc), audit=spec.audited)
+            return await self._refuse(caller, request, exc.code, str(exc), audit=spec.audited)
         if spec.audited:
             try:
-                self._record(caller, request, "ok", outcome.message, outcome)
+                await self._record(caller, request, "ok", outcome.message, outcome)
             except StoreError as exc:
                 log.error("audit: %s", exc)
                 return Response(
@@ -109,19 +123,19 @@ class RequestHandler:
                 )
         return Response(id=request.id, ok=True, result=outcome.result)
 
-    def _refuse(
+    async def _refuse(
         self, caller: Caller, request: Request, code: str, message: str, *, audit: bool = True
     ) -> Response:
         """A refusal, audited when it should be; a failing audit log does not swallow it."""
         if audit:
             try:
-                self._record(caller, request, "refused", message)
+                await self._record(caller, request, "refused", message)
             except StoreError as exc:
                 log.error("audit: %s", exc)
                 message = f"{message} (and the refusal could not be audited: {exc})"
         return Response(id=request.id, ok=False, code=code, error=message)
 
-    def _record(
+    async def _record(
         self,
         caller: Caller,
         request: Request,
@@ -129,20 +143,25 @@ class RequestHandler:
         message: str | None,
         outcome: Outcome | None = None,
     ) -> None:
+        """Append to the audit log, fsync'd, off the event loop (an fsync can take a while on a
+        busy disk, and sampling must not wait for it)."""
+        args = request.args
+        if len(encode_json(args)) > MAX_AUDITED_ARGS:
+            args = {"_clipped": clip(encode_json(args).decode(errors="replace"))}
         entry = AuditEntry(
             ts=self._clock(),
             who=caller.peer.user,
             uid=caller.peer.uid,
-            op=request.op,
-            args=request.args,
+            op=clip(request.op),
+            args=args,
             result=result,
             message=message,
             before=outcome.before if outcome else None,
             after=outcome.after if outcome else None,
             request_id=request.id,
         )
-        self._audit.append(entry)
-        log.info("audit: %s %s %s: %s", caller.peer, request.op, entry.result, message or "")
+        await asyncio.to_thread(self._audit.append, entry)
+        log.info("audit: %s %s %s: %s", caller.peer, entry.op, entry.result, message or "")
 
     async def _ping(self, caller: Caller, args: Any) -> Outcome:
         return Outcome({"node": self._node, "ts": self._clock()})

@@ -29,6 +29,7 @@ from agents.protocol import (
     Inventory,
     NodeState,
     Sample,
+    encode,
 )
 
 
@@ -128,6 +129,8 @@ class Sampler:
         self.backend = backend
         self.host = host
         self.ring: deque[Sample] = deque(maxlen=history_len)
+        #: The same samples encoded as replay frames, once, for every client that connects.
+        self.replay: deque[bytes] = deque(maxlen=history_len)
         self._clock = clock
         self._seq = 0
         self._prev: dict[int, GpuReading] = {}
@@ -192,6 +195,7 @@ class Sampler:
         ]
         sample = Sample(seq=self.next_seq(), ts=ts, host=raw.host, gpus=raw.gpus)
         self.ring.append(sample)
+        self.replay.append(encode(msgspec.structs.replace(sample, replay=True)))
         return sample, events
 
     def tick(self) -> tuple[Sample, list[Event]]:

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from agents import __version__
 from agents.config import AgentConfig, socket_mode
 from agents.identity import Peer, peer_of, role_of
@@ -38,6 +36,7 @@ from agents.protocol import (
     Inventory,
     ProtocolError,
     Request,
+    Response,
     Sample,
     check_version,
     decode,
@@ -70,6 +69,25 @@ def _socket_in_use(path: Path) -> bool:
     return True
 
 
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _check_parent(parent: Path) -> None:
+    """The socket's directory must be ours alone to write: anyone else who can write there
+    could swap the socket for a link between bind and chmod, or squat its name."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        st = parent.stat()
+    except OSError as exc:
+        raise SocketError(f"cannot create {parent}: {_os_reason(exc)}") from None
+    if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
+        raise SocketError(
+            f"{parent} can be written by other users; put the socket in a directory only this "
+            "user can write (the systemd unit uses /run/gpufleet)"
+        )
+
+
 def bind_socket(path: Path, mode: int, group: str | None) -> socket.socket:
     """A listening socket at ``path`` that only its owner and ``group`` can connect to.
 
@@ -85,7 +103,7 @@ def bind_socket(path: Path, mode: int, group: str | None) -> socket.socket:
             raise SocketError(
                 f"socket group {group!r} does not exist (agent.socket_group)"
             ) from None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _check_parent(path.parent)
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -100,14 +118,14 @@ def bind_socket(path: Path, mode: int, group: str | None) -> socket.socket:
     old = os.umask(0o777 & ~mode)
     try:
         sock.bind(str(path))
+        os.chmod(path, mode)
+        if gid >= 0:
+            os.chown(path, -1, gid, follow_symlinks=False)
     except OSError as exc:
         sock.close()
-        raise SocketError(f"cannot bind {path}: {exc.strerror}") from None
+        raise SocketError(f"cannot bind {path}: {_os_reason(exc)}") from None
     finally:
         os.umask(old)
-    os.chmod(path, mode)
-    if gid >= 0:
-        os.chown(path, -1, gid)
     sock.listen(64)
     sock.setblocking(False)
     return sock
@@ -127,6 +145,7 @@ class ClientConn:
     writer_task: asyncio.Task[None] | None = None
     greeted: bool = False
     bad_frames: int = 0  # consecutive
+    refusals: int = 0  # requests refused for role, in all
 
     def __str__(self) -> str:
         return f"client {self.peer} pid={self.peer.pid}"
@@ -142,7 +161,7 @@ class AgentServer:
         config: AgentConfig,
         node: str,
         inventory: Callable[[], Inventory],
-        history: Callable[[], Iterable[Sample]],
+        history: Callable[[], Iterable[bytes]],
         handler: RequestHandler,
         interval: float,
     ) -> None:
@@ -208,14 +227,30 @@ class AgentServer:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _admit(self, peer: Peer) -> str | None:
+        """Why this peer may not connect now, or None. Root always may (someone must be able
+        to get in to fix things); everyone else shares the global limit and a per-user one, so
+        one group member cannot take every place."""
+        if peer.uid == 0:
+            return None
+        c = self._config.clients
+        if len(self._clients) >= c.max_clients:
+            return f"too many clients ({c.max_clients})"
+        mine = sum(1 for other in self._clients if other.peer.uid == peer.uid)
+        if mine >= c.max_clients_per_user:
+            return f"too many connections from {peer.user} ({c.max_clients_per_user})"
+        return None
+
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock: socket.socket = writer.get_extra_info("socket")
-        peer = peer_of(sock)
+        # Off the loop: with LDAP or sssd behind it, a user lookup can take a while.
+        peer = await asyncio.to_thread(peer_of, sock)
         caller = Caller(peer, role_of(peer, self._config.roles))
         c = self._config.clients
         outbox = Outbox(
             max_samples=c.max_queued_samples,
             max_other=c.max_queued_other,
+            max_bytes=c.max_queued_bytes,
             max_behind=c.max_behind,
         )
         client = ClientConn(peer, caller, reader, writer, outbox)
@@ -226,10 +261,11 @@ class AgentServer:
             node=self._node,
             interval_s=self._interval,
         )
-        if len(self._clients) >= c.max_clients:
-            log.warning("%s refused: %d clients already", client, len(self._clients))
+        refusal = self._admit(peer)
+        if refusal is not None:
+            log.warning("%s refused: %s", client, refusal)
             writer.write(encode(hello))
-            await self._close_writer(writer, _fatal("busy", "too many clients"))
+            await self._close_writer(writer, _fatal("busy", refusal))
             return
         self._clients.add(client)
         log.info("%s connected as %s", client, caller.role)
@@ -246,17 +282,23 @@ class AgentServer:
             log.info("%s disconnected", client)
 
     async def _serve(self, client: ClientConn) -> None:
+        c = self._config.clients
         splitter = FrameSplitter()
-        deadline = asyncio.get_running_loop().time() + self._config.clients.hello_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + c.hello_timeout
         while not client.closing:
+            if not client.greeted:
+                limit: float | None = deadline
+            elif client.wants_stream:
+                limit = None  # a streaming client may listen quietly forever
+            else:
+                limit = loop.time() + c.idle_timeout
             try:
-                if client.greeted:
+                async with asyncio.timeout_at(limit):
                     data = await client.reader.read(65536)
-                else:
-                    async with asyncio.timeout_at(deadline):
-                        data = await client.reader.read(65536)
             except TimeoutError:
-                self._disconnect(client, _fatal("handshake", "no hello"))
+                why = "no hello" if not client.greeted else f"idle for {c.idle_timeout:g} s"
+                self._disconnect(client, _fatal("handshake" if not client.greeted else "idle", why))
                 return
             if not data:
                 return
@@ -283,13 +325,31 @@ class AgentServer:
         if not client.greeted:
             self._on_hello(client, frame)
         elif isinstance(frame, Request):
-            response = await self._handler.handle(client.caller, frame)
-            client.outbox.put(encode(response))
-            self._check(client)
+            await self._on_request(client, frame)
         else:
             kind = type(frame).__name__.lower()
             message = f"a client may not send {kind} frames now; ignored"
             client.outbox.put(encode(Error(code="unexpected", message=message)))
+
+    async def _on_request(self, client: ClientConn, request: Request) -> None:
+        # Pace the client by its own reading: a client that sends and never reads fills its
+        # socket, not our memory. Then yield, so a burst of requests cannot starve sampling.
+        await client.outbox.room()
+        if client.is_closing():
+            return
+        response = await self._handler.handle(client.caller, request)
+        try:
+            data = encode(response)
+        except ProtocolError as exc:  # a result too large to send: say so instead
+            data = encode(Response(id=request.id, ok=False, code=exc.code, error=exc.message))
+        client.outbox.put(data)
+        self._check(client)
+        if response.code in ("forbidden", "unknown_op"):
+            client.refusals += 1
+            limit = self._config.clients.max_refusals
+            if client.refusals >= limit:
+                self._disconnect(client, _fatal("forbidden", f"{limit} requests refused"))
+        await asyncio.sleep(0)
 
     def _on_hello(self, client: ClientConn, frame: Frame) -> None:
         if not isinstance(frame, Hello):
@@ -306,38 +366,36 @@ class AgentServer:
         self._start_stream(client, frame)
 
     def _start_stream(self, client: ClientConn, hello: Hello) -> None:
-        """Queue what the client asked for and start writing. Runs without awaiting, so the
-        history snapshot and the live subscription join with no gap and no duplicate."""
-        history: list[Sample] = []
+        """Start the client's writer. Runs without awaiting, so the inventory and history
+        snapshot and the live subscription join with no gap and no duplicate: whatever is
+        published from here on lands in the outbox, written only after the snapshot."""
+        first: list[bytes] = []
         if hello.stream:
-            client.outbox.put(encode(self._inventory()))
+            first.append(encode(self._inventory()))
             if hello.history:
-                history = list(self._history())
+                first.extend(self._history())
             client.wants_stream = True
-        client.writer_task = self._spawn(self._write(client, history))
+        client.writer_task = self._spawn(self._write(client, first))
 
-    async def _write(self, client: ClientConn, history: list[Sample]) -> None:
+    async def _write(self, client: ClientConn, first: list[bytes]) -> None:
         writer = client.writer
         try:
-            # History goes out first (after the inventory, already queued), paced by the client,
-            # while live frames collect in its outbox.
-            if history:
-                writer.writelines(await client.outbox.take())
-            for sample in history:
-                writer.write(encode(msgspec.structs.replace(sample, replay=True)))
+            for data in first:  # paced by the client, while live frames collect in its outbox
+                writer.write(data)
                 await writer.drain()
             while not client.closing:
                 writer.writelines(await client.outbox.take())
                 await writer.drain()
         except (ConnectionError, OSError):
-            client.closing = True
+            self._disconnect(client, None)
 
     def _disconnect(self, client: ClientConn, error: Error | None) -> None:
+        self._clients.discard(client)  # even if already closing: never leak its place
         if client.closing:
             return
         client.closing = True
-        self._clients.discard(client)
-        if client.writer_task is not None:
+        client.outbox.close()
+        if client.writer_task is not None and client.writer_task is not asyncio.current_task():
             client.writer_task.cancel()
         self._spawn(self._close_writer(client.writer, error))
 

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,10 +81,15 @@ class AuditLog:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "audit.jsonl"
         self._encoder = msgspec.json.Encoder()
+        self._lock = threading.Lock()  # appends come from worker threads
 
     def append(self, entry: AuditEntry) -> None:
         """Durable before it returns: the caller replies only after this."""
         line = self._encoder.encode(entry) + b"\n"
+        with self._lock:
+            self._append_line(line)
+
+    def _append_line(self, line: bytes) -> None:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
             try:

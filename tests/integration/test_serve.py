@@ -496,19 +496,93 @@ def test_a_client_that_never_says_hello_is_cut_off(agent_factory: Callable[..., 
     assert raw.closed()
 
 
-def test_clients_past_the_limit_are_refused(agent_factory: Callable[..., AgentProc]) -> None:
-    agent = agent_factory(*FAST, config="[clients]\nmax_clients = 2\n").start()
-    first = AgentClient(agent.socket, stream=False)
-    second = AgentClient(agent.socket, stream=False)
+def test_connection_limits_spare_root(agent_factory: Callable[..., AgentProc]) -> None:
+    """One socket-group member cannot take every place: a per-user and a global limit, and
+    root always gets in to fix things."""
+    _require_root()
+    nobody = pwd.getpwnam("nobody")
+    gname = grp.getgrgid(nobody.pw_gid).gr_name
+    agent = agent_factory(
+        *FAST,
+        config=f'[agent]\nsocket_group = "{gname}"\n'
+        "[clients]\nmax_clients = 3\nmax_clients_per_user = 2\n",
+    ).start()
+
+    def fill() -> list[str]:
+        held = [AgentClient(agent.socket, stream=False) for _ in range(2)]
+        assert all(c.request("ping").ok for c in held)  # both registered
+        try:
+            AgentClient(agent.socket, stream=False).request("ping")
+        except ConnectionClosed as exc:
+            return [exc.error.code if exc.error else "", str(exc)]
+        return ["admitted", ""]
+
+    code, message = _as_user(nobody.pw_uid, nobody.pw_gid, fill)["ok"]
+    assert code == "busy"
+    assert "too many connections from nobody (2)" in message
+
+    def one() -> list[str]:
+        try:
+            AgentClient(agent.socket, stream=False).request("ping")
+        except ConnectionClosed as exc:
+            return [exc.error.code if exc.error else "", str(exc)]
+        return ["admitted", ""]
+
+    holders = [AgentClient(agent.socket, stream=False) for _ in range(4)]  # root: past the limit
     try:
-        assert first.request("ping").ok  # both are registered before the third arrives
-        assert second.request("ping").ok
-        with pytest.raises(ConnectionClosed) as refused:  # at hello, or just after it
-            AgentClient(agent.socket, stream=False).recv()
-        assert refused.value.error is not None
-        assert refused.value.error.code == "busy"
+        assert all(c.request("ping").ok for c in holders)
+        code, message = _as_user(nobody.pw_uid, nobody.pw_gid, one)["ok"]
+        assert code == "busy"
+        assert "too many clients (3)" in message
     finally:
-        first.close()
-        second.close()
-    with AgentClient(agent.socket, stream=False) as again:  # a freed place is usable
-        assert wait_for(lambda: again.request("ping").ok, 5, "a place to free up")
+        for c in holders:
+            c.close()
+
+
+def test_dead_streaming_clients_free_their_places(agent_factory: Callable[..., AgentProc]) -> None:
+    """Clients that die mid-history (write errors on the agent's side) must not leak places."""
+    _require_root()
+    nobody = pwd.getpwnam("nobody")
+    gname = grp.getgrgid(nobody.pw_gid).gr_name
+    agent = agent_factory(
+        "--backend",
+        "sim",
+        "--gpus",
+        "8",
+        "--interval",
+        "0.05",
+        config=f'[agent]\nsocket_group = "{gname}"\n'
+        "[clients]\nmax_clients = 4\nmax_clients_per_user = 4\n",
+    ).start()
+    with AgentClient(agent.socket, history=False) as warm:
+        _live_samples(warm, 60)  # enough history that a client dies in the middle of it
+
+    def die_mid_history() -> bool:
+        for _ in range(12):  # three times the limit
+            raw = RawClient(agent.socket)
+            raw.frame()
+            raw.sock.sendall(_client_hello())
+            raw.frame()  # the inventory: the agent is writing history now
+            raw.sock.shutdown(socket.SHUT_RD)
+            raw.sock.close()
+        return True
+
+    assert _as_user(nobody.pw_uid, nobody.pw_gid, die_mid_history) == {"ok": True}
+
+    def four_places() -> bool:
+        def attempt() -> bool:
+            held = []
+            try:
+                for _ in range(4):
+                    held.append(AgentClient(agent.socket, stream=False))
+                    assert held[-1].request("ping").ok
+            except ConnectionClosed:
+                return False
+            finally:
+                for c in held:
+                    c.close()
+            return True
+
+        return wait_for(attempt, 10, "all four places to be free again")
+
+    assert _as_user(nobody.pw_uid, nobody.pw_gid, four_places) == {"ok": True}

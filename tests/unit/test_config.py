@@ -125,6 +125,10 @@ ONE_KEY = [
     ("clients", "max_queued_other", "7", 7),
     ("clients", "max_behind", "30.5", 30.5),
     ("clients", "max_clients", "2", 2),
+    ("clients", "max_queued_bytes", "65536", 65536),
+    ("clients", "max_clients_per_user", "3", 3),
+    ("clients", "idle_timeout", "30.0", 30.0),
+    ("clients", "max_refusals", "5", 5),
     ("clients", "hello_timeout", "2.5", 2.5),
 ]
 
@@ -245,6 +249,10 @@ def test_relative_socket_path_is_refused(path: str) -> None:
         ("[clients]\nmax_queued_samples = 0\n", "clients.max_queued_samples"),
         ("[clients]\nmax_queued_other = 0\n", "clients.max_queued_other"),
         ("[clients]\nmax_clients = -3\n", "clients.max_clients"),
+        ("[clients]\nmax_queued_bytes = 0\n", "clients.max_queued_bytes"),
+        ("[clients]\nmax_clients_per_user = 0\n", "clients.max_clients_per_user"),
+        ("[clients]\nidle_timeout = 0\n", "clients.idle_timeout"),
+        ("[clients]\nmax_refusals = 0\n", "clients.max_refusals"),
         ("[clients]\nmax_behind = 0\n", "clients.max_behind"),
         ("[clients]\nhello_timeout = 0\n", "clients.hello_timeout"),
     ],

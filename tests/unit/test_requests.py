@@ -124,16 +124,16 @@ async def test_injector_value_error_is_bad_args(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("request_", "code"),
+    ("request_", "code", "audited"),
     [
-        (Request(id=4, op="reboot"), "unknown_op"),
-        (Request(id=4, op="sim_inject", args={"fault": "melt", "gpu": 0}), "bad_args"),
-        (Request(id=4, op="sim_inject", args={"fault": "lost", "gpu": 0, "x": 1}), "bad_args"),
-        (Request(id=4, op="ping", args={"x": 1}), "bad_args"),
+        (Request(id=4, op="reboot"), "unknown_op", 1),  # an attempt at anything unknown: on record
+        (Request(id=4, op="sim_inject", args={"fault": "melt", "gpu": 0}), "bad_args", 1),
+        (Request(id=4, op="sim_inject", args={"fault": "lost", "gpu": 0, "x": 1}), "bad_args", 1),
+        (Request(id=4, op="ping", args={"x": 1}), "bad_args", 0),  # a read: not audited
     ],
 )
 async def test_bad_requests_are_refused_before_anything_runs(
-    tmp_path: Path, request_: Request, code: str
+    tmp_path: Path, request_: Request, code: str, audited: int
 ) -> None:
     inject = FakeInject()
     h, audit = handler(tmp_path, inject)
@@ -142,7 +142,19 @@ async def test_bad_requests_are_refused_before_anything_runs(
     assert response.ok is False
     assert response.code == code
     assert inject.calls == []
-    assert audit_entries(audit) == []
+    entries = audit_entries(audit)
+    assert [e.result for e in entries] == ["refused"] * audited
+    assert all(e.op == request_.op for e in entries)
+
+
+async def test_a_viewer_is_refused_before_its_arguments_are_read(tmp_path: Path) -> None:
+    """The role check comes first, so a viewer's malformed action is a refusal on record."""
+    inject = FakeInject()
+    h, audit = handler(tmp_path, inject)
+    bad = Request(id=5, op="sim_inject", args={"fault": "melt"})
+    response = await h.handle(Caller(VIEWER, "viewer"), bad)
+    assert response.code == "forbidden"
+    assert [(e.who, e.result) for e in audit_entries(audit)] == [(VIEWER.user, "refused")]
 
 
 async def test_audit_failure_after_the_action_is_reported(tmp_path: Path) -> None:
