@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from agents.config import AgentConfig
 from agents.gpu.base import GpuBackend
@@ -26,11 +28,43 @@ from agents.server import AgentServer
 from agents.store import AuditLog, StateStore
 
 log = logging.getLogger("gpufleet.agent")
+T = TypeVar("T")
 
 #: A tick that has not returned after this many intervals (at least this many seconds) is
 #: reported as stalled; the systemd watchdog decides when to give up on it.
 STALL_INTERVALS = 5
 STALL_MIN_SECONDS = 5.0
+#: How long shutdown waits for a slow read (PCIe throughput blocks ~21 ms per GPU) to finish.
+SLOW_JOIN_SECONDS = 5.0
+
+
+class Worker:
+    """One daemon thread for the blocking reads. Not a ThreadPoolExecutor: its threads are
+    joined at interpreter exit, so a hung NVML call would keep a stopping agent alive."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the awaiting side, which logs it
+                future.set_exception(exc)
 
 
 class Agent:
@@ -71,7 +105,8 @@ class Agent:
             handler=self.handler,
             interval=a.interval,
         )
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sample")
+        self._worker = Worker("sample")
+        self._reading_since: float | None = None  # loop time the current read began
         self._slow_stop = threading.Event()
         self._slow_thread = threading.Thread(target=self._slow_loop, name="slow", daemon=True)
         self.serving = asyncio.Event()  # set once the socket is bound and READY was sent
@@ -88,19 +123,35 @@ class Agent:
                 log.error("slow read failed: %s", exc)
             self._slow_stop.wait(interval)
 
-    async def _read(self) -> Sample | None:
-        """One tick's reads on the worker thread, reporting (not abandoning) a stall."""
+    @property
+    def _stall_after(self) -> float:
+        return max(STALL_MIN_SECONDS, STALL_INTERVALS * self.config.agent.interval)
+
+    async def _read(self, stop: asyncio.Event) -> Sample | None:
+        """One tick's reads on the worker thread, reporting (not abandoning) a stall; gives up
+        waiting only when the agent is asked to stop."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._executor, self.sampler.read)
-        stall = max(STALL_MIN_SECONDS, STALL_INTERVALS * self.config.agent.interval)
-        started = loop.time()
-        while True:
-            done, _ = await asyncio.wait({fut}, timeout=stall)
-            if done:
-                break
-            waited = loop.time() - started
-            log.error("sampling stalled: the GPU read has not returned for %.0f s", waited)
-            self.notifier.status(f"sampling stalled for {waited:.0f} s")
+        fut = asyncio.wrap_future(self._worker.submit(self.sampler.read))
+        started = self._reading_since = loop.time()
+        stopping: asyncio.Task[bool] | None = None
+        try:
+            await asyncio.wait({fut}, timeout=self._stall_after)
+            if not fut.done():  # stalled: keep waiting, saying so, until it returns or we stop
+                stopping = asyncio.ensure_future(stop.wait())
+                waiting: set[asyncio.Future[Any]] = {fut, stopping}
+                while not fut.done():
+                    waited = loop.time() - started
+                    log.error("sampling stalled: the GPU read has not returned for %.0f s", waited)
+                    self.notifier.status(f"sampling stalled for {waited:.0f} s")
+                    await asyncio.wait(
+                        waiting, timeout=self._stall_after, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if stopping.done() and not fut.done():
+                        return None
+        finally:
+            self._reading_since = None
+            if stopping is not None:
+                stopping.cancel()
         try:
             raw = fut.result()
         except Exception as exc:
@@ -110,6 +161,16 @@ class Agent:
         for event in events:
             self._emit(event)
         return sample
+
+    async def _feed_watchdog(self, period: float) -> None:
+        """Tell systemd we are alive, on our own timer (so a long sampling interval cannot
+        starve it), but only while no read is stuck: a hung NVML call gets us restarted."""
+        loop = asyncio.get_running_loop()
+        while True:
+            since = self._reading_since
+            if since is None or loop.time() - since < self._stall_after:
+                self.notifier.watchdog()
+            await asyncio.sleep(period)
 
     def _emit(self, event: Event) -> None:
         log.warning("event: %s", event.message)
@@ -121,20 +182,25 @@ class Agent:
         """Serve until ``stop`` is set. Raises GpufleetError if the socket cannot be bound."""
         loop = asyncio.get_running_loop()
         interval = self.config.agent.interval
-        self.sampler.host.prime()
-        self.backend.start_events()
-        self._slow_thread.start()
-        # A first reading before READY: it proves the backend answers, gives new clients a
-        # sample at once, and is the baseline that later readings' events are measured from.
-        await self._read()
-        await self.server.start()
-        inv = self.backend.inventory()
-        summary = f"{self.node}: {len(inv.gpus)} GPU(s) via {inv.backend}, on {self.server.path}"
-        log.info("serving %s", summary)
-        self.notifier.ready(summary)
-        self.serving.set()
-        next_tick = loop.time() + interval
+        watchdog: asyncio.Task[None] | None = None
         try:
+            self.sampler.host.prime()
+            self.backend.start_events()
+            self._slow_thread.start()
+            # A first reading before READY: it proves the backend answers, gives new clients a
+            # sample at once, and is the baseline later readings' events are measured from.
+            await self._read(stop)
+            await self.server.start()
+            inv = self.backend.inventory()
+            summary = (
+                f"{self.node}: {len(inv.gpus)} GPU(s) via {inv.backend}, on {self.server.path}"
+            )
+            log.info("serving %s", summary)
+            self.notifier.ready(summary)
+            if self.notifier.watchdog_interval is not None:
+                watchdog = asyncio.create_task(self._feed_watchdog(self.notifier.watchdog_interval))
+            self.serving.set()
+            next_tick = loop.time() + interval
             while not stop.is_set():
                 try:
                     async with asyncio.timeout_at(next_tick):
@@ -142,20 +208,23 @@ class Agent:
                     break
                 except TimeoutError:
                     pass
-                sample = await self._read()
+                sample = await self._read(stop)
                 if sample is not None:
                     self.server.publish(sample)
-                    self.notifier.watchdog()
                 # Keep a steady cadence; after a stall, skip the ticks that were missed.
                 next_tick += interval
                 now = loop.time()
                 if next_tick <= now:
                     next_tick = now + interval
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self.notifier.stopping()
             await self.server.close()
             self._slow_stop.set()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._slow_thread.is_alive():  # let a slow read finish before NVML shuts down
+                await asyncio.to_thread(self._slow_thread.join, SLOW_JOIN_SECONDS)
+            self._worker.stop()
             self.backend.close()
             self.notifier.close()
             log.info("stopped")
