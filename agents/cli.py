@@ -27,7 +27,13 @@ import msgspec
 
 from agents import __version__
 from agents.client import AgentClient, connect_unix
-from agents.config import AgentConfig, ConfigError, load_config, validate_config
+from agents.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    ConfigError,
+    load_config,
+    validate_config,
+)
 from agents.daemon import Agent
 from agents.gpu.base import GpuBackend
 from agents.gpu.select import open_backend
@@ -78,27 +84,29 @@ def _config(
     interval: float | None = None,
     node: str | None = None,
 ) -> AgentConfig:
-    """The file's config with command-line flags on top (flags win)."""
-    cfg = load_config(path)
-    agent = msgspec.structs.replace(
-        cfg.agent,
-        **{
-            k: v
-            for k, v in {
-                "backend": backend,
-                "socket": socket_path,
-                "state_dir": state_dir,
-                "interval": interval,
-                "node_name": node,
-            }.items()
-            if v is not None
-        },
+    """The file's config with command-line flags on top (flags win), validated merged. An
+    error names the file when the file alone is wrong, else the command line."""
+    agent_flags = {
+        "backend": backend,
+        "socket": socket_path,
+        "state_dir": state_dir,
+        "interval": interval,
+        "node_name": node,
+    }
+    sim_flags = {"gpus": gpus, "seed": seed}
+    agent_flags = {k: v for k, v in agent_flags.items() if v is not None}
+    sim_flags = {k: v for k, v in sim_flags.items() if v is not None}
+    cfg = load_config(path, validate=False)
+    merged = msgspec.structs.replace(
+        cfg,
+        agent=msgspec.structs.replace(cfg.agent, **agent_flags),
+        sim=msgspec.structs.replace(cfg.sim, **sim_flags),
     )
-    sim = msgspec.structs.replace(
-        cfg.sim, **{k: v for k, v in {"gpus": gpus, "seed": seed}.items() if v is not None}
-    )
-    merged = msgspec.structs.replace(cfg, agent=agent, sim=sim)
-    validate_config(merged, "command line")  # a flag can be as wrong as a file
+    try:
+        validate_config(merged, "command line")
+    except ConfigError:
+        validate_config(cfg, str(path or DEFAULT_CONFIG_PATH))  # the file's own fault?
+        raise
     return merged
 
 
@@ -270,7 +278,7 @@ def watch(
 
 
 def _watch(path: str, history: bool, count: int | None) -> None:
-    with AgentClient(path, history=history, timeout=30.0) as client:
+    with AgentClient(path, history=history, read_timeout=None) as client:
         click.echo(frame_line(client.hello))
         for n, frame in enumerate(client.frames(), start=1):
             click.echo(frame_line(frame))

@@ -35,6 +35,10 @@ class AgentUnreachable(GpufleetError):
     """No agent answers at the socket; the message says what to check."""
 
 
+class AgentTimeout(GpufleetError):
+    """The agent did not answer in time: it is stalled, or the socket is someone else's."""
+
+
 class ConnectionClosed(GpufleetError):
     """The agent closed the connection; ``error`` is its last word, if it said one."""
 
@@ -69,7 +73,10 @@ class AgentClient:
         stream: bool = True,
         peer: Literal["console", "tool"] = "tool",
         timeout: float = 10.0,
+        read_timeout: float | None = 30.0,
     ) -> None:
+        """``timeout`` bounds connecting and the handshake; ``read_timeout`` each later wait
+        for a frame (None: wait as long as it takes, as ``watch`` does)."""
         self.sock = connect_unix(path, timeout)
         self._splitter = FrameSplitter()
         self._lines: deque[bytes | None] = deque()
@@ -97,6 +104,7 @@ class AgentClient:
         except BaseException:
             self.sock.close()
             raise
+        self.sock.settimeout(read_timeout)
 
     def __enter__(self) -> AgentClient:
         return self
@@ -110,12 +118,21 @@ class AgentClient:
         self.sock.close()
 
     def send(self, frame: Frame) -> None:
-        self.sock.sendall(encode(frame))
+        try:
+            self.sock.sendall(encode(frame))
+        except TimeoutError:
+            raise AgentTimeout("the agent is not reading its socket") from None
 
     def recv(self) -> Frame:
-        """The next frame; raises ConnectionClosed at EOF, TimeoutError past the timeout."""
+        """The next frame; ConnectionClosed at EOF or reset, AgentTimeout past the timeout."""
         while not self._lines:
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                waited = self.sock.gettimeout()
+                raise AgentTimeout(f"no word from the agent in {waited:g} s") from None
+            except ConnectionResetError:
+                raise ConnectionClosed("the agent reset the connection") from None
             if not data:
                 raise ConnectionClosed("the agent closed the connection")
             self._lines.extend(self._splitter.feed(data))

@@ -137,8 +137,10 @@ def socket_mode(text: str) -> int:
     return mode
 
 
-def parse_config(data: bytes | str, source: str = "<config>") -> AgentConfig:
-    """Decode and validate; ConfigError names ``source`` and the offending key."""
+def parse_config(
+    data: bytes | str, source: str = "<config>", *, validate: bool = True
+) -> AgentConfig:
+    """Decode and (unless told not to) validate; ConfigError names ``source`` and the key."""
     try:
         cfg = msgspec.toml.decode(data, type=AgentConfig)
     except msgspec.ValidationError as exc:
@@ -153,7 +155,8 @@ def parse_config(data: bytes | str, source: str = "<config>") -> AgentConfig:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: not valid UTF-8 (byte {exc.start})") from None
-    validate_config(cfg, source)
+    if validate:
+        validate_config(cfg, source)
     return cfg
 
 
@@ -165,8 +168,11 @@ def validate_config(cfg: AgentConfig, source: str) -> None:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(path: Path | None) -> AgentConfig:
-    """The config at ``path``; with no path, the default file if it exists, else defaults."""
+def load_config(path: Path | None, *, validate: bool = True) -> AgentConfig:
+    """The config at ``path``; with no path, the default file if it exists, else defaults.
+
+    ``validate=False`` is for a caller that overrides values first and validates the result
+    (a file's ``history = 0.5`` is fine with ``--interval 0.05`` on the command line)."""
     explicit = path is not None
     target = path if path is not None else DEFAULT_CONFIG_PATH
     try:
@@ -177,4 +183,4 @@ def load_config(path: Path | None) -> AgentConfig:
         return AgentConfig()
     except OSError as exc:
         raise ConfigError(f"{target}: cannot read: {exc.strerror}") from None
-    return parse_config(data, str(target))
+    return parse_config(data, str(target), validate=validate)

@@ -25,7 +25,7 @@ from agents.requests import RequestHandler
 from agents.sampler import Sampler, inventory_frame
 from agents.sdnotify import Notifier
 from agents.server import AgentServer
-from agents.store import AuditLog, StateStore
+from agents.store import AuditLog, StateStore, StoreError
 
 log = logging.getLogger("gpufleet.agent")
 T = TypeVar("T")
@@ -83,7 +83,11 @@ class Agent:
         self.notifier = notifier or Notifier()
         self._clock = clock
         state_dir = Path(a.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StoreError(f"cannot create the state directory {state_dir}: {reason}") from None
         self.store = StateStore(state_dir)
         self.state: NodeState = self.store.load()
         self.audit = AuditLog(state_dir)

@@ -47,7 +47,12 @@ async def _main(cfg: AgentConfig, seconds: float | None, fault_every: float, see
     agent = Agent(cfg, backend)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
-    await agent.serving.wait()
+    serving = asyncio.create_task(agent.serving.wait())
+    await asyncio.wait({task, serving}, return_when=asyncio.FIRST_COMPLETED)
+    serving.cancel()
+    if task.done():  # it failed before serving: raise its error (one line, from the CLI)
+        await task
+        return
     click.echo(f"agent serving {cfg.sim.gpus} simulated H100s on {cfg.agent.socket}; Ctrl-C stops")
     done = threading.Event()
     printer = threading.Thread(

@@ -46,11 +46,15 @@ class Outbox:
         self.overflowed: str | None = None
         self.closed = False
 
-    def close(self) -> None:
-        """The client is gone: release anyone waiting in ``room`` or ``take``."""
+    def close(self) -> list[bytes]:
+        """The client is being closed: release anyone waiting in ``room`` or ``take``, and
+        hand back what was still queued (responses it should still get before the goodbye)."""
         self.closed = True
         self._taken.set()
         self._ready.set()
+        frames = [frame for _, frame in self._items]
+        self._items.clear()
+        return frames
 
     def __len__(self) -> int:
         return len(self._items)

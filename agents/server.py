@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -394,14 +394,18 @@ class AgentServer:
         if client.closing:
             return
         client.closing = True
-        client.outbox.close()
+        pending = client.outbox.close()
         if client.writer_task is not None and client.writer_task is not asyncio.current_task():
             client.writer_task.cancel()
-        self._spawn(self._close_writer(client.writer, error))
+        self._spawn(self._close_writer(client.writer, error, pending))
 
-    async def _close_writer(self, writer: asyncio.StreamWriter, error: Error | None) -> None:
-        """Say why (when there is a why), then close; a client that will not read gets cut."""
+    async def _close_writer(
+        self, writer: asyncio.StreamWriter, error: Error | None, pending: Sequence[bytes] = ()
+    ) -> None:
+        """Send what was still queued and why we close (when there is a why), then close; a
+        client that will not read gets cut after a grace period."""
         with contextlib.suppress(ConnectionError, OSError):
+            writer.writelines(pending)
             if error is not None:
                 writer.write(encode(error))
             writer.close()

@@ -126,3 +126,31 @@ def test_demo_runs_and_streams_with_faults() -> None:
     assert text.count("\nsample ") >= 2
     assert "demo     injected " in text
     assert "\nevent " in text, "an injected fault shows up as an event"
+
+
+def test_flags_are_validated_with_the_file_not_before_it(tmp_path: Path) -> None:
+    """history = 0.5 s is too short for the default 1 s interval, fine at --interval 0.05."""
+    path = tmp_path / "agent.toml"
+    path.write_text("[agent]\nhistory = 0.5\n")
+    alone = run("once", "--config", str(path), "--backend", "sim", "--gpus", "1")
+    assert alone.returncode == 78
+    assert alone.stderr.strip() == (
+        f"gpufleet-agent: error: {path}: agent.history: must be at least one interval"
+    )
+    # With the flag the configuration is valid, and serve gets as far as its state directory
+    # (made unusable here, so that it stops at once).
+    fixed = run(
+        "serve",
+        "--config",
+        str(path),
+        "--backend",
+        "sim",
+        "--interval",
+        "0.05",
+        "--state-dir",
+        "/dev/null/x",
+    )
+    assert fixed.returncode == 1
+    assert fixed.stderr.strip() == (
+        "gpufleet-agent: error: cannot create the state directory /dev/null/x: Not a directory"
+    )

@@ -10,11 +10,13 @@ import pwd
 import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from agents.client import AgentClient, AgentUnreachable, ConnectionClosed
@@ -26,6 +28,7 @@ from agents.protocol import (
     Hello,
     Inventory,
     NodeState,
+    Request,
     Response,
     Sample,
     decode,
@@ -135,16 +138,34 @@ def test_slow_reader_never_delays_the_others(agent_factory: Callable[..., AgentP
 
     readers = [AgentClient(agent.socket, history=False) for _ in range(3)]
     try:
-        started = time.monotonic()
-        got = [_live_samples(r, 40) for r in readers]  # 2 s at 20 Hz
-        elapsed = time.monotonic() - started
-        for samples in got:
-            seqs = [s.seq for s in samples]
-            gaps = [b.ts - a.ts for a, b in itertools.pairwise(samples)]
-            assert len(samples) == 40
-            assert max(gaps) < 1.0, f"a reader waited {max(gaps):.2f} s between samples"
-            assert seqs == sorted(seqs)
-        assert elapsed < 10, "readers were held up"
+        arrivals: list[list[tuple[float, int]]] = [[] for _ in readers]
+
+        def read(i: int) -> None:
+            for frame in readers[i].frames():
+                if isinstance(frame, Sample) and not frame.replay:
+                    arrivals[i].append((time.monotonic(), frame.seq))
+                    if len(arrivals[i]) == 40:  # 2 s at 20 Hz
+                        return
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(len(readers))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for got in arrivals:
+            assert len(got) == 40
+            gaps = [b[0] - a[0] for a, b in itertools.pairwise(got)]
+            # 10 intervals: far above scheduling noise, far below a reader held up by the
+            # stuck one (which would wait for its max_behind, 2 s).
+            assert max(gaps) < 0.5, f"a reader waited {max(gaps):.2f} s for a sample"
+        # Where their windows overlap, every reader saw the same samples: none was dropped
+        # for the readers that keep up.
+        seqs = [[seq for _, seq in got] for got in arrivals]
+        lo, hi = max(s[0] for s in seqs), min(s[-1] for s in seqs)
+        assert hi - lo >= 20
+        overlap = [[q for q in s if lo <= q <= hi] for s in seqs]
+        assert overlap[0] == overlap[1] == overlap[2]
+        assert all(s == sorted(s) for s in seqs)
         wait_for(lambda: "too far behind" in agent.log(), 15, "the stuck client to be cut off")
         assert stuck.closed()
         # The others are still served after the stuck one is gone.
@@ -586,3 +607,100 @@ def test_dead_streaming_clients_free_their_places(agent_factory: Callable[..., A
         return wait_for(attempt, 10, "all four places to be free again")
 
     assert _as_user(nobody.pw_uid, nobody.pw_gid, four_places) == {"ok": True}
+
+
+def _agent_rss(agent: AgentProc) -> int:
+    assert agent.proc is not None
+    return int(psutil.Process(agent.proc.pid).memory_info().rss)
+
+
+def test_a_request_flood_that_never_reads_costs_the_agent_nothing(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    """Huge requests, pipelined by a client that reads nothing back: the agent stops reading
+    from it (its socket fills, not our memory) and keeps sampling for the others."""
+    agent = agent_factory(*FAST).start()
+    with AgentClient(agent.socket, history=False) as watcher:
+        _live_samples(watcher, 5)
+        before = _agent_rss(agent)
+        flood = RawClient(agent.socket, timeout=2.0)
+        flood.frame()
+        flood.sock.sendall(_client_hello(stream=False))
+        big = b'{"t":"request","id":1,"op":"ping","args":{"' + b"x" * 10_000 + b'":1}}\n'
+        sent = 0
+        try:
+            while sent < 5000:  # 50 MB if it were all taken in
+                flood.sock.sendall(big)
+                sent += 1
+        except TimeoutError:
+            pass  # the agent stopped reading from it: that is the point
+        # The watcher still gets samples at the normal cadence while the flood sits there.
+        got = _live_samples(watcher, 20)
+        assert len(got) == 20
+        assert max(b.ts - a.ts for a, b in itertools.pairwise(got)) < 0.5
+        grown = _agent_rss(agent) - before
+        assert grown < 40 << 20, f"the agent grew by {grown >> 20} MB for one flooding client"
+        # It reads until half its reply queue (500) is waiting, then stops: the rest sits in
+        # the two socket buffers.
+        assert sent < 1000, f"the agent kept reading ({sent} requests of 10 kB)"
+        # Replies echo a clipped name, never the 10 kB one.
+        flood.sock.settimeout(10)
+        reply = flood.frame()
+        assert isinstance(reply, Response)
+        assert reply.code == "bad_args"
+        assert len(reply.error or "") < 500
+        flood.sock.close()
+
+
+def test_a_client_that_reads_may_pipeline_thousands_of_requests(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*FAST).start()
+    with AgentClient(agent.socket, stream=False) as c:
+        n = 3000
+        got: list[int] = []
+
+        def reader() -> None:
+            while len(got) < n:
+                frame = c.recv()
+                if isinstance(frame, Response):
+                    got.append(frame.id)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        c.sock.sendall(b"".join(encode(Request(id=i, op="ping")) for i in range(n)))
+        t.join(60)
+        assert got == list(range(n)), "every request answered, in order, none cut off"
+
+
+def test_a_viewer_hammering_an_action_is_cut_off_and_audited_boundedly(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    _require_root()
+    nobody = pwd.getpwnam("nobody")
+    gname = grp.getgrgid(nobody.pw_gid).gr_name
+    agent = agent_factory(
+        *FAST, config=f'[agent]\nsocket_group = "{gname}"\n[clients]\nmax_refusals = 5\n'
+    ).start()
+
+    def hammer() -> list[Any]:
+        c = AgentClient(agent.socket, stream=False)
+        codes = []
+        try:
+            for i in range(1000):
+                c.send(Request(id=i, op="sim_inject", args={"fault": "lost", "gpu": 0}))
+            while True:
+                frame = c.recv()
+                if isinstance(frame, Response):
+                    codes.append(frame.code)
+        except (ConnectionClosed, BrokenPipeError, ConnectionResetError) as exc:
+            err = getattr(exc, "error", None)
+            return [codes, err.code if err else type(exc).__name__]
+
+    codes, last = _as_user(nobody.pw_uid, nobody.pw_gid, hammer)["ok"]
+    assert codes == ["forbidden"] * 5
+    assert last == "forbidden", "the goodbye says why"
+    refused = [e for e in AuditLog(agent.state_dir).entries() if e.who == "nobody"]
+    assert len(refused) == 5
+    with AgentClient(agent.socket, stream=False) as c:  # the agent is fine
+        assert c.request("ping").ok

@@ -85,3 +85,11 @@ def test_unit_directories_match_the_agents_defaults() -> None:
     rw = s["ReadWritePaths"][0].split()
     assert str(Path(defaults.socket).parent) in rw
     assert defaults.state_dir in rw
+
+
+def test_socket_group_members_can_reach_the_socket_directory() -> None:
+    """The socket's own mode decides who connects; the directory must let the group through
+    and let no one but root write."""
+    mode = int(_settings()["RuntimeDirectoryMode"][0], 8)
+    assert mode & 0o001, "others (and so the socket group) must be able to traverse it"
+    assert not mode & 0o022, "only root may write where the socket lives"
