@@ -96,7 +96,7 @@ class AgentClient:
             )
             try:
                 self.send(hello)
-            except (BrokenPipeError, ConnectionResetError):
+            except ConnectionClosed:
                 # The agent said hello and hung up (too many clients, say): its reason is the
                 # next frame, which recv() raises as ConnectionClosed.
                 self.recv()
@@ -122,6 +122,8 @@ class AgentClient:
             self.sock.sendall(encode(frame))
         except TimeoutError:
             raise AgentTimeout("the agent is not reading its socket") from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise ConnectionClosed("the agent closed the connection") from None
 
     def recv(self) -> Frame:
         """The next frame; ConnectionClosed at EOF or reset, AgentTimeout past the timeout."""

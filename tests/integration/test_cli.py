@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -154,3 +155,20 @@ def test_flags_are_validated_with_the_file_not_before_it(tmp_path: Path) -> None
     assert fixed.stderr.strip() == (
         "gpufleet-agent: error: cannot create the state directory /dev/null/x: Not a directory"
     )
+
+
+def test_demo_that_cannot_serve_says_why(tmp_path: Path) -> None:
+    """A socket path over the kernel's 108 bytes: the demo ends with the reason, not a hang."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    out = subprocess.run(
+        [*agent_command(), "demo", "--seconds", "30"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(deep)},
+    )
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("gpufleet-agent: error: cannot bind ")
+    assert "Traceback" not in out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import itertools
 import json
@@ -686,16 +687,16 @@ def test_a_viewer_hammering_an_action_is_cut_off_and_audited_boundedly(
     def hammer() -> list[Any]:
         c = AgentClient(agent.socket, stream=False)
         codes = []
-        try:
+        with contextlib.suppress(ConnectionClosed):  # the agent may hang up mid-send
             for i in range(1000):
                 c.send(Request(id=i, op="sim_inject", args={"fault": "lost", "gpu": 0}))
+        try:
             while True:
                 frame = c.recv()
                 if isinstance(frame, Response):
                     codes.append(frame.code)
-        except (ConnectionClosed, BrokenPipeError, ConnectionResetError) as exc:
-            err = getattr(exc, "error", None)
-            return [codes, err.code if err else type(exc).__name__]
+        except ConnectionClosed as exc:
+            return [codes, exc.error.code if exc.error else str(exc)]
 
     codes, last = _as_user(nobody.pw_uid, nobody.pw_gid, hammer)["ok"]
     assert codes == ["forbidden"] * 5
