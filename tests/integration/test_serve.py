@@ -41,6 +41,7 @@ from tests.conftest import AgentProc, agent_command, skip_or_fail, wait_for
 pytestmark = pytest.mark.integration
 
 FAST = ("--backend", "sim", "--gpus", "4", "--interval", "0.05")
+FAST_8 = ("--backend", "sim", "--gpus", "8", "--interval", "0.05")  # samples of ~4 kB
 
 
 def _client_hello(**kw: Any) -> bytes:
@@ -122,12 +123,7 @@ def test_new_client_gets_hello_inventory_history_then_live(
 
 def test_slow_reader_never_delays_the_others(agent_factory: Callable[..., AgentProc]) -> None:
     agent = agent_factory(
-        "--backend",
-        "sim",
-        "--gpus",
-        "8",
-        "--interval",
-        "0.05",
+        *FAST_8,
         config="[clients]\nmax_queued_samples = 5\nmax_behind = 2.0\n",
     ).start()
     with AgentClient(agent.socket, history=False) as warm:
@@ -567,12 +563,7 @@ def test_dead_streaming_clients_free_their_places(agent_factory: Callable[..., A
     nobody = pwd.getpwnam("nobody")
     gname = grp.getgrgid(nobody.pw_gid).gr_name
     agent = agent_factory(
-        "--backend",
-        "sim",
-        "--gpus",
-        "8",
-        "--interval",
-        "0.05",
+        *FAST_8,
         config=f'[agent]\nsocket_group = "{gname}"\n'
         "[clients]\nmax_clients = 4\nmax_clients_per_user = 4\n",
     ).start()
