@@ -265,7 +265,16 @@ class AgentServer:
         if refusal is not None:
             log.warning("%s refused: %s", client, refusal)
             writer.write(encode(hello))
-            await self._close_writer(writer, _fatal("busy", refusal))
+            writer.write(encode(_fatal("busy", refusal)))
+            # Half-close and read what the client sends (its hello) before closing: closing
+            # with its bytes unread would reset the connection, and the client would lose the
+            # reason we just gave it.
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                writer.write_eof()
+                async with asyncio.timeout(CLOSE_GRACE):
+                    while await reader.read(65536):
+                        pass
+            await self._close_writer(writer, None)
             return
         self._clients.add(client)
         log.info("%s connected as %s", client, caller.role)
