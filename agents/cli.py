@@ -48,11 +48,8 @@ EX_CONFIG = 78
 
 def _setup_logging(level: str) -> None:
     # Under systemd the journal stamps each line; by hand, a time helps.
-    fmt = (
-        "%(levelname)s %(message)s"
-        if os.environ.get("JOURNAL_STREAM")
-        else ("%(asctime)s %(levelname)s %(message)s")
-    )
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(message)s" if journal else "%(asctime)s %(levelname)s %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
@@ -71,6 +68,10 @@ class _Commands(click.Group):
             _fail(str(exc), EX_CONFIG)
         except GpufleetError as exc:
             _fail(str(exc))
+        except BrokenPipeError:  # `watch | head`: the reader left, which is no error of ours
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (no flush error at exit)
+            sys.exit(0)
 
 
 def _config(
@@ -175,7 +176,7 @@ def serve(
         node=node,
     )
     _setup_logging(cfg.agent.log_level)
-    (asyncio.run(_serve(cfg)))
+    asyncio.run(_serve(cfg))
 
 
 async def _serve(cfg: AgentConfig) -> None:
@@ -274,7 +275,7 @@ def watch(
 ) -> None:
     """Print what the agent streams, one line per frame."""
     cfg = _config(config_path, socket_path=socket_path)
-    (_watch(cfg.agent.socket, not no_history, count))
+    _watch(cfg.agent.socket, not no_history, count)
 
 
 def _watch(path: str, history: bool, count: int | None) -> None:
@@ -336,4 +337,4 @@ def demo(gpus: int, seed: int, seconds: float | None, fault_every: float) -> Non
     from agents.demo import run_demo
 
     _setup_logging("warning")
-    (run_demo(gpus=gpus, seed=seed, seconds=seconds, fault_every=fault_every))
+    run_demo(gpus=gpus, seed=seed, seconds=seconds, fault_every=fault_every)

@@ -21,7 +21,7 @@ from agents.client import AgentClient, ConnectionClosed
 from agents.config import AgentConfig, AgentSection, SimSection
 from agents.daemon import Agent
 from agents.gpu.sim import SimBackend
-from agents.protocol import Inventory
+from agents.protocol import GpufleetError, Inventory
 from agents.render import frame_line
 
 FAULTS = ("overheat", "xid79", "ecc", "lost", "busy", "clear")
@@ -90,6 +90,10 @@ def _print_stream(path: str, fault_every: float, seed: int, done: threading.Even
                     click.echo(f"demo     injected {fault} on GPU {gpu}: {said}")
     except ConnectionClosed:
         pass
+    except BrokenPipeError:  # `demo | head`: the reader left
+        pass
+    except GpufleetError as exc:  # this runs on a thread: report here, in one line
+        click.echo(f"gpufleet-agent: error: {exc}", err=True)
     finally:
         injector.close()
         done.set()
