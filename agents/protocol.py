@@ -37,7 +37,7 @@ MAX_BAD_FRAMES: Final = 5
 OpsState = Literal["schedulable", "draining", "drained"]
 Role = Literal["viewer", "operator"]
 EventKind = Literal[
-    "xid", "ecc", "remap_pending", "thermal", "gpu_lost", "gpu_back", "state", "notice"
+    "xid", "ecc", "remap_pending", "slowdown", "gpu_lost", "gpu_back", "state", "notice"
 ]
 
 

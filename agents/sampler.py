@@ -2,9 +2,9 @@
 
 Backend-agnostic on purpose: NVML and the simulator only report readings (plus XIDs), and this
 module alone decides what counts as an event (GPU lost or back, an ECC counter rising, a row
-remap pending, thermal slowdown starting or ending). Consecutive readings make that decision
-robust to a fault being present at start: a GPU already lost when the agent starts is reported
-once, as lost, just as one that is lost later.
+remap pending, a thermal or hardware slowdown starting or ending). Consecutive readings make
+that decision robust to a fault being present at start: a GPU already lost when the agent
+starts is reported once, as lost, just as one that is lost later.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import msgspec
 
 from agents.gpu.base import SLOW_FIELDS, GpuBackend, GpuInventory
-from agents.gpu.clocks import THERMAL_REASONS
+from agents.gpu.clocks import ALARMING_REASONS
 from agents.host import HostSampler
 from agents.protocol import (
     Event,
@@ -73,8 +73,10 @@ class RawTick:
 _HEALTHY = GpuReading(index=-1)
 
 
-def _thermal(r: GpuReading) -> bool:
-    return bool(r.clock_reasons) and not THERMAL_REASONS.isdisjoint(r.clock_reasons or ())
+def _slowed(r: GpuReading) -> frozenset[str]:
+    """The alarming clocks-event reasons set: heat, or a hardware brake; the power cap that a
+    busy GPU always sits at is not one of them (design.md §2)."""
+    return ALARMING_REASONS.intersection(r.clock_reasons or ())
 
 
 def derive_findings(prev: GpuReading | None, cur: GpuReading) -> list[Finding]:
@@ -101,11 +103,12 @@ def derive_findings(prev: GpuReading | None, cur: GpuReading) -> list[Finding]:
         )
     if cur.remap_pending and not before.remap_pending:
         out.append(Finding("remap_pending", i, f"GPU {i}: row remapping pending, needs a reset"))
-    if _thermal(cur) and not _thermal(before):
-        names = ", ".join(sorted(THERMAL_REASONS.intersection(cur.clock_reasons or ())))
-        out.append(Finding("thermal", i, f"GPU {i}: thermal slowdown began ({names})"))
-    elif prev is not None and _thermal(before) and not _thermal(cur):
-        out.append(Finding("thermal", i, f"GPU {i}: thermal slowdown ended"))
+    slowed, was = _slowed(cur), _slowed(before)
+    if slowed and not was:
+        names = ", ".join(sorted(slowed))
+        out.append(Finding("slowdown", i, f"GPU {i}: clocks slowed down ({names})"))
+    elif prev is not None and was and not slowed:
+        out.append(Finding("slowdown", i, f"GPU {i}: slowdown ended"))
     return out
 
 

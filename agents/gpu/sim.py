@@ -2,9 +2,10 @@
 
 The demo fleet, the console's screens and the sampler's event logic all run against this backend
 when no driver is present, so it models what a toy simulator gets wrong (design.md §2): an idle
-SXM card still draws about 75 W in P0 with no clocks-event reason set; a busy one sits at its
-700 W cap with the SM clock pulled down to 1275-1440 MHz and ``sw_power_cap`` set as its normal
-state; most workloads run in containers, so an empty process list at 100 % is ordinary.
+SXM card still draws about 75 W in P0 with only the ``gpu_idle`` clocks-event reason set; a busy
+one sits at its 700 W cap with the SM clock pulled down to 1275-1440 MHz and ``sw_power_cap``
+set as its normal state; most workloads run in containers, so an empty process list at 100 % is
+ordinary.
 
 What ``read`` returns is a pure function of the constructor's arguments and of the injections
 made between reads: simulated time moves by ``interval`` per call, never with the wall clock, and
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import Final, Literal, get_args, get_type_hints
 
 from agents.gpu.base import SLOW_FIELDS, GpuInventory, XidEvent
+from agents.gpu.clocks import decode_clock_reasons, encode_clock_reasons
 from agents.protocol import GpuInfo, GpuProcess, GpuReading, SimInjectArgs
 
 # Static facts, as the captured card reported them.
@@ -34,7 +36,8 @@ NVML_VERSION: Final = "13.580.159.04"
 MEMORY_TOTAL: Final = 85_520_809_984  # bytes
 MEMORY_RESERVED: Final = 503_316_480  # bytes the driver holds back, shown by MemoryInfo_v2
 POWER_LIMIT_MW: Final = 700_000
-TEMP_SLOWDOWN_C: Final = 89
+TEMP_MAX_OPERATING_C: Final = 87  # GPU_MAX / T.Limit: software thermal slowdown above it
+TEMP_SLOWDOWN_C: Final = 89  # hardware slowdown from here on
 TEMP_SHUTDOWN_C: Final = 95
 TEMP_MEM_MAX_C: Final = 95
 SM_CLOCK_IDLE: Final = 345
@@ -395,19 +398,25 @@ class SimBackend:
             g.temp += self._alpha * (target - g.temp)
         temp_c = round(g.temp)
         reasons: list[str] = []
-        if temp_c > TEMP_SLOWDOWN_C:
+        if temp_c > TEMP_MAX_OPERATING_C:
             thermal_sm = max(SM_CLOCK_IDLE, 1410 - 4 * SM_CLOCK_STEP * (temp_c - TEMP_SLOWDOWN_C))
             if sm > thermal_sm:
                 # Slower clocks draw less: the card falls below its power cap once heat binds.
                 power = g.idle_power + (power - g.idle_power) * thermal_sm // sm
                 sm = thermal_sm
                 capped = False
+        # As the card reports them (nvidia-smi -q in the capture): "Idle" when nothing runs;
+        # software thermal slowdown past T.Limit (87 C); hardware slowdown, thermal, from the
+        # slowdown threshold (89 C) on.
+        if not util and not g.overheat:
+            reasons.append("gpu_idle")
         if capped:
             reasons.append("sw_power_cap")
-        if temp_c > TEMP_SLOWDOWN_C:
+        if temp_c > TEMP_MAX_OPERATING_C:
             reasons.append("sw_thermal_slowdown")
-            if temp_c >= TEMP_SHUTDOWN_C:
-                reasons.append("hw_thermal_slowdown")
+        if temp_c >= TEMP_SLOWDOWN_C:
+            reasons += ["hw_slowdown", "hw_thermal_slowdown"]
+        reasons = decode_clock_reasons(encode_clock_reasons(reasons))  # in NVML's bit order
         g.util = util
         g.energy += power * dt  # mW x s = mJ
         return GpuReading(

@@ -119,8 +119,11 @@ def test_ecc_and_remap_in_the_same_tick() -> None:
     assert kinds(got) == ["ecc", "remap_pending"]
 
 
-@pytest.mark.parametrize("reason", ["sw_thermal_slowdown", "hw_thermal_slowdown"])
-def test_thermal_slowdown_began_and_ended(reason: str) -> None:
+@pytest.mark.parametrize(
+    "reason",
+    ["sw_thermal_slowdown", "hw_thermal_slowdown", "hw_slowdown", "hw_power_brake_slowdown"],
+)
+def test_slowdown_began_and_ended(reason: str) -> None:
     got = run(
         [
             healthy(clock_reasons=["sw_power_cap"]),
@@ -131,19 +134,19 @@ def test_thermal_slowdown_began_and_ended(reason: str) -> None:
         ]
     )
     assert got[0] == []
-    assert kinds(got[1]) == ["thermal"]
-    assert "began" in got[1][0].message
+    assert kinds(got[1]) == ["slowdown"]
+    assert "slowed down" in got[1][0].message
     assert reason in got[1][0].message
     assert got[2] == []  # still throttled: not repeated
-    assert kinds(got[3]) == ["thermal"]
+    assert kinds(got[3]) == ["slowdown"]
     assert "ended" in got[3][0].message
     assert got[4] == []
 
 
-def test_thermal_at_first_reading_began() -> None:
+def test_slowdown_at_first_reading_is_reported() -> None:
     got = derive_findings(None, healthy(clock_reasons=["sw_thermal_slowdown"]))
-    assert kinds(got) == ["thermal"]
-    assert "began" in got[0].message
+    assert kinds(got) == ["slowdown"]
+    assert "slowed down" in got[0].message
 
 
 def test_sw_power_cap_alone_is_not_an_event() -> None:
