@@ -3,13 +3,18 @@
 What the H100 capture taught us (design.md §2) shapes this module:
 
 - Many queries raise ``NotSupported`` on perfectly healthy cards (an SXM board has no fan), so
-  every query goes through ``_call``, the one place where NVML errors become "no value" (None,
+  every query goes through ``_attempt``, the one place where NVML errors become "no value" (None,
   never 0) or a lost GPU. No other code here catches NVML errors from a read.
+- A GPU is lost when NVML says the card is gone or needs a reset (``_LOST_ERRORS``), or when
+  temperature, power and memory all fail with errors in one tick: a card that answers only
+  errors is not healthy. It is back only when a re-probe gets real answers, not just a handle.
 - The cheap queries cost microseconds and run on every tick (``read``); energy, HBM temperature
   (field values, ~3 ms) and PCIe throughput (~21 ms, it blocks for its sample window) would
   stall the tick, so they live in ``read_slow``, which the sampler runs on its own thread.
 - ``nvmlInit`` costs ~14 ms: it runs once, and device handles are kept.
-- XID events need a blocking wait, so they get a daemon thread of their own.
+- XID events need a blocking wait, so they get a daemon thread of their own. Its event set is
+  rebuilt whenever a GPU is lost or comes back: a set holding a lost GPU fails every wait, and
+  a GPU missing from the set never reports an XID.
 
 The backend never decides what an operator is told about a GPU that vanished or returned; it
 only reports ``lost`` per reading and the sampler turns flag transitions into events.
@@ -22,10 +27,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final, Literal
+
+import msgspec
 
 from agents.gpu.base import BackendUnavailable, GpuInventory, XidEvent
 from agents.gpu.clocks import decode_clock_reasons
@@ -34,19 +41,40 @@ from agents.protocol import GpuInfo, GpuProcess, GpuReading
 
 log = logging.getLogger("gpufleet.agent.nvml")
 
-#: NVML errors that mean "this card or driver cannot give that value": a missing value, not a
-#: fault. ``Unknown`` is here because drivers use it for quirks of single queries (nvitop does
-#: the same); a card that is really gone says ``GpuIsLost``.
-_NO_VALUE_ERRORS: Final = (
+#: NVML errors that mean the card is gone or unusable until a reset: the GPU is lost.
+_LOST_ERRORS: Final = (
+    "NVMLError_GpuIsLost",
+    "NVMLError_ResetRequired",
+    "NVMLError_GpuNotFound",
+)
+
+#: Errors that mean "this card, driver or pynvml cannot do that query" rather than "it failed":
+#: they switch a versioned query to its older form and never count towards a failing card.
+#: (``NVMLLibraryMismatchError``, pynvml's own exception for a missing ``_v3`` symbol, and a
+#: function missing from pynvml itself are treated the same way.)
+_UNSUPPORTED_ERRORS: Final = (
+    "NVMLError_NotSupported",
+    "NVMLError_FunctionNotFound",
+    "NVMLError_ArgumentVersionMismatch",
+)
+
+#: Errors common on healthy nodes (56 queries were NotSupported on the captured H100): logging
+#: them would be noise. ``Unknown`` is not here: drivers use it for quirks of single queries,
+#: but also when a card is failing, so it gives "no value" and is logged once per query.
+_QUIET_ERRORS: Final = (
     "NVMLError_NotSupported",
     "NVMLError_FunctionNotFound",
     "NVMLError_InvalidArgument",
     "NVMLError_NoPermission",
-    "NVMLError_Unknown",
 )
 
 #: How long one ``nvmlEventSetWait_v2`` blocks: the longest ``close`` waits for the thread.
 EVENT_WAIT_MS: Final = 500
+
+#: After a failed event wait the set is rebuilt, first after this pause, then after twice the
+#: previous one up to ``EVENT_RETRY_MAX_S``, so a driver that keeps failing is not spun on.
+EVENT_RETRY_S: Final = 0.5
+EVENT_RETRY_MAX_S: Final = 30.0
 
 #: Bound on undrained XIDs, so a sampler that stopped draining cannot make us grow forever; a
 #: storm beyond this keeps the newest.
@@ -65,9 +93,18 @@ _FIELD_VALUE_MEMBERS: Final[dict[str, str]] = {
 
 ProcessKind = Literal["compute", "graphics"]
 
+#: Why a query gave no value: the card or library cannot do it, or it failed.
+_Failure = Literal["unsupported", "error"] | None
+#: What ``_attempt`` hands back: ``(value, None)`` or ``(None, why not)``.
+_Answer = tuple[Any, _Failure]
+_UNSUPPORTED: Final[_Answer] = (None, "unsupported")
+
+_Memory = tuple[int | None, int | None, int | None]  # used, total, reserved
+_NO_MEMORY: Final[_Memory] = (None, None, None)
+
 
 class _GpuLost(Exception):
-    """NVML said GpuIsLost: unwinds the reads of that one GPU to where it is marked lost."""
+    """The GPU is gone: unwinds the reads of that one GPU to where it is marked lost."""
 
 
 @dataclass(slots=True)
@@ -79,7 +116,11 @@ class _Gpu:
     info: GpuInfo
     lost: bool = False
     next_probe: float = 0.0
+    #: Bumped on every lost/back transition, so a slow read that started before a re-probe
+    #: (and failed on the old handle) cannot mark the GPU lost again.
+    generation: int = 0
     memory_v2: bool = True  # until the driver shows it has no v2 memory query
+    temperature_v: bool = True  # until the driver shows it has no nvmlDeviceGetTemperatureV
 
 
 class NvmlBackend:
@@ -103,16 +144,26 @@ class NvmlBackend:
         self._clock = clock
         self._reprobe_interval = reprobe_interval
         self._nvml_error: type[Exception] = nvml.NVMLError
-        self._lost_error: type[Exception] = nvml.NVMLError_GpuIsLost
         self._timeout_error: type[Exception] = nvml.NVMLError_Timeout
-        self._no_value_errors: tuple[type[Exception], ...] = tuple(
-            getattr(nvml, name) for name in _NO_VALUE_ERRORS if hasattr(nvml, name)
-        )
+        mismatch = _classes(nvml, ["NVMLLibraryMismatchError"])  # not an NVMLError subclass
+        self._lost_errors = _classes(nvml, _LOST_ERRORS)
+        self._unsupported_errors = _classes(nvml, _UNSUPPORTED_ERRORS) + mismatch
+        self._quiet_errors = _classes(nvml, _QUIET_ERRORS)
+        self._no_value_errors = (self._nvml_error, *mismatch)
+        # A wait failing like this means a GPU in the set fell off the bus: rebuild the set.
+        self._stale_set_errors = self._lost_errors + _classes(nvml, ["NVMLError_Unknown"])
         self._value_members: dict[int, str] = {
             getattr(nvml, const): member
             for const, member in _FIELD_VALUE_MEMBERS.items()
             if hasattr(nvml, const)
         }
+        # Newer names first; older nvidia-ml-py lacks them (and CUDA 14 drops the old ones).
+        self._has_temperature_v = _present(nvml, "nvmlDeviceGetTemperatureV")
+        self._clock_reasons_query = (
+            "nvmlDeviceGetCurrentClocksEventReasons"
+            if _present(nvml, "nvmlDeviceGetCurrentClocksEventReasons")
+            else "nvmlDeviceGetCurrentClocksThrottleReasons"
+        )
         self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._events: deque[XidEvent] = deque(maxlen=MAX_QUEUED_EVENTS)
@@ -120,6 +171,8 @@ class NvmlBackend:
         self._stop = threading.Event()
         self._event_thread: threading.Thread | None = None
         self._event_set: Any = None
+        self._rebuild_events = threading.Event()
+        self._rebuild_why = ""
         self._processes = ProcessTable()
         self._closed = False
 
@@ -161,12 +214,17 @@ class NvmlBackend:
     def read_slow(self) -> dict[int, dict[str, int | None]]:
         out: dict[int, dict[str, int | None]] = {}
         for gpu in self._gpus:
-            if gpu.lost:
+            with self._lock:
+                lost, handle, generation = gpu.lost, gpu.handle, gpu.generation
+            if lost:
                 continue
             try:
-                out[gpu.index] = self._sample_slow(gpu.handle)
+                out[gpu.index] = self._sample_slow(handle)
             except _GpuLost as exc:
-                self._mark_lost(gpu, str(exc))
+                self._mark_lost(gpu, str(exc), generation)
+            except Exception as exc:
+                # A bug or a pynvml surprise must not stop the slow thread for every GPU.
+                self._warn_unexpected(gpu.index, "slow read", exc)
         return out
 
     def drain_events(self) -> list[XidEvent]:
@@ -189,10 +247,7 @@ class NvmlBackend:
             if not thread_done:
                 log.warning("XID event thread did not stop; leaving its event set allocated")
         if self._event_set is not None and thread_done:
-            try:
-                self._nvml.nvmlEventSetFree(self._event_set)
-            except self._nvml_error as exc:
-                log.warning("nvmlEventSetFree failed: %s", _error_text(exc))
+            self._free_event_set(self._event_set)
             self._event_set = None
         self._shutdown()
 
@@ -201,100 +256,160 @@ class NvmlBackend:
 
     def start_events(self) -> None:
         """Watch for XIDs on a daemon thread, because the only way to get them is to block."""
-        if self._event_thread is not None or self._closed:
+        if self._event_thread is not None or self._closed or not self._gpus:
             return
+        self._rebuild_events.clear()
+        if not self._replace_event_set("start"):
+            return
+        self._event_thread = threading.Thread(
+            target=self._watch_events, name="gpufleet-nvml-xid", daemon=True
+        )
+        self._event_thread.start()
+
+    def _request_event_rebuild(self, why: str) -> None:
+        """Ask the event thread for a new event set (it alone touches the set once running)."""
+        self._rebuild_why = why
+        self._rebuild_events.set()
+
+    def _replace_event_set(self, why: str) -> bool:
+        """Free the event set and register every GPU that is not lost in a new one.
+
+        NVML cannot drop one device from a set, a set holding a GPU that fell off the bus fails
+        every wait, and a GPU that came back has a new handle to register: so every lost/back
+        transition rebuilds the whole set (rare, and cheap). False if no set could be created.
+        """
         nvml = self._nvml
+        old, self._event_set = self._event_set, None
+        if old is not None:
+            self._free_event_set(old)
         try:
             event_set = nvml.nvmlEventSetCreate()
         except self._nvml_error as exc:
             log.warning("XID events unavailable: nvmlEventSetCreate: %s", _error_text(exc))
-            return
-        registered = 0
-        for gpu in self._gpus:
-            if gpu.lost:
-                log.warning("GPU %d: lost at start, not watching it for XID events", gpu.index)
-                continue
+            return False
+        with self._lock:
+            targets = [(gpu.index, gpu.handle) for gpu in self._gpus if not gpu.lost]
+        watched: list[int] = []
+        for index, handle in targets:
             try:
-                nvml.nvmlDeviceRegisterEvents(
-                    gpu.handle, nvml.nvmlEventTypeXidCriticalError, event_set
-                )
+                nvml.nvmlDeviceRegisterEvents(handle, nvml.nvmlEventTypeXidCriticalError, event_set)
             except self._nvml_error as exc:
                 log.warning(
                     "GPU %d: XID events unavailable (%s); not watching it",
-                    gpu.index,
+                    index,
                     _error_text(exc),
                 )
                 continue
-            registered += 1
-        if registered == 0:
-            try:
-                nvml.nvmlEventSetFree(event_set)
-            except self._nvml_error as exc:
-                log.warning("nvmlEventSetFree failed: %s", _error_text(exc))
-            return
+            watched.append(index)
         self._event_set = event_set
-        self._event_thread = threading.Thread(
-            target=self._watch_events, args=(event_set,), name="gpufleet-nvml-xid", daemon=True
+        log.info(
+            "XID events (%s): watching %d of %d GPUs %s",
+            why,
+            len(watched),
+            len(self._gpus),
+            watched,
         )
-        self._event_thread.start()
+        return True
 
-    def _watch_events(self, event_set: Any) -> None:
+    def _free_event_set(self, event_set: Any) -> None:
+        try:
+            self._nvml.nvmlEventSetFree(event_set)
+        except self._nvml_error as exc:
+            log.warning("nvmlEventSetFree failed: %s", _error_text(exc))
+
+    def _watch_events(self) -> None:
         nvml = self._nvml
         xid_mask = int(nvml.nvmlEventTypeXidCriticalError)
+        pause = EVENT_RETRY_S
         while not self._stop.is_set():
+            if self._rebuild_events.is_set():
+                self._rebuild_events.clear()
+                self._replace_event_set(self._rebuild_why)
+            event_set = self._event_set
+            if event_set is None:  # creating a set failed: try again, more slowly each time
+                self._request_event_rebuild("retry")
+                self._stop.wait(pause)
+                pause = min(2 * pause, EVENT_RETRY_MAX_S)
+                continue
             try:
                 data = nvml.nvmlEventSetWait_v2(event_set, EVENT_WAIT_MS)
             except self._timeout_error:
+                pause = EVENT_RETRY_S
                 continue  # nothing happened in this window: the normal case
+            except self._stale_set_errors as exc:
+                self._request_event_rebuild(f"wait raised {type(exc).__name__}")
+                self._stop.wait(pause)
+                pause = min(2 * pause, EVENT_RETRY_MAX_S)
+                continue
             except self._nvml_error as exc:
-                self._warn_once("nvmlEventSetWait_v2", exc)
+                self._warn_once("nvmlEventSetWait_v2", type(exc).__name__, _error_text(exc))
                 self._stop.wait(1.0)  # do not spin if the driver keeps failing
                 continue
-            if not int(getattr(data, "eventType", 0)) & xid_mask:
-                continue
-            xid = int(data.eventData)
-            try:
-                index = _int(self._call("nvmlDeviceGetIndex", data.device))
-            except _GpuLost:
-                index = None
-            if index is None:
-                # XidEvent needs a GPU index; an XID we cannot place is still worth a log line.
-                log.warning("XID %d on a GPU NVML could not identify; not reported", xid)
-                continue
-            log.warning("GPU %d: XID %d", index, xid)
-            with self._events_lock:
-                self._events.append(XidEvent(gpu=index, xid=xid, ts=self._clock()))
+            pause = EVENT_RETRY_S
+            if int(getattr(data, "eventType", 0)) & xid_mask:
+                self._record_xid(data)
+
+    def _record_xid(self, data: Any) -> None:
+        xid = int(data.eventData)
+        try:
+            index = _int(self._call("nvmlDeviceGetIndex", data.device))
+        except _GpuLost:
+            index = None
+        if index is None:
+            # XidEvent needs a GPU index; an XID we cannot place is still worth a log line.
+            log.warning("XID %d on a GPU NVML could not identify; not reported", xid)
+            return
+        log.warning("GPU %d: XID %d", index, xid)
+        with self._events_lock:
+            self._events.append(XidEvent(gpu=index, xid=xid, ts=self._clock()))
 
     # -----------------------------------------------------------------------------------------
     # The one NVML error mapping
 
-    def _call(self, fn: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one NVML query: its value, None for "no value", or ``_GpuLost``.
+    def _attempt(self, fn: str | Callable[..., Any], *args: Any, **kwargs: Any) -> _Answer:
+        """Run one NVML query: ``(value, None)``, ``(None, why)``, or raise ``_GpuLost``.
 
-        ``fn`` is a pynvml function name (looked up late, so a pynvml that lacks it reads as
-        "no value" like a driver without the symbol) or a callable that itself calls NVML.
+        ``why`` is "unsupported" (the card, driver or pynvml cannot do it: see
+        ``_UNSUPPORTED_ERRORS``) or "error" (it failed). ``fn`` is a pynvml function name,
+        looked up late so that a pynvml without it reads as "unsupported" (logged once), or a
+        callable that itself calls NVML.
         """
-        name = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
-        func = getattr(self._nvml, fn, None) if isinstance(fn, str) else fn
-        if func is None:
-            return None
+        if isinstance(fn, str):
+            name, func = fn, getattr(self._nvml, fn, None)
+            if func is None:
+                self._warn_once(name, "missing", "not in this nvidia-ml-py; reads as no value")
+                return _UNSUPPORTED
+        else:
+            name, func = getattr(fn, "__name__", repr(fn)), fn
         try:
-            return func(*args, **kwargs)
-        except self._lost_error:
-            raise _GpuLost(name) from None
-        except self._no_value_errors:
-            return None
-        except self._nvml_error as exc:
-            self._warn_once(name, exc)
-            return None
+            return (func(*args, **kwargs), None)
+        except self._lost_errors as exc:
+            raise _GpuLost(f"{name} raised {type(exc).__name__}") from None
+        except self._no_value_errors as exc:
+            if not isinstance(exc, self._quiet_errors):
+                self._warn_once(name, type(exc).__name__, _error_text(exc))
+            return (None, "unsupported" if isinstance(exc, self._unsupported_errors) else "error")
 
-    def _warn_once(self, name: str, exc: BaseException) -> None:
-        """An unexpected NVML error per query and kind is logged once, not once per tick."""
-        key = (name, type(exc).__name__)
+    def _call(self, fn: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``_attempt`` for callers that only need the value (None for "no value")."""
+        return self._attempt(fn, *args, **kwargs)[0]
+
+    def _warn_once(
+        self, name: str, kind: str, detail: str, exc_info: BaseException | None = None
+    ) -> None:
+        """A problem per query and kind is logged once, not once per tick."""
+        key = (name, kind)
         if key in self._warned:
             return
         self._warned.add(key)
-        log.warning("%s: %s (further errors of this kind not logged)", name, _error_text(exc))
+        log.warning(
+            "%s: %s (further errors of this kind not logged)", name, detail, exc_info=exc_info
+        )
+
+    def _warn_unexpected(self, index: int, where: str, exc: Exception) -> None:
+        """Not an NVML error: a bug here or a pynvml surprise. Logged once, with traceback."""
+        detail = f"GPU {index}: unexpected {type(exc).__name__}; its values read as None"
+        self._warn_once(where, type(exc).__name__, detail, exc_info=exc)
 
     def _system(self, fn: str) -> Any:
         try:
@@ -306,30 +421,39 @@ class NvmlBackend:
     # Per GPU
 
     def _open_gpu(self, index: int, now: float) -> _Gpu:
-        blank = GpuInfo(index=index, uuid=None, name=None)
+        gpu = _Gpu(index=index, handle=None, info=GpuInfo(index=index, uuid=None, name=None))
         try:
-            handle = self._call("nvmlDeviceGetHandleByIndex", index)
-            if handle is None:
-                raise _GpuLost("nvmlDeviceGetHandleByIndex")
-            info = self._read_info(index, handle)
+            gpu.handle, gpu.info = self._probe(gpu)
         except _GpuLost as exc:
             log.warning("GPU %d: unreadable at start (%s); will re-probe", index, exc)
-            return _Gpu(
-                index=index,
-                handle=None,
-                info=blank,
-                lost=True,
-                next_probe=now + self._reprobe_interval,
-            )
-        return _Gpu(index=index, handle=handle, info=info)
+            gpu.lost = True
+            gpu.next_probe = now + self._reprobe_interval
+        return gpu
 
-    def _read_info(self, index: int, handle: Any) -> GpuInfo:
+    def _probe(self, gpu: _Gpu) -> tuple[Any, GpuInfo]:
+        """A handle and the static facts of a GPU that really answers, else ``_GpuLost``.
+
+        A handle alone proves little: NVML can hand one out for a card that then fails every
+        query. So the card must also give its UUID and a temperature (or say it has no sensor).
+        """
+        handle = self._call("nvmlDeviceGetHandleByIndex", gpu.index)
+        if handle is None:
+            raise _GpuLost("nvmlDeviceGetHandleByIndex gave no handle")
+        uuid = _text(self._call("nvmlDeviceGetUUID", handle))
+        if uuid is None:
+            raise _GpuLost("nvmlDeviceGetUUID gave no value")
+        _, failed = self._temperature(gpu, handle)
+        if failed == "error":
+            raise _GpuLost("the temperature read failed")
+        return handle, self._read_info(gpu.index, handle, uuid)
+
+    def _read_info(self, index: int, handle: Any, uuid: str) -> GpuInfo:
         nvml, q = self._nvml, self._call
         pci = q("nvmlDeviceGetPciInfo", handle)
         memory = q("nvmlDeviceGetMemoryInfo", handle)
         return GpuInfo(
             index=index,
-            uuid=_text(q("nvmlDeviceGetUUID", handle)),
+            uuid=uuid,
             name=_text(q("nvmlDeviceGetName", handle)),
             serial=_text(q("nvmlDeviceGetSerial", handle)),
             pci_bus_id=_text(getattr(pci, "busId", None)),
@@ -356,19 +480,30 @@ class NvmlBackend:
         )
 
     def _read_gpu(self, gpu: _Gpu, now: float, live: set[int]) -> GpuReading:
-        if gpu.lost and not self._reprobe(gpu, now):
-            return GpuReading(index=gpu.index, lost=True)
+        generation = gpu.generation
         try:
+            if gpu.lost:
+                if not self._reprobe(gpu, now):
+                    return GpuReading(index=gpu.index, lost=True)
+                generation = gpu.generation
             return self._sample(gpu, live)
         except _GpuLost as exc:
-            self._mark_lost(gpu, str(exc))
+            self._mark_lost(gpu, str(exc), generation)
             return GpuReading(index=gpu.index, lost=True)
+        except Exception as exc:
+            # One GPU's surprise (a bug, an odd pynvml value) must not cost the others their tick.
+            self._warn_unexpected(gpu.index, "read", exc)
+            return GpuReading(index=gpu.index, lost=gpu.lost)
 
     def _sample(self, gpu: _Gpu, live: set[int]) -> GpuReading:
         nvml, q, handle = self._nvml, self._call, gpu.handle
+        temp, temp_failed = self._temperature(gpu, handle)
+        power, power_failed = self._attempt("nvmlDeviceGetPowerUsage", handle)
+        (mem_used, mem_total, mem_reserved), mem_failed = self._memory(gpu)
+        if temp_failed == power_failed == mem_failed == "error":
+            raise _GpuLost("temperature, power and memory reads all failed")
         util = q("nvmlDeviceGetUtilizationRates", handle)
-        mem_used, mem_total, mem_reserved = self._memory(gpu)
-        reasons = _int(q("nvmlDeviceGetCurrentClocksEventReasons", handle))
+        reasons = _int(q(self._clock_reasons_query, handle))
         pstate = _int(q("nvmlDeviceGetPerformanceState", handle))
         if pstate == getattr(nvml, "NVML_PSTATE_UNKNOWN", 32):
             pstate = None
@@ -391,8 +526,8 @@ class NvmlBackend:
             mem_used=mem_used,
             mem_total=mem_total,
             mem_reserved=mem_reserved,
-            temp_c=_int(q("nvmlDeviceGetTemperature", handle, nvml.NVML_TEMPERATURE_GPU)),
-            power_mw=_int(q("nvmlDeviceGetPowerUsage", handle)),
+            temp_c=_int(temp),
+            power_mw=_int(power),
             sm_clock_mhz=_int(q("nvmlDeviceGetClockInfo", handle, nvml.NVML_CLOCK_SM)),
             mem_clock_mhz=_int(q("nvmlDeviceGetClockInfo", handle, nvml.NVML_CLOCK_MEM)),
             clock_reasons=None if reasons is None else decode_clock_reasons(reasons),
@@ -406,32 +541,45 @@ class NvmlBackend:
             processes=self._gpu_processes(handle, live),
         )
 
-    def _memory(self, gpu: _Gpu) -> tuple[int | None, int | None, int | None]:
-        """(used, total, reserved); v2 splits out what the driver reserves, v1 cannot."""
+    def _temperature(self, gpu: _Gpu, handle: Any) -> _Answer:
+        """GPU temperature: ``nvmlDeviceGetTemperatureV`` where pynvml and the driver have it
+        (``nvmlDeviceGetTemperature`` is deprecated, due to go in CUDA 14), else the old call."""
+        sensor = self._nvml.NVML_TEMPERATURE_GPU
+        if gpu.temperature_v and self._has_temperature_v:
+            # pynvml 13 fills a c_nvmlTemperature_v1_t for us (version defaults to v1).
+            answer = self._attempt("nvmlDeviceGetTemperatureV", handle, sensor)
+            if answer[1] != "unsupported":
+                return answer
+            gpu.temperature_v = False  # one failed call per GPU, not one per tick
+        return self._attempt("nvmlDeviceGetTemperature", handle, sensor)
+
+    def _memory(self, gpu: _Gpu) -> tuple[_Memory, _Failure]:
+        """(used, total, reserved) and why not; v2 splits out what the driver reserves, v1
+        cannot. Only a driver that lacks v2 switches the GPU to v1: a one-off error does not."""
         version = getattr(self._nvml, "nvmlMemory_v2", None)
         if gpu.memory_v2 and version is not None:
-            mem = self._call("nvmlDeviceGetMemoryInfo", gpu.handle, version=version)
-            if mem is not None:
-                return (
-                    _int(getattr(mem, "used", None)),
-                    _int(getattr(mem, "total", None)),
-                    _int(getattr(mem, "reserved", None)),
-                )
+            mem, failed = self._attempt("nvmlDeviceGetMemoryInfo", gpu.handle, version=version)
+            if failed is None:
+                return (_int(mem.used), _int(mem.total), _int(mem.reserved)), None
+            if failed == "error":
+                return _NO_MEMORY, failed
             gpu.memory_v2 = False  # one failed v2 call per GPU, not one per tick
-        mem = self._call("nvmlDeviceGetMemoryInfo", gpu.handle)
-        if mem is None:
-            return (None, None, None)
-        return (_int(getattr(mem, "used", None)), _int(getattr(mem, "total", None)), None)
+        mem, failed = self._attempt("nvmlDeviceGetMemoryInfo", gpu.handle)
+        if failed is not None:
+            return _NO_MEMORY, failed
+        return (_int(mem.used), _int(mem.total), None), None
 
     def _gpu_processes(self, handle: Any, live: set[int]) -> list[GpuProcess] | None:
         """Compute and graphics processes, one entry per pid (compute wins when in both).
 
-        An empty list is not "idle": a workload in another PID namespace may be invisible.
+        None (unknown) whenever the compute query failed: the compute list is the one that
+        matters on a GPU node, and a partial list would read as "these are all of them". An
+        empty list is not "idle" either: a workload in another PID namespace is not listed.
         """
         compute = self._call("nvmlDeviceGetComputeRunningProcesses", handle)
-        graphics = self._call("nvmlDeviceGetGraphicsRunningProcesses", handle)
-        if compute is None and graphics is None:
+        if compute is None:
             return None
+        graphics = self._call("nvmlDeviceGetGraphicsRunningProcesses", handle)
         found: dict[int, GpuProcess] = {}
         lists: tuple[tuple[ProcessKind, Any], ...] = (("compute", compute), ("graphics", graphics))
         for kind, procs in lists:
@@ -464,7 +612,7 @@ class NvmlBackend:
         }
 
     def _field_value(self, handle: Any, field_id: int) -> int | None:
-        """One field as an int; a per-field error code is raised so ``_call`` maps it too."""
+        """One field as an int; a per-field error code is raised so ``_attempt`` maps it too."""
         nvml = self._nvml
         values = nvml.nvmlDeviceGetFieldValues(handle, [field_id])
         if not values:
@@ -487,36 +635,34 @@ class NvmlBackend:
         if now < gpu.next_probe:
             return False
         gpu.next_probe = now + self._reprobe_interval
+        # A card back from a reset (or a different card in the slot) may support more or less.
+        gpu.memory_v2 = gpu.temperature_v = True
         try:
-            handle = self._call("nvmlDeviceGetHandleByIndex", gpu.index)
-            if handle is None:
-                return False
-            # The cheapest read there is, then the static facts: a card that came back after a
-            # reset (or a different card in the slot) may differ from what we knew.
-            self._call("nvmlDeviceGetTemperature", handle, self._nvml.NVML_TEMPERATURE_GPU)
-            info = self._read_info(gpu.index, handle)
+            handle, info = self._probe(gpu)
         except _GpuLost:
             return False
         with self._lock:
             gpu.handle = handle
-            gpu.info = info
-            gpu.memory_v2 = True
+            gpu.info = _keep_known(gpu.info, info)
             gpu.lost = False
+            gpu.generation += 1
             self._inventory = self._build_inventory()
+        self._request_event_rebuild(f"GPU {gpu.index} back")
         log.info("GPU %d: readable again (%s)", gpu.index, info.uuid)
         return True
 
-    def _mark_lost(self, gpu: _Gpu, where: str) -> None:
+    def _mark_lost(self, gpu: _Gpu, why: str, generation: int) -> None:
+        """Mark ``gpu`` lost, unless ``generation`` is stale: a read that began before a
+        re-probe (on the slow thread) and failed on the old handle must not undo it."""
         with self._lock:
-            if gpu.lost:
+            if gpu.lost or gpu.generation != generation:
                 return
             gpu.lost = True
+            gpu.generation += 1
             gpu.next_probe = self._clock() + self._reprobe_interval
+        self._request_event_rebuild(f"GPU {gpu.index} lost")
         log.warning(
-            "GPU %d: lost (%s raised GpuIsLost); re-probing every %gs",
-            gpu.index,
-            where,
-            self._reprobe_interval,
+            "GPU %d: lost (%s); re-probing every %gs", gpu.index, why, self._reprobe_interval
         )
 
     def _build_inventory(self) -> GpuInventory:
@@ -537,7 +683,32 @@ class NvmlBackend:
 
 
 # ---------------------------------------------------------------------------------------------
-# Small conversions (NVML hands back ints, bytes or str depending on the query and version)
+# Small helpers (NVML hands back ints, bytes or str depending on the query and version)
+
+
+def _classes(nvml: ModuleType, names: Iterable[str]) -> tuple[type[Exception], ...]:
+    """The exception classes of ``names`` this pynvml has (older ones lack some)."""
+    return tuple(getattr(nvml, name) for name in names if hasattr(nvml, name))
+
+
+def _present(nvml: ModuleType, name: str) -> bool:
+    return getattr(nvml, name, None) is not None
+
+
+def _keep_known(old: GpuInfo, new: GpuInfo) -> GpuInfo:
+    """``new``, with each fact it could not read (None) kept from ``old``.
+
+    A card just back from a reset may not answer every static query yet, and None would erase
+    what we knew; a different card in the slot (new UUID) shares nothing with the old one.
+    """
+    if old.uuid is not None and old.uuid != new.uuid:
+        return new
+    kept = {
+        f.name: getattr(old, f.name)
+        for f in msgspec.structs.fields(new)
+        if getattr(new, f.name) is None and getattr(old, f.name) is not None
+    }
+    return msgspec.structs.replace(new, **kept) if kept else new
 
 
 def _int(value: Any) -> int | None:

@@ -1,10 +1,13 @@
 """Who runs a GPU process: NVML gives only a pid, operators need a user and a command.
 
-NVML reports pids as the host kernel sees them. The agent may live in another PID namespace
-(a container) or the process may exit between NVML's list and our look-up; both give
-``(None, None)`` rather than a guess. Reading a process's cmdline and owner costs several
-``/proc`` reads, so answers are cached under ``(pid, create_time)``: an unchanged process costs
-one ``/proc/<pid>/stat`` read per tick, and a recycled pid (new create time) is looked up afresh.
+On the captured H100 (design.md §2) a workload running in another PID namespace was not
+listed by NVML at all: the process list was empty while the GPU was at 100 %. So an empty list
+does not mean idle, and there is no pid to translate. A pid NVML does list but that we cannot
+see in ``/proc`` (it exited between NVML's list and our look-up, or ``hidepid`` hides it) gives
+``(None, None)``, no user and no command, rather than a guess. Reading a process's cmdline and
+owner costs several ``/proc`` reads, so answers are cached under ``(pid, create_time)``: an
+unchanged process costs one ``/proc/<pid>/stat`` read per tick, and a recycled pid (new create
+time) is looked up afresh.
 """
 
 from __future__ import annotations

@@ -16,10 +16,17 @@ Faithfulness where it matters:
 - Handles are opaque; event data carries a *new* handle object, as NVML does, so the backend
   must ask ``nvmlDeviceGetIndex`` rather than compare identities.
 - Calls before ``nvmlInit`` or after ``nvmlShutdown`` raise ``NVMLError_Uninitialized``.
+- The process queries are wrapped by the real ``pynvml.throwOnVersionMismatch``, so a driver
+  without their ``_v3`` symbol (``FunctionNotFound``) raises ``NVMLLibraryMismatchError``, which
+  is not an ``NVMLError``.
+- ``nvmlEventSetWait_v2`` raises ``GpuIsLost`` while a GPU registered in the set is lost, as
+  NVML does when a watched card falls off the bus.
+- A function taken away with ``remove`` is absent (``AttributeError``), as in an older pynvml.
 
 Knobs for tests: ``gpus=N`` (copies of the captured card with their own index, UUID, serial and
 bus id), ``set_value`` / ``set_error`` (one query, one GPU or all), ``lose`` / ``heal`` (every
-query of a GPU raises ``GpuIsLost``), ``set_processes``, ``set_field``, ``inject_xid``,
+query of a GPU raises ``GpuIsLost``), ``fail_queries`` (every query but the handle look-up
+raises a given error), ``remove``, ``set_processes``, ``set_field``, ``inject_xid``,
 ``init_error``; ``calls`` counts every query by name.
 """
 
@@ -46,6 +53,8 @@ _COPIED_PREFIXES: Final = (
     "nvmlClocksEventReason",
     "nvmlClocksThrottleReason",
     "nvmlMemory_v",
+    "nvmlTemperature_v",
+    "NVMLLibraryMismatchError",
     "c_nvml",
     "nvmlPciInfo",
     "nvmlFriendlyObject",
@@ -54,6 +63,7 @@ _COPIED_PREFIXES: Final = (
 
 _ALL_GPUS: Final = None
 _EVERY_QUERY: Final = "*"
+_EVERY_DEVICE_QUERY: Final = "*device"  # every query but nvmlDeviceGetHandleByIndex
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,7 @@ class FakeNvml(ModuleType):
         init_error: int | type[BaseException] | None = None,
         event_wait_cap_s: float = 0.02,
     ) -> None:
+        self._removed: set[str] = set()  # first: __getattribute__ consults it
         super().__init__("fake_pynvml", "FAKE pynvml replaying an H100 capture (no GPU here)")
         for name in dir(pynvml):
             if name.startswith(_COPIED_PREFIXES):
@@ -187,8 +198,20 @@ class FakeNvml(ModuleType):
                 self._overrides.pop((gpu, func), None)
 
     def lose(self, gpu: int) -> None:
-        """The GPU fell off the bus: every query about it raises ``NVMLError_GpuIsLost``."""
+        """The GPU fell off the bus: every query about it raises ``NVMLError_GpuIsLost``, and
+        so does every wait on an event set it is registered in (a blocked one at once)."""
         self.set_error(_EVERY_QUERY, pynvml.NVML_ERROR_GPU_IS_LOST, gpu=gpu)
+        with self._cond:
+            self._cond.notify_all()
+
+    def fail_queries(self, gpu: int, error: int | type[BaseException]) -> None:
+        """Every query about the GPU raises ``error``, yet ``nvmlDeviceGetHandleByIndex`` still
+        hands out a handle: a card that enumerates but does not really answer."""
+        self.set_error(_EVERY_DEVICE_QUERY, error, gpu=gpu)
+
+    def remove(self, func: str) -> None:
+        """This "pynvml" no longer has ``func`` at all, like an older nvidia-ml-py."""
+        self._removed.add(func)
 
     def heal(self, gpu: int) -> None:
         """Undo ``lose`` and every other override for that GPU."""
@@ -267,7 +290,7 @@ class FakeNvml(ModuleType):
         self._check_init(name)
         if not 0 <= index < self.gpu_count:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        outcome = self._override(index, name, _key(name, (index,)))
+        outcome = self._override(index, name, _key(name, (index,)), handle_lookup=True)
         if outcome is not None:
             outcome.produce()
         return FakeHandle(index)
@@ -300,11 +323,37 @@ class FakeNvml(ModuleType):
         # The real pynvml calls the nvmlDeviceGetMemoryInfo_v2 symbol here: overrides use it.
         return self._device_query("nvmlDeviceGetMemoryInfo_v2", handle, (), v2)
 
+    def nvmlDeviceGetTemperatureV(
+        self, handle: FakeHandle, sensor: int, version: int = pynvml.nvmlTemperature_v1
+    ) -> int:
+        """pynvml 13's versioned temperature query (it fills a ``c_nvmlTemperature_v1_t``).
+
+        The capture called it without a sensor, so it answers what ``nvmlDeviceGetTemperature``
+        answered for that sensor; both read the one sensor, so overrides and ``calls`` of the
+        old name apply too, and an override of this name (e.g. ``FunctionNotFound`` for a
+        driver without the symbol) applies to this one alone.
+        """
+        name = "nvmlDeviceGetTemperatureV"
+        if version != pynvml.nvmlTemperature_v1:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+
+        def same_sensor() -> int:
+            return int(self._device_query("nvmlDeviceGetTemperature", handle, (sensor,)))
+
+        return int(self._device_query(name, handle, (sensor,), same_sensor))
+
+    # pynvml wraps these two in throwOnVersionMismatch (they call the _v3 symbols), so the real
+    # wrapper is applied here: FunctionNotFound becomes NVMLLibraryMismatchError.
+
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[Any]:
-        return self._running(handle, "compute", "nvmlDeviceGetComputeRunningProcesses")
+        running = pynvml.throwOnVersionMismatch(self._running)
+        result: list[Any] = running(handle, "compute", "nvmlDeviceGetComputeRunningProcesses")
+        return result
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeHandle) -> list[Any]:
-        return self._running(handle, "graphics", "nvmlDeviceGetGraphicsRunningProcesses")
+        running = pynvml.throwOnVersionMismatch(self._running)
+        result: list[Any] = running(handle, "graphics", "nvmlDeviceGetGraphicsRunningProcesses")
+        return result
 
     def nvmlDeviceGetRemappedRows(self, handle: FakeHandle) -> tuple[int, ...]:
         return tuple(self._device_query("nvmlDeviceGetRemappedRows", handle, ()))
@@ -361,18 +410,24 @@ class FakeNvml(ModuleType):
         self._device_query("nvmlDeviceRegisterEvents", handle, (), register)
 
     def nvmlEventSetWait_v2(self, eventSet: FakeEventSet, timeoutms: int) -> FakeEventData:
-        """An injected XID at once, else ``NVMLError_Timeout`` after a short real wait."""
+        """An injected XID at once, else ``NVMLError_Timeout`` after a short real wait;
+        ``NVMLError_GpuIsLost`` while a GPU registered in the set is lost."""
         self._check_init("nvmlEventSetWait_v2")
         self.calls["nvmlEventSetWait_v2"] += 1
         if eventSet.freed:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
 
+        def lost() -> bool:
+            return any(self._is_lost(gpu) for gpu in eventSet.devices)
+
         def ready() -> bool:
-            return any(gpu in eventSet.devices for gpu, _ in self._xids)
+            return lost() or any(gpu in eventSet.devices for gpu, _ in self._xids)
 
         with self._cond:
             if not self._cond.wait_for(ready, timeout=min(timeoutms / 1000, self.event_wait_cap_s)):
                 raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+            if lost():
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
             pos = next(i for i, (gpu, _) in enumerate(self._xids) if gpu in eventSet.devices)
             gpu, xid = self._xids.pop(pos)
         return FakeEventData(
@@ -388,8 +443,14 @@ class FakeNvml(ModuleType):
     # -----------------------------------------------------------------------------------------
     # Every other captured device query, by name
 
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("nvml") and name in object.__getattribute__(self, "_removed"):
+            raise AttributeError(f"fake_pynvml: {name} was removed")
+        return super().__getattribute__(name)
+
     def __getattr__(self, name: str) -> Any:
-        if not name.startswith("nvmlDevice"):
+        # Also reached when __getattribute__ refuses a removed name: refuse it here too.
+        if not name.startswith("nvmlDevice") or name in self._removed:
             raise AttributeError(name)
         prefix = name + "["
         device = self._devices[0]
@@ -432,21 +493,29 @@ class FakeNvml(ModuleType):
             raise pynvml.NVMLError(entry["code"])
         return _materialize(copy.deepcopy(entry["value"]))
 
-    def _override(self, gpu: int | None, name: str, key: str) -> _Outcome | None:
+    def _override(
+        self, gpu: int | None, name: str, key: str, *, handle_lookup: bool = False
+    ) -> _Outcome | None:
+        every = (_EVERY_QUERY,) if handle_lookup else (_EVERY_QUERY, _EVERY_DEVICE_QUERY)
         with self._lock:
             for candidate in (
-                (gpu, _EVERY_QUERY),
+                *((gpu, query) for query in every),
                 (gpu, key),
                 (gpu, name),
                 (None, key),
                 (None, name),
             ):
-                if candidate[0] is None and candidate[1] == _EVERY_QUERY:
+                if candidate[0] is None and candidate[1] in every:
                     continue
                 outcome = self._overrides.get(candidate)
                 if outcome is not None:
                     return outcome
         return None
+
+    def _is_lost(self, gpu: int) -> bool:
+        with self._lock:
+            outcome = self._overrides.get((gpu, _EVERY_QUERY))
+        return outcome is not None and outcome.error == pynvml.NVML_ERROR_GPU_IS_LOST
 
     def _running(self, handle: FakeHandle, kind: str, name: str) -> list[Any]:
         def listed() -> list[Any]:

@@ -155,6 +155,23 @@ def test_unsupported_static_facts_are_none(clock: FakeClock) -> None:
         backend.close()
 
 
+def test_mig_enabled_gpu_reads_without_utilization(clock: FakeClock) -> None:
+    fake = make()
+    fake.set_value("nvmlDeviceGetMigMode", [1, 1])
+    fake.set_error("nvmlDeviceGetUtilizationRates", pynvml.NVMLError_NotSupported)
+    backend = NvmlBackend(fake, clock=clock)
+    try:
+        assert backend.inventory().gpus[0].mig_enabled is True
+        for _ in range(2):
+            [r] = backend.read()
+            assert (r.util_gpu, r.util_mem) == (None, None)
+            assert r.lost is False
+            assert r.temp_c == 39
+            assert r.power_mw == 129212
+    finally:
+        backend.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # The tick
 
@@ -238,6 +255,111 @@ def test_unexpected_nvml_error_is_none_and_logged_once(
     assert lines[0].exc_info is None
 
 
+def test_unknown_error_is_none_and_logged_once(
+    open_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetCurrentClocksEventReasons", pynvml.NVMLError_Unknown)
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+        for _ in range(3):
+            [r] = backend.read()
+            assert r.clock_reasons is None
+            assert r.lost is False
+    lines = [rec for rec in caplog.records if "ClocksEventReasons" in rec.getMessage()]
+    assert len(lines) == 1
+
+
+def test_missing_pynvml_function_is_none_and_logged_once(
+    open_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, fake = open_backend()
+    fake.remove("nvmlDeviceGetPowerUsage")
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+        for _ in range(3):
+            [r] = backend.read()
+            assert r.power_mw is None
+            assert r.temp_c == 39
+    lines = [rec for rec in caplog.records if "nvmlDeviceGetPowerUsage" in rec.getMessage()]
+    assert len(lines) == 1
+
+
+def test_unexpected_exception_reading_one_gpu_stays_in_that_gpu(
+    open_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, fake = open_backend(gpus=2)
+    fake.set_value("nvmlDeviceGetPowerUsage", "not a number", gpu=0)
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+        for _ in range(3):
+            odd, fine = backend.read()
+            assert odd == GpuReading(index=0)
+            assert fine.power_mw == 129212
+    lines = [rec for rec in caplog.records if "ValueError" in rec.getMessage()]
+    assert len(lines) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pynvml.NVMLError_NotSupported,
+        pynvml.NVMLError_FunctionNotFound,
+        pynvml.NVMLError_ArgumentVersionMismatch,
+    ],
+)
+def test_memory_switches_to_v1_when_the_driver_lacks_v2(
+    open_backend: Any, error: type[Exception]
+) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetMemoryInfo_v2", error)
+    assert backend.read()[0].mem_used == 503316480
+    fake.clear()
+    assert backend.read()[0].mem_reserved is None  # stays on v1
+    assert fake.calls["nvmlDeviceGetMemoryInfo_v2"] == 1
+
+
+def test_memory_stays_v2_after_a_transient_error(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetMemoryInfo_v2", pynvml.NVMLError_Unknown)
+    [r] = backend.read()
+    assert (r.mem_used, r.mem_total, r.mem_reserved) == (None, None, None)
+    assert r.lost is False
+    fake.clear()
+    [r] = backend.read()
+    assert r.mem_reserved == 480 * 1024 * 1024
+
+
+def test_temperature_prefers_the_versioned_query(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_value("nvmlDeviceGetTemperatureV", 45)
+    assert backend.read()[0].temp_c == 45
+    assert fake.calls["nvmlDeviceGetTemperatureV"] >= 1
+
+
+def test_temperature_falls_back_when_the_driver_lacks_v(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetTemperatureV", pynvml.NVMLError_FunctionNotFound)
+    before = fake.calls["nvmlDeviceGetTemperatureV"]
+    assert [backend.read()[0].temp_c for _ in range(3)] == [39, 39, 39]
+    assert fake.calls["nvmlDeviceGetTemperatureV"] == before + 1
+
+
+def test_temperature_and_clock_reasons_fall_back_in_an_older_pynvml(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = make()
+    fake.remove("nvmlDeviceGetTemperatureV")
+    fake.remove("nvmlDeviceGetCurrentClocksEventReasons")
+    fake.set_value("nvmlDeviceGetCurrentClocksThrottleReasons", 4)
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+        backend = NvmlBackend(fake, clock=clock)
+        try:
+            [r] = backend.read()
+        finally:
+            backend.close()
+    assert r.temp_c == 39
+    assert r.clock_reasons == ["sw_power_cap"]
+    assert caplog.records == []  # a known older name is no surprise
+
+
 def test_clock_reasons_decode(open_backend: Any) -> None:
     backend, fake = open_backend()
     fake.set_value("nvmlDeviceGetCurrentClocksEventReasons", 4)
@@ -314,6 +436,35 @@ def test_process_lists_unsupported_is_none(open_backend: Any) -> None:
     fake.set_error("nvmlDeviceGetComputeRunningProcesses", pynvml.NVMLError_NotSupported)
     fake.set_error("nvmlDeviceGetGraphicsRunningProcesses", pynvml.NVMLError_NotSupported)
     assert backend.read()[0].processes is None
+
+
+@pytest.mark.parametrize("error", [pynvml.NVMLError_NotSupported, pynvml.NVMLError_Unknown])
+def test_failed_compute_query_gives_unknown_processes(
+    open_backend: Any, error: type[Exception]
+) -> None:
+    backend, fake = open_backend()
+    fake.set_processes(0, graphics=[(os.getpid(), 4096)])
+    fake.set_error("nvmlDeviceGetComputeRunningProcesses", error)
+    assert backend.read()[0].processes is None  # not [] nor the graphics list alone
+
+
+def test_process_query_library_mismatch_is_none_and_logged_once(
+    open_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, fake = open_backend()
+    # A driver without the _v3 symbol: pynvml's throwOnVersionMismatch turns FunctionNotFound
+    # into NVMLLibraryMismatchError, which is not an NVMLError.
+    fake.set_error("nvmlDeviceGetComputeRunningProcesses", pynvml.NVMLError_FunctionNotFound)
+    with pytest.raises(pynvml.NVMLLibraryMismatchError):
+        fake.nvmlDeviceGetComputeRunningProcesses(fake.nvmlDeviceGetHandleByIndex(0))
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+        for _ in range(3):
+            [r] = backend.read()
+            assert r.processes is None
+            assert r.lost is False
+            assert r.temp_c == 39
+    lines = [rec for rec in caplog.records if "RunningProcesses" in rec.getMessage()]
+    assert len(lines) == 1
 
 
 def test_process_table_caches_by_create_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -395,6 +546,78 @@ def test_gpu_lost_mid_sample_and_back_after_reprobe(open_backend: Any, clock: Fa
     assert backend.inventory().gpus[0].power_limit_mw == 700000
 
 
+@pytest.mark.parametrize(
+    "error",
+    [pynvml.NVMLError_GpuIsLost, pynvml.NVMLError_ResetRequired, pynvml.NVMLError_GpuNotFound],
+)
+def test_lost_like_errors_mark_the_gpu_lost(open_backend: Any, error: type[Exception]) -> None:
+    backend, fake = open_backend(gpus=2)
+    fake.set_error("nvmlDeviceGetClockInfo", error, gpu=0)
+    lost, fine = backend.read()
+    assert lost == GpuReading(index=0, lost=True)
+    assert fine.lost is False
+
+
+def test_gpu_answering_only_errors_is_lost(open_backend: Any) -> None:
+    backend, fake = open_backend(gpus=2)
+    for query in ("nvmlDeviceGetTemperature", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetMemoryInfo"):
+        fake.set_error(query, pynvml.NVMLError_Unknown, gpu=0)
+    lost, fine = backend.read()
+    assert lost == GpuReading(index=0, lost=True)
+    assert fine.lost is False
+
+
+def test_core_reads_not_supported_is_not_lost(open_backend: Any) -> None:
+    backend, fake = open_backend()
+    fake.set_error("nvmlDeviceGetTemperature", pynvml.NVMLError_Unknown)
+    fake.set_error("nvmlDeviceGetPowerUsage", pynvml.NVMLError_NotSupported)
+    fake.set_error("nvmlDeviceGetMemoryInfo", pynvml.NVMLError_Unknown)
+    [r] = backend.read()
+    assert r.lost is False
+    assert (r.temp_c, r.power_mw, r.mem_total) == (None, None, None)
+    assert r.sm_clock_mhz == 1980
+
+
+def test_reprobe_needs_real_answers_not_just_a_handle(clock: FakeClock) -> None:
+    fake = make(2)
+    fake.lose(1)
+    backend = NvmlBackend(fake, clock=clock)
+    try:
+        assert backend.read()[1].lost
+        fake.heal(1)
+        fake.fail_queries(1, pynvml.NVMLError_Unknown)  # a handle, then nothing but errors
+        clock.advance(5.0)
+        assert backend.read()[1].lost
+        fake.fail_queries(1, pynvml.NVMLError_ResetRequired)
+        clock.advance(5.0)
+        assert backend.read()[1].lost
+        assert backend.inventory().gpus[1].uuid is None
+        fake.heal(1)
+        clock.advance(5.0)
+        assert backend.read()[1].lost is False
+        assert backend.inventory().gpus[1].name == "NVIDIA H100 80GB HBM3"
+    finally:
+        backend.close()
+
+
+def test_inventory_after_back_keeps_facts_the_new_read_lacks(
+    open_backend: Any, clock: FakeClock
+) -> None:
+    backend, fake = open_backend()
+    serial = backend.inventory().gpus[0].serial
+    assert serial is not None
+    fake.lose(0)
+    assert backend.read()[0].lost
+    fake.heal(0)
+    fake.set_error("nvmlDeviceGetSerial", pynvml.NVMLError_Unknown)
+    fake.set_value("nvmlDeviceGetEnforcedPowerLimit", 600000)
+    clock.advance(5.0)
+    assert backend.read()[0].lost is False
+    info = backend.inventory().gpus[0]
+    assert info.serial == serial  # kept: the new read gave None
+    assert info.power_limit_mw == 600000  # a new value still wins
+
+
 def test_wholly_lost_gpu_reads_lost_and_skips_slow(open_backend: Any, clock: FakeClock) -> None:
     backend, fake = open_backend(gpus=2)
     fake.lose(0)
@@ -415,6 +638,32 @@ def test_gpu_lost_in_slow_read_marks_it_lost(open_backend: Any) -> None:
     fake.set_error("nvmlDeviceGetPcieThroughput", pynvml.NVMLError_GpuIsLost, gpu=1)
     assert list(backend.read_slow()) == [0]
     assert backend.read()[1] == GpuReading(index=1, lost=True)
+
+
+def test_slow_read_from_before_a_reprobe_cannot_mark_the_gpu_lost(
+    open_backend: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, fake = open_backend(gpus=2)
+    energy = fake.nvmlDeviceGetTotalEnergyConsumption
+    raced: list[bool] = []
+
+    def racing(handle: Any) -> int:
+        if handle.index != 1 or raced:
+            return int(energy(handle))
+        raced.append(True)
+        # While this slow read is in flight, the tick loses GPU 1 and re-probes it back ...
+        fake.lose(1)
+        assert backend.read()[1].lost
+        fake.heal(1)
+        clock.advance(5.0)
+        assert backend.read()[1].lost is False
+        # ... and then the slow read fails on the handle from before.
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    monkeypatch.setattr(fake, "nvmlDeviceGetTotalEnergyConsumption", racing, raising=False)
+    assert sorted(backend.read_slow()) == [0]
+    assert raced
+    assert backend.read()[1].lost is False
 
 
 def test_gpu_lost_at_start_is_probed_later(clock: FakeClock) -> None:
@@ -486,6 +735,41 @@ def test_device_refusing_events_is_skipped(
     fake.inject_xid(1, 48)
     events = collect_events(backend)
     assert [(e.gpu, e.xid) for e in events] == [(1, 48)]
+
+
+def test_xid_on_a_gpu_lost_at_start_arrives_once_it_is_back(clock: FakeClock) -> None:
+    fake = make(2)
+    fake.lose(1)
+    backend = NvmlBackend(fake, clock=clock)
+    try:
+        backend.start_events()
+        wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1)
+        fake.heal(1)
+        clock.advance(5.0)
+        assert backend.read()[1].lost is False
+        fake.inject_xid(1, 79)
+        assert [(e.gpu, e.xid) for e in collect_events(backend)] == [(1, 79)]
+    finally:
+        backend.close()
+
+
+def test_xids_keep_arriving_after_a_watched_gpu_is_lost(
+    open_backend: Any, clock: FakeClock
+) -> None:
+    backend, fake = open_backend(gpus=2)
+    backend.start_events()
+    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1)
+    fake.lose(0)  # every wait on a set holding GPU 0 now raises GpuIsLost
+    fake.inject_xid(1, 48)
+    assert [(e.gpu, e.xid) for e in collect_events(backend)] == [(1, 48)]
+
+    assert backend.read()[0].lost
+    fake.heal(0)
+    clock.advance(5.0)
+    assert backend.read()[0].lost is False
+    fake.inject_xid(0, 79)  # GPU 0 is watched again, through its new handle
+    assert [(e.gpu, e.xid) for e in collect_events(backend)] == [(0, 79)]
+    assert all(s.freed for s in fake.event_sets[:-1])
 
 
 def test_close_stops_the_event_thread_and_shuts_down(clock: FakeClock) -> None:
