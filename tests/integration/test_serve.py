@@ -378,12 +378,20 @@ def _require_root() -> None:
         skip_or_fail("peer-credential tests need root to act as other users")
 
 
-def test_identity_comes_from_peer_credentials(agent_factory: Callable[..., AgentProc]) -> None:
+def _agent_for_nobody(
+    agent_factory: Callable[..., AgentProc], *args: str, config: str = ""
+) -> tuple[AgentProc, pwd.struct_passwd]:
+    """A started agent whose socket group is nobody's, so that a forked child running as
+    nobody can connect (as a viewer, unless ``config`` says otherwise)."""
     _require_root()
     nobody = pwd.getpwnam("nobody")
-    agent = agent_factory(
-        *FAST, config=f'[agent]\nsocket_group = "{grp.getgrgid(nobody.pw_gid).gr_name}"\n'
-    ).start()
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    agent = agent_factory(*args, config=f'[agent]\nsocket_group = "{group}"\n' + config)
+    return agent.start(), nobody
+
+
+def test_identity_comes_from_peer_credentials(agent_factory: Callable[..., AgentProc]) -> None:
+    agent, nobody = _agent_for_nobody(agent_factory, *FAST)
 
     def whoami_and_inject() -> dict[str, Any]:
         with AgentClient(agent.socket, stream=False) as c:
@@ -404,12 +412,9 @@ def test_identity_comes_from_peer_credentials(agent_factory: Callable[..., Agent
 
 
 def test_operator_role_from_config(agent_factory: Callable[..., AgentProc]) -> None:
-    _require_root()
-    nobody = pwd.getpwnam("nobody")
-    gname = grp.getgrgid(nobody.pw_gid).gr_name
-    agent = agent_factory(
-        *FAST, config=f'[agent]\nsocket_group = "{gname}"\n[roles]\noperators = ["nobody"]\n'
-    ).start()
+    agent, nobody = _agent_for_nobody(
+        agent_factory, *FAST, config='[roles]\noperators = ["nobody"]\n'
+    )
 
     def inject() -> bool:
         with AgentClient(agent.socket, stream=False) as c:
@@ -517,14 +522,9 @@ def test_a_client_that_never_says_hello_is_cut_off(agent_factory: Callable[..., 
 def test_connection_limits_spare_root(agent_factory: Callable[..., AgentProc]) -> None:
     """One socket-group member cannot take every place: a per-user and a global limit, and
     root always gets in to fix things."""
-    _require_root()
-    nobody = pwd.getpwnam("nobody")
-    gname = grp.getgrgid(nobody.pw_gid).gr_name
-    agent = agent_factory(
-        *FAST,
-        config=f'[agent]\nsocket_group = "{gname}"\n'
-        "[clients]\nmax_clients = 3\nmax_clients_per_user = 2\n",
-    ).start()
+    agent, nobody = _agent_for_nobody(
+        agent_factory, *FAST, config="[clients]\nmax_clients = 3\nmax_clients_per_user = 2\n"
+    )
 
     def fill() -> list[str]:
         held = [AgentClient(agent.socket, stream=False) for _ in range(2)]
@@ -559,14 +559,9 @@ def test_connection_limits_spare_root(agent_factory: Callable[..., AgentProc]) -
 
 def test_dead_streaming_clients_free_their_places(agent_factory: Callable[..., AgentProc]) -> None:
     """Clients that die mid-history (write errors on the agent's side) must not leak places."""
-    _require_root()
-    nobody = pwd.getpwnam("nobody")
-    gname = grp.getgrgid(nobody.pw_gid).gr_name
-    agent = agent_factory(
-        *FAST_8,
-        config=f'[agent]\nsocket_group = "{gname}"\n'
-        "[clients]\nmax_clients = 4\nmax_clients_per_user = 4\n",
-    ).start()
+    agent, nobody = _agent_for_nobody(
+        agent_factory, *FAST_8, config="[clients]\nmax_clients = 4\nmax_clients_per_user = 4\n"
+    )
     with AgentClient(agent.socket, history=False) as warm:
         _live_samples(warm, 60)  # enough history that a client dies in the middle of it
 
@@ -668,12 +663,7 @@ def test_a_client_that_reads_may_pipeline_thousands_of_requests(
 def test_a_viewer_hammering_an_action_is_cut_off_and_audited_boundedly(
     agent_factory: Callable[..., AgentProc],
 ) -> None:
-    _require_root()
-    nobody = pwd.getpwnam("nobody")
-    gname = grp.getgrgid(nobody.pw_gid).gr_name
-    agent = agent_factory(
-        *FAST, config=f'[agent]\nsocket_group = "{gname}"\n[clients]\nmax_refusals = 5\n'
-    ).start()
+    agent, nobody = _agent_for_nobody(agent_factory, *FAST, config="[clients]\nmax_refusals = 5\n")
 
     def hammer() -> list[Any]:
         c = AgentClient(agent.socket, stream=False)

@@ -240,33 +240,30 @@ def test_not_supported_reads_none_not_zero(open_backend: Any) -> None:
     assert r.temp_c == 39  # the rest of the GPU still reads
 
 
+@pytest.mark.parametrize(
+    ("function", "error", "field"),
+    [
+        ("nvmlDeviceGetTemperature", pynvml.NVMLError_NotReady, "temp_c"),
+        ("nvmlDeviceGetCurrentClocksEventReasons", pynvml.NVMLError_Unknown, "clock_reasons"),
+    ],
+)
 def test_unexpected_nvml_error_is_none_and_logged_once(
-    open_backend: Any, caplog: pytest.LogCaptureFixture
+    open_backend: Any,
+    caplog: pytest.LogCaptureFixture,
+    function: str,
+    error: type[Exception],
+    field: str,
 ) -> None:
     backend, fake = open_backend()
-    fake.set_error("nvmlDeviceGetTemperature", pynvml.NVMLError_NotReady)
+    fake.set_error(function, error)
     with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
         for _ in range(3):
             [r] = backend.read()
-            assert r.temp_c is None
+            assert getattr(r, field) is None
             assert r.lost is False
-    lines = [rec for rec in caplog.records if "nvmlDeviceGetTemperature" in rec.getMessage()]
+    lines = [rec for rec in caplog.records if function in rec.getMessage()]
     assert len(lines) == 1
     assert lines[0].exc_info is None
-
-
-def test_unknown_error_is_none_and_logged_once(
-    open_backend: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    backend, fake = open_backend()
-    fake.set_error("nvmlDeviceGetCurrentClocksEventReasons", pynvml.NVMLError_Unknown)
-    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
-        for _ in range(3):
-            [r] = backend.read()
-            assert r.clock_reasons is None
-            assert r.lost is False
-    lines = [rec for rec in caplog.records if "ClocksEventReasons" in rec.getMessage()]
-    assert len(lines) == 1
 
 
 def test_missing_pynvml_function_is_none_and_logged_once(
