@@ -14,7 +14,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from agents.protocol import GpufleetError
+from agents.protocol import GpufleetError, clip
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/gpufleet/agent.toml")
 #: Bound on the ring buffer (a day at 1 Hz is 86,400): memory, not taste, sets it.
@@ -144,7 +144,7 @@ def parse_config(
     try:
         cfg = msgspec.toml.decode(data, type=AgentConfig)
     except msgspec.ValidationError as exc:
-        text = str(exc)
+        text = clip(str(exc), 1000)  # a quoted TOML key may hold a newline: keep one line
         m = _PATH_RE.search(text)
         where = m.group(1) if m else ""
         what = _PATH_RE.sub("", text)
