@@ -41,6 +41,14 @@ EventKind = Literal[
 ]
 
 
+#: Clocks-event reasons (``GpuReading.clock_reasons``) that mean heat or an external brake is
+#: holding the GPU back, as opposed to its own power budget (``sw_power_cap``, the normal state
+#: of a busy GPU): the agent raises a ``slowdown`` event for them, the console an alert.
+ALARMING_REASONS: Final = frozenset(
+    {"hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
+)
+
+
 class GpufleetError(Exception):
     """Root of every error gpufleet raises on purpose; its message is fit to show a person."""
 

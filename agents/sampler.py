@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import msgspec
 
 from agents.gpu.base import SLOW_FIELDS, GpuBackend, GpuInventory
-from agents.gpu.clocks import ALARMING_REASONS
 from agents.host import HostSampler
 from agents.protocol import (
+    ALARMING_REASONS,
     Event,
     EventKind,
     GpuReading,

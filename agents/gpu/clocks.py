@@ -21,11 +21,6 @@ CLOCK_REASON_BITS: Final[dict[int, str]] = {
     0x100: "display_clock_setting",
 }
 
-#: Reasons that mean the GPU is being held back by heat or an external brake, not by its
-#: own power budget: worth an alert.
-ALARMING_REASONS: Final = frozenset(
-    {"hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
-)
 THERMAL_REASONS: Final = frozenset({"sw_thermal_slowdown", "hw_thermal_slowdown"})
 
 

@@ -1,0 +1,187 @@
+"""The headless fleet model, fed real frames from the simulator through the agent's sampler."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from agents.gpu.sim import SimBackend
+from agents.host import HostSampler
+from agents.protocol import Event, HostInfo, HostReading, Inventory, NodeState, Sample
+from agents.sampler import Sampler, inventory_frame
+from console.fleet import AlertRules, FleetState
+from console.inventory import parse_inventory
+
+FLEET = '[[group]]\nname = "train"\nnodes = "gpu[1-3]"\n'
+
+
+class QuietHost(HostSampler):
+    """A host reading without psutil, so the frames are the same on every machine."""
+
+    def __init__(self) -> None:
+        pass
+
+    def prime(self) -> None:
+        return None
+
+    def read_slow(self) -> None:
+        return None
+
+    def read(self) -> HostReading:
+        return HostReading(
+            cpu_percent=1.0, cpu_per_core=[1.0], load=(0.0, 0.0, 0.0), mem_total=1, mem_used=0,
+            mem_available=1, swap_total=0, swap_used=0, disk_read_bps=0.0, disk_write_bps=0.0,
+            net_rx_bps=0.0, net_tx_bps=0.0, uptime_s=1.0, boot_id="b",
+        )  # fmt: skip
+
+
+class Node:
+    """One simulated node's agent-side pieces, producing the frames a link would deliver."""
+
+    def __init__(self, name: str, gpus: int = 2) -> None:
+        self.backend = SimBackend(gpus, seed=1, node=name)
+        self.sampler = Sampler(self.backend, QuietHost(), history_len=10)
+        self.name = name
+
+    def inventory(self, state: NodeState | None = None) -> Inventory:
+        host = HostInfo(hostname=self.name, kernel="k", cpu_count=1, memory_total=1, boot_id="b")
+        return inventory_frame(self.name, self.backend.inventory(), host, state or NodeState())
+
+    def tick(self) -> tuple[Sample, list[Event]]:
+        return self.sampler.tick()
+
+
+@pytest.fixture
+def fleet() -> FleetState:
+    return FleetState(parse_inventory(FLEET, "f").nodes)
+
+
+def feed(fleet: FleetState, node: Node, now: float) -> list[Event]:
+    sample, events = node.tick()
+    for e in events:
+        fleet.apply(node.name, e, now)
+    fleet.apply(node.name, sample, now)
+    return events
+
+
+def kinds(fleet: FleetState, name: str) -> list[str]:
+    return [a.kind for a in fleet.nodes[name].alerts]
+
+
+def test_a_node_is_connecting_until_live_samples_arrive(fleet: FleetState) -> None:
+    n = Node("gpu1")
+    view = fleet.nodes["gpu1"]
+    assert view.link == "connecting"
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    replay = msgspec.structs.replace(n.tick()[0], replay=True)
+    fleet.apply("gpu1", replay, 0.1)
+    assert view.link == "connecting"
+    assert view.sample == replay, "history fills the row before live samples come"
+    feed(fleet, n, 1.0)
+    assert view.link == "live"
+    assert len(view.history) == 2
+
+
+def test_stale_after_missing_intervals_and_live_again(fleet: FleetState) -> None:
+    n = Node("gpu1")
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    feed(fleet, n, 10.0)
+    fleet.tick(12.9)
+    assert fleet.nodes["gpu1"].link == "live"
+    fleet.tick(13.5)
+    view = fleet.nodes["gpu1"]
+    assert (view.link, view.link_reason) == ("stale", "no sample for 4 s")
+    assert kinds(fleet, "gpu1") == ["stale"]
+    feed(fleet, n, 14.0)
+    assert view.link == "live"
+    assert kinds(fleet, "gpu1") == []
+
+
+def test_agent_clock_jumping_back_does_not_make_a_node_stale(fleet: FleetState) -> None:
+    n = Node("gpu1")
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    sample, _ = n.tick()
+    fleet.apply("gpu1", msgspec.structs.replace(sample, ts=sample.ts - 86_400), 5.0)
+    fleet.tick(6.0)
+    assert fleet.nodes["gpu1"].link == "live"
+
+
+def test_down_links_are_critical_alerts(fleet: FleetState) -> None:
+    fleet.set_link("gpu2", "hostkey_changed", "host key for gpu2 changed", 1.0)
+    [alert] = fleet.nodes["gpu2"].alerts
+    assert alert.severity == "critical"
+    assert "host key for gpu2 changed" in alert.message
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "severity"),
+    [
+        ("overheat", "temperature", "critical"),
+        ("overheat", "slowdown", "warning"),
+        ("xid79", "xid", "critical"),
+        ("xid79", "gpu_lost", "critical"),
+        ("ecc", "ecc", "critical"),
+        ("ecc", "remap_pending", "warning"),
+        ("lost", "gpu_lost", "critical"),
+    ],
+)
+def test_each_fault_raises_its_alert(
+    fleet: FleetState, fault: str, kind: str, severity: str
+) -> None:
+    n = Node("gpu3")
+    fleet.apply("gpu3", n.inventory(), 0.0)
+    feed(fleet, n, 1.0)
+    assert kinds(fleet, "gpu3") == []
+    n.backend.inject(fault, 1)
+    for t in range(2, 12):
+        feed(fleet, n, float(t))
+    alerts = [a for a in fleet.nodes["gpu3"].alerts if a.kind == kind]
+    assert alerts, f"no {kind} alert after {fault}: {fleet.nodes['gpu3'].alerts}"
+    assert alerts[0].severity == severity
+    assert alerts[0].gpu == 1
+
+
+def test_busy_power_capped_gpus_are_not_alerts(fleet: FleetState) -> None:
+    n = Node("gpu1", gpus=8)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    capped = 0
+    for t in range(1, 300):
+        feed(fleet, n, float(t))
+        sample = fleet.nodes["gpu1"].sample
+        assert sample is not None
+        capped += sum("sw_power_cap" in (g.clock_reasons or []) for g in sample.gpus)
+        assert fleet.nodes["gpu1"].alerts == []
+    assert capped, "the simulator should have capped some GPU in 300 s"
+
+
+def test_xid_alert_expires_after_its_window() -> None:
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes, AlertRules(xid_window_s=60))
+    n = Node("gpu1")
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    fleet.apply(
+        "gpu1", Event(seq=1, ts=0.0, kind="xid", gpu=0, xid=13, message="GPU 0: XID 13"), 1.0
+    )
+    assert kinds(fleet, "gpu1") == ["xid"]
+    feed(fleet, n, 70.0)
+    assert kinds(fleet, "gpu1") == []
+
+
+def test_state_events_update_the_ops_state(fleet: FleetState) -> None:
+    n = Node("gpu1")
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    drained = NodeState(state="drained", reason="bad HBM", who="alice", since=5.0)
+    fleet.apply("gpu1", Event(seq=9, ts=5.0, kind="state", message="drained", state=drained), 5.0)
+    assert fleet.nodes["gpu1"].state == drained
+
+
+def test_subscribers_get_coalesced_changes(fleet: FleetState) -> None:
+    calls: list[set[str]] = []
+    fleet.subscribe(calls.append)
+    a, b = Node("gpu1"), Node("gpu2")
+    for t in range(50):  # 100 frames between two refreshes
+        feed(fleet, a, float(t))
+        feed(fleet, b, float(t))
+    assert fleet.flush() == {"gpu1", "gpu2"}
+    assert calls == [{"gpu1", "gpu2"}]
+    assert fleet.flush() == set()
+    assert len(calls) == 1, "nothing changed: nobody is called"
