@@ -70,16 +70,19 @@ def kinds(fleet: FleetState, name: str) -> list[str]:
 
 def test_a_node_is_connecting_until_live_samples_arrive(fleet: FleetState) -> None:
     n = Node("gpu1")
-    view = fleet.nodes["gpu1"]
-    assert view.link == "connecting"
+
+    def link() -> str:  # read afresh each time (mypy would narrow an attribute)
+        return fleet.nodes["gpu1"].link
+
+    assert link() == "connecting"
     fleet.apply("gpu1", n.inventory(), 0.0)
     replay = msgspec.structs.replace(n.tick()[0], replay=True)
     fleet.apply("gpu1", replay, 0.1)
-    assert view.link == "connecting"
-    assert view.sample == replay, "history fills the row before live samples come"
+    assert link() == "connecting"
+    assert fleet.nodes["gpu1"].sample == replay, "history fills the row before live samples"
     feed(fleet, n, 1.0)
-    assert view.link == "live"
-    assert len(view.history) == 2
+    assert link() == "live"
+    assert len(fleet.nodes["gpu1"].history) == 2
 
 
 def test_stale_after_missing_intervals_and_live_again(fleet: FleetState) -> None:
