@@ -1,0 +1,221 @@
+"""One SSH connection per node, carrying the agent's stream into the fleet model.
+
+Each ``NodeLink`` connects with the operator's own keys, ssh-agent and ``~/.ssh/config`` (as
+asyncssh reads them, the way OpenSSH would), verifies the host key against known_hosts, opens a
+direct-streamlocal channel to the agent's unix socket, says hello, and feeds every frame to the
+``FleetState``. When anything fails it reports a link state with its reason and tries again
+with exponential backoff and jitter. A shared semaphore bounds connections being set up at
+once, because sshd drops connections past its MaxStartups (about 10 by default).
+
+Host keys: ``strict`` (the default) accepts only keys already in known_hosts. ``accept-new``
+(OpenSSH's StrictHostKeyChecking=accept-new) learns the key of a host known_hosts has never
+seen and refuses a changed one. There is no mode that accepts anything silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import asyncssh
+
+from agents.protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    Event,
+    FrameSplitter,
+    Hello,
+    Inventory,
+    ProtocolError,
+    Sample,
+    check_version,
+    decode,
+    encode,
+)
+from console import __version__
+from console.fleet import FleetState, LinkState
+from console.inventory import NodeEntry
+
+log = logging.getLogger("gpufleet.console.link")
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    host_keys: Literal["strict", "accept-new"] = "strict"
+    client_keys: list[str] | None = None  # None: ssh-agent and the default key files
+    ssh_config: list[str] | None = None  # None: ~/.ssh/config
+    keepalive_interval: float = 1.0  # with keepalive_count_max, a dead link shows in ~5 s
+    keepalive_count_max: int = 4
+    connect_timeout: float = 10.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+
+
+class LinkFailure(Exception):
+    """Why a session ended, as the link state and reason the screen shows."""
+
+    def __init__(self, state: LinkState, reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+
+
+def known_host_keys(path: Path, host: str, port: int | None) -> bool:
+    """Whether known_hosts holds any key for this host (to tell unknown from changed)."""
+    try:
+        known = asyncssh.read_known_hosts(str(path.expanduser()))
+    except (OSError, ValueError):
+        return False
+    host_keys, ca_keys, *_ = known.match(host, "", port or 22)
+    return bool(host_keys or ca_keys)
+
+
+def classify(exc: BaseException, entry: NodeEntry, options: LinkOptions) -> LinkFailure:
+    """The link state an operator needs, with a reason that says what to do."""
+    if isinstance(exc, LinkFailure):
+        return exc
+    name = entry.name
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        if known_host_keys(options.known_hosts, name, entry.port):
+            return LinkFailure(
+                "hostkey_changed",
+                f"host key for {name} does not match known_hosts: check it before "
+                f"`ssh-keygen -R {name}`",
+            )
+        return LinkFailure(
+            "hostkey_unknown",
+            f"host key for {name} is not in known_hosts: ssh to it once, or use accept-new",
+        )
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return LinkFailure("auth_failed", f"SSH authentication failed: {exc.reason}")
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return LinkFailure(
+            "agent_down",
+            f"no agent at {entry.socket} ({exc.reason}): is gpufleet-agent running there?",
+        )
+    if isinstance(exc, ProtocolError):
+        state: LinkState = "protocol_mismatch" if exc.code == "version" else "agent_down"
+        return LinkFailure(state, exc.message)
+    if isinstance(exc, (OSError, asyncssh.Error, TimeoutError, EOFError)):
+        return LinkFailure("unreachable", str(exc) or type(exc).__name__)
+    return LinkFailure("unreachable", f"{type(exc).__name__}: {exc}")
+
+
+class NodeLink:
+    def __init__(
+        self,
+        entry: NodeEntry,
+        fleet: FleetState,
+        options: LinkOptions,
+        connecting: asyncio.Semaphore,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.entry = entry
+        self.fleet = fleet
+        self.options = options
+        self._connecting = connecting
+        self._now = monotonic
+        self.sessions = 0  # sessions that reached the agent (for tests and the soak)
+        self._identity = os.path.expanduser(entry.identity) if entry.identity else None
+
+    async def run(self) -> None:
+        """Keep the node's stream flowing until cancelled."""
+        delay = self.options.backoff_initial
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # every failure is a link state, never a crash
+                failure = classify(exc, self.entry, self.options)
+                self.fleet.set_link(self.entry.name, failure.state, failure.reason, self._now())
+                log.info("%s: %s: %s", self.entry.name, failure.state, failure.reason)
+            if self.sessions:
+                delay = self.options.backoff_initial  # it worked once: start over gently
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
+            delay = min(self.options.backoff_max, delay * 2)
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        e, o = self.entry, self.options
+        kwargs: dict[str, Any] = {
+            "port": e.port or (),
+            "username": e.user or (),
+            "client_keys": o.client_keys if o.client_keys is not None else (),
+            "config": o.ssh_config if o.ssh_config is not None else (),
+            "keepalive_interval": o.keepalive_interval,
+            "keepalive_count_max": o.keepalive_count_max,
+            "connect_timeout": o.connect_timeout,
+        }
+        if self._identity:
+            kwargs["client_keys"] = [self._identity]
+        if e.jump:
+            kwargs["tunnel"] = e.jump
+        kwargs = {k: v for k, v in kwargs.items() if v != ()}
+        known = o.known_hosts.expanduser()
+        learn = o.host_keys == "accept-new" and not known_host_keys(known, e.name, e.port)
+        async with self._connecting:
+            if not learn:
+                return await asyncssh.connect(e.name, known_hosts=str(known), **kwargs)
+            # accept-new: this host has never been seen; trust its key now and remember it.
+            conn = await asyncssh.connect(e.name, known_hosts=None, **kwargs)
+            key = conn.get_server_host_key()
+            if key is not None:
+                where = e.name if not e.port or e.port == 22 else f"[{e.name}]:{e.port}"
+                known.parent.mkdir(parents=True, exist_ok=True)
+                with known.open("a") as f:
+                    f.write(f"{where} {key.export_public_key('openssh').decode().strip()}\n")
+                log.warning("%s: learned its host key (accept-new)", e.name)
+            return conn
+
+    async def _session(self) -> None:
+        name = self.entry.name
+        self.fleet.set_link(name, "connecting", "", self._now())
+        async with await self._connect() as conn:
+            reader, writer = await conn.open_unix_connection(self.entry.socket)
+            frames = _Frames(reader)
+            first = await frames.next()
+            if not isinstance(first, Hello):
+                raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
+            check_version(first)
+            if first.interval_s:
+                self.fleet.set_interval(name, first.interval_s)
+            hello = Hello(
+                proto=PROTOCOL_VERSION, software=f"gpufleet {__version__}", peer="console"
+            )
+            writer.write(encode(hello))
+            self.sessions += 1
+            while True:
+                frame = await frames.next()
+                if isinstance(frame, Inventory | Sample | Event):
+                    self.fleet.apply(name, frame, self._now())
+                elif isinstance(frame, Error) and frame.fatal:
+                    raise LinkFailure("agent_down", f"agent: {frame.message}")
+
+
+class _Frames:
+    """Frames from an SSH channel's byte stream."""
+
+    def __init__(self, reader: asyncssh.SSHReader[bytes]) -> None:
+        self._reader = reader
+        self._splitter = FrameSplitter()
+        self._lines: list[bytes | None] = []
+
+    async def next(self) -> Any:
+        while not self._lines:
+            data = await self._reader.read(65536)
+            if not data:
+                raise LinkFailure("agent_down", "the agent closed the connection")
+            self._lines.extend(self._splitter.feed(data))
+        line = self._lines.pop(0)
+        if line is None:
+            raise ProtocolError("too_large", "the agent sent a frame over the size limit")
+        return decode(line)

@@ -1,0 +1,83 @@
+"""A private OpenSSH server on loopback, with throwaway keys made for each test.
+
+Real sshd, as a site runs it (design.md §6): its own config, host key and authorized_keys, on
+127.0.0.1 and a free port, with streamlocal forwarding allowed. Keys are generated here and
+never written anywhere but the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from tests.conftest import ensure_tool, skip_or_fail, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_key(path: Path, key: asyncssh.SSHKey) -> None:
+    path.write_bytes(key.export_private_key())
+    path.chmod(0o600)
+
+
+@dataclass
+class Sshd:
+    root: Path
+    port: int
+    host_key: asyncssh.SSHKey
+    client_key_path: Path
+    known_hosts: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def known_hosts_line(self, key: asyncssh.SSHKey | None = None) -> str:
+        key = key or self.host_key
+        return f"[127.0.0.1]:{self.port} {key.export_public_key('openssh').decode().strip()}\n"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def start_sshd(root: Path, extra_config: str = "") -> Sshd:
+    if os.geteuid() != 0:
+        skip_or_fail("a private sshd on loopback needs root here (privilege separation)")
+    sshd = ensure_tool("sshd", "openssh-server")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    write_key(root / "host_key", host_key)
+    write_key(root / "client_key", client_key)
+    (root / "authorized_keys").write_bytes(client_key.export_public_key("openssh"))
+    port = free_port()
+    (root / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {root / 'host_key'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nPidFile none\nAllowStreamLocalForwarding yes\nMaxStartups 100\n"
+        "LogLevel ERROR\n" + extra_config
+    )
+    server = Sshd(root, port, host_key, root / "client_key", root / "known_hosts")
+    server.known_hosts.write_text(server.known_hosts_line())
+    log = (root / "sshd.log").open("ab")
+    server.proc = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log
+    )
+    log.close()
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(listening, 15, "sshd to listen")
+    return server

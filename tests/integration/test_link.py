@@ -1,0 +1,169 @@
+"""The console's link to a node: real sshd on loopback, a real agent on a unix socket, and
+asyncssh in between, as on a real fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from console.fleet import FleetState
+from console.inventory import NodeEntry
+from console.link import LinkOptions, NodeLink
+from tests.conftest import AgentProc
+from tests.integration.sshd import Sshd, start_sshd
+
+pytestmark = pytest.mark.integration
+
+FAST = ("--backend", "sim", "--gpus", "2", "--interval", "0.1")
+
+
+@pytest.fixture
+def sshd(short_tmp: Path) -> Iterator[Sshd]:
+    server = start_sshd(short_tmp / "sshd")
+    yield server
+    server.stop()
+
+
+def entry(sshd: Sshd, socket: str) -> NodeEntry:
+    return NodeEntry(
+        name="127.0.0.1", group="g", pool="p", user="root", port=sshd.port, jump=None,
+        identity=None, socket=socket, scheduler_name="n1",
+    )  # fmt: skip
+
+
+def options(sshd: Sshd, **kw: object) -> LinkOptions:
+    base: dict[str, object] = {
+        "known_hosts": sshd.known_hosts,
+        "client_keys": [str(sshd.client_key_path)],
+        "ssh_config": [],
+        "backoff_initial": 0.2,
+        "backoff_max": 1.0,
+    }
+    return LinkOptions(**{**base, **kw})  # type: ignore[arg-type]
+
+
+async def until(cond: Callable[[], object], what: str, limit: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Running:
+    """A NodeLink running in the background for the length of a test."""
+
+    def __init__(self, node: NodeEntry, opts: LinkOptions) -> None:
+        self.fleet = FleetState([node])
+        self.link = NodeLink(node, self.fleet, opts, asyncio.Semaphore(4))
+        self.view = self.fleet.nodes[node.name]
+        self.task = asyncio.create_task(self.link.run())
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+
+async def test_stream_reaches_the_fleet_over_ssh(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    agent = agent_factory(*FAST).start()
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    try:
+        await until(lambda: run.view.link == "live" and len(run.view.history) > 5, "live samples")
+        assert run.view.inventory is not None
+        assert run.view.inventory.backend == "sim"
+        assert len(run.view.sample.gpus if run.view.sample else []) == 2
+        assert run.view.interval == pytest.approx(0.1)
+    finally:
+        await run.stop()
+
+
+async def test_agent_not_running_is_agent_down(sshd: Sshd, short_tmp: Path) -> None:
+    run = Running(entry(sshd, str(short_tmp / "nothing.sock")), options(sshd))
+    try:
+        await until(lambda: run.view.link == "agent_down", "agent_down")
+        assert "nothing.sock" in run.view.link_reason
+    finally:
+        await run.stop()
+
+
+async def test_unknown_host_key_is_refused_by_default(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    agent = agent_factory(*FAST).start()
+    sshd.known_hosts.write_text("")
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    try:
+        await until(lambda: run.view.link == "hostkey_unknown", "hostkey_unknown")
+        assert sshd.known_hosts.read_text() == "", "strict mode learns nothing"
+    finally:
+        await run.stop()
+
+
+async def test_accept_new_learns_an_unknown_key_and_refuses_a_changed_one(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    agent = agent_factory(*FAST).start()
+    sshd.known_hosts.write_text("")
+    run = Running(entry(sshd, agent.socket), options(sshd, host_keys="accept-new"))
+    try:
+        await until(lambda: run.view.link == "live", "live after learning the key")
+        assert sshd.known_hosts.read_text() == sshd.known_hosts_line()
+    finally:
+        await run.stop()
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    sshd.known_hosts.write_text(sshd.known_hosts_line(other))  # as if the host key changed
+    run = Running(entry(sshd, agent.socket), options(sshd, host_keys="accept-new"))
+    try:
+        await until(lambda: run.view.link == "hostkey_changed", "hostkey_changed")
+        assert "does not match known_hosts" in run.view.link_reason
+        assert sshd.known_hosts.read_text() == sshd.known_hosts_line(other), "not overwritten"
+    finally:
+        await run.stop()
+
+
+async def test_wrong_client_key_is_auth_failed(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    agent = agent_factory(*FAST).start()
+    stranger = short_tmp / "stranger_key"
+    stranger.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    stranger.chmod(0o600)
+    run = Running(entry(sshd, agent.socket), options(sshd, client_keys=[str(stranger)]))
+    try:
+        await until(lambda: run.view.link == "auth_failed", "auth_failed")
+    finally:
+        await run.stop()
+
+
+async def test_nothing_listening_is_unreachable(sshd: Sshd, short_tmp: Path) -> None:
+    sshd.stop()
+    run = Running(entry(sshd, str(short_tmp / "x.sock")), options(sshd))
+    try:
+        await until(lambda: run.view.link == "unreachable", "unreachable")
+        assert [a.kind for a in run.view.alerts] == ["unreachable"]
+    finally:
+        await run.stop()
+
+
+async def test_agent_killed_and_restarted_is_recovered_without_restarting_the_link(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    agent = agent_factory(*FAST).start()
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    try:
+        await until(lambda: run.view.link == "live", "live")
+        agent.stop(signal.SIGKILL)
+        await until(lambda: run.view.link in ("agent_down", "unreachable"), "the loss seen")
+        await asyncio.to_thread(agent.start)
+        await until(lambda: run.view.link == "live", "live again")
+        assert run.link.sessions >= 2
+    finally:
+        await run.stop()
