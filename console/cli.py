@@ -1,21 +1,129 @@
-"""``gpufleet``: the operator's console.
+"""``gpufleet``: the operator's console, for people and for scripts.
 
-The fleet commands (status, the TUI, drain/resume/restart/reassign) arrive with the console's
-transport and screen; until then this entry point only reports its version and says so.
+Scripts get ``--json`` on stdout, messages on stderr, and exit codes that mean something:
+0 every selected node answered, 1 some did not, 2 a usage error (bad selector, bad inventory),
+3 none did. Our own errors are one line, never a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
 import click
 
-from agents.protocol import PROTOCOL_VERSION
+from agents.protocol import PROTOCOL_VERSION, GpufleetError
 from console import __version__
+from console.fleet import FleetState
+from console.inventory import find_inventory, load_inventory
+from console.link import LinkOptions
+from console.selector import parse_selector, select
+from console.status import EXIT_USAGE, exit_code, snapshot, status_doc, table
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"gpufleet: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Commands(click.Group):
+    """Our own errors (inventory, selector, connection setup) as one line and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GpufleetError as exc:
+            _fail(str(exc), EXIT_USAGE)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(
     __version__, prog_name="gpufleet", message=f"%(prog)s %(version)s (protocol {PROTOCOL_VERSION})"
 )
 def main() -> None:
-    """Watch a GPU fleet live and act on it. (The fleet commands are not built yet: for now
-    run `gpufleet-agent demo` to see what a node's agent streams.)"""
+    """Watch a GPU fleet live and act on it. (The TUI and the actions are being built; today:
+    `gpufleet status`, and `gpufleet-agent demo` for what one node streams.)"""
+
+
+def _link_options(
+    known_hosts: Path | None, accept_new: bool, identity: Path | None, ssh_config: Path | None
+) -> LinkOptions:
+    kw: dict[str, Any] = {"host_keys": "accept-new" if accept_new else "strict"}
+    if known_hosts is not None:
+        kw["known_hosts"] = known_hosts
+    if identity is not None:
+        kw["client_keys"] = [str(identity)]
+    if ssh_config is not None:
+        kw["ssh_config"] = [str(ssh_config)]
+    return LinkOptions(**kw)
+
+
+@main.command()
+@click.argument("selector", nargs=-1)
+@click.option(
+    "--inventory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Fleet inventory [default: $GPUFLEET_INVENTORY, ~/.config/gpufleet/fleet.toml, "
+    "/etc/gpufleet/fleet.toml].",
+)
+@click.option("--json", "as_json", is_flag=True, help="The public JSON document on stdout.")
+@click.option(
+    "--wait",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Seconds to wait for every node to answer.",
+)
+@click.option(
+    "--known-hosts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="known_hosts file [default: ~/.ssh/known_hosts].",
+)
+@click.option(
+    "--accept-new",
+    is_flag=True,
+    help="Learn host keys never seen before (refuse changed ones), as OpenSSH's "
+    "StrictHostKeyChecking=accept-new.",
+)
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SSH private key [default: ssh-agent and ~/.ssh keys].",
+)
+@click.option(
+    "--ssh-config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SSH client config [default: ~/.ssh/config].",
+)
+def status(
+    selector: tuple[str, ...],
+    inventory: Path | None,
+    as_json: bool,
+    wait: float,
+    known_hosts: Path | None,
+    accept_new: bool,
+    identity: Path | None,
+    ssh_config: Path | None,
+) -> None:
+    """One snapshot of the fleet (or the nodes SELECTOR names), as a table or JSON."""
+    inv = load_inventory(find_inventory(inventory))
+    chosen = select(FleetState(inv.nodes).nodes.values(), parse_selector(selector))
+    if not as_json:
+        click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
+    options = _link_options(known_hosts, accept_new, identity, ssh_config)
+    fleet = asyncio.run(snapshot([v.entry for v in chosen], options, wait=wait))
+    views = list(fleet.nodes.values())
+    now = time.monotonic()
+    if as_json:
+        click.echo(json.dumps(status_doc(views, now)))
+    else:
+        click.echo(table(views, now))
+    sys.exit(exit_code(views))

@@ -7,10 +7,13 @@ Fields are added, never renamed or removed; a value not known is ``null``, never
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any, Final
 
-from console.fleet import NodeView
+from console.fleet import DOWN_STATES, FleetState, NodeView
+from console.inventory import NodeEntry
+from console.link import LinkOptions, NodeLink
 
 EXIT_ALL: Final = 0
 EXIT_SOME_MISSING: Final = 1
@@ -80,3 +83,57 @@ def node_doc(view: NodeView, now: float) -> dict[str, Any]:
 
 def status_doc(views: Iterable[NodeView], now: float) -> list[dict[str, Any]]:
     return [node_doc(v, now) for v in views]
+
+
+async def snapshot(
+    entries: list[NodeEntry], options: LinkOptions, *, wait: float, concurrency: int = 16
+) -> FleetState:
+    """Connect to every node, until each has answered or failed (or ``wait`` runs out).
+
+    A snapshot takes a node's first failure as its answer: retrying is for the live screen."""
+    fleet = FleetState(entries)
+    gate = asyncio.Semaphore(concurrency)
+    tasks = [asyncio.create_task(NodeLink(e, fleet, options, gate).run()) for e in entries]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+
+    def settled(view: NodeView) -> bool:
+        return answered(view) or view.link in DOWN_STATES
+
+    try:
+        while not all(settled(v) for v in fleet.nodes.values()):
+            if loop.time() > deadline:
+                for view in fleet.nodes.values():
+                    if not settled(view):
+                        fleet.set_link(view.name, "unreachable", f"no answer in {wait:g} s", 0.0)
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return fleet
+
+
+def table(views: Iterable[NodeView], now: float) -> str:
+    """The human view of a snapshot: one line per node, n/a where nothing is known."""
+    rows = [
+        f"{'NODE':<20}{'POOL':<10}{'LINK':<18}{'STATE':<12}{'GPUS':>5}{'UTIL':>6}"
+        f"{'HOTTEST':>8}{'POWER W':>9}  ALERTS"
+    ]
+    for v in views:
+        doc = node_doc(v, now)
+        gpus = [g for g in doc["gpus"] if not g["lost"]]
+        utils = [g["util"] for g in gpus if g["util"] is not None]
+        temps = [g["temp"] for g in gpus if g["temp"] is not None]
+        power = sum(g["power"] for g in gpus if g["power"] is not None)
+        link = v.link if v.link == "live" else f"{v.link}"
+        rows.append(
+            f"{v.name:<20.19}{v.entry.pool:<10.9}{link:<18.17}{doc['state'] or 'n/a':<12}"
+            f"{len(doc['gpus']):>5}"
+            f"{(f'{sum(utils) / len(utils):.0f}%' if utils else 'n/a'):>6}"
+            f"{(f'{max(temps)}C' if temps else 'n/a'):>8}"
+            f"{(f'{power:.0f}' if gpus else 'n/a'):>9}  "
+            + ("; ".join(a["message"] for a in doc["alerts"]) or "-")
+        )
+    return "\n".join(rows)

@@ -1,0 +1,108 @@
+"""`gpufleet status` end to end: an inventory, ~/.ssh/config-style aliases, a real sshd, real
+agents, and the JSON contract and exit codes a script relies on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AgentProc
+from tests.integration.sshd import Sshd, start_sshd
+
+pytestmark = pytest.mark.integration
+
+FAST = ("--backend", "sim", "--gpus", "2", "--interval", "0.2")
+
+
+@pytest.fixture
+def sshd(short_tmp: Path) -> Iterator[Sshd]:
+    server = start_sshd(short_tmp / "sshd")
+    yield server
+    server.stop()
+
+
+def write_fleet(root: Path, sshd: Sshd, sockets: dict[str, str]) -> tuple[Path, Path]:
+    """An inventory of nodes named as the user's ssh config knows them."""
+    config = root / "ssh_config"
+    config.write_text(
+        "".join(
+            f"Host {name}\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+            for name in sockets
+        )
+    )
+    inventory = root / "fleet.toml"
+    inventory.write_text(
+        "".join(
+            f'[[group]]\nname = "g{i}"\npool = "train"\nnodes = "{name}"\nsocket = "{sock}"\n'
+            for i, (name, sock) in enumerate(sockets.items())
+        )
+    )
+    return inventory, config
+
+
+def gpufleet(
+    sshd: Sshd, inventory: Path, config: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+         "--ssh-config", str(config), "--known-hosts", str(sshd.known_hosts),
+         "--identity", str(sshd.client_key_path), "--wait", "20", *args],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+
+
+def test_status_json_contract_and_exit_codes(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    a = agent_factory(*FAST, name="a").start()
+    b = agent_factory(*FAST, name="b").start()
+    inventory, config = write_fleet(
+        short_tmp, sshd, {"node1": a.socket, "node2": b.socket, "node3": str(short_tmp / "no.sock")}
+    )
+
+    out = gpufleet(sshd, inventory, config, "node[1-2]", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [n["name"] for n in doc] == ["node1", "node2"]
+    for node in doc:
+        assert {"name", "pool", "link", "link_reason", "state", "reason", "alerts", "gpus",
+                "host"} <= set(node)  # fmt: skip
+        assert (node["pool"], node["link"], node["state"]) == ("train", "live", "schedulable")
+        assert len(node["gpus"]) == 2
+        for g in node["gpus"]:
+            assert {"index", "uuid", "name", "util", "mem_used", "mem_total", "temp", "power",
+                    "lost"} <= set(g)  # fmt: skip
+        assert {"cpu", "load", "memory"} <= set(node["host"])
+
+    some = gpufleet(sshd, inventory, config, "--json")
+    assert some.returncode == 1, "node3 has no agent: some did not answer"
+    down = next(n for n in json.loads(some.stdout) if n["name"] == "node3")
+    assert down["link"] == "agent_down"
+    assert "no.sock" in down["link_reason"]
+
+    none = gpufleet(sshd, inventory, config, "node3")
+    assert none.returncode == 3
+    assert "agent_down" in none.stdout
+
+    unknown = gpufleet(sshd, inventory, config, "node[1-9]")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "gpufleet: error: not in the inventory: node[4-9]"
+    assert unknown.stdout == ""
+
+
+def test_status_table_for_people(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    a = agent_factory(*FAST, name="a").start()
+    inventory, config = write_fleet(short_tmp, sshd, {"node1": a.socket})
+    out = gpufleet(sshd, inventory, config)
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()
+    assert header.split()[:4] == ["NODE", "POOL", "LINK", "STATE"]
+    assert row.split()[:5] == ["node1", "train", "live", "schedulable", "2"]
+    assert "1 node(s) from" in out.stderr
