@@ -18,11 +18,11 @@ import click
 
 from agents.protocol import PROTOCOL_VERSION, GpufleetError
 from console import __version__
-from console.fleet import FleetState
+from console.fleet import FleetState, NodeView
 from console.inventory import find_inventory, load_inventory
 from console.link import LinkOptions
 from console.selector import parse_selector, select
-from console.status import EXIT_USAGE, exit_code, snapshot, status_doc, table
+from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -62,47 +62,74 @@ def _link_options(
     return LinkOptions(**kw)
 
 
+def _fleet_options(fn: Any) -> Any:
+    """The options every command that reaches nodes shares."""
+    for option in reversed(
+        [
+            click.argument("selector", nargs=-1),
+            click.option(
+                "--inventory",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="Fleet inventory [default: $GPUFLEET_INVENTORY, "
+                "~/.config/gpufleet/fleet.toml, /etc/gpufleet/fleet.toml].",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="JSON on stdout."),
+            click.option(
+                "--wait",
+                type=float,
+                default=15.0,
+                show_default=True,
+                help="Seconds to wait for every node to answer.",
+            ),
+            click.option(
+                "--known-hosts",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="known_hosts file [default: ~/.ssh/known_hosts].",
+            ),
+            click.option(
+                "--accept-new",
+                is_flag=True,
+                help="Learn host keys never seen before (refuse changed ones), as OpenSSH's "
+                "StrictHostKeyChecking=accept-new.",
+            ),
+            click.option(
+                "--identity",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="SSH private key [default: ssh-agent and ~/.ssh keys].",
+            ),
+            click.option(
+                "--ssh-config",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="SSH client config [default: ~/.ssh/config].",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn  # fmt: skip
+
+
+def _reach(
+    selector: tuple[str, ...],
+    inventory: Path | None,
+    wait: float,
+    options: LinkOptions,
+    quiet: bool,
+) -> list[NodeView]:
+    """Select nodes from the inventory and take one snapshot of them over SSH."""
+    inv = load_inventory(find_inventory(inventory))
+    chosen = select(FleetState(inv.nodes).nodes.values(), parse_selector(selector))
+    if not quiet:
+        click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
+    fleet = asyncio.run(snapshot([v.entry for v in chosen], options, wait=wait))
+    return list(fleet.nodes.values())
+
+
 @main.command()
-@click.argument("selector", nargs=-1)
-@click.option(
-    "--inventory",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Fleet inventory [default: $GPUFLEET_INVENTORY, ~/.config/gpufleet/fleet.toml, "
-    "/etc/gpufleet/fleet.toml].",
-)
-@click.option("--json", "as_json", is_flag=True, help="The public JSON document on stdout.")
-@click.option(
-    "--wait",
-    type=float,
-    default=15.0,
-    show_default=True,
-    help="Seconds to wait for every node to answer.",
-)
-@click.option(
-    "--known-hosts",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="known_hosts file [default: ~/.ssh/known_hosts].",
-)
-@click.option(
-    "--accept-new",
-    is_flag=True,
-    help="Learn host keys never seen before (refuse changed ones), as OpenSSH's "
-    "StrictHostKeyChecking=accept-new.",
-)
-@click.option(
-    "--identity",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="SSH private key [default: ssh-agent and ~/.ssh keys].",
-)
-@click.option(
-    "--ssh-config",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="SSH client config [default: ~/.ssh/config].",
-)
+@_fleet_options
 def status(
     selector: tuple[str, ...],
     inventory: Path | None,
@@ -114,16 +141,41 @@ def status(
     ssh_config: Path | None,
 ) -> None:
     """One snapshot of the fleet (or the nodes SELECTOR names), as a table or JSON."""
-    inv = load_inventory(find_inventory(inventory))
-    chosen = select(FleetState(inv.nodes).nodes.values(), parse_selector(selector))
-    if not as_json:
-        click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
     options = _link_options(known_hosts, accept_new, identity, ssh_config)
-    fleet = asyncio.run(snapshot([v.entry for v in chosen], options, wait=wait))
-    views = list(fleet.nodes.values())
+    views = _reach(selector, inventory, wait, options, quiet=as_json)
     now = time.monotonic()
     if as_json:
         click.echo(json.dumps(status_doc(views, now)))
     else:
         click.echo(table(views, now))
+    sys.exit(exit_code(views))
+
+
+@main.group()
+def inventory() -> None:
+    """The fleet inventory."""
+
+
+@inventory.command("check")
+@_fleet_options
+def inventory_check(
+    selector: tuple[str, ...],
+    inventory: Path | None,
+    as_json: bool,
+    wait: float,
+    known_hosts: Path | None,
+    accept_new: bool,
+    identity: Path | None,
+    ssh_config: Path | None,
+) -> None:
+    """Reach every node and say, per node, whether host key, login, agent and protocol are
+    in order, with what to do about each one that is not."""
+    options = _link_options(known_hosts, accept_new, identity, ssh_config)
+    views = _reach(selector, inventory, wait, options, quiet=as_json)
+    results = [check_result(v) for v in views]
+    if as_json:
+        click.echo(json.dumps(results))
+    else:
+        for r in results:
+            click.echo(f"{r['name']:<24} {'ok' if r['ok'] else r['problem']:<18} {r['detail']}")
     sys.exit(exit_code(views))

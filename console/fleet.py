@@ -81,6 +81,7 @@ class NodeView:
     sample: Sample | None = None
     sample_at: float | None = None  # console monotonic time the latest sample arrived
     interval: float = 1.0
+    agent: str | None = None  # the agent's software and protocol, from its hello
     history: deque[Sample] = field(default_factory=deque)  # bounded by FleetState
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=200))
     xids_seen: dict[int, tuple[float, int]] = field(default_factory=dict)  # gpu -> (at, xid)
@@ -138,8 +139,12 @@ class FleetState:
                 view.inventory = _with_state(view.inventory, frame.state)
         self._judge(view, now)
 
-    def set_interval(self, node: str, interval: float) -> None:
-        self.nodes[node].interval = interval
+    def set_agent(self, node: str, software: str, proto: str, interval: float | None) -> None:
+        """What the agent said in its hello."""
+        view = self.nodes[node]
+        view.agent = f"{software}, protocol {proto}"
+        if interval:
+            view.interval = interval
 
     # -- time passing -----------------------------------------------------------------------
 

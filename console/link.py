@@ -186,8 +186,7 @@ class NodeLink:
             if not isinstance(first, Hello):
                 raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
             check_version(first)
-            if first.interval_s:
-                self.fleet.set_interval(name, first.interval_s)
+            self.fleet.set_agent(name, first.software, first.proto, first.interval_s)
             hello = Hello(
                 proto=PROTOCOL_VERSION, software=f"gpufleet {__version__}", peer="console"
             )

@@ -137,3 +137,13 @@ def table(views: Iterable[NodeView], now: float) -> str:
             + ("; ".join(a["message"] for a in doc["alerts"]) or "-")
         )
     return "\n".join(rows)
+
+
+def check_result(view: NodeView) -> dict[str, Any]:
+    """``inventory check``: in order (host key, login, agent, protocol), or what is wrong with
+    the remedy the link's reason already carries."""
+    if answered(view):
+        inv = view.inventory
+        gpus = f"{len(inv.gpus)} GPU(s) via {inv.backend}" if inv else "no inventory"
+        return {"name": view.name, "ok": True, "problem": None, "detail": f"{view.agent}; {gpus}"}
+    return {"name": view.name, "ok": False, "problem": view.link, "detail": view.link_reason}

@@ -106,3 +106,37 @@ def test_status_table_for_people(
     assert header.split()[:4] == ["NODE", "POOL", "LINK", "STATE"]
     assert row.split()[:5] == ["node1", "train", "live", "schedulable", "2"]
     assert "1 node(s) from" in out.stderr
+
+
+def test_inventory_check_says_what_is_wrong_per_node(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    a = agent_factory(*FAST, name="a").start()
+    inventory, config = write_fleet(
+        short_tmp, sshd, {"node1": a.socket, "node2": str(short_tmp / "no.sock")}
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "inventory", "check", "--inventory", str(inventory),
+         "--ssh-config", str(config), "--known-hosts", str(sshd.known_hosts),
+         "--identity", str(sshd.client_key_path), "--json"],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert out.returncode == 1
+    one, two = json.loads(out.stdout)
+    assert one["ok"] is True
+    assert "protocol 1.0" in one["detail"]
+    assert "2 GPU(s) via sim" in one["detail"]
+    assert (two["ok"], two["problem"]) == (False, "agent_down")
+    assert "is gpufleet-agent running there?" in two["detail"]
+
+    sshd.known_hosts.write_text("")  # every node's host key is now unknown
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "inventory", "check", "--inventory", str(inventory),
+         "--ssh-config", str(config), "--known-hosts", str(sshd.known_hosts),
+         "--identity", str(sshd.client_key_path)],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert out.returncode == 3
+    lines = out.stdout.splitlines()
+    assert all("hostkey_unknown" in line for line in lines)
+    assert all("ssh to it once, or use accept-new" in line for line in lines)
