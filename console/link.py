@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import random
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from agents.protocol import (
     ProtocolError,
     Sample,
     check_version,
+    clip,
     decode,
     encode,
 )
@@ -57,6 +59,8 @@ class LinkOptions:
     connect_timeout: float = 10.0
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    #: Run on the node when its sshd forbids streamlocal forwarding; gets ``--socket PATH``.
+    attach_command: str = "gpufleet-agent attach"
 
 
 class LinkFailure(Exception):
@@ -125,6 +129,7 @@ class NodeLink:
         self._connecting = connecting
         self._now = monotonic
         self.sessions = 0  # sessions that reached the agent (for tests and the soak)
+        self.via_attach = False  # the last session used `gpufleet-agent attach`
         self._identity = os.path.expanduser(entry.identity) if entry.identity else None
 
     async def run(self) -> None:
@@ -180,8 +185,7 @@ class NodeLink:
         name = self.entry.name
         self.fleet.set_link(name, "connecting", "", self._now())
         async with await self._connect() as conn:
-            reader, writer = await conn.open_unix_connection(self.entry.socket)
-            frames = _Frames(reader)
+            frames, writer = await self._open(conn)
             first = await frames.next()
             if not isinstance(first, Hello):
                 raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
@@ -199,12 +203,38 @@ class NodeLink:
                 elif isinstance(frame, Error) and frame.fatal:
                     raise LinkFailure("agent_down", f"agent: {frame.message}")
 
+    async def _open(self, conn: asyncssh.SSHClientConnection) -> tuple[_Frames, Any]:
+        """A direct-streamlocal channel to the agent's socket, or else ``gpufleet-agent
+        attach`` run on the node, which bridges its stdin/stdout to the same socket (the agent
+        sees the same peer either way). OpenSSH answers "open failed" alike for forwarding
+        that is forbidden (AllowStreamLocalForwarding no) and for a socket that is not there,
+        so any refusal tries attach, and attach's own words say which it was."""
+        try:
+            reader, writer = await conn.open_unix_connection(self.entry.socket)
+            self.via_attach = False
+            return _Frames(reader), writer
+        except asyncssh.ChannelOpenError as exc:
+            refused = exc.reason
+        # An SSH exec request is a string the remote shell parses: quote what we add to it.
+        command = f"{self.options.attach_command} --socket {shlex.quote(self.entry.socket)}"
+        process = await conn.create_process(command, encoding=None)
+        self.via_attach = True
+        why = f"streamlocal to {self.entry.socket}: {refused}; attach"
+        return _Frames(process.stdout, process.stderr, why), process.stdin
+
 
 class _Frames:
     """Frames from an SSH channel's byte stream."""
 
-    def __init__(self, reader: asyncssh.SSHReader[bytes]) -> None:
+    def __init__(
+        self,
+        reader: asyncssh.SSHReader[bytes],
+        stderr: asyncssh.SSHReader[bytes] | None = None,
+        what: str = "",
+    ) -> None:
         self._reader = reader
+        self._stderr = stderr  # attach's: its one-line error says why it ended
+        self._what = what
         self._splitter = FrameSplitter()
         self._lines: list[bytes | None] = []
 
@@ -212,7 +242,11 @@ class _Frames:
         while not self._lines:
             data = await self._reader.read(65536)
             if not data:
-                raise LinkFailure("agent_down", "the agent closed the connection")
+                said = ""
+                if self._stderr is not None:
+                    said = (await self._stderr.read(4096)).decode(errors="replace").strip()
+                reason = f"{self._what}: {clip(said)}" if said else "the agent closed the stream"
+                raise LinkFailure("agent_down", reason)
             self._lines.extend(self._splitter.feed(data))
         line = self._lines.pop(0)
         if line is None:

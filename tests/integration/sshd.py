@@ -48,7 +48,7 @@ class Sshd:
             self.proc.wait(10)
 
 
-def start_sshd(root: Path, extra_config: str = "") -> Sshd:
+def start_sshd(root: Path, *, streamlocal: bool = True) -> Sshd:
     if os.geteuid() != 0:
         skip_or_fail("a private sshd on loopback needs root here (privilege separation)")
     sshd = ensure_tool("sshd", "openssh-server")
@@ -64,8 +64,8 @@ def start_sshd(root: Path, extra_config: str = "") -> Sshd:
         f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {root / 'host_key'}\n"
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "StrictModes no\nPidFile none\nAllowStreamLocalForwarding yes\nMaxStartups 100\n"
-        "LogLevel ERROR\n" + extra_config
+        "StrictModes no\nPidFile none\nMaxStartups 100\nLogLevel ERROR\n"
+        f"AllowStreamLocalForwarding {'yes' if streamlocal else 'no'}\n"
     )
     server = Sshd(root, port, host_key, root / "client_key", root / "known_hosts")
     server.known_hosts.write_text(server.known_hosts_line())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def options(sshd: Sshd, **kw: object) -> LinkOptions:
         "ssh_config": [],
         "backoff_initial": 0.2,
         "backoff_max": 1.0,
+        # The fallback runs this agent's attach; a node would have gpufleet-agent on PATH.
+        "attach_command": f"{sys.executable} -m agents attach",
     }
     return LinkOptions(**{**base, **kw})  # type: ignore[arg-type]
 
@@ -89,7 +92,9 @@ async def test_agent_not_running_is_agent_down(sshd: Sshd, short_tmp: Path) -> N
     run = Running(entry(sshd, str(short_tmp / "nothing.sock")), options(sshd))
     try:
         await until(lambda: run.view.link == "agent_down", "agent_down")
-        assert "nothing.sock" in run.view.link_reason
+        # streamlocal refused, then attach's own one line says why
+        assert "no agent at" in run.view.link_reason
+        assert "nothing.sock (is gpufleet-agent running?)" in run.view.link_reason
     finally:
         await run.stop()
 
@@ -167,3 +172,23 @@ async def test_agent_killed_and_restarted_is_recovered_without_restarting_the_li
         assert run.link.sessions >= 2
     finally:
         await run.stop()
+
+
+async def test_attach_fallback_when_sshd_forbids_streamlocal(
+    short_tmp: Path, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """AllowStreamLocalForwarding no: the link runs `gpufleet-agent attach` on the node and
+    the same stream arrives."""
+    server = start_sshd(short_tmp / "sshd-nofwd", streamlocal=False)
+    try:
+        agent = agent_factory(*FAST).start()
+        run = Running(entry(server, agent.socket), options(server))
+        try:
+            await until(lambda: run.view.link == "live" and len(run.view.history) > 3, "live")
+            assert run.link.via_attach
+            assert run.view.inventory is not None
+            assert run.view.inventory.backend == "sim"
+        finally:
+            await run.stop()
+    finally:
+        server.stop()

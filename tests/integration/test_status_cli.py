@@ -127,7 +127,7 @@ def test_inventory_check_says_what_is_wrong_per_node(
     assert "protocol 1.0" in one["detail"]
     assert "2 GPU(s) via sim" in one["detail"]
     assert (two["ok"], two["problem"]) == (False, "agent_down")
-    assert "is gpufleet-agent running there?" in two["detail"]
+    assert "no.sock" in two["detail"]
 
     sshd.known_hosts.write_text("")  # every node's host key is now unknown
     out = subprocess.run(
