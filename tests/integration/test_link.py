@@ -12,6 +12,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from agents.client import AgentClient
+from agents.protocol import Sample
 from console.fleet import FleetState
 from console.inventory import NodeEntry
 from console.link import LinkOptions, NodeLink
@@ -192,3 +194,52 @@ async def test_attach_fallback_when_sshd_forbids_streamlocal(
             await run.stop()
     finally:
         server.stop()
+
+
+async def test_several_agents_through_sshd_history_first(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    """Three nodes (ssh-config aliases for one sshd), each agent's buffered history arriving
+    before its live samples, all into one FleetState."""
+    agents = [agent_factory(*FAST, "--node", f"node{i}", name=f"n{i}").start() for i in range(3)]
+    for agent in agents:  # let each ring hold some history first
+        with AgentClient(agent.socket, history=False) as c:
+            got = 0
+            for frame in c.frames():
+                got += isinstance(frame, Sample)
+                if got >= 5:
+                    break
+    config = short_tmp / "ssh_config"
+    config.write_text(
+        "".join(
+            f"Host node{i}\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+            for i in range(3)
+        )
+    )
+    entries = [
+        NodeEntry(name=f"node{i}", group="g", pool="p", user=None, port=None, jump=None,
+                  identity=None, socket=a.socket, scheduler_name=f"node{i}")
+        for i, a in enumerate(agents)
+    ]  # fmt: skip
+    fleet = FleetState(entries)
+    gate = asyncio.Semaphore(2)
+    opts = options(sshd, ssh_config=[str(config)])
+    tasks = [asyncio.create_task(NodeLink(e, fleet, opts, gate).run()) for e in entries]
+    try:
+        await until(
+            lambda: all(v.link == "live" and len(v.history) >= 8 for v in fleet.nodes.values()),
+            "all three live",
+        )
+        for view in fleet.nodes.values():
+            flags = [s.replay for s in view.history]
+            first_live = flags.index(False)
+            assert first_live >= 5, f"{view.name}: history should come first"
+            assert all(flags[:first_live])
+            assert not any(flags[first_live:])
+            seqs = [s.seq for s in view.history]
+            assert seqs == sorted(set(seqs))
+        assert len({v.inventory.gpus[0].uuid for v in fleet.nodes.values() if v.inventory}) == 3
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
