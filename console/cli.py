@@ -8,11 +8,14 @@ Scripts get ``--json`` on stdout, messages on stderr, and exit codes that mean s
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
@@ -112,39 +115,53 @@ def _fleet_options(fn: Any) -> Any:
     return fn  # fmt: skip
 
 
-def _reach(
-    selector: tuple[str, ...],
-    inventory: Path | None,
-    wait: float,
-    options: LinkOptions,
-    quiet: bool,
-) -> list[NodeView]:
-    """Select nodes from the inventory and take one snapshot of them over SSH."""
-    inv = load_inventory(find_inventory(inventory))
-    chosen = select(FleetState(inv.nodes).nodes.values(), parse_selector(selector))
-    if not quiet:
-        click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
-    fleet = asyncio.run(snapshot([v.entry for v in chosen], options, wait=wait))
-    return list(fleet.nodes.values())
+@dataclass(frozen=True)
+class Reach:
+    """What the options of a command that reaches nodes add up to."""
+
+    selector: tuple[str, ...]
+    inventory: Path | None
+    as_json: bool
+    wait: float
+    options: LinkOptions
+
+    def views(self) -> list[NodeView]:
+        """Select nodes from the inventory and take one snapshot of them over SSH."""
+        inv = load_inventory(find_inventory(self.inventory))
+        chosen = select(FleetState(inv.nodes).nodes.values(), parse_selector(self.selector))
+        if not self.as_json:
+            click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
+        fleet = asyncio.run(snapshot([v.entry for v in chosen], self.options, wait=self.wait))
+        return list(fleet.nodes.values())
+
+
+def _reaching(fn: Callable[[Reach], None]) -> Callable[..., None]:
+    """Give a command the shared options, handed to it as one ``Reach``."""
+
+    @functools.wraps(fn)
+    def command(
+        selector: tuple[str, ...],
+        inventory: Path | None,
+        as_json: bool,
+        wait: float,
+        known_hosts: Path | None,
+        accept_new: bool,
+        identity: Path | None,
+        ssh_config: Path | None,
+    ) -> None:
+        options = _link_options(known_hosts, accept_new, identity, ssh_config)
+        fn(Reach(selector, inventory, as_json, wait, options))
+
+    return cast(Callable[..., None], _fleet_options(command))
 
 
 @main.command()
-@_fleet_options
-def status(
-    selector: tuple[str, ...],
-    inventory: Path | None,
-    as_json: bool,
-    wait: float,
-    known_hosts: Path | None,
-    accept_new: bool,
-    identity: Path | None,
-    ssh_config: Path | None,
-) -> None:
+@_reaching
+def status(reach: Reach) -> None:
     """One snapshot of the fleet (or the nodes SELECTOR names), as a table or JSON."""
-    options = _link_options(known_hosts, accept_new, identity, ssh_config)
-    views = _reach(selector, inventory, wait, options, quiet=as_json)
+    views = reach.views()
     now = time.monotonic()
-    if as_json:
+    if reach.as_json:
         click.echo(json.dumps(status_doc(views, now)))
     else:
         click.echo(table(views, now))
@@ -157,23 +174,13 @@ def inventory() -> None:
 
 
 @inventory.command("check")
-@_fleet_options
-def inventory_check(
-    selector: tuple[str, ...],
-    inventory: Path | None,
-    as_json: bool,
-    wait: float,
-    known_hosts: Path | None,
-    accept_new: bool,
-    identity: Path | None,
-    ssh_config: Path | None,
-) -> None:
+@_reaching
+def inventory_check(reach: Reach) -> None:
     """Reach every node and say, per node, whether host key, login, agent and protocol are
     in order, with what to do about each one that is not."""
-    options = _link_options(known_hosts, accept_new, identity, ssh_config)
-    views = _reach(selector, inventory, wait, options, quiet=as_json)
+    views = reach.views()
     results = [check_result(v) for v in views]
-    if as_json:
+    if reach.as_json:
         click.echo(json.dumps(results))
     else:
         for r in results:
