@@ -41,11 +41,13 @@ class _Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class SshSettings(_Table, kw_only=True):
     """What a group may say about reaching its nodes; None leaves it to ~/.ssh/config."""
 
+    hostname: str | None = None  # the address to reach, as ssh's HostName; default: the name
     user: str | None = None
     port: int | None = None
     jump: str | None = None  # ProxyJump: a host, or user@host:port
     identity: str | None = None  # IdentityFile
-    socket: str | None = None  # the agent's socket on the node
+    socket: str | None = None  # the agent's socket on the node; may use {name} and {short}
+    known_hosts: str | None = None  # a known_hosts file for these nodes (default: the user's)
     #: How the scheduler names the node: a template over {name} (the inventory name) and
     #: {short} (up to the first dot), e.g. "{short}". None: the same as the inventory name.
     scheduler_name: str | None = None
@@ -69,12 +71,14 @@ class NodeEntry:
     name: str  # as written in the inventory: the SSH host (resolved through ~/.ssh/config)
     group: str
     pool: str
+    hostname: str | None
     user: str | None
     port: int | None
     jump: str | None
     identity: str | None
     socket: str
     scheduler_name: str
+    known_hosts: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,7 @@ def _expand(doc: InventoryFile) -> list[NodeEntry]:
         if not hosts:
             raise ValueError(f"{where}.nodes: {g.nodes!r} names no nodes")
         template = g.scheduler_name or d.scheduler_name or "{name}"
+        socket = g.socket or d.socket or DEFAULT_SOCKET
         for host in hosts:
             if not _NAME_RE.fullmatch(host):
                 raise ValueError(f"{where}.nodes: {host!r} is not a host name")
@@ -164,12 +169,14 @@ def _expand(doc: InventoryFile) -> list[NodeEntry]:
                     name=host,
                     group=g.name,
                     pool=g.pool or g.name,
+                    hostname=g.hostname or d.hostname,
                     user=g.user or d.user,
                     port=g.port or d.port,
                     jump=g.jump or d.jump,
                     identity=g.identity or d.identity,
-                    socket=g.socket or d.socket or DEFAULT_SOCKET,
+                    socket=socket.format(name=host, short=host.split(".")[0]),
                     scheduler_name=template.format(name=host, short=host.split(".")[0]),
+                    known_hosts=g.known_hosts or d.known_hosts,
                 )
             )
     return nodes
@@ -180,11 +187,13 @@ def _check_settings(s: SshSettings, where: str) -> None:
         raise ValueError(f"{where}.port: {s.port} is not a TCP port")
     if s.socket is not None and not s.socket.startswith("/"):
         raise ValueError(f"{where}.socket: {s.socket!r} must be an absolute path")
-    if s.scheduler_name is not None:
+    for key in ("scheduler_name", "socket"):
+        template = getattr(s, key)
+        if template is None:
+            continue
         try:
-            s.scheduler_name.format(name="n", short="n")
+            template.format(name="n", short="n")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
-                f"{where}.scheduler_name: {s.scheduler_name!r} may use only {{name}} and "
-                f"{{short}} ({exc})"
+                f"{where}.{key}: {template!r} may use only {{name}} and {{short}} ({exc})"
             ) from None

@@ -88,7 +88,8 @@ def classify(exc: BaseException, entry: NodeEntry, options: LinkOptions) -> Link
         return exc
     name = entry.name
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        if known_host_keys(options.known_hosts, name, entry.port):
+        known = Path(entry.known_hosts or options.known_hosts)
+        if known_host_keys(known, entry.hostname or name, entry.port):
             return LinkFailure(
                 "hostkey_changed",
                 f"host key for {name} does not match known_hosts: check it before "
@@ -131,6 +132,7 @@ class NodeLink:
         self.sessions = 0  # sessions that reached the agent (for tests and the soak)
         self.via_attach = False  # the last session used `gpufleet-agent attach`
         self._identity = os.path.expanduser(entry.identity) if entry.identity else None
+        self._known_hosts = Path(entry.known_hosts or options.known_hosts).expanduser()
 
     async def run(self) -> None:
         """Keep the node's stream flowing until cancelled."""
@@ -165,16 +167,17 @@ class NodeLink:
         if e.jump:
             kwargs["tunnel"] = e.jump
         kwargs = {k: v for k, v in kwargs.items() if v != ()}
-        known = o.known_hosts.expanduser()
-        learn = o.host_keys == "accept-new" and not known_host_keys(known, e.name, e.port)
+        known = self._known_hosts
+        host = e.hostname or e.name
+        learn = o.host_keys == "accept-new" and not known_host_keys(known, host, e.port)
         async with self._connecting:
             if not learn:
-                return await asyncssh.connect(e.name, known_hosts=str(known), **kwargs)
+                return await asyncssh.connect(host, known_hosts=str(known), **kwargs)
             # accept-new: this host has never been seen; trust its key now and remember it.
-            conn = await asyncssh.connect(e.name, known_hosts=None, **kwargs)
+            conn = await asyncssh.connect(host, known_hosts=None, **kwargs)
             key = conn.get_server_host_key()
             if key is not None:
-                where = e.name if not e.port or e.port == 22 else f"[{e.name}]:{e.port}"
+                where = host if not e.port or e.port == 22 else f"[{host}]:{e.port}"
                 known.parent.mkdir(parents=True, exist_ok=True)
                 with known.open("a") as f:
                     f.write(f"{where} {key.export_public_key('openssh').decode().strip()}\n")

@@ -34,8 +34,8 @@ def sshd(short_tmp: Path) -> Iterator[Sshd]:
 
 def entry(sshd: Sshd, socket: str) -> NodeEntry:
     return NodeEntry(
-        name="127.0.0.1", group="g", pool="p", user="root", port=sshd.port, jump=None,
-        identity=None, socket=socket, scheduler_name="n1",
+        name="127.0.0.1", group="g", pool="p", hostname=None, user="root", port=sshd.port,
+        jump=None, identity=None, socket=socket, scheduler_name="n1",
     )  # fmt: skip
 
 
@@ -217,8 +217,8 @@ async def test_several_agents_through_sshd_history_first(
         )
     )
     entries = [
-        NodeEntry(name=f"node{i}", group="g", pool="p", user=None, port=None, jump=None,
-                  identity=None, socket=a.socket, scheduler_name=f"node{i}")
+        NodeEntry(name=f"node{i}", group="g", pool="p", hostname=None, user=None, port=None,
+                  jump=None, identity=None, socket=a.socket, scheduler_name=f"node{i}")
         for i, a in enumerate(agents)
     ]  # fmt: skip
     fleet = FleetState(entries)

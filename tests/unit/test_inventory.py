@@ -162,3 +162,15 @@ def test_a_key_with_a_newline_still_gives_one_line() -> None:
         parse_inventory('[[group]]\nname = "a"\nnodes = "x"\n"evil\\nkey" = 1\n', "f.toml")
     assert "\n" not in str(err.value)
     assert "evil\\nkey" in str(err.value)
+
+
+def test_many_agents_behind_one_address() -> None:
+    """A host running several agents (the demo fleet does): one address, one socket each."""
+    inv = parse_inventory(
+        '[defaults]\nhostname = "127.0.0.1"\nport = 2222\nknown_hosts = "/tmp/kh"\n'
+        '[[group]]\nname = "d"\nnodes = "demo[1-2]"\nsocket = "/run/demo/{name}.sock"\n',
+        "f",
+    )
+    a, b = inv.nodes
+    assert (a.hostname, a.port, a.known_hosts) == ("127.0.0.1", 2222, "/tmp/kh")
+    assert (a.socket, b.socket) == ("/run/demo/demo1.sock", "/run/demo/demo2.sock")
