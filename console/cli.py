@@ -8,8 +8,11 @@ Scripts get ``--json`` on stdout, messages on stderr, and exit codes that mean s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import random
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -22,8 +25,8 @@ import click
 from agents.protocol import PROTOCOL_VERSION, GpufleetError
 from console import __version__
 from console.fleet import FleetState, NodeView
-from console.inventory import find_inventory, load_inventory
-from console.link import LinkOptions
+from console.inventory import Inventory, find_inventory, load_inventory
+from console.link import LinkOptions, NodeLink
 from console.selector import parse_selector, select
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
 
@@ -186,3 +189,92 @@ def inventory_check(reach: Reach) -> None:
         for r in results:
             click.echo(f"{r['name']:<24} {'ok' if r['ok'] else r['problem']:<18} {r['detail']}")
     sys.exit(exit_code(views))
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 500), default=16, show_default=True)
+@click.option("--gpus-per-node", "gpus", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option(
+    "--faults",
+    is_flag=True,
+    help="Script a few incidents: overheat, XID 79, ECC, a node whose agent dies and comes back.",
+)
+@click.option(
+    "--headless",
+    is_flag=True,
+    help="Serve the fleet without a screen, for other commands to use (with --inventory-out).",
+)
+@click.option(
+    "--inventory-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the demo fleet's inventory here.",
+)
+@click.option("--seconds", type=float, default=None, help="Stop after this long.")
+def demo(
+    nodes: int,
+    gpus: int,
+    faults: bool,
+    headless: bool,
+    inventory_out: Path | None,
+    seconds: float | None,
+) -> None:
+    """A fleet of simulated nodes on this machine, reached over real SSH (no root, no GPU,
+    no configuration). Until the TUI lands, it shows a live status table."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_demo(nodes, gpus, faults, headless, inventory_out, seconds))
+
+
+async def _demo(
+    nodes: int,
+    gpus: int,
+    faults: bool,
+    headless: bool,
+    inventory_out: Path | None,
+    seconds: float | None,
+) -> None:
+    from console.demo import demo_fleet, run_incidents
+
+    async with demo_fleet(nodes, gpus) as fleet:
+        if inventory_out is not None:
+            await asyncio.to_thread(shutil.copyfile, fleet.inventory, inventory_out)
+        where = inventory_out or fleet.inventory
+        click.echo(
+            f"demo fleet: {nodes} nodes x {gpus} simulated H100s behind SSH on 127.0.0.1; "
+            f"try: gpufleet status --inventory {where}",
+            err=True,
+        )
+        background = []
+        if faults:
+            rng = random.Random(0)  # noqa: S311  (a scripted demo, not security)
+            background.append(
+                asyncio.create_task(run_incidents(fleet, lambda m: click.echo(m, err=True), rng))
+            )
+        if not headless:
+            background.append(asyncio.create_task(_watch(load_inventory(fleet.inventory))))
+        try:
+            if seconds is None:
+                await asyncio.Event().wait()
+            else:
+                await asyncio.sleep(seconds)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+
+async def _watch(inv: Inventory) -> None:
+    """The live table, redrawn every 2 s from one FleetState fed by one link per node."""
+    state = FleetState(inv.nodes)
+    gate = asyncio.Semaphore(16)
+    links = [asyncio.create_task(NodeLink(e, state, LinkOptions(), gate).run()) for e in inv.nodes]
+    try:
+        while True:
+            await asyncio.sleep(2.0)
+            now = time.monotonic()
+            state.tick(now)
+            click.echo(table(state.nodes.values(), now) + "\n")
+    finally:
+        for task in links:
+            task.cancel()
+        await asyncio.gather(*links, return_exceptions=True)
