@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import random
 import shutil
 import sys
@@ -235,6 +236,8 @@ async def _demo(
 ) -> None:
     from console.demo import demo_fleet, run_incidents
 
+    # The nodes' own logs would interleave with the table; the demo announces its incidents.
+    logging.getLogger("gpufleet.agent").setLevel(logging.ERROR)
     async with demo_fleet(nodes, gpus) as fleet:
         if inventory_out is not None:
             await asyncio.to_thread(shutil.copyfile, fleet.inventory, inventory_out)
