@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncssh
+import psutil
 import pytest
 
 from agents.client import AgentClient
@@ -243,3 +244,32 @@ async def test_several_agents_through_sshd_history_first(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_frozen_link_is_noticed_within_the_keepalive_budget(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """Every sshd process stopped (SIGSTOP): the TCP connection stays up but nothing answers,
+    as across a partition. Keepalive (1 s x 4) must call it within about 5 s, and the link must
+    come back when sshd does."""
+    agent = agent_factory(*FAST).start()
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    assert sshd.proc is not None
+    try:
+        await until(lambda: run.view.link == "live", "live")
+        frozen = [psutil.Process(sshd.proc.pid), *psutil.Process(sshd.proc.pid).children(True)]
+        for p in frozen:
+            p.suspend()
+        loop = asyncio.get_running_loop()
+        cut = loop.time()
+        try:
+            await until(lambda: run.view.link not in ("live", "stale"), "the cut noticed", 15)
+            noticed = loop.time() - cut
+        finally:
+            for p in frozen:
+                p.resume()
+        assert run.view.link == "unreachable"
+        assert noticed < 8, f"keepalive took {noticed:.1f} s to notice"
+        await until(lambda: run.view.link == "live", "live again after the thaw")
+    finally:
+        await run.stop()
