@@ -82,6 +82,12 @@ def known_host_keys(path: Path, host: str, port: int | None) -> bool:
     return bool(host_keys or ca_keys)
 
 
+def _trusted(path: Path) -> str | list[str]:
+    """known_hosts for asyncssh: a missing file trusts nothing (as OpenSSH treats it), rather
+    than failing every connection with "No such file"."""
+    return str(path) if path.exists() else []
+
+
 def classify(exc: BaseException, entry: NodeEntry, options: LinkOptions) -> LinkFailure:
     """The link state an operator needs, with a reason that says what to do."""
     if isinstance(exc, LinkFailure):
@@ -172,7 +178,7 @@ class NodeLink:
         learn = o.host_keys == "accept-new" and not known_host_keys(known, host, e.port)
         async with self._connecting:
             if not learn:
-                return await asyncssh.connect(host, known_hosts=str(known), **kwargs)
+                return await asyncssh.connect(host, known_hosts=_trusted(known), **kwargs)
             # accept-new: this host has never been seen; trust its key now and remember it.
             conn = await asyncssh.connect(host, known_hosts=None, **kwargs)
             key = conn.get_server_host_key()

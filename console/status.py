@@ -8,6 +8,7 @@ Fields are added, never renamed or removed; a value not known is ``null``, never
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -105,7 +106,9 @@ async def snapshot(
             if loop.time() > deadline:
                 for view in fleet.nodes.values():
                     if not settled(view):
-                        fleet.set_link(view.name, "unreachable", f"no answer in {wait:g} s", 0.0)
+                        fleet.set_link(
+                            view.name, "unreachable", f"no answer in {wait:g} s", time.monotonic()
+                        )
                 break
             await asyncio.sleep(0.05)
     finally:

@@ -273,3 +273,16 @@ async def test_a_frozen_link_is_noticed_within_the_keepalive_budget(
         await until(lambda: run.view.link == "live", "live again after the thaw")
     finally:
         await run.stop()
+
+
+async def test_missing_known_hosts_file_means_unknown_host(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    agent = agent_factory(*FAST).start()
+    sshd.known_hosts.unlink()
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    try:
+        await until(lambda: run.view.link == "hostkey_unknown", "hostkey_unknown")
+        assert not sshd.known_hosts.exists(), "strict mode writes nothing"
+    finally:
+        await run.stop()

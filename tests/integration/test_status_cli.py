@@ -4,6 +4,7 @@ agents, and the JSON contract and exit codes a script relies on."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -140,3 +141,28 @@ def test_inventory_check_says_what_is_wrong_per_node(
     lines = out.stdout.splitlines()
     assert all("hostkey_unknown" in line for line in lines)
     assert all("ssh to it once, or use accept-new" in line for line in lines)
+
+
+def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -> None:
+    """A port that accepts TCP and then says nothing (no SSH banner): `status` gives up on that
+    node after --wait and says so, instead of hanging."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text(
+        f'[[group]]\nname = "g"\nnodes = "quiet1"\nhostname = "127.0.0.1"\nport = {port}\n'
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+             "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
+             "--wait", "1", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        silent.close()
+    assert out.returncode == 3
+    [node] = json.loads(out.stdout)
+    assert (node["link"], node["link_reason"]) == ("unreachable", "no answer in 1 s")
