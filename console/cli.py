@@ -132,11 +132,12 @@ class Reach:
     def views(self) -> list[NodeView]:
         """Select nodes from the inventory and take one snapshot of them over SSH."""
         inv = load_inventory(find_inventory(self.inventory))
-        chosen = select(FleetState(inv.nodes).nodes.values(), parse_selector(self.selector))
+        selector = parse_selector(self.selector)
+        chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact())
         if not self.as_json:
             click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
         fleet = asyncio.run(snapshot([v.entry for v in chosen], self.options, wait=self.wait))
-        return list(fleet.nodes.values())
+        return select(fleet.nodes.values(), selector)  # state=, link=, alert: now known
 
 
 def _reaching(fn: Callable[[Reach], None]) -> Callable[..., None]:
@@ -240,7 +241,10 @@ async def _demo(
     logging.getLogger("gpufleet.agent").setLevel(logging.ERROR)
     async with demo_fleet(nodes, gpus) as fleet:
         if inventory_out is not None:
-            await asyncio.to_thread(shutil.copyfile, fleet.inventory, inventory_out)
+            try:
+                await asyncio.to_thread(shutil.copyfile, fleet.inventory, inventory_out)
+            except OSError as exc:
+                raise GpufleetError(f"cannot write {inventory_out}: {exc.strerror}") from None
         where = inventory_out or fleet.inventory
         click.echo(
             f"demo fleet: {nodes} nodes x {gpus} simulated H100s behind SSH on 127.0.0.1; "

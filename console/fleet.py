@@ -122,7 +122,10 @@ class FleetState:
         """One frame from a node's agent."""
         view = self.nodes[node]
         if isinstance(frame, Inventory):
+            # Each session starts with the inventory, then the agent replays its whole
+            # buffer: start the history afresh rather than hold every replay twice.
             view.inventory = frame
+            view.history.clear()
         elif isinstance(frame, Sample):
             view.history.append(frame)
             if not frame.replay:

@@ -42,7 +42,7 @@ from agents.protocol import (
     encode,
 )
 from console import __version__
-from console.fleet import FleetState, LinkState
+from console.fleet import DOWN_STATES, FleetState, LinkState
 from console.inventory import NodeEntry
 
 log = logging.getLogger("gpufleet.console.link")
@@ -72,14 +72,45 @@ class LinkFailure(Exception):
         self.reason = reason
 
 
-def known_host_keys(path: Path, host: str, port: int | None) -> bool:
-    """Whether known_hosts holds any key for this host (to tell unknown from changed)."""
-    try:
-        known = asyncssh.read_known_hosts(str(path.expanduser()))
-    except (OSError, ValueError):
-        return False
-    host_keys, ca_keys, *_ = known.match(host, "", port or 22)
-    return bool(host_keys or ca_keys)
+class HostKeyPolicy(asyncssh.SSHClient):
+    """Decides about a host key that known_hosts does not already trust.
+
+    asyncssh calls ``validate_host_public_key`` with the host, address and port it actually
+    connected to (after ~/.ssh/config), only for keys the known_hosts file did not vouch for
+    and that are not revoked. "Never seen" is judged by the same lookup: any key, CA or
+    revocation for that host, address and port means the key changed, and it is refused in
+    every mode. An unreadable known_hosts file is refused too, never taken as empty.
+    """
+
+    def __init__(self, known_hosts: Path, learn: bool) -> None:
+        self._path = known_hosts
+        self._learn = learn
+        self.verdict: Literal["unknown", "changed"] | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        try:
+            seen = self._seen(host, addr, port)
+        except (OSError, ValueError) as exc:
+            log.error("%s: cannot read %s: %s", host, self._path, exc)
+            self.verdict = "changed"
+            return False
+        self.verdict = "changed" if seen else "unknown"
+        if seen or not self._learn:
+            return False
+        where = host if port == 22 else f"[{host}]:{port}"
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._path.open("a") as f:
+            f.write(f"{where} {key.export_public_key('openssh').decode().strip()}\n")
+        log.warning("%s: learned its host key (accept-new)", host)
+        return True
+
+    def _seen(self, host: str, addr: str, port: int) -> bool:
+        if not self._path.exists():
+            return False
+        matches = asyncssh.read_known_hosts(str(self._path)).match(host, addr, port)
+        return any(bool(m) for m in matches)
 
 
 def _trusted(path: Path) -> str | list[str]:
@@ -88,18 +119,19 @@ def _trusted(path: Path) -> str | list[str]:
     return str(path) if path.exists() else []
 
 
-def classify(exc: BaseException, entry: NodeEntry, options: LinkOptions) -> LinkFailure:
+def classify(
+    exc: BaseException, entry: NodeEntry, verdict: Literal["unknown", "changed"] | None = None
+) -> LinkFailure:
     """The link state an operator needs, with a reason that says what to do."""
     if isinstance(exc, LinkFailure):
         return exc
     name = entry.name
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        known = Path(entry.known_hosts or options.known_hosts)
-        if known_host_keys(known, entry.hostname or name, entry.port):
+        if verdict != "unknown":  # changed, revoked, or known_hosts unreadable
             return LinkFailure(
                 "hostkey_changed",
-                f"host key for {name} does not match known_hosts: check it before "
-                f"`ssh-keygen -R {name}`",
+                f"host key for {name} does not match known_hosts (or is revoked): find out "
+                "why before removing the old key with ssh-keygen -R",
             )
         return LinkFailure(
             "hostkey_unknown",
@@ -139,21 +171,23 @@ class NodeLink:
         self.via_attach = False  # the last session used `gpufleet-agent attach`
         self._identity = os.path.expanduser(entry.identity) if entry.identity else None
         self._known_hosts = Path(entry.known_hosts or options.known_hosts).expanduser()
+        self._policy: HostKeyPolicy | None = None
 
     async def run(self) -> None:
         """Keep the node's stream flowing until cancelled."""
         delay = self.options.backoff_initial
         while True:
+            reached = self.sessions
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # every failure is a link state, never a crash
-                failure = classify(exc, self.entry, self.options)
+                failure = classify(exc, self.entry, self._policy.verdict if self._policy else None)
                 self.fleet.set_link(self.entry.name, failure.state, failure.reason, self._now())
                 log.info("%s: %s: %s", self.entry.name, failure.state, failure.reason)
-            if self.sessions:
-                delay = self.options.backoff_initial  # it worked once: start over gently
+            if self.sessions > reached:
+                delay = self.options.backoff_initial  # this session worked: start over gently
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
             delay = min(self.options.backoff_max, delay * 2)
 
@@ -173,29 +207,28 @@ class NodeLink:
         if e.jump:
             kwargs["tunnel"] = e.jump
         kwargs = {k: v for k, v in kwargs.items() if v != ()}
-        known = self._known_hosts
-        host = e.hostname or e.name
-        learn = o.host_keys == "accept-new" and not known_host_keys(known, host, e.port)
+        policy = HostKeyPolicy(self._known_hosts, learn=o.host_keys == "accept-new")
+        self._policy = policy
         async with self._connecting:
-            if not learn:
-                return await asyncssh.connect(host, known_hosts=_trusted(known), **kwargs)
-            # accept-new: this host has never been seen; trust its key now and remember it.
-            conn = await asyncssh.connect(host, known_hosts=None, **kwargs)
-            key = conn.get_server_host_key()
-            if key is not None:
-                where = host if not e.port or e.port == 22 else f"[{host}]:{e.port}"
-                known.parent.mkdir(parents=True, exist_ok=True)
-                with known.open("a") as f:
-                    f.write(f"{where} {key.export_public_key('openssh').decode().strip()}\n")
-                log.warning("%s: learned its host key (accept-new)", e.name)
-            return conn
+            return await asyncssh.connect(
+                e.hostname or e.name,
+                known_hosts=_trusted(self._known_hosts),
+                client_factory=lambda: policy,
+                **kwargs,
+            )
 
     async def _session(self) -> None:
         name = self.entry.name
-        self.fleet.set_link(name, "connecting", "", self._now())
+        if self.fleet.nodes[name].link not in DOWN_STATES:  # a down node stays down (and
+            self.fleet.set_link(name, "connecting", "", self._now())  # alerting) until it is up
         async with await self._connect() as conn:
             frames, writer = await self._open(conn)
-            first = await frames.next()
+            wait = self.options.connect_timeout
+            try:
+                async with asyncio.timeout(wait):  # a mute agent is as good as down
+                    first = await frames.next()
+            except TimeoutError:
+                raise LinkFailure("agent_down", f"the agent said nothing in {wait:g} s") from None
             if not isinstance(first, Hello):
                 raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
             check_version(first)

@@ -34,6 +34,12 @@ class Selector:
     filters: dict[str, frozenset[str]] = field(default_factory=dict)
     alerting: bool = False
 
+    def before_contact(self) -> Selector:
+        """The part that can be judged from the inventory alone (hosts, pools): what to
+        connect to. State, link and alerts are known only after, so they are applied then."""
+        pools = {k: v for k, v in self.filters.items() if k == "pool"}
+        return Selector(hosts=self.hosts, globs=self.globs, filters=pools)
+
     def matches(self, view: NodeView) -> bool:
         if (self.hosts or self.globs) and not (
             view.name in self.hosts or any(fnmatch.fnmatchcase(view.name, g) for g in self.globs)

@@ -286,3 +286,71 @@ async def test_missing_known_hosts_file_means_unknown_host(
         assert not sshd.known_hosts.exists(), "strict mode writes nothing"
     finally:
         await run.stop()
+
+
+async def test_accept_new_refuses_a_changed_key_behind_an_ssh_config_alias(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    """The inventory says "node-a"; ~/.ssh/config says it is 127.0.0.1:PORT; known_hosts holds
+    another key for [127.0.0.1]:PORT. That is a changed key, whatever the alias."""
+    agent = agent_factory(*FAST).start()
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    sshd.known_hosts.write_text(sshd.known_hosts_line(other))
+    config = short_tmp / "ssh_config"
+    config.write_text(f"Host node-a\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n")
+    node = NodeEntry(
+        name="node-a", group="g", pool="p", hostname=None, user=None, port=None, jump=None,
+        identity=None, socket=agent.socket, scheduler_name="node-a",
+    )  # fmt: skip
+    run = Running(node, options(sshd, host_keys="accept-new", ssh_config=[str(config)]))
+    try:
+        await until(lambda: run.view.link == "hostkey_changed", "hostkey_changed")
+        assert sshd.known_hosts.read_text() == sshd.known_hosts_line(other), "nothing learned"
+    finally:
+        await run.stop()
+
+
+async def test_accept_new_refuses_a_revoked_key(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    agent = agent_factory(*FAST).start()
+    key = sshd.host_key.export_public_key("openssh").decode().strip()
+    sshd.known_hosts.write_text(f"@revoked * {key}\n")
+    run = Running(entry(sshd, agent.socket), options(sshd, host_keys="accept-new"))
+    try:
+        await until(lambda: run.view.link == "hostkey_changed", "refused")
+        assert sshd.known_hosts.read_text() == f"@revoked * {key}\n"
+    finally:
+        await run.stop()
+
+
+async def test_backoff_keeps_growing_for_a_node_that_stays_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a node has worked, a later outage must still back off, not retry every second."""
+    node = NodeEntry(
+        name="n", group="g", pool="p", hostname=None, user=None, port=None, jump=None,
+        identity=None, socket="/s", scheduler_name="n",
+    )  # fmt: skip
+    fleet = FleetState([node])
+    link = NodeLink(node, fleet, LinkOptions(backoff_initial=1.0, backoff_max=60.0),
+                    asyncio.Semaphore(1))  # fmt: skip
+    delays: list[float] = []
+
+    async def session() -> None:
+        if not delays:
+            link.sessions += 1  # the first session reached the agent, then broke
+        raise OSError("connection refused")
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 6:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(link, "_session", session)
+    monkeypatch.setattr("console.link.random.uniform", lambda a, b: 1.0)
+    monkeypatch.setattr("console.link.asyncio.sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await link.run()
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    assert fleet.nodes["n"].link == "unreachable"

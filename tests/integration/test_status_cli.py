@@ -86,6 +86,12 @@ def test_status_json_contract_and_exit_codes(
     assert down["link"] == "agent_down"
     assert "no.sock" in down["link_reason"]
 
+    live = gpufleet(sshd, inventory, config, "link=live", "--json")
+    assert [n["name"] for n in json.loads(live.stdout)] == ["node1", "node2"], (
+        "state=/link=/alert are judged after contact, not on the blank inventory"
+    )
+    assert live.returncode == 0
+
     none = gpufleet(sshd, inventory, config, "node3")
     assert none.returncode == 3
     assert "agent_down" in none.stdout

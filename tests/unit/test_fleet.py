@@ -142,3 +142,13 @@ def test_subscribers_get_coalesced_changes(fleet: FleetState) -> None:
     assert calls == [{"gpu1", "gpu2"}]
     assert fleet.flush() == set()
     assert len(calls) == 1, "nothing changed: nobody is called"
+
+
+def test_a_reconnect_replaces_the_history_instead_of_doubling_it(fleet: FleetState) -> None:
+    n = Node("gpu1")
+    samples = [n.tick()[0] for _ in range(4)]
+    for _ in range(2):  # two sessions, each replaying the agent's buffer
+        fleet.apply("gpu1", n.inventory(), 0.0)
+        for s in samples:
+            fleet.apply("gpu1", msgspec.structs.replace(s, replay=True), 0.0)
+    assert [s.seq for s in fleet.nodes["gpu1"].history] == [s.seq for s in samples]
