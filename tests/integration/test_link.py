@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -24,13 +24,6 @@ from tests.integration.sshd import Sshd, start_sshd
 pytestmark = pytest.mark.integration
 
 FAST = ("--backend", "sim", "--gpus", "2", "--interval", "0.1")
-
-
-@pytest.fixture
-def sshd(short_tmp: Path) -> Iterator[Sshd]:
-    server = start_sshd(short_tmp / "sshd")
-    yield server
-    server.stop()
 
 
 def entry(sshd: Sshd, socket: str) -> NodeEntry:

@@ -7,24 +7,17 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import AgentProc
-from tests.integration.sshd import Sshd, start_sshd
+from tests.integration.sshd import Sshd
 
 pytestmark = pytest.mark.integration
 
 FAST = ("--backend", "sim", "--gpus", "2", "--interval", "0.2")
-
-
-@pytest.fixture
-def sshd(short_tmp: Path) -> Iterator[Sshd]:
-    server = start_sshd(short_tmp / "sshd")
-    yield server
-    server.stop()
 
 
 def write_fleet(root: Path, sshd: Sshd, sockets: dict[str, str]) -> tuple[Path, Path]:
