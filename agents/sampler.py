@@ -139,7 +139,6 @@ class Sampler:
         self._prev: dict[int, GpuReading] = {}
         self._slow: dict[int, dict[str, int | None]] = {}
         self._slow_lock = threading.Lock()
-        self.tick_seconds = 0.0  # how long the last tick's reads took (for logs and benches)
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -167,14 +166,12 @@ class Sampler:
 
     def read(self) -> RawTick:
         """The blocking part of a tick: backend and host reads, no shared state touched."""
-        t0 = time.perf_counter()
         gpus = self._merge_slow(self.backend.read())
         host = self.host.read()
         xids = [
             Finding("xid", e.gpu, f"GPU {e.gpu}: XID {e.xid}", xid=e.xid)
             for e in self.backend.drain_events()
         ]
-        self.tick_seconds = time.perf_counter() - t0
         return RawTick(gpus, host, xids)
 
     def record(self, raw: RawTick) -> tuple[Sample, list[Event]]:

@@ -176,10 +176,6 @@ class AgentServer:
         self._server: asyncio.Server | None = None
         self.path = Path(config.agent.socket)
 
-    @property
-    def clients(self) -> int:
-        return len(self._clients)
-
     async def start(self) -> None:
         a = self._config.agent
         sock = bind_socket(self.path, socket_mode(a.socket_mode), a.socket_group)

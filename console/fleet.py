@@ -212,9 +212,6 @@ class FleetState:
             node, "temperature", severity, f"GPU {gpu}: {temp} C, slowdown at {limit} C", gpu
         )
 
-    def active_alerts(self) -> list[Alert]:
-        return [a for view in self.nodes.values() for a in view.alerts]
-
     # -- subscribers --------------------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[set[str]], None]) -> None:
