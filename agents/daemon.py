@@ -105,7 +105,7 @@ class Agent:
             config=config,
             node=self.node,
             inventory=self.inventory,
-            history=lambda: self.sampler.replay,
+            history=self.sampler.history,
             handler=self.handler,
             interval=a.interval,
         )

@@ -8,7 +8,8 @@ Conversation, as the agent sees it::
 
     agent  -> Hello                       (first frame, always)
     client -> Hello                       (first frame, always; a major mismatch ends it)
-    agent  -> Inventory, Sample(replay=True) x history, then live Sample / Event frames
+    agent  -> Inventory, Sample(replay=True) x history, Event(replay=True) x recent events,
+              then live Sample / Event frames
     client -> Request ...                 agent -> Response (same id)
 
 Readings the hardware did not give (NotSupported, GPU lost, no baseline yet) are ``None``:
@@ -23,7 +24,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 0
+PROTOCOL_MINOR: Final = 1  # 1.1: Event.replay
 PROTOCOL_VERSION: Final = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 #: Largest frame either side accepts, newline included. A sample of 8 GPUs with a few
@@ -248,6 +249,7 @@ class Event(_Frame, tag="event", kw_only=True, frozen=True):
     count: int | None = None  # ECC: the counter's new value
     message: str
     state: NodeState | None = None  # kind == "state"
+    replay: bool = False  # True for an event retold to a client that connected after it
 
 
 class Request(_Frame, tag="request", kw_only=True, frozen=True):

@@ -72,6 +72,10 @@ class RawTick:
 
 _HEALTHY = GpuReading(index=-1)
 
+#: Events kept for new clients. Events are rare (a healthy node has none), so this covers
+#: far longer than the sample history: hours of a flapping GPU, not seconds.
+EVENT_HISTORY = 64
+
 
 def _slowed(r: GpuReading) -> frozenset[str]:
     """The alarming clocks-event reasons set: heat, or a hardware brake; the power cap that a
@@ -134,11 +138,19 @@ class Sampler:
         self.ring: deque[Sample] = deque(maxlen=history_len)
         #: The same samples encoded as replay frames, once, for every client that connects.
         self.replay: deque[bytes] = deque(maxlen=history_len)
+        #: Recent events, encoded as replay frames: a console that connects after an XID
+        #: still hears of it (dated by its own ts), though the samples around it have gone.
+        self.event_replay: deque[bytes] = deque(maxlen=EVENT_HISTORY)
         self._clock = clock
         self._seq = 0
         self._prev: dict[int, GpuReading] = {}
         self._slow: dict[int, dict[str, int | None]] = {}
         self._slow_lock = threading.Lock()
+
+    def history(self) -> list[bytes]:
+        """What a new client is sent after the inventory: samples, then the recent events
+        (after, so that a reader can date each event against the newest sample)."""
+        return [*self.replay, *self.event_replay]
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -193,6 +205,7 @@ class Sampler:
             )
             for f in findings
         ]
+        self.event_replay.extend(encode(msgspec.structs.replace(e, replay=True)) for e in events)
         sample = Sample(seq=self.next_seq(), ts=ts, host=raw.host, gpus=raw.gpus)
         self.ring.append(sample)
         self.replay.append(encode(msgspec.structs.replace(sample, replay=True)))

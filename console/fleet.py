@@ -29,7 +29,7 @@ from agents.protocol import (
 from console.inventory import NodeEntry
 
 LinkState = Literal[
-    "connecting",
+    "connecting",  # only until the first answer: a retry keeps the data, or the node down
     "live",
     "stale",
     "unreachable",
@@ -86,6 +86,9 @@ class NodeView:
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=200))
     xids_seen: dict[int, tuple[float, int]] = field(default_factory=dict)  # gpu -> (at, xid)
     alerts: list[Alert] = field(default_factory=list)
+    #: Why the stream broke while its data was still recent: the link state it becomes if no
+    #: sample comes back within the stale window.
+    lost: tuple[LinkState, str] | None = None
 
     @property
     def name(self) -> str:
@@ -113,10 +116,34 @@ class FleetState:
     # -- what the links report ------------------------------------------------------------
 
     def set_link(self, node: str, link: LinkState, reason: str, now: float) -> None:
+        """A link's news. A stream that breaks while its data is still within the stale window
+        (an agent restarting, a blip) makes the node stale, not down: it is down only if no
+        sample comes back in time (``tick``), so a routine agent restart does not page."""
         view = self.nodes[node]
+        if link != "live" and view.link in ("live", "stale") and not self._expired(view, now):
+            view.lost = (link, reason)
+            link, reason = "stale", self._stale_reason(view, now)
+        else:
+            view.lost = None
+        self._set(view, link, reason, now)
+
+    def _set(self, view: NodeView, link: LinkState, reason: str, now: float) -> None:
         if (view.link, view.link_reason) != (link, reason):
-            view.link, view.link_reason, view.link_since = link, reason, now
+            if view.link != link:
+                view.link_since = now
+            view.link, view.link_reason = link, reason
             self._judge(view, now)
+
+    def _expired(self, view: NodeView, now: float) -> bool:
+        age = view.age(now)
+        return age is None or age > self.rules.stale_intervals * view.interval
+
+    @staticmethod
+    def _stale_reason(view: NodeView, now: float) -> str:
+        said = f"no sample for {view.age(now) or 0:.0f} s"
+        if view.lost is None:
+            return said
+        return f"{said}; {view.lost[1]}; reconnecting"
 
     def apply(self, node: str, frame: Inventory | Sample | Event, now: float) -> None:
         """One frame from a node's agent."""
@@ -129,15 +156,24 @@ class FleetState:
         elif isinstance(frame, Sample):
             view.history.append(frame)
             if not frame.replay:
-                view.sample, view.sample_at = frame, now
+                view.sample, view.sample_at, view.lost = frame, now, None
                 if view.link != "live":
                     view.link, view.link_reason, view.link_since = "live", "", now
-            elif view.sample is None or frame.seq > view.sample.seq:
-                view.sample = frame  # history fills the table too until live samples come
+            elif view.sample is None or frame.ts >= view.sample.ts:
+                # History fills the table too until live samples come. By the agent's clock,
+                # not seq: a restarted agent numbers from 1 again.
+                view.sample = frame
         else:
+            if frame.replay and _known(view.events, frame):
+                return  # retold on a reconnect to the same agent: heard it already
             view.events.append(frame)
             if frame.kind == "xid" and frame.gpu is not None and frame.xid is not None:
-                view.xids_seen[frame.gpu] = (now, frame.xid)
+                seen = now
+                if frame.replay and view.sample is not None:
+                    # Dated by the agent's own clock against its newest sample (sent just
+                    # before), so an old XID retold to a new console expires on time.
+                    seen = now - max(0.0, view.sample.ts - frame.ts)
+                view.xids_seen[frame.gpu] = (seen, frame.xid)
             if frame.kind == "state" and frame.state is not None and view.inventory is not None:
                 view.inventory = _with_state(view.inventory, frame.state)
         self._judge(view, now)
@@ -152,15 +188,23 @@ class FleetState:
     # -- time passing -----------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Mark live nodes whose samples stopped as stale, with their age."""
+        """Age the nodes: a live node whose samples stopped goes stale (showing its age), and a
+        stale node whose stream broke is down once the stale window has passed."""
+        window = self.rules.xid_window_s
         for view in self.nodes.values():
-            age = view.age(now)
-            limit = self.rules.stale_intervals * view.interval
-            if view.link in ("live", "stale") and age is not None and age > limit:
-                reason = f"no sample for {age:.0f} s"
-                if (view.link, view.link_reason) != ("stale", reason):
-                    view.link, view.link_reason = "stale", reason
-                    self._judge(view, now)
+            old = [gpu for gpu, (at, _) in view.xids_seen.items() if now - at > window]
+            if old:  # expire XID alerts on a node that sends nothing to re-judge it by
+                for gpu in old:
+                    del view.xids_seen[gpu]
+                self._judge(view, now)
+            if view.link not in ("live", "stale") or view.sample_at is None:
+                continue
+            expired = self._expired(view, now)
+            if expired and view.lost is not None:
+                (link, reason), view.lost = view.lost, None
+                self._set(view, link, reason, now)
+            elif expired or view.link == "stale":
+                self._set(view, "stale", self._stale_reason(view, now), now)
 
     # -- alerts -------------------------------------------------------------------------------
 
@@ -225,6 +269,10 @@ class FleetState:
         for callback in self._subscribers:
             callback(set(changed))
         return changed
+
+
+def _known(events: Iterable[Event], event: Event) -> bool:
+    return any((e.seq, e.ts, e.kind) == (event.seq, event.ts, event.kind) for e in events)
 
 
 def _with_state(inv: Inventory, state: NodeState) -> Inventory:

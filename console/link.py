@@ -42,7 +42,7 @@ from agents.protocol import (
     encode,
 )
 from console import __version__
-from console.fleet import DOWN_STATES, FleetState, LinkState
+from console.fleet import FleetState, LinkState
 from console.inventory import NodeEntry
 
 log = logging.getLogger("gpufleet.console.link")
@@ -113,10 +113,18 @@ class HostKeyPolicy(asyncssh.SSHClient):
         return any(bool(m) for m in matches)
 
 
-def _trusted(path: Path) -> str | list[str]:
-    """known_hosts for asyncssh: a missing file trusts nothing (as OpenSSH treats it), rather
-    than failing every connection with "No such file"."""
-    return str(path) if path.exists() else []
+def _trusted(path: Path) -> asyncssh.SSHKnownHosts | list[str]:
+    """known_hosts for asyncssh, read here so that a bad file is reported as what it is. A
+    missing file trusts nothing (as OpenSSH treats it); one that cannot be read or parsed
+    trusts nothing either, and says so, rather than passing for a network failure."""
+    if not path.exists():
+        return []
+    try:
+        return asyncssh.read_known_hosts(str(path))
+    except (OSError, ValueError) as exc:
+        raise LinkFailure(
+            "hostkey_unknown", f"cannot use {path}: {exc}: no host key can be checked"
+        ) from None
 
 
 def classify(
@@ -219,8 +227,6 @@ class NodeLink:
 
     async def _session(self) -> None:
         name = self.entry.name
-        if self.fleet.nodes[name].link not in DOWN_STATES:  # a down node stays down (and
-            self.fleet.set_link(name, "connecting", "", self._now())  # alerting) until it is up
         async with await self._connect() as conn:
             frames, writer = await self._open(conn)
             wait = self.options.connect_timeout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,13 @@ class Sshd:
     host_key: asyncssh.SSHKey
     client_key_path: Path
     known_hosts: Path
+    address: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
 
     def known_hosts_line(self, key: asyncssh.SSHKey | None = None) -> str:
         key = key or self.host_key
-        return f"[127.0.0.1]:{self.port} {key.export_public_key('openssh').decode().strip()}\n"
+        public = key.export_public_key("openssh").decode().strip()
+        return f"[{self.address}]:{self.port} {public}\n"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -48,7 +51,11 @@ class Sshd:
             self.proc.wait(10)
 
 
-def start_sshd(root: Path, *, streamlocal: bool = True) -> Sshd:
+def start_sshd(
+    root: Path, *, streamlocal: bool = True, address: str = "127.0.0.1", prefix: Sequence[str] = ()
+) -> Sshd:
+    """``prefix`` runs sshd through another command (``ip netns exec NS``), listening on
+    ``address`` there."""
     if os.geteuid() != 0:
         skip_or_fail("a private sshd on loopback needs root here (privilege separation)")
     sshd = ensure_tool("sshd", "openssh-server")
@@ -61,23 +68,23 @@ def start_sshd(root: Path, *, streamlocal: bool = True) -> Sshd:
     (root / "authorized_keys").write_bytes(client_key.export_public_key("openssh"))
     port = free_port()
     (root / "sshd_config").write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {root / 'host_key'}\n"
+        f"ListenAddress {address}\nPort {port}\nHostKey {root / 'host_key'}\n"
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nPidFile none\nMaxStartups 100\nLogLevel ERROR\n"
         f"AllowStreamLocalForwarding {'yes' if streamlocal else 'no'}\n"
     )
-    server = Sshd(root, port, host_key, root / "client_key", root / "known_hosts")
+    server = Sshd(root, port, host_key, root / "client_key", root / "known_hosts", address)
     server.known_hosts.write_text(server.known_hosts_line())
     log = (root / "sshd.log").open("ab")
     server.proc = subprocess.Popen(
-        [sshd, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log
+        [*prefix, sshd, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log
     )
     log.close()
 
     def listening() -> bool:
         with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
+            return s.connect_ex((address, port)) == 0
 
     wait_for(listening, 15, "sshd to listen")
     return server

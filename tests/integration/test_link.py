@@ -4,6 +4,7 @@ asyncssh in between, as on a real fleet."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from console.fleet import FleetState
 from console.inventory import NodeEntry
 from console.link import LinkOptions, NodeLink
 from tests.conftest import AgentProc
+from tests.integration.netns import netns
 from tests.integration.sshd import Sshd, start_sshd
 
 pytestmark = pytest.mark.integration
@@ -55,18 +57,38 @@ async def until(cond: Callable[[], object], what: str, limit: float = 20.0) -> N
 
 
 class Running:
-    """A NodeLink running in the background for the length of a test."""
+    """A NodeLink running in the background for the length of a test, with the model's
+    clock ticking as the console's would, and every link state it passed through kept."""
 
     def __init__(self, node: NodeEntry, opts: LinkOptions) -> None:
         self.fleet = FleetState([node])
         self.link = NodeLink(node, self.fleet, opts, asyncio.Semaphore(4))
         self.view = self.fleet.nodes[node.name]
+        self.seen: list[str] = []
+        self.fleet.subscribe(self._record)
         self.task = asyncio.create_task(self.link.run())
+        self.ticker = asyncio.create_task(self._tick())
+
+    def shows(self, link: str) -> Callable[[], bool]:
+        """The screen's view: the link state as of the latest flush."""
+        return lambda: self.seen[-1:] == [link]
+
+    def _record(self, _changed: set[str]) -> None:
+        if not self.seen or self.seen[-1] != self.view.link:
+            self.seen.append(self.view.link)
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.fleet.tick(loop.time())
+            self.fleet.flush()
+            await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await self.task
+        for task in (self.task, self.ticker):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
 
 async def test_stream_reaches_the_fleet_over_ssh(
@@ -157,12 +179,18 @@ async def test_nothing_listening_is_unreachable(sshd: Sshd, short_tmp: Path) -> 
 async def test_agent_killed_and_restarted_is_recovered_without_restarting_the_link(
     sshd: Sshd, agent_factory: Callable[..., AgentProc]
 ) -> None:
+    """Killed, the agent's stream ends: the node shows stale at once (its data is no longer
+    coming) and, once the stale window passes with no agent, down with the reason; restarted,
+    it is live again on the same console."""
     agent = agent_factory(*FAST).start()
     run = Running(entry(sshd, agent.socket), options(sshd))
     try:
         await until(lambda: run.view.link == "live", "live")
         agent.stop(signal.SIGKILL)
-        await until(lambda: run.view.link in ("agent_down", "unreachable"), "the loss seen")
+        await until(run.shows("agent_down"), "the loss seen")
+        assert run.seen[-3:] == ["live", "stale", "agent_down"], run.seen
+        assert "agent" in run.view.link_reason
+        assert [a.kind for a in run.view.alerts] == ["unreachable"]
         await asyncio.to_thread(agent.start)
         await until(lambda: run.view.link == "live", "live again")
         assert run.link.sessions >= 2
@@ -268,6 +296,37 @@ async def test_a_frozen_link_is_noticed_within_the_keepalive_budget(
         await run.stop()
 
 
+async def test_a_partition_is_noticed_within_the_keepalive_budget_and_heals(
+    short_tmp: Path, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """The node's sshd in its own network namespace; an nftables table there drops every
+    packet, as a dead switch would. The console must call the node stale, then unreachable
+    within the keepalive budget (1 s x 4), and be live again when the rule goes, by itself."""
+    with netns() as ns:
+        server = start_sshd(short_tmp / "sshd", address=ns.node_addr, prefix=ns.exec_prefix())
+        try:
+            agent = agent_factory(*FAST).start()
+            node = dataclasses.replace(entry(server, agent.socket), name="node-ns")
+            node = dataclasses.replace(node, hostname=ns.node_addr)
+            run = Running(node, options(server))
+            try:
+                await until(lambda: run.view.link == "live", "live")
+                loop = asyncio.get_running_loop()
+                await asyncio.to_thread(ns.cut)
+                cut = loop.time()
+                await until(run.shows("unreachable"), "the partition noticed", 15)
+                noticed = loop.time() - cut
+                assert run.seen[-3:] == ["live", "stale", "unreachable"], run.seen
+                assert noticed < 7, f"keepalive took {noticed:.1f} s to notice"
+                await asyncio.to_thread(ns.heal)
+                await until(lambda: run.view.link == "live", "live again after the heal")
+                assert run.link.sessions >= 2
+            finally:
+                await run.stop()
+        finally:
+            server.stop()
+
+
 async def test_missing_known_hosts_file_means_unknown_host(
     sshd: Sshd, agent_factory: Callable[..., AgentProc]
 ) -> None:
@@ -277,6 +336,20 @@ async def test_missing_known_hosts_file_means_unknown_host(
     try:
         await until(lambda: run.view.link == "hostkey_unknown", "hostkey_unknown")
         assert not sshd.known_hosts.exists(), "strict mode writes nothing"
+    finally:
+        await run.stop()
+
+
+async def test_malformed_known_hosts_is_named_as_such(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    agent = agent_factory(*FAST).start()
+    sshd.known_hosts.write_text(sshd.known_hosts_line() + "truncated-line\n")
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    try:
+        await until(lambda: run.view.link == "hostkey_unknown", "hostkey_unknown")
+        assert f"cannot use {sshd.known_hosts}" in run.view.link_reason
+        assert "Invalid known hosts entry" in run.view.link_reason
     finally:
         await run.stop()
 

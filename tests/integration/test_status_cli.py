@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.protocol import PROTOCOL_VERSION
 from tests.conftest import AgentProc
 from tests.integration.sshd import Sshd
 
@@ -124,7 +125,7 @@ def test_inventory_check_says_what_is_wrong_per_node(
     assert out.returncode == 1
     one, two = json.loads(out.stdout)
     assert one["ok"] is True
-    assert "protocol 1.0" in one["detail"]
+    assert f"protocol {PROTOCOL_VERSION}" in one["detail"]
     assert "2 GPU(s) via sim" in one["detail"]
     assert (two["ok"], two["problem"]) == (False, "agent_down")
     assert "no.sock" in two["detail"]

@@ -152,3 +152,71 @@ def test_a_reconnect_replaces_the_history_instead_of_doubling_it(fleet: FleetSta
         for s in samples:
             fleet.apply("gpu1", msgspec.structs.replace(s, replay=True), 0.0)
     assert [s.seq for s in fleet.nodes["gpu1"].history] == [s.seq for s in samples]
+
+
+def test_a_broken_stream_is_stale_first_and_down_after_the_stale_window(
+    fleet: FleetState,
+) -> None:
+    """An agent restarting (systemd brings it back in a second or two) must not page: while
+    its data is recent the node is stale, saying why; if nothing comes back in the stale
+    window, it is down with the link's reason."""
+    n = Node("gpu1")
+    view = fleet.nodes["gpu1"]
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    feed(fleet, n, 10.0)
+    fleet.set_link("gpu1", "agent_down", "the agent closed the stream", 10.5)
+    assert view.link == "stale"
+    assert "the agent closed the stream; reconnecting" in view.link_reason
+    assert kinds(fleet, "gpu1") == ["stale"]
+    fleet.tick(12.0)
+    assert view.link == "stale"
+    fleet.tick(13.5)
+    assert (view.link, view.link_reason) == ("agent_down", "the agent closed the stream")
+    assert kinds(fleet, "gpu1") == ["unreachable"]
+    feed(fleet, n, 15.0)
+    assert (view.link, view.lost) == ("live", None)
+
+
+def test_a_stream_back_in_time_never_shows_down(fleet: FleetState) -> None:
+    n = Node("gpu1")
+    view = fleet.nodes["gpu1"]
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    feed(fleet, n, 10.0)
+    fleet.set_link("gpu1", "agent_down", "the agent closed the stream", 10.5)
+    fleet.apply("gpu1", n.inventory(), 11.0)
+    feed(fleet, n, 11.5)
+    fleet.tick(20.0)
+    assert (view.link, view.link_reason) == ("stale", "no sample for 8 s"), "an ordinary stale"
+
+
+def test_a_failure_after_the_stale_window_is_down_at_once(fleet: FleetState) -> None:
+    n = Node("gpu1")
+    view = fleet.nodes["gpu1"]
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    feed(fleet, n, 10.0)
+    fleet.tick(14.0)
+    assert view.link == "stale"
+    fleet.set_link("gpu1", "unreachable", "keepalive timed out", 15.0)
+    assert (view.link, view.link_reason) == ("unreachable", "keepalive timed out")
+
+
+def test_recent_events_retold_on_connect_are_dated_by_the_agent_and_not_doubled() -> None:
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes, AlertRules(xid_window_s=60))
+    n = Node("gpu1")
+    view = fleet.nodes["gpu1"]
+    n.backend.inject("xid79", 0)
+    sample, events = n.tick()
+    xid = next(e for e in events if e.kind == "xid")
+    retold = msgspec.structs.replace(xid, replay=True)
+    later = msgspec.structs.replace(sample, ts=xid.ts + 50, replay=True)  # 50 s later
+    for _ in range(2):  # two sessions with the same agent
+        fleet.apply("gpu1", n.inventory(), 100.0)
+        fleet.apply("gpu1", later, 100.0)
+        fleet.apply("gpu1", retold, 100.0)
+    assert [e.kind for e in view.events] == ["xid"], "heard once"
+    assert view.xids_seen[0] == (50.0, 79), "dated 50 s before now, by the agent's clock"
+    assert "xid" in kinds(fleet, "gpu1")
+    fleet.tick(109.0)
+    assert "xid" in kinds(fleet, "gpu1")
+    fleet.tick(111.0)
+    assert "xid" not in kinds(fleet, "gpu1"), "expired 60 s after the agent saw it"

@@ -10,8 +10,8 @@ import pytest
 from agents.gpu.base import SLOW_FIELDS
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
-from agents.protocol import GpuReading, HostReading
-from agents.sampler import Finding, Sampler, derive_findings
+from agents.protocol import Event, GpuReading, HostReading, Sample, decode
+from agents.sampler import EVENT_HISTORY, Finding, Sampler, derive_findings
 
 # ---------------------------------------------------------------------------------------------
 # derive_findings
@@ -344,3 +344,17 @@ def test_timestamps_come_from_the_clock() -> None:
     a, _ = sampler.tick()
     b, _ = sampler.tick()
     assert b.ts == a.ts + 1.0
+
+
+def test_history_is_samples_then_recent_events_as_replays() -> None:
+    sampler, backend, _ = make_sampler(gpus=2, history_len=3)
+    sampler.tick()
+    backend.inject("xid79", 1)
+    sampler.tick()
+    for _ in range(5):
+        sampler.tick()
+    frames = [decode(b) for b in sampler.history()]
+    assert [type(f).__name__ for f in frames] == ["Sample"] * 3 + ["Event", "Event"]
+    assert all(isinstance(f, Sample | Event) and f.replay for f in frames)
+    assert [f.kind for f in frames if isinstance(f, Event)] == ["xid", "gpu_lost"]
+    assert len(sampler.event_replay) <= EVENT_HISTORY
