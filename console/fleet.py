@@ -26,6 +26,7 @@ from agents.protocol import (
     NodeState,
     Sample,
 )
+from console.history import History
 from console.inventory import NodeEntry
 
 LinkState = Literal[
@@ -82,7 +83,7 @@ class NodeView:
     sample_at: float | None = None  # console monotonic time the latest sample arrived
     interval: float = 1.0
     agent: str | None = None  # the agent's software and protocol, from its hello
-    history: deque[Sample] = field(default_factory=deque)  # bounded by FleetState
+    history: History = field(default_factory=lambda: History(AlertRules().history))
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=200))
     xids_seen: dict[int, tuple[float, int]] = field(default_factory=dict)  # gpu -> (at, xid)
     alerts: list[Alert] = field(default_factory=list)
@@ -108,7 +109,7 @@ class FleetState:
     def __init__(self, entries: Iterable[NodeEntry], rules: AlertRules | None = None) -> None:
         self.rules = rules or AlertRules()
         self.nodes: dict[str, NodeView] = {
-            e.name: NodeView(e, history=deque(maxlen=self.rules.history)) for e in entries
+            e.name: NodeView(e, history=History(self.rules.history)) for e in entries
         }
         self._dirty: set[str] = set()
         self._subscribers: list[Callable[[set[str]], None]] = []

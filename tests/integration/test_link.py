@@ -253,12 +253,12 @@ async def test_several_agents_through_sshd_history_first(
             "all three live",
         )
         for view in fleet.nodes.values():
-            flags = [s.replay for s in view.history]
+            flags = view.history.replayed()
             first_live = flags.index(False)
             assert first_live >= 5, f"{view.name}: history should come first"
             assert all(flags[:first_live])
             assert not any(flags[first_live:])
-            seqs = [s.seq for s in view.history]
+            seqs = view.history.seqs()
             assert seqs == sorted(set(seqs))
         assert len({v.inventory.gpus[0].uuid for v in fleet.nodes.values() if v.inventory}) == 3
     finally:

@@ -151,7 +151,7 @@ def test_a_reconnect_replaces_the_history_instead_of_doubling_it(fleet: FleetSta
         fleet.apply("gpu1", n.inventory(), 0.0)
         for s in samples:
             fleet.apply("gpu1", msgspec.structs.replace(s, replay=True), 0.0)
-    assert [s.seq for s in fleet.nodes["gpu1"].history] == [s.seq for s in samples]
+    assert fleet.nodes["gpu1"].history.seqs() == [s.seq for s in samples]
 
 
 def test_a_broken_stream_is_stale_first_and_down_after_the_stale_window(
