@@ -40,7 +40,6 @@ import datetime as dt
 import itertools
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -59,8 +58,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import msgspec
 import psutil
+from benchlib import machine_facts
 
 from agents.client import AgentClient
 from agents.config import AgentConfig
@@ -546,29 +545,6 @@ def measure_baseline_or_error(
 # Reporting
 
 
-def _machine() -> dict[str, Any]:
-    model = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": model,
-        "cpu_count_logical": psutil.cpu_count(),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "cpu_affinity": len(os.sched_getaffinity(0)),
-        "memory_total_bytes": psutil.virtual_memory().total,
-        "python": sys.version,
-        "python_executable": sys.executable,
-        "psutil": psutil.__version__,
-        "msgspec": msgspec.__version__,
-        "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"),
-    }
-
-
 def _h100_reference() -> dict[str, Any] | None:
     try:
         smi = json.loads(TIMING_FIXTURE.read_text())["nvidia_smi"]
@@ -953,7 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "out": str(args.out),
             "backend": args.backend,
         },
-        "machine": _machine(),
+        "machine": machine_facts(),
         **({"gpu": _gpu_facts(inventory, nvidia_smi)} if nvml and inventory else {}),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),

@@ -105,10 +105,11 @@ class DemoFleet:
                 await self.stop_agent(name)
 
 
-async def start_fleet(root: Path, nodes: int, gpus: int) -> DemoFleet:
-    """Agents, SSH server, keys, known_hosts and inventory under ``root``."""
+async def start_fleet(root: Path, nodes: int, gpus: int, first: int = 1) -> DemoFleet:
+    """Agents, SSH server, keys, known_hosts and inventory under ``root``. Nodes are numbered
+    from ``first`` (several fleets side by side, as the fan-in benchmark runs them)."""
     (root / "run").mkdir(mode=0o700, parents=True)
-    names = [f"demo{i:02d}" for i in range(1, nodes + 1)]
+    names = [f"demo{i:02d}" for i in range(first, first + nodes)]
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     key_path = root / "client_key"
@@ -167,9 +168,9 @@ async def run_incidents(fleet: DemoFleet, say: Callable[[str], None], rng: rando
 
 
 @contextlib.asynccontextmanager
-async def demo_fleet(nodes: int, gpus: int) -> AsyncIterator[DemoFleet]:
+async def demo_fleet(nodes: int, gpus: int, first: int = 1) -> AsyncIterator[DemoFleet]:
     with tempfile.TemporaryDirectory(prefix="gpufleet-demo-") as tmp:
-        fleet = await start_fleet(Path(tmp), nodes, gpus)
+        fleet = await start_fleet(Path(tmp), nodes, gpus, first)
         try:
             yield fleet
         finally:

@@ -1,0 +1,36 @@
+"""What every benchmark here records about the machine it ran on, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+
+
+def machine_facts() -> dict[str, Any]:
+    model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": model,
+        "cpu_count_logical": psutil.cpu_count(),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "cpu_affinity": len(os.sched_getaffinity(0)),
+        "memory_total_bytes": psutil.virtual_memory().total,
+        "python": sys.version,
+        "python_executable": sys.executable,
+        "psutil": psutil.__version__,
+        "msgspec": msgspec.__version__,
+        "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"),
+    }
