@@ -26,8 +26,9 @@ import click
 from agents.protocol import PROTOCOL_VERSION, GpufleetError
 from console import __version__
 from console.fleet import FleetState, NodeView
+from console.fleetlinks import FleetLinks
 from console.inventory import Inventory, find_inventory, load_inventory
-from console.link import LinkOptions, NodeLink
+from console.link import LinkOptions
 from console.selector import parse_selector, select
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
 
@@ -272,16 +273,9 @@ async def _demo(
 
 async def _watch(inv: Inventory) -> None:
     """The live table, redrawn every 2 s from one FleetState fed by one link per node."""
-    state = FleetState(inv.nodes)
-    gate = asyncio.Semaphore(16)
-    links = [asyncio.create_task(NodeLink(e, state, LinkOptions(), gate).run()) for e in inv.nodes]
-    try:
+    async with FleetLinks(inv.nodes, LinkOptions()) as links:
         while True:
             await asyncio.sleep(2.0)
             now = time.monotonic()
-            state.tick(now)
-            click.echo(table(state.nodes.values(), now) + "\n")
-    finally:
-        for task in links:
-            task.cancel()
-        await asyncio.gather(*links, return_exceptions=True)
+            links.fleet.tick(now)
+            click.echo(table(links.fleet.nodes.values(), now) + "\n")

@@ -32,9 +32,12 @@ from agents.protocol import (
     Error,
     Event,
     FrameSplitter,
+    GpufleetError,
     Hello,
     Inventory,
     ProtocolError,
+    Request,
+    Response,
     Sample,
     check_version,
     clip,
@@ -61,6 +64,11 @@ class LinkOptions:
     backoff_max: float = 60.0
     #: Run on the node when its sshd forbids streamlocal forwarding; gets ``--socket PATH``.
     attach_command: str = "gpufleet-agent attach"
+
+
+class NotDelivered(GpufleetError):
+    """A request that never reached the agent, or whose answer never came back: the caller
+    must say so, and must not guess at the outcome."""
 
 
 class LinkFailure(Exception):
@@ -180,6 +188,49 @@ class NodeLink:
         self._identity = os.path.expanduser(entry.identity) if entry.identity else None
         self._known_hosts = Path(entry.known_hosts or options.known_hosts).expanduser()
         self._policy: HostKeyPolicy | None = None
+        self._writer: Any = None  # the live session's, while there is one
+        self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._ids = 0
+
+    async def request(self, op: str, args: dict[str, Any], wait: float = 30.0) -> Response:
+        """Send one request on the live session and wait for the agent's answer.
+
+        Raises NotDelivered when there is no session to send it on (nothing happened), or when
+        the session ends or the time runs out before the answer (it may or may not have
+        happened: the agent's audit log says which)."""
+        name = self.entry.name
+        if self._writer is None:
+            view = self.fleet.nodes[name]
+            raise NotDelivered(f"{name}: not sent, the node is {view.link}")
+        self._ids += 1
+        ident = self._ids
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = answer
+        try:
+            try:
+                self._writer.write(encode(Request(id=ident, op=op, args=args)))
+            except (OSError, asyncssh.Error) as exc:
+                raise NotDelivered(f"{name}: not sent: {exc}") from None
+            async with asyncio.timeout(wait):
+                return await answer
+        except TimeoutError:
+            raise NotDelivered(
+                f"{name}: no answer in {wait:g} s; it may have happened, see the node's audit log"
+            ) from None
+        finally:
+            self._pending.pop(ident, None)
+
+    def _end_session(self, why: str) -> None:
+        self._writer = None
+        pending, self._pending = self._pending, {}
+        for answer in pending.values():
+            if not answer.done():
+                answer.set_exception(
+                    NotDelivered(
+                        f"{self.entry.name}: the link dropped before the answer ({why}); it "
+                        "may have happened, see the node's audit log"
+                    )
+                )
 
     async def run(self) -> None:
         """Keep the node's stream flowing until cancelled."""
@@ -244,12 +295,24 @@ class NodeLink:
             )
             writer.write(encode(hello))
             self.sessions += 1
-            while True:
-                frame = await frames.next()
-                if isinstance(frame, Inventory | Sample | Event):
-                    self.fleet.apply(name, frame, self._now())
-                elif isinstance(frame, Error) and frame.fatal:
-                    raise LinkFailure("agent_down", f"agent: {frame.message}")
+            self._writer = writer
+            why = "the session ended"
+            try:
+                while True:
+                    frame = await frames.next()
+                    if isinstance(frame, Inventory | Sample | Event):
+                        self.fleet.apply(name, frame, self._now())
+                    elif isinstance(frame, Response):
+                        answer = self._pending.get(frame.id)
+                        if answer is not None and not answer.done():
+                            answer.set_result(frame)
+                    elif isinstance(frame, Error) and frame.fatal:
+                        raise LinkFailure("agent_down", f"agent: {frame.message}")
+            except BaseException as exc:
+                why = str(exc) or type(exc).__name__
+                raise
+            finally:
+                self._end_session(why)
 
     async def _open(self, conn: asyncssh.SSHClientConnection) -> tuple[_Frames, Any]:
         """A direct-streamlocal channel to the agent's socket, or else ``gpufleet-agent

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from console.fleet import DOWN_STATES, FleetState, NodeView
+from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink
+from console.link import LinkOptions
 
 EXIT_ALL: Final = 0
 EXIT_SOME_MISSING: Final = 1
@@ -92,16 +93,15 @@ async def snapshot(
     """Connect to every node, until each has answered or failed (or ``wait`` runs out).
 
     A snapshot takes a node's first failure as its answer: retrying is for the live screen."""
-    fleet = FleetState(entries)
-    gate = asyncio.Semaphore(concurrency)
-    tasks = [asyncio.create_task(NodeLink(e, fleet, options, gate).run()) for e in entries]
+    links = FleetLinks(entries, options, concurrency=concurrency)
+    fleet = links.fleet
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
 
     def settled(view: NodeView) -> bool:
         return answered(view) or view.link in DOWN_STATES
 
-    try:
+    async with links:
         while not all(settled(v) for v in fleet.nodes.values()):
             if loop.time() > deadline:
                 for view in fleet.nodes.values():
@@ -111,10 +111,6 @@ async def snapshot(
                         )
                 break
             await asyncio.sleep(0.05)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     return fleet
 
 

@@ -18,7 +18,7 @@ from agents.client import AgentClient
 from agents.protocol import Sample
 from console.fleet import FleetState
 from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink
+from console.link import LinkOptions, NodeLink, NotDelivered
 from tests.conftest import AgentProc
 from tests.integration.netns import netns
 from tests.integration.sshd import Sshd, start_sshd
@@ -420,3 +420,30 @@ async def test_backoff_keeps_growing_for_a_node_that_stays_down(
         await link.run()
     assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     assert fleet.nodes["n"].link == "unreachable"
+
+
+async def test_requests_go_to_the_agent_on_the_live_session(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """The request path the screen's actions use: answers come back matched by id, an op the
+    agent does not know is refused by the agent (not guessed at here), and with no session a
+    request is not sent and says so."""
+    agent = agent_factory(*FAST).start()
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    try:
+        await until(lambda: run.view.link == "live", "live")
+        pong, who = await asyncio.gather(
+            run.link.request("ping", {}), run.link.request("whoami", {})
+        )
+        assert pong.ok
+        assert who.ok
+        assert who.result is not None
+        assert who.result["user"] == "root", "identity from sshd's peer credentials"
+        refused = await run.link.request("drain", {"reason": "test"})
+        assert (refused.ok, refused.code) == (False, "unknown_op")
+        agent.stop(signal.SIGKILL)
+        await until(run.shows("agent_down"), "the agent gone")
+        with pytest.raises(NotDelivered, match="not sent, the node is agent_down"):
+            await run.link.request("ping", {})
+    finally:
+        await run.stop()

@@ -1,0 +1,65 @@
+"""Every node's link, running: what the screen, ``status`` and the demo table share.
+
+One ``NodeLink`` task per inventory node, all feeding one ``FleetState``, with one bound on
+SSH handshakes in flight (sshd's MaxStartups drops connections past about 10 at once, and a
+jump host is one sshd for the whole fleet). Requests go to a node's live session by name.
+Headless: the TUI drives the model's clock and refresh; this only keeps the links up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from agents.protocol import Response
+from console.fleet import FleetState
+from console.inventory import NodeEntry
+from console.link import LinkOptions, NodeLink
+
+#: SSH handshakes in flight at once, fleet-wide.
+CONNECTING_AT_ONCE = 16
+
+
+class FleetLinks:
+    def __init__(
+        self,
+        entries: Iterable[NodeEntry],
+        options: LinkOptions,
+        *,
+        fleet: FleetState | None = None,
+        concurrency: int = CONNECTING_AT_ONCE,
+    ) -> None:
+        entries = list(entries)
+        self.fleet = fleet if fleet is not None else FleetState(entries)
+        gate = asyncio.Semaphore(concurrency)
+        self.links = {e.name: NodeLink(e, self.fleet, options, gate) for e in entries}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(link.run()) for link in self.links.values()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def __aenter__(self) -> FleetLinks:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def request(
+        self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+    ) -> Response:
+        """One request to one node's agent (raises NotDelivered, see ``NodeLink.request``)."""
+        return await self.links[node].request(op, args, wait)
