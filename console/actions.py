@@ -1,0 +1,185 @@
+"""The three verbs (and resume) as the console sends them: what each needs, what it would
+touch, when to warn, and the result per node. Shared by the screen and the scripted commands.
+
+The console decides nothing about a node's state here: it sends a request to each node's
+agent and reports what the agent answered. A request that never reached the agent, or whose
+answer never came back, is reported as exactly that, never as success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+from agents.protocol import GpufleetError, Response
+from console.fleet import FleetState
+
+Verb = Literal["drain", "resume", "restart", "reassign"]
+
+#: Share of a pool's nodes one action may take out of service before the console warns (the
+#: agents and the scripted commands enforce their own guard; this one is for the eyes).
+GUARD_SHARE: Final = 0.25
+#: Requests in flight at once for one action.
+ACTION_CONCURRENCY: Final = 32
+
+
+@dataclass(frozen=True, slots=True)
+class VerbSpec:
+    verb: Verb
+    title: str  # "Drain"
+    reason_required: bool
+    takes_out_of_service: bool  # counts against the mass-action guard
+    choice: Literal["target", "pool"] | None = None  # what the operator must pick
+
+
+VERBS: Final[dict[Verb, VerbSpec]] = {
+    "drain": VerbSpec("drain", "Drain", reason_required=True, takes_out_of_service=True),
+    "resume": VerbSpec("resume", "Resume", reason_required=False, takes_out_of_service=False),
+    "restart": VerbSpec(
+        "restart", "Restart", reason_required=True, takes_out_of_service=True, choice="target"
+    ),
+    "reassign": VerbSpec(
+        "reassign", "Reassign", reason_required=True, takes_out_of_service=False, choice="pool"
+    ),
+}
+
+
+class ActionError(GpufleetError):
+    """The action cannot be sent as asked (no nodes, no reason, nothing picked)."""
+
+
+def request_args(verb: Verb, reason: str, choice: str | None) -> dict[str, Any]:
+    """The request's arguments, checked here so a bad action is refused before anything is
+    sent to any node."""
+    spec = VERBS[verb]
+    reason = reason.strip()
+    if spec.reason_required and not reason:
+        raise ActionError(f"{verb} needs a reason")
+    args: dict[str, Any] = {"reason": reason} if reason else {}
+    if spec.choice is not None:
+        if not choice:
+            raise ActionError(f"{verb} needs a {spec.choice}")
+        args[spec.choice] = choice
+    return args
+
+
+def restart_targets(fleet: FleetState, nodes: Sequence[str]) -> list[str]:
+    """Restart targets every one of the nodes has: the agent, the node, and GPUs by index."""
+    common: set[str] | None = None
+    for name in nodes:
+        inv = fleet.nodes[name].inventory
+        targets = {"agent", "node"} | {f"gpu{g.index}" for g in (inv.gpus if inv else [])}
+        common = targets if common is None else common & targets
+    order = {"agent": 0, "node": 1}
+    return sorted(common or (), key=lambda t: (order.get(t, 2), len(t), t))
+
+
+def pools(fleet: FleetState) -> list[str]:
+    return sorted({v.entry.pool for v in fleet.nodes.values()})
+
+
+@dataclass(frozen=True, slots=True)
+class Affected:
+    node: str
+    gpu: int
+    pid: int
+    user: str | None
+    command: str | None
+
+
+def affected(fleet: FleetState, nodes: Iterable[str]) -> list[Affected]:
+    """GPU processes on the nodes, from the latest samples: who an action would disturb. A GPU
+    at work in another PID namespace lists no process (design.md §2), so this can be short."""
+    out = []
+    for name in nodes:
+        sample = fleet.nodes[name].sample
+        for r in sample.gpus if sample else []:
+            for p in r.processes or []:
+                out.append(Affected(name, r.index, p.pid, p.user, p.command))
+    return out
+
+
+def busy_without_processes(fleet: FleetState, nodes: Iterable[str]) -> list[str]:
+    """Nodes with a busy GPU but no process listed: the list above is not the whole story."""
+    out = []
+    for name in nodes:
+        sample = fleet.nodes[name].sample
+        for r in sample.gpus if sample else []:
+            if (r.util_gpu or 0) > 0 and not r.processes:
+                out.append(name)
+                break
+    return out
+
+
+def guard_warnings(fleet: FleetState, nodes: Iterable[str], verb: Verb) -> list[str]:
+    """One line per pool of which the action would take more than GUARD_SHARE out of service
+    (counting nodes already draining or drained)."""
+    if not VERBS[verb].takes_out_of_service:
+        return []
+    chosen = set(nodes)
+    warnings = []
+    for pool in pools(fleet):
+        members = [v for v in fleet.nodes.values() if v.entry.pool == pool]
+        hit = [v for v in members if v.name in chosen]
+        if not hit:
+            continue
+        out = {v.name for v in members if v.state is not None and v.state.state != "schedulable"}
+        after = len(out | {v.name for v in hit})
+        if after / len(members) > GUARD_SHARE:
+            warnings.append(
+                f"pool {pool}: {after} of {len(members)} nodes would be out of service "
+                f"(more than {GUARD_SHARE:.0%})"
+            )
+    return warnings
+
+
+class Requester(Protocol):
+    async def request(
+        self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+    ) -> Response: ...
+
+
+Outcome = Literal["pending", "ok", "refused", "not_delivered"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResult:
+    node: str
+    outcome: Outcome
+    message: str
+
+
+def _result(node: str, response: Response) -> NodeResult:
+    if response.ok:
+        said = (response.result or {}).get("message")
+        return NodeResult(node, "ok", str(said) if said else "done")
+    return NodeResult(node, "refused", f"{response.code}: {response.error}")
+
+
+async def run_action(
+    requester: Requester,
+    nodes: Sequence[str],
+    verb: Verb,
+    args: dict[str, Any],
+    on_result: Callable[[NodeResult], Awaitable[None] | None] | None = None,
+) -> list[NodeResult]:
+    """Send the verb to every node (bounded), reporting each node's result as it comes."""
+    if not nodes:
+        raise ActionError("no nodes selected")
+    gate = asyncio.Semaphore(ACTION_CONCURRENCY)
+
+    async def one(node: str) -> NodeResult:
+        async with gate:
+            try:
+                result = _result(node, await requester.request(node, verb, args))
+            except GpufleetError as exc:  # NotDelivered: said exactly as it was
+                result = NodeResult(node, "not_delivered", str(exc))
+        if on_result is not None:
+            done = on_result(result)
+            if done is not None:
+                await done
+        return result
+
+    return list(await asyncio.gather(*(one(n) for n in nodes)))

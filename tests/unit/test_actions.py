@@ -1,0 +1,112 @@
+"""The verbs as the console sends them. The requester here is a stand-in for the links (the
+real request path over SSH is tested in tests/integration/test_link.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agents.protocol import GpuProcess, NodeState, Response
+from console.actions import (
+    ActionError,
+    NodeResult,
+    affected,
+    busy_without_processes,
+    guard_warnings,
+    request_args,
+    restart_targets,
+    run_action,
+)
+from console.fleet import FleetState
+from console.inventory import parse_inventory
+from console.link import NotDelivered
+from tests.fakes.simnode import Node, feed
+
+FLEET = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-8]"\n'
+
+
+@pytest.fixture
+def fleet() -> FleetState:
+    f = FleetState(parse_inventory(FLEET, "f").nodes)
+    for name in f.nodes:
+        state = None
+        if name == "gpu8":
+            state = NodeState(state="drained", reason="x", who="bob", since=0.0)
+        n = Node(name, gpus=2)
+        f.apply(name, n.inventory(state), 0.0)
+        feed(f, n, 1.0)
+    return f
+
+
+def test_reason_and_choice_are_checked_before_anything_is_sent() -> None:
+    with pytest.raises(ActionError, match="drain needs a reason"):
+        request_args("drain", "  ", None)
+    with pytest.raises(ActionError, match="reassign needs a pool"):
+        request_args("reassign", "move", None)
+    assert request_args("resume", "", None) == {}
+    assert request_args("restart", " flaky ", "agent") == {"reason": "flaky", "target": "agent"}
+
+
+def test_guard_warns_when_a_pool_would_lose_more_than_a_quarter(fleet: FleetState) -> None:
+    assert guard_warnings(fleet, ["gpu1"], "drain") == [], "2 of 8 out: fine"
+    [warning] = guard_warnings(fleet, ["gpu1", "gpu2"], "drain")
+    assert warning.startswith("pool train: 3 of 8 nodes would be out of service")
+    assert guard_warnings(fleet, ["gpu1", "gpu2"], "resume") == []
+
+
+def test_restart_targets_common_to_all(fleet: FleetState) -> None:
+    assert restart_targets(fleet, ["gpu1", "gpu2"]) == ["agent", "node", "gpu0", "gpu1"]
+
+
+def test_affected_lists_gpu_processes(fleet: FleetState) -> None:
+    view = fleet.nodes["gpu1"]
+    assert view.sample is not None
+    procs = [p for r in view.sample.gpus for p in r.processes or []]
+    assert procs, "the simulator runs a job with a visible process on gpu1"
+    got = affected(fleet, ["gpu1"])
+    assert [(a.pid, a.user) for a in got] == [(p.pid, p.user) for p in procs]
+    assert all(isinstance(p, GpuProcess) for p in procs)
+
+
+def test_busy_gpus_without_processes_are_pointed_out(fleet: FleetState) -> None:
+    """gpu3's busy GPU runs in a container: no process listed, and the modal must say so."""
+    assert busy_without_processes(fleet, ["gpu1", "gpu2", "gpu3"]) == ["gpu3"]
+
+
+class Requester:
+    """Answers like agents would: gpu1 accepts, gpu2 refuses, gpu3's link is down."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def request(
+        self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+    ) -> Response:
+        self.sent.append((node, op, args))
+        await asyncio.sleep(0)
+        if node == "gpu3":
+            raise NotDelivered(f"{node}: not sent, the node is unreachable")
+        if node == "gpu2":
+            return Response(id=1, ok=False, code="unknown_op", error="unknown request 'drain'")
+        return Response(id=1, ok=True, result={"message": "draining"})
+
+
+async def test_each_node_gets_its_own_result_and_nothing_is_called_success() -> None:
+    req = Requester()
+    seen: list[NodeResult] = []
+    results = await run_action(req, ["gpu1", "gpu2", "gpu3"], "drain", {"reason": "r"}, seen.append)
+    by = {r.node: r for r in results}
+    assert (by["gpu1"].outcome, by["gpu1"].message) == ("ok", "draining")
+    assert by["gpu2"].outcome == "refused"
+    assert by["gpu2"].message == "unknown_op: unknown request 'drain'"
+    assert by["gpu3"].outcome == "not_delivered"
+    assert "not sent" in by["gpu3"].message
+    assert sorted(r.node for r in seen) == ["gpu1", "gpu2", "gpu3"]
+    assert {op for _, op, _ in req.sent} == {"drain"}
+
+
+async def test_no_nodes_is_an_error() -> None:
+    with pytest.raises(ActionError, match="no nodes"):
+        await run_action(Requester(), [], "drain", {"reason": "r"})

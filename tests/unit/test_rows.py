@@ -1,0 +1,105 @@
+"""The fleet table's rows and totals, computed from the headless model."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.protocol import NodeState
+from console.fleet import FleetState
+from console.inventory import parse_inventory
+from console.rows import fleet_totals, node_row, parse_filter, visible_rows
+from console.selector import SelectorError
+from tests.fakes.simnode import Node, feed
+
+FLEET = (
+    '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-3]"\n'
+    '[[group]]\nname = "infer"\npool = "infer"\nnodes = "inf1"\n'
+)
+
+
+@pytest.fixture
+def fleet() -> FleetState:
+    f = FleetState(parse_inventory(FLEET, "f").nodes)
+    for i, name in enumerate(["gpu1", "gpu2", "gpu3", "inf1"]):
+        n = Node(name, gpus=2)
+        state = None
+        if name == "gpu3":
+            state = NodeState(state="drained", reason="bad HBM", who="alice", since=0.0)
+        f.apply(name, n.inventory(state), 0.0)
+        if i < 3:
+            if name == "gpu2":
+                n.backend.inject("busy", 0)
+            feed(f, n, 10.0)
+    f.set_link("inf1", "unreachable", "connection refused", 10.0)
+    return f
+
+
+def test_a_live_row_sums_its_gpus(fleet: FleetState) -> None:
+    view = fleet.nodes["gpu1"]
+    row = node_row(view, 10.5)
+    assert view.sample is not None
+    gpus = view.sample.gpus
+    assert (row.link_text, row.gpus, row.live_data) == ("live", 2, True)
+    assert row.util_max == max(g.util_gpu or 0 for g in gpus)
+    assert row.temp == max(g.temp_c or 0 for g in gpus)
+    assert row.power_w == pytest.approx(sum(g.power_mw or 0 for g in gpus) / 1000)
+    assert row.mem_total == sum(g.mem_total or 0 for g in gpus)
+
+
+def test_drained_row_carries_reason_and_who_at_when(fleet: FleetState) -> None:
+    row = node_row(fleet.nodes["gpu3"], 10.5)
+    assert row.state == "drained"
+    assert row.state_detail == "bad HBM (alice@1970-01-01 00:00)"
+
+
+def test_a_down_node_shows_its_reason_and_no_numbers(fleet: FleetState) -> None:
+    row = node_row(fleet.nodes["inf1"], 10.5)
+    assert row.link_text == "unreachable: connection refused"
+    assert (row.util, row.temp, row.power_w, row.live_data) == (None, None, None, False)
+    assert row.critical
+
+
+def test_stale_shows_its_age(fleet: FleetState) -> None:
+    fleet.tick(20.0)
+    assert node_row(fleet.nodes["gpu1"], 20.0).link_text == "stale 10s"
+
+
+def test_totals(fleet: FleetState) -> None:
+    t = fleet_totals(fleet)
+    assert (t.nodes, t.live, t.down, t.drained, t.gpus) == (4, 3, 1, 1, 8)
+    assert t.gpus_busy + t.gpus_idle == 6, "the unreachable node's GPUs are neither"
+    assert t.gpus_busy >= 1, "gpu2 was made busy"
+    assert "4 nodes" not in t.line() and t.line().startswith("nodes 4: 3 live")
+
+
+def test_sort_by_any_column_unknowns_last_either_way(fleet: FleetState) -> None:
+    up = [r.name for r in visible_rows(fleet, 10.5, None, "util_max", reverse=False)]
+    down = [r.name for r in visible_rows(fleet, 10.5, None, "util_max", reverse=True)]
+    assert up[-1] == down[-1] == "inf1", "no value sorts last"
+    assert up[:3] == list(reversed(down[:3]))
+    names = [r.name for r in visible_rows(fleet, 10.5, None, "name", reverse=False)]
+    assert names == sorted(names)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pool=train", ["gpu1", "gpu2", "gpu3"]),
+        ("state=drained", ["gpu3"]),
+        ("link=unreachable", ["inf1"]),
+        ("alert", ["inf1"]),
+        ("gpu[1-2]", ["gpu1", "gpu2"]),
+        ("hbm", ["gpu3"]),  # words match name, pool or reason
+        ("inf", ["inf1"]),
+        ("gpu9*", []),
+        ("", ["gpu1", "gpu2", "gpu3", "inf1"]),
+    ],
+)
+def test_filter(fleet: FleetState, text: str, expected: list[str]) -> None:
+    rows = visible_rows(fleet, 10.5, parse_filter(text), "name", reverse=False)
+    assert [r.name for r in rows] == expected
+
+
+def test_a_bad_filter_term_is_an_error_naming_it() -> None:
+    with pytest.raises(SelectorError, match="unknown filter 'colour'"):
+        parse_filter("colour=red")
