@@ -59,7 +59,7 @@ from types import FrameType
 from typing import Any
 
 import psutil
-from benchlib import machine_facts
+from benchlib import machine_facts, once_argv, publish
 
 from agents.client import AgentClient
 from agents.config import AgentConfig
@@ -863,18 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim_gpus = [] if nvml else ["--gpus", str(args.gpus)]
         once = Baseline(
             "gpufleet-agent once",
-            [
-                sys.executable,
-                "-m",
-                "agents",
-                "once",
-                "--json",
-                "--backend",
-                args.backend,
-                *sim_gpus,
-                "--config",
-                str(tmp / "agent.toml"),
-            ],
+            once_argv(args.backend, *sim_gpus, "--config", str(tmp / "agent.toml")),
         )
         print(f"spawn-per-poll: {args.polls} polls each ...", file=sys.stderr, flush=True)
         children0 = _children_cpu()
@@ -952,12 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "note": "baselines run locally, no SSH hop; source of the SSH figure: design.md §6",
         },
     }
-    text = report(results)
-    results["table"] = text
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    publish(results, report(results), args.out)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import sys
@@ -34,3 +35,18 @@ def machine_facts() -> dict[str, Any]:
         "msgspec": msgspec.__version__,
         "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"),
     }
+
+
+def publish(results: dict[str, Any], table: str, out: Path) -> None:
+    """Print the table and keep it, with every raw figure, as JSON at ``out``."""
+    results["table"] = table
+    print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwrote {out}")
+
+
+def once_argv(backend: str, *extra: str) -> list[str]:
+    """``gpufleet-agent once --json``, from this checkout: the one-shot poll both baselines
+    spawn."""
+    return [sys.executable, "-m", "agents", "once", "--json", "--backend", backend, *extra]

@@ -42,10 +42,10 @@ from typing import Any
 import asyncssh
 import msgspec
 import psutil
-from benchlib import machine_facts
+from benchlib import machine_facts, once_argv, publish
 
 from agents.protocol import Event, Inventory, Sample
-from console.demo import demo_fleet
+from console.demo import DemoServer, demo_fleet
 from console.fleet import FleetState
 from console.inventory import NodeEntry, load_inventory
 from console.link import LinkOptions, NodeLink
@@ -64,41 +64,11 @@ MB = 1_000_000
 # The node side: a process that plays N nodes until told to stop
 
 
-class _PollServer(asyncssh.SSHServer):
-    """Key auth for the bench's one client key; nothing but exec of the fixed command."""
-
-    def __init__(self, client_key: asyncssh.SSHKey) -> None:
-        self._client = client_key.export_public_key()
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return key.export_public_key() == self._client
-
-
-def once_argv() -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "agents",
-        "once",
-        "--json",
-        "--backend",
-        "sim",
-        "--gpus",
-        str(GPUS),
-    ]
-
-
 async def _run_once(process: asyncssh.SSHServerProcess[bytes]) -> None:
     """What the node's sshd would do for ``ssh node gpufleet-agent once --json``: run it, send
     its output, exit with its status. The client's command line is not parsed, only this argv."""
     child = await asyncio.create_subprocess_exec(
-        *once_argv(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        *once_argv("sim", "--gpus", str(GPUS)), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     out, _ = await child.communicate()
     process.stdout.write(out)
@@ -113,7 +83,7 @@ async def _serve_polls(root: Path, nodes: int, first: int) -> None:
     key_path.write_bytes(client_key.export_private_key())
     key_path.chmod(0o600)
     server = await asyncssh.create_server(
-        lambda: _PollServer(client_key),
+        lambda: DemoServer(client_key),
         "127.0.0.1",
         0,
         server_host_keys=[host_key],
@@ -475,12 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
         },
     }
-    text = report(results)
-    results["table"] = text
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    publish(results, report(results), args.out)
     return 0
 
 

@@ -37,10 +37,11 @@ INCIDENTS = (
 )
 
 
-class _DemoServer(asyncssh.SSHServer):
-    """Key auth for the demo's one client key; streamlocal only to the demo's sockets."""
+class DemoServer(asyncssh.SSHServer):
+    """Key auth for the demo's one client key; streamlocal only to the demo's sockets (none
+    for a server that only runs commands, as the fan-in benchmark's exec baseline does)."""
 
-    def __init__(self, client_key: asyncssh.SSHKey, sockets: frozenset[str]) -> None:
+    def __init__(self, client_key: asyncssh.SSHKey, sockets: frozenset[str] = frozenset()) -> None:
         self._client = client_key.export_public_key()
         self._sockets = sockets
 
@@ -117,7 +118,7 @@ async def start_fleet(root: Path, nodes: int, gpus: int, first: int = 1) -> Demo
     key_path.chmod(0o600)
     sockets = frozenset(str(root / "run" / f"{n}.sock") for n in names)
     server = await asyncssh.create_server(
-        lambda: _DemoServer(client_key, sockets),
+        lambda: DemoServer(client_key, sockets),
         "127.0.0.1",
         0,
         server_host_keys=[host_key],
