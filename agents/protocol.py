@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 1  # 1.1: Event.replay
+PROTOCOL_MINOR: Final = 2  # 1.1: Event.replay; 1.2: the audit request
 PROTOCOL_VERSION: Final = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 #: Largest frame either side accepts, newline included. A sample of 8 GPUs with a few
@@ -293,6 +293,20 @@ class SimInjectArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gpu: int
 
 
+class AuditArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The newest audit entries, newest last (the node view shows them)."""
+
+    limit: int = msgspec.field(default=50)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_AUDIT_READ:
+            raise ValueError(f"limit must be 1 to {MAX_AUDIT_READ}")
+
+
+#: Most audit entries one ``audit`` request returns (a frame must stay well under 1 MiB).
+MAX_AUDIT_READ: Final = 200
+
+
 class RequestSpec(msgspec.Struct, frozen=True):
     args: type[msgspec.Struct]
     role: Role  # the least role allowed to make it
@@ -304,6 +318,7 @@ REQUEST_SPECS: Final[dict[str, RequestSpec]] = {
     "whoami": RequestSpec(NoArgs, "viewer", audited=False),
     "state": RequestSpec(NoArgs, "viewer", audited=False),
     "sim_inject": RequestSpec(SimInjectArgs, "operator", audited=True),
+    "audit": RequestSpec(AuditArgs, "viewer", audited=False),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +21,7 @@ import msgspec
 from agents.identity import Peer
 from agents.protocol import (
     REQUEST_SPECS,
+    AuditArgs,
     AuditEntry,
     GpufleetError,
     NodeState,
@@ -88,6 +90,7 @@ class RequestHandler:
             "whoami": self._whoami,
             "state": self._state,
             "sim_inject": self._sim_inject,
+            "audit": self._audit_tail,
         }
         missing = set(REQUEST_SPECS) ^ set(self._ops)
         assert not missing, f"protocol and handler disagree on ops: {missing}"
@@ -177,6 +180,15 @@ class RequestHandler:
 
     async def _state(self, caller: Caller, args: Any) -> Outcome:
         return Outcome(to_builtins(self._get_state()))
+
+    async def _audit_tail(self, caller: Caller, args: AuditArgs) -> Outcome:
+        """The newest entries, oldest first. Reads the log through (off the event loop): it
+        grows by one line per action, so a node's log stays small next to its disk."""
+
+        def tail() -> list[AuditEntry]:
+            return list(deque(self._audit.entries(), maxlen=args.limit))
+
+        return Outcome({"entries": to_builtins(await asyncio.to_thread(tail))})
 
     async def _sim_inject(self, caller: Caller, args: SimInjectArgs) -> Outcome:
         if self._inject is None:

@@ -227,3 +227,20 @@ def test_names_do_not_cross_between_users_and_groups() -> None:
     # A user named like an operator group, and a group named like an operator user.
     assert role_of(peer(2004, "gpuops", ("x",)), ROLES, agent_uid=AGENT_UID) == "viewer"
     assert role_of(peer(2005, "y", ("olga",)), ROLES, agent_uid=AGENT_UID) == "viewer"
+
+
+async def test_audit_read_returns_the_newest_entries_and_is_not_audited(tmp_path: Path) -> None:
+    h, audit = handler(tmp_path, FakeInject())
+    operator = Caller(OPERATOR, "operator")
+    for gpu in range(5):
+        await h.handle(
+            operator, Request(id=gpu, op="sim_inject", args={"fault": "lost", "gpu": gpu})
+        )
+    read = await h.handle(Caller(VIEWER, "viewer"), Request(id=9, op="audit", args={"limit": 2}))
+    assert read.ok
+    assert read.result is not None
+    assert [e["args"]["gpu"] for e in read.result["entries"]] == [3, 4], "newest, oldest first"
+    assert len(audit_entries(audit)) == 5, "reading the log adds nothing to it"
+    bad = await h.handle(Caller(VIEWER, "viewer"), Request(id=10, op="audit", args={"limit": 0}))
+    assert (bad.ok, bad.code) == (False, "bad_args")
+    assert bad.error is not None and "limit must be 1 to 200" in bad.error
