@@ -48,6 +48,9 @@ DOWN_STATES: Final = frozenset(
 
 Severity = Literal["warning", "critical"]
 
+#: Alerts kept in the fleet's alert log, active and ended.
+ALERT_LOG: Final = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class AlertRules:
@@ -72,6 +75,15 @@ class Alert:
     gpu: int | None = None
 
 
+@dataclass(slots=True)
+class AlertRecord:
+    """One alert from when it was first raised until it ended (console monotonic times)."""
+
+    alert: Alert  # the latest wording (a temperature alert's reading changes as it goes)
+    since: float
+    ended: float | None = None
+
+
 @dataclass
 class NodeView:
     entry: NodeEntry
@@ -87,6 +99,7 @@ class NodeView:
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=200))
     xids_seen: dict[int, tuple[float, int]] = field(default_factory=dict)  # gpu -> (at, xid)
     alerts: list[Alert] = field(default_factory=list)
+    open_alerts: dict[tuple[str, int | None], AlertRecord] = field(default_factory=dict)
     #: Why the stream broke while its data was still recent: the link state it becomes if no
     #: sample comes back within the stale window.
     lost: tuple[LinkState, str] | None = None
@@ -111,6 +124,8 @@ class FleetState:
         self.nodes: dict[str, NodeView] = {
             e.name: NodeView(e, history=History(self.rules.history)) for e in entries
         }
+        #: Alerts raised across the fleet, active and ended, oldest first (the alerts view).
+        self.alert_log: deque[AlertRecord] = deque(maxlen=ALERT_LOG)
         self._dirty: set[str] = set()
         self._subscribers: list[Callable[[set[str]], None]] = []
 
@@ -210,7 +225,20 @@ class FleetState:
     # -- alerts -------------------------------------------------------------------------------
 
     def _judge(self, view: NodeView, now: float) -> None:
-        view.alerts = list(self._alerts(view, now))
+        alerts = list(self._alerts(view, now))
+        current = set()
+        for alert in alerts:
+            key = (alert.kind, alert.gpu)
+            current.add(key)
+            record = view.open_alerts.get(key)
+            if record is None:
+                record = view.open_alerts[key] = AlertRecord(alert, now)
+                self.alert_log.append(record)
+            else:
+                record.alert = alert
+        for key in [k for k in view.open_alerts if k not in current]:
+            view.open_alerts.pop(key).ended = now
+        view.alerts = alerts
         self._dirty.add(view.name)
 
     def _alerts(self, view: NodeView, now: float) -> Iterable[Alert]:

@@ -220,3 +220,27 @@ def test_recent_events_retold_on_connect_are_dated_by_the_agent_and_not_doubled(
     assert "xid" in kinds(fleet, "gpu1")
     fleet.tick(111.0)
     assert "xid" not in kinds(fleet, "gpu1"), "expired 60 s after the agent saw it"
+
+
+def test_the_alert_log_keeps_each_alert_from_raised_to_ended(fleet: FleetState) -> None:
+    n = Node("gpu1")
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    feed(fleet, n, 1.0)
+    n.backend.inject("overheat", 0)
+    first = None
+    for t in range(2, 12):  # the simulated GPU heats up over a few ticks
+        feed(fleet, n, float(t))
+        if first is None and "temperature" in kinds(fleet, "gpu1"):
+            first = float(t)
+    temps = [r for r in fleet.alert_log if r.alert.kind == "temperature"]
+    assert len(temps) == 1, "one record while it lasts, however often it is judged"
+    [record] = temps
+    assert (record.since, record.ended) == (first, None)
+    n.backend.inject("clear", 0)
+    for t in range(6, 40):
+        feed(fleet, n, float(t))
+        if record.ended is not None:
+            break
+    assert record.ended is not None, "cooled down: the alert ended"
+    assert record.alert.node == "gpu1"
+    assert fleet.nodes["gpu1"].open_alerts.get(("temperature", 0)) is None
