@@ -12,14 +12,15 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
 
@@ -31,6 +32,9 @@ from console.inventory import Inventory, find_inventory, load_inventory
 from console.link import LinkOptions
 from console.selector import parse_selector, select
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
+
+if TYPE_CHECKING:
+    from console.tui.app import FleetApp
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -48,48 +52,10 @@ class _Commands(click.Group):
             _fail(str(exc), EXIT_USAGE)
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(
-    __version__, prog_name="gpufleet", message=f"%(prog)s %(version)s (protocol {PROTOCOL_VERSION})"
-)
-def main() -> None:
-    """Watch a GPU fleet live and act on it. (The TUI and the actions are being built; today:
-    `gpufleet status`, and `gpufleet-agent demo` for what one node streams.)"""
-
-
-def _link_options(
-    known_hosts: Path | None, accept_new: bool, identity: Path | None, ssh_config: Path | None
-) -> LinkOptions:
-    kw: dict[str, Any] = {"host_keys": "accept-new" if accept_new else "strict"}
-    if known_hosts is not None:
-        kw["known_hosts"] = known_hosts
-    if identity is not None:
-        kw["client_keys"] = [str(identity)]
-    if ssh_config is not None:
-        kw["ssh_config"] = [str(ssh_config)]
-    return LinkOptions(**kw)
-
-
-def _fleet_options(fn: Any) -> Any:
-    """The options every command that reaches nodes shares."""
+def _ssh_options(fn: Any) -> Any:
+    """How to reach the nodes: every command that connects takes these."""
     for option in reversed(
         [
-            click.argument("selector", nargs=-1),
-            click.option(
-                "--inventory",
-                type=click.Path(path_type=Path),
-                default=None,
-                help="Fleet inventory [default: $GPUFLEET_INVENTORY, "
-                "~/.config/gpufleet/fleet.toml, /etc/gpufleet/fleet.toml].",
-            ),
-            click.option("--json", "as_json", is_flag=True, help="JSON on stdout."),
-            click.option(
-                "--wait",
-                type=float,
-                default=15.0,
-                show_default=True,
-                help="Seconds to wait for every node to answer.",
-            ),
             click.option(
                 "--known-hosts",
                 type=click.Path(path_type=Path),
@@ -118,6 +84,124 @@ def _fleet_options(fn: Any) -> Any:
     ):
         fn = option(fn)
     return fn  # fmt: skip
+
+
+_INVENTORY_OPTION = click.option(
+    "--inventory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Fleet inventory [default: $GPUFLEET_INVENTORY, ~/.config/gpufleet/fleet.toml, "
+    "/etc/gpufleet/fleet.toml].",
+)
+_READONLY_OPTION = click.option(
+    "--readonly", is_flag=True, help="The screen without drain, resume, restart or reassign."
+)
+
+
+@click.group(
+    cls=_Commands,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.version_option(
+    __version__, prog_name="gpufleet", message=f"%(prog)s %(version)s (protocol {PROTOCOL_VERSION})"
+)
+@_INVENTORY_OPTION
+@_READONLY_OPTION
+@_ssh_options
+@click.pass_context
+def main(
+    ctx: click.Context,
+    inventory: Path | None,
+    readonly: bool,
+    known_hosts: Path | None,
+    accept_new: bool,
+    identity: Path | None,
+    ssh_config: Path | None,
+) -> None:
+    """Watch a GPU fleet live and act on it. With no command, on a terminal: the fleet screen
+    for the configured inventory."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        _fail("no terminal for the screen: use a command (gpufleet --help)", EXIT_USAGE)
+    inv = load_inventory(find_inventory(inventory))
+    options = _link_options(known_hosts, accept_new, identity, ssh_config)
+    log = _log_to_file()
+    asyncio.run(_screen(inv, options, readonly, source=f"{inv.source}  (log: {log})"))
+
+
+def _log_to_file() -> str:
+    """On the screen, log lines go to a file: written to the terminal they would tear it."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    path = state / "gpufleet" / "console.log"
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    handler: logging.Handler
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    except OSError:
+        handler, path = logging.NullHandler(), Path("/dev/null")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return str(path)
+
+
+async def _screen(
+    inv: Inventory,
+    options: LinkOptions,
+    readonly: bool,
+    source: str,
+    background: Callable[[FleetApp], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """The fleet screen over live links, until the operator quits."""
+    from console.tui.app import FleetApp
+
+    links = FleetLinks(inv.nodes, options)
+    app = FleetApp(links.fleet, links=links, readonly=readonly, source=source)
+    extra = asyncio.create_task(background(app)) if background is not None else None
+    try:
+        await app.run_async()
+    finally:
+        if extra is not None:
+            extra.cancel()
+            await asyncio.gather(extra, return_exceptions=True)
+
+
+def _link_options(
+    known_hosts: Path | None, accept_new: bool, identity: Path | None, ssh_config: Path | None
+) -> LinkOptions:
+    kw: dict[str, Any] = {"host_keys": "accept-new" if accept_new else "strict"}
+    if known_hosts is not None:
+        kw["known_hosts"] = known_hosts
+    if identity is not None:
+        kw["client_keys"] = [str(identity)]
+    if ssh_config is not None:
+        kw["ssh_config"] = [str(ssh_config)]
+    return LinkOptions(**kw)
+
+
+def _fleet_options(fn: Any) -> Any:
+    """The options every command that reaches nodes shares."""
+    for option in reversed(
+        [
+            click.argument("selector", nargs=-1),
+            _INVENTORY_OPTION,
+            click.option("--json", "as_json", is_flag=True, help="JSON on stdout."),
+            click.option(
+                "--wait",
+                type=float,
+                default=15.0,
+                show_default=True,
+                help="Seconds to wait for every node to answer.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return _ssh_options(fn)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -214,6 +298,7 @@ def inventory_check(reach: Reach) -> None:
     help="Write the demo fleet's inventory here.",
 )
 @click.option("--seconds", type=float, default=None, help="Stop after this long.")
+@_READONLY_OPTION
 def demo(
     nodes: int,
     gpus: int,
@@ -221,11 +306,14 @@ def demo(
     headless: bool,
     inventory_out: Path | None,
     seconds: float | None,
+    readonly: bool,
 ) -> None:
     """A fleet of simulated nodes on this machine, reached over real SSH (no root, no GPU,
-    no configuration). Until the TUI lands, it shows a live status table."""
+    no configuration), on the fleet screen."""
+    if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        _fail("no terminal for the screen: use --headless (and --inventory-out)", EXIT_USAGE)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_demo(nodes, gpus, faults, headless, inventory_out, seconds))
+        asyncio.run(_demo(nodes, gpus, faults, headless, inventory_out, seconds, readonly))
 
 
 async def _demo(
@@ -235,10 +323,12 @@ async def _demo(
     headless: bool,
     inventory_out: Path | None,
     seconds: float | None,
+    readonly: bool,
 ) -> None:
     from console.demo import demo_fleet, run_incidents
 
-    # The nodes' own logs would interleave with the table; the demo announces its incidents.
+    log = None if headless else _log_to_file()
+    # Headless, the nodes' own logs would bury the demo's lines; it announces its incidents.
     logging.getLogger("gpufleet.agent").setLevel(logging.ERROR)
     async with demo_fleet(nodes, gpus) as fleet:
         if inventory_out is not None:
@@ -247,35 +337,35 @@ async def _demo(
             except OSError as exc:
                 raise GpufleetError(f"cannot write {inventory_out}: {exc.strerror}") from None
         where = inventory_out or fleet.inventory
+        rng = random.Random(0)  # noqa: S311  (a scripted demo, not security)
+
+        async def scripted(say: Callable[[str], None]) -> None:
+            if faults:
+                await run_incidents(fleet, say, rng)
+            await asyncio.Event().wait()
+
+        if not headless:
+
+            async def beside(app: FleetApp) -> None:
+                def say(message: str) -> None:
+                    app.notify(message, title="demo incident", timeout=8)
+
+                async with asyncio.timeout(seconds):
+                    await scripted(say)
+
+            async def on_screen(app: FleetApp) -> None:
+                with contextlib.suppress(TimeoutError):
+                    await beside(app)
+                app.exit()
+
+            source = f"demo: {nodes} nodes x {gpus} simulated H100s over SSH  (log: {log})"
+            await _screen(load_inventory(where), LinkOptions(), readonly, source, on_screen)
+            return
         click.echo(
             f"demo fleet: {nodes} nodes x {gpus} simulated H100s behind SSH on 127.0.0.1; "
             f"try: gpufleet status --inventory {where}",
             err=True,
         )
-        background = []
-        if faults:
-            rng = random.Random(0)  # noqa: S311  (a scripted demo, not security)
-            background.append(
-                asyncio.create_task(run_incidents(fleet, lambda m: click.echo(m, err=True), rng))
-            )
-        if not headless:
-            background.append(asyncio.create_task(_watch(load_inventory(fleet.inventory))))
-        try:
-            if seconds is None:
-                await asyncio.Event().wait()
-            else:
-                await asyncio.sleep(seconds)
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-
-
-async def _watch(inv: Inventory) -> None:
-    """The live table, redrawn every 2 s from one FleetState fed by one link per node."""
-    async with FleetLinks(inv.nodes, LinkOptions()) as links:
-        while True:
-            await asyncio.sleep(2.0)
-            now = time.monotonic()
-            links.fleet.tick(now)
-            click.echo(table(links.fleet.nodes.values(), now) + "\n")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await scripted(lambda m: click.echo(m, err=True))

@@ -62,11 +62,13 @@ class NodeRow:
         return (value is None, value if value is not None else 0, self.name)
 
 
-def when(ts: float | None) -> str:
-    """An agent timestamp as the operator reads it: UTC, to the minute."""
+def when(ts: float | None, seconds: bool = False) -> str:
+    """An agent timestamp as the operator reads it: UTC, to the minute (or second)."""
     if ts is None:
         return "?"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime(
+        "%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M"
+    )
 
 
 def node_row(view: NodeView, now: float) -> NodeRow:

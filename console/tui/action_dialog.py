@@ -1,0 +1,221 @@
+"""Acting on nodes from the screen: the confirmation dialog, then each node's result.
+
+The dialog names the nodes and their count, opens with Cancel focused, shows who would be
+disturbed (GPU processes and their users) and any mass-action warning, and asks for what the
+verb needs (a reason, a restart target, a pool). Confirmed, the requests go out through the same
+path the scripted commands use, and a results screen shows each node as pending until its agent
+answers: ok, refused (with the agent's reason), or not delivered. Nothing is shown as done that
+the agent did not say was done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import hostlist
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
+
+from console.actions import (
+    VERBS,
+    ActionError,
+    NodeResult,
+    Verb,
+    affected,
+    busy_without_processes,
+    guard_warnings,
+    pools,
+    request_args,
+    restart_targets,
+    run_action,
+)
+from console.tui.style import toned
+
+if TYPE_CHECKING:
+    from console.tui.app import FleetApp
+
+#: Processes listed in the dialog before "and N more".
+SHOWN_PROCESSES = 8
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    verb: Verb
+    nodes: list[str]
+    args: dict[str, Any]
+
+
+def start_action(app: FleetApp, verb: Verb, nodes: list[str]) -> None:
+    """Open the dialog for ``verb`` on ``nodes``; on confirmation, send and show results."""
+    if app.readonly:
+        app.notify("read-only: actions are off", severity="warning")
+        return
+    if not nodes:
+        app.notify("no node selected", severity="warning")
+        return
+
+    def confirmed(choice: Confirmed | None) -> None:
+        if choice is not None:
+            app.push_screen(ActionResults(choice))
+
+    app.push_screen(ActionDialog(verb, nodes), confirmed)
+
+
+class ActionDialog(ModalScreen[Confirmed | None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, verb: Verb, nodes: list[str]) -> None:
+        super().__init__()
+        self.verb = verb
+        self.nodes = nodes
+
+    @property
+    def fleet_app(self) -> FleetApp:
+        from console.tui.app import FleetApp
+
+        assert isinstance(self.app, FleetApp)
+        return self.app
+
+    def compose(self) -> ComposeResult:
+        fleet = self.fleet_app.fleet
+        spec = VERBS[self.verb]
+        count = len(self.nodes)
+        with Vertical(id="dialog"):
+            yield Label(f"{spec.title} {count} node{'s' if count != 1 else ''}?", id="title")
+            yield Static(hostlist.collect_hostlist(self.nodes), id="nodes")
+            yield Static(self._affected_text(), id="affected")
+            warnings = guard_warnings(fleet, self.nodes, self.verb)
+            hidden = busy_without_processes(fleet, self.nodes)
+            if hidden:
+                warnings.append(
+                    f"busy GPUs with no process listed (containers?) on "
+                    f"{hostlist.collect_hostlist(hidden)}"
+                )
+            if warnings:
+                yield Static("\n".join(f"! {w}" for w in warnings), id="warnings")
+            if spec.choice == "target":
+                targets = restart_targets(fleet, self.nodes)
+                yield Select([(t, t) for t in targets], prompt="restart what?", id="choice")
+            elif spec.choice == "pool":
+                yield Select([(p, p) for p in pools(fleet)], prompt="to which pool?", id="choice")
+            placeholder = "reason (required)" if spec.reason_required else "reason (optional)"
+            yield Input(placeholder=placeholder, id="reason")
+            yield Static("", id="error")
+            with Horizontal(id="buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button(spec.title, id="confirm", variant="error")
+
+    def _affected_text(self) -> str:
+        procs = affected(self.fleet_app.fleet, self.nodes)
+        if not procs:
+            return "No GPU processes listed on these nodes."
+        lines = [
+            f"{p.node} GPU {p.gpu}: pid {p.pid} {p.user or '?'} {p.command or ''}".rstrip()
+            for p in procs[:SHOWN_PROCESSES]
+        ]
+        if len(procs) > SHOWN_PROCESSES:
+            lines.append(f"... and {len(procs) - SHOWN_PROCESSES} more")
+        users = sorted({p.user or "?" for p in procs})
+        return f"Running there ({len(procs)} processes; users {', '.join(users)}):\n" + "\n".join(
+            lines
+        )
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel", Button).focus()  # a stray enter must not act
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "cancel":
+            self.dismiss(None)
+        elif event.button.id == "confirm":
+            self._confirm()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()  # enter in the reason box does not confirm: the button does
+
+    def _confirm(self) -> None:
+        reason = self.query_one("#reason", Input).value
+        choice = None
+        if VERBS[self.verb].choice is not None:
+            value = self.query_one("#choice", Select).value
+            choice = value if isinstance(value, str) else None
+        try:
+            args = request_args(self.verb, reason, choice)
+        except ActionError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(Confirmed(self.verb, self.nodes, args))
+
+
+class ActionResults(Screen[None]):
+    """Each node's result as it comes; failures stay on screen until dismissed."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "back")]
+
+    def __init__(self, action: Confirmed) -> None:
+        super().__init__()
+        self.action = action
+        self.results: dict[str, NodeResult] = {
+            n: NodeResult(n, "pending", "sent, waiting for the agent") for n in action.nodes
+        }
+
+    @property
+    def fleet_app(self) -> FleetApp:
+        from console.tui.app import FleetApp
+
+        assert isinstance(self.app, FleetApp)
+        return self.app
+
+    def compose(self) -> ComposeResult:
+        yield Label("", id="summary")
+        table: DataTable[Text | str] = DataTable(id="results", cursor_type="row")
+        table.add_column("NODE", key="node")
+        table.add_column("RESULT", key="outcome")
+        table.add_column("DETAIL", key="detail")
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for node, r in self.results.items():
+            table.add_row(node, *self._cells(r)[1:], key=node)
+        self._summarise()
+        self.run_worker(self._send(), exclusive=True)
+
+    def _cells(self, r: NodeResult) -> list[Text | str]:
+        tone = {"ok": "good", "refused": "bad", "not_delivered": "bad", "pending": "dim"}
+        return [r.node, toned(self.app, r.outcome, tone[r.outcome]), r.message]  # type: ignore[arg-type]
+
+    async def _send(self) -> None:
+        requester = self.fleet_app.requester
+        a = self.action
+        if requester is None:  # a screen with no links (never the case from the CLI)
+            for node in a.nodes:
+                self._show(NodeResult(node, "not_delivered", "not sent: no connection to nodes"))
+            return
+        await run_action(requester, a.nodes, a.verb, a.args, self._show)
+
+    def _show(self, result: NodeResult) -> None:
+        self.results[result.node] = result
+        table = self.query_one(DataTable)
+        cells = self._cells(result)
+        table.update_cell(result.node, "outcome", cells[1], update_width=True)
+        table.update_cell(result.node, "detail", cells[2], update_width=True)
+        self._summarise()
+
+    def _summarise(self) -> None:
+        counts: dict[str, int] = {}
+        for r in self.results.values():
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        said = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()))
+        title = VERBS[self.action.verb].title
+        self.query_one("#summary", Label).update(
+            f"{title} {hostlist.collect_hostlist(self.action.nodes)}: {said}"
+        )

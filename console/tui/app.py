@@ -1,0 +1,94 @@
+"""The operator's screen: one ``FleetApp`` for the terminal, the demo and the tests.
+
+The app holds no fleet logic. It owns a ``FleetState`` (fed by the links, or by a test), a
+requester for actions (the links, or a stand-in), and a clock; twice a second it ages the model,
+takes the coalesced changes and hands them to the screen on top. The refresh rate is the app's,
+whatever the rate of frames, so 1,000 nodes streaming cost one redraw of what changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import ClassVar, Protocol, runtime_checkable
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+
+from console.actions import Requester
+from console.fleet import FleetState
+from console.fleetlinks import FleetLinks
+from console.tui.commands import FleetCommands
+
+#: Seconds between screen refreshes (about 2 Hz, design.md §4).
+REFRESH_S = 0.5
+
+
+@runtime_checkable
+class FleetAware(Protocol):
+    """A screen that shows fleet data: told which nodes changed at each refresh."""
+
+    def fleet_changed(self, changed: set[str], now: float) -> None: ...
+
+
+class FleetApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "gpufleet"
+    COMMANDS: ClassVar = App.COMMANDS | {FleetCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(":", "command_palette", "commands", show=False),
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        fleet: FleetState,
+        *,
+        requester: Requester | None = None,
+        links: FleetLinks | None = None,
+        readonly: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_s: float | None = REFRESH_S,
+        source: str = "",
+    ) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.links = links
+        self.requester = requester if requester is not None else links
+        self.readonly = readonly
+        self.clock = clock
+        self._refresh_s = refresh_s
+        self.sub_title = source + ("  [read-only]" if readonly else "")
+
+    def on_mount(self) -> None:
+        from console.tui.fleet_view import FleetScreen
+
+        if self.links is not None:
+            self.links.start()
+        self.push_screen(FleetScreen())
+        if self._refresh_s is not None:
+            self.set_interval(self._refresh_s, self.refresh_fleet)
+
+    async def on_unmount(self) -> None:
+        if self.links is not None:
+            await self.links.stop()
+
+    def refresh_fleet(self) -> None:
+        """Age the model and show what changed (called at the steady rate, or by tests)."""
+        now = self.clock()
+        self.fleet.tick(now)
+        changed = self.fleet.flush()
+        if isinstance(self.screen, FleetAware):
+            self.screen.fleet_changed(changed, now)
+
+    def open_node(self, name: str) -> None:
+        from console.tui.node_view import NodeScreen
+
+        if name in self.fleet.nodes:
+            self.push_screen(NodeScreen(name))
+
+    def open_alerts(self) -> None:
+        from console.tui.alerts_view import AlertsScreen
+
+        self.push_screen(AlertsScreen())

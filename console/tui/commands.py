@@ -1,0 +1,55 @@
+"""The ``:`` command palette: jump to a node, open a view, filter by pool or state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+if TYPE_CHECKING:
+    from console.tui.app import FleetApp
+
+
+class FleetCommands(Provider):
+    def _commands(self) -> list[tuple[str, Callable[[], None], str]]:
+        from console.tui.app import FleetApp
+        from console.tui.fleet_view import FleetScreen
+
+        app = self.app
+        assert isinstance(app, FleetApp)
+        out: list[tuple[str, Callable[[], None], str]] = [
+            ("alerts", app.open_alerts, "active and recent alerts across the fleet"),
+        ]
+        fleet_screen = next((s for s in app.screen_stack if isinstance(s, FleetScreen)), None)
+        if fleet_screen is not None:
+            pools = sorted({v.entry.pool for v in app.fleet.nodes.values()})
+            for text in [*(f"pool={p}" for p in pools), "state=drained", "alert", "link=stale"]:
+                out.append((f"filter {text}", partial(_filter, app, text), "show only these nodes"))
+        for name in app.fleet.nodes:
+            out.append((f"node {name}", partial(app.open_node, name), "open the node view"))
+        return out
+
+    async def discover(self) -> Hits:
+        for text, run, help_text in self._commands()[:20]:
+            yield DiscoveryHit(text, run, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for text, run, help_text in self._commands():
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), run, help=help_text)
+
+
+def _filter(app: FleetApp, text: str) -> None:
+    from console.rows import parse_filter
+    from console.tui.fleet_view import FleetScreen
+
+    while not isinstance(app.screen, FleetScreen) and len(app.screen_stack) > 2:
+        app.pop_screen()
+    screen = app.screen
+    if isinstance(screen, FleetScreen):
+        screen.row_filter, screen.filter_text = parse_filter(text), text
+        screen.redraw()

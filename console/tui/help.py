@@ -1,0 +1,46 @@
+"""``?``: the keys of the view underneath, from its own bindings (so it cannot drift)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Label, Static
+
+KEY_NAMES = {"slash": "/", "question_mark": "?", "space": "space", "escape": "esc"}
+
+
+def keys_of(screen: Screen[Any]) -> list[tuple[str, str]]:
+    """(key, what it does) for each binding the screen allows now (read-only hides verbs)."""
+    out = []
+    for b in [*screen.BINDINGS, *screen.app.BINDINGS]:
+        if not isinstance(b, Binding) or not b.description:
+            continue
+        action = b.action.split("(", 1)[0]
+        if screen.check_action(action, ()) is False:
+            continue
+        out.append((KEY_NAMES.get(b.key, b.key), b.description))
+    return out
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "dismiss", "close"),
+        Binding("question_mark", "dismiss", "close", show=False),
+    ]
+
+    def __init__(self, under: Screen[Any]) -> None:
+        super().__init__()
+        self.under = under
+
+    def compose(self) -> ComposeResult:
+        title = type(self.under).__name__.removesuffix("Screen").lower()
+        lines = [f"{key:>8}  {what}" for key, what in keys_of(self.under)]
+        lines.append(f"{':':>8}  command palette (search nodes, views, filters)")
+        with Vertical(id="help"):
+            yield Label(f"keys: {title} view", id="title")
+            yield Static("\n".join(lines))
+            yield Label("esc closes", id="hint")

@@ -1,0 +1,238 @@
+"""The node view: every GPU with its sparklines, processes, the host, events and the audit log.
+
+Sparklines are full on first paint: the link filled the history from the agent's buffer.
+The audit entries are asked of the agent when the view opens (and on ``A``); if it cannot
+answer, the view says why instead of showing an empty list as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from agents.protocol import GpufleetError
+from console.history import Metric
+from console.rows import when
+from console.sparkline import sparkline
+from console.tui.style import na, toned
+
+if TYPE_CHECKING:
+    from console.fleet import NodeView
+    from console.tui.app import FleetApp
+
+SPARK_WIDTH: Final = 20
+MIB: Final = 1 << 20
+EVENTS_SHOWN: Final = 20
+AUDIT_SHOWN: Final = 20
+
+
+def audit_text(entries: list[dict[str, Any]]) -> str:
+    """The agent's audit entries, newest first, one line each: when, who, what, result, why."""
+    lines = []
+    for e in reversed(entries):
+        why = e.get("message") or (e.get("args") or {}).get("reason") or ""
+        lines.append(
+            f"{when(e.get('ts'), True)}  {e.get('who')}  {e.get('op')}  {e.get('result')}  {why}"
+        )
+    shown = "\n".join(lines) if lines else "  empty: nothing was done on this node"
+    return "audit log (newest first)\n" + shown
+
+
+class NodeScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "back"),
+        Binding("A", "audit", "reload audit"),
+        Binding("question_mark", "help", "help"),
+    ]
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.node = name
+        self.audit_text = "asking the agent ..."
+
+    @property
+    def fleet_app(self) -> FleetApp:
+        from console.tui.app import FleetApp
+
+        assert isinstance(self.app, FleetApp)
+        return self.app
+
+    @property
+    def view(self) -> NodeView:
+        return self.fleet_app.fleet.nodes[self.node]
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with VerticalScroll():
+            yield Static(id="node-head")
+            gpus: DataTable[Text | str] = DataTable(id="gpus", cursor_type="row")
+            for key, label in [
+                ("gpu", "GPU"),
+                ("util", "UTIL %"),
+                ("mem", "MEM MiB"),
+                ("temp", "TEMP C"),
+                ("power", "POWER W"),
+                ("clocks", "SM/MEM MHz"),
+                ("reasons", "CLOCKS LIMITED BY"),
+                ("ecc", "ECC UNCORR"),
+                ("remap", "REMAPPED"),
+            ]:
+                gpus.add_column(label, key=key)
+            yield gpus
+            procs: DataTable[str] = DataTable(id="procs", cursor_type="row")
+            for key, label in [
+                ("gpu", "GPU"),
+                ("pid", "PID"),
+                ("user", "USER"),
+                ("mem", "MEM MiB"),
+                ("command", "COMMAND"),
+            ]:
+                procs.add_column(label, key=key)
+            yield procs
+            yield Static(id="host")
+            yield Static(id="events")
+            yield Static(id="audit")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.node
+        self.redraw()
+        self.action_audit()
+
+    def fleet_changed(self, changed: set[str], now: float) -> None:
+        if self.node in changed:
+            self.redraw()
+
+    def redraw(self) -> None:
+        view, app = self.view, self.fleet_app
+        now = app.clock()
+        state = view.state
+        inv = view.inventory
+        link = view.link if view.link == "live" else f"{view.link}: {view.link_reason}"
+        ops: str = state.state if state else "unknown"
+        if state and state.state != "schedulable":
+            ops += f" ({state.reason or 'no reason'}, {state.who or '?'}@{when(state.since)})"
+        head = [
+            f"{view.name}  pool {view.entry.pool}  state {ops}",
+            f"link {link}" + (f"  (sample {view.age(now):.0f} s old)" if view.age(now) else ""),
+        ]
+        if inv is not None:
+            head.append(
+                f"{len(inv.gpus)} GPU(s) via {inv.backend}, driver {na(inv.driver_version)}, "
+                f"CUDA {na(inv.cuda_version)}; agent {view.agent or 'n/a'}"
+            )
+        self.query_one("#node-head", Static).update("\n".join(head))
+        self._draw_gpus()
+        self._draw_host()
+        self._draw_events()
+        self.query_one("#audit", Static).update(self.audit_text)
+
+    def _spark(self, gpu: int, metric: Metric, hi: float | None) -> str:
+        """The GPU's history as a sparkline, then its latest value in the column's unit."""
+        values = self.view.history.gpu(gpu, metric)
+        scale = {"mem": MIB, "power": 1000}.get(metric, 1)
+        values = [None if v is None else v / scale for v in values]
+        latest = next((v for v in reversed(values) if v is not None), None)
+        return f"{sparkline(values, SPARK_WIDTH, hi=hi)} {na(latest, '{:.0f}')}"
+
+    def _draw_gpus(self) -> None:
+        view, app = self.view, self.fleet_app
+        table = self.query_one("#gpus", DataTable)
+        table.clear()
+        sample = view.sample
+        infos = {g.index: g for g in view.inventory.gpus} if view.inventory else {}
+        for r in sample.gpus if sample else []:
+            info = infos.get(r.index)
+            if r.lost:
+                table.add_row(str(r.index), toned(app, "GPU lost", "bad"), *[""] * 7)
+                continue
+            mem_hi = info.memory_total / MIB if info and info.memory_total else None
+            power_hi = info.power_limit_mw / 1000 if info and info.power_limit_mw else None
+            temp_hi = float(info.temp_shutdown_c) if info and info.temp_shutdown_c else None
+            reasons = ", ".join(r.clock_reasons or []) or "none"
+            hot = (
+                info is not None
+                and info.temp_slowdown_c is not None
+                and (r.temp_c or 0) >= (info.temp_slowdown_c - app.fleet.rules.temp_margin_c)
+            )
+            table.add_row(
+                str(r.index),
+                self._spark(r.index, "util", 100.0),
+                self._spark(r.index, "mem", mem_hi),
+                toned(app, self._spark(r.index, "temp", temp_hi), "bad" if hot else "plain"),
+                self._spark(r.index, "power", power_hi),
+                f"{na(r.sm_clock_mhz)}/{na(r.mem_clock_mhz)}",
+                reasons,
+                na(r.ecc_uncorrected_volatile),
+                f"{na(r.remapped_uncorrectable)}"
+                + (" pending" if r.remap_pending else "")
+                + (" FAILED" if r.remap_failure else ""),
+            )
+        procs = self.query_one("#procs", DataTable)
+        procs.clear()
+        for r in sample.gpus if sample else []:
+            for p in r.processes or []:
+                procs.add_row(
+                    str(r.index),
+                    str(p.pid),
+                    p.user or "?",
+                    na(None if p.used_memory is None else p.used_memory // MIB),
+                    p.command or "?",
+                )
+
+    def _draw_host(self) -> None:
+        sample = self.view.sample
+        if sample is None:
+            self.query_one("#host", Static).update("host: no sample yet")
+            return
+        h = sample.host
+        load = " ".join(f"{x:.2f}" for x in h.load) if h.load else "n/a"
+        net = (
+            f"net rx {h.net_rx_bps / 1e6:.1f} MB/s tx {h.net_tx_bps / 1e6:.1f} MB/s"
+            if h.net_rx_bps is not None and h.net_tx_bps is not None
+            else "net n/a"
+        )
+        cpu = sparkline(self.view.history.host_cpu(), SPARK_WIDTH, hi=100.0)
+        self.query_one("#host", Static).update(
+            f"host  cpu {cpu} {na(h.cpu_percent, '{:.0f}%')}  load {load}  "
+            f"memory {h.mem_used / (1 << 30):.1f}/{h.mem_total / (1 << 30):.1f} GiB  {net}"
+        )
+
+    def _draw_events(self) -> None:
+        events = list(self.view.events)[-EVENTS_SHOWN:]
+        lines = [f"{when(e.ts, True)}  {e.kind:<14} {e.message}" for e in reversed(events)]
+        self.query_one("#events", Static).update(
+            "recent events\n"
+            + ("\n".join(lines) if lines else "  none since the console connected")
+        )
+
+    def action_audit(self) -> None:
+        self.run_worker(self._load_audit(), exclusive=True, group="audit")
+
+    async def _load_audit(self) -> None:
+        self.audit_text = await self._ask_audit()
+        if self.is_mounted:
+            self.query_one("#audit", Static).update(self.audit_text)
+
+    async def _ask_audit(self) -> str:
+        requester = self.fleet_app.requester
+        if requester is None:
+            return "audit log: not connected"
+        try:
+            answer = await requester.request(self.node, "audit", {"limit": AUDIT_SHOWN})
+        except GpufleetError as exc:  # not delivered: said, not raised
+            return f"audit log: {exc}"
+        if not answer.ok:
+            return f"audit log: the agent refused: {answer.error}"
+        return audit_text((answer.result or {}).get("entries", []))
+
+    def action_help(self) -> None:
+        from console.tui.help import HelpScreen
+
+        self.app.push_screen(HelpScreen(self))
