@@ -275,9 +275,10 @@ class FleetScreen(Screen[None]):
             self.row_filter, self.filter_text = None, ""
             self.redraw()
         elif self.marked:
-            self.marked.clear()
-            self._order = []  # redraw every mark
-            self.redraw()
+            dropped, self.marked = self.marked, set()
+            for node in dropped & set(self._order):
+                self.table.update_cell(node, "mark", " ")
+            self._draw_head(self.fleet_app.clock())
 
     def action_alerts(self) -> None:
         self.fleet_app.open_alerts()

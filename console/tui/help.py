@@ -42,5 +42,5 @@ class HelpScreen(ModalScreen[None]):
         lines.append(f"{':':>8}  command palette (search nodes, views, filters)")
         with Vertical(id="help"):
             yield Label(f"keys: {title} view", id="title")
-            yield Static("\n".join(lines))
+            yield Static("\n".join(lines), id="keys")
             yield Label("esc closes", id="hint")

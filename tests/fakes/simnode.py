@@ -31,12 +31,25 @@ class QuietHost(HostSampler):
         )  # fmt: skip
 
 
+class AgentClock:
+    """The agent's wall clock, one second a tick from a fixed date, so frames are the same
+    on every run (the screen's snapshots show event times)."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
 class Node:
     """One simulated node's agent-side pieces, producing the frames a link would deliver."""
 
     def __init__(self, name: str, gpus: int = 2) -> None:
         self.backend = SimBackend(gpus, seed=1, node=name)
-        self.sampler = Sampler(self.backend, QuietHost(), history_len=10)
+        self.clock = AgentClock()
+        self.sampler = Sampler(self.backend, QuietHost(), history_len=10, clock=self.clock)
         self.name = name
 
     def inventory(self, state: NodeState | None = None) -> Inventory:

@@ -1,0 +1,68 @@
+"""The screen on the demo fleet: real agent daemons behind an SSH server (asyncssh, on
+127.0.0.1 with throwaway keys), reached by the real links, shown by the real app. Only the
+GPUs are simulated (no GPU exists here)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from collections.abc import Callable
+
+import pytest
+from textual.widgets import DataTable, Input
+
+from console.demo import demo_fleet
+from console.fleetlinks import FleetLinks
+from console.inventory import load_inventory
+from console.link import LinkOptions
+from console.tui.action_dialog import ActionDialog, ActionResults
+from console.tui.app import FleetApp
+from console.tui.fleet_view import FleetScreen
+
+pytestmark = [pytest.mark.tui, pytest.mark.integration]
+
+
+async def until(cond: Callable[[], object], what: str, limit: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
+    async with demo_fleet(4, 2) as demo:
+        inv = load_inventory(demo.inventory)
+        links = FleetLinks(inv.nodes, LinkOptions(ssh_config=[]))
+        app = FleetApp(links.fleet, links=links, refresh_s=0.2)
+        async with app.run_test(size=(160, 45)) as pilot:
+            fleet = links.fleet
+            await until(lambda: all(v.link == "live" for v in fleet.nodes.values()), "all live")
+            screen = app.screen
+            assert isinstance(screen, FleetScreen)
+
+            demo.inject("demo02", "xid79", 1)
+            await until(lambda: str(screen.table.get_cell("demo02", "alerts")) != "", "alert")
+            messages = [a.message for a in fleet.nodes["demo02"].alerts]
+            assert "GPU 1: XID 79" in messages
+            assert "GPU 1 is lost" in messages
+
+            await pilot.press("down", "d")  # the cursor on demo02
+            dialog = app.screen
+            assert isinstance(dialog, ActionDialog)
+            assert dialog.nodes == ["demo02"]
+            dialog.query_one("#reason", Input).value = "XID 79 on GPU 1"
+            await pilot.click("#confirm")
+            results = app.screen
+            assert isinstance(results, ActionResults)
+            await until(lambda: results.results["demo02"].outcome != "pending", "the answer")
+            # Until the operations land the agent refuses drain: the screen must say so.
+            assert results.results["demo02"].outcome == "refused"
+            assert "unknown request 'drain'" in results.results["demo02"].message
+            await pilot.pause()
+            detail = str(results.query_one(DataTable).get_cell("demo02", "detail"))
+            assert "unknown request 'drain'" in detail
+            [entry] = [e for e in demo.agents["demo02"].audit.entries() if e.op == "drain"]
+            assert (entry.result, entry.who) == ("refused", getpass.getuser())
+            assert entry.args == {"reason": "XID 79 on GPU 1"}
