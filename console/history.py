@@ -22,8 +22,10 @@ METRICS: Final[tuple[Metric, ...]] = ("util", "mem", "temp", "power")
 _NAN: Final = math.nan
 
 
-def _field(metric: Metric) -> str:
-    return {"util": "util_gpu", "mem": "mem_used", "temp": "temp_c", "power": "power_mw"}[metric]
+#: Each metric and the GpuReading field it comes from.
+_FIELDS: Final[tuple[tuple[Metric, str], ...]] = (
+    ("util", "util_gpu"), ("mem", "mem_used"), ("temp", "temp_c"), ("power", "power_mw")
+)  # fmt: skip
 
 
 class History:
@@ -61,9 +63,9 @@ class History:
             if rings is None:  # a GPU first seen now: nothing before it
                 rings = {m: array("f", [_NAN]) * self.capacity for m in METRICS}
                 self._gpus[r.index] = rings
-            for m in METRICS:
-                value = getattr(r, _field(m))
-                rings[m][i] = _NAN if value is None else value
+            for metric, name in _FIELDS:
+                value = getattr(r, name)
+                rings[metric][i] = _NAN if value is None else value
         for index, rings in self._gpus.items():
             if index not in seen:  # a GPU gone from this sample is a gap, not its old value
                 for ring in rings.values():

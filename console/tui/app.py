@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from textual.app import App
@@ -32,7 +33,7 @@ class FleetAware(Protocol):
 
 
 class FleetApp(App[None]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "gpufleet"
     COMMANDS: ClassVar = App.COMMANDS | {FleetCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -85,8 +86,14 @@ class FleetApp(App[None]):
     def open_node(self, name: str) -> None:
         from console.tui.node_view import NodeScreen
 
-        if name in self.fleet.nodes:
-            self.push_screen(NodeScreen(name))
+        if name not in self.fleet.nodes:
+            return
+        if not self.is_screen_installed("node"):
+            self.install_screen(NodeScreen(), "node")
+        screen = self.get_screen("node")
+        assert isinstance(screen, NodeScreen)
+        screen.show(name)
+        self.push_screen(screen)
 
     def open_alerts(self) -> None:
         from console.tui.alerts_view import AlertsScreen

@@ -8,24 +8,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import Footer, Header, Input
 
 from console.actions import VERBS
 from console.rows import (
     COLUMNS,
     Column,
     NodeRow,
+    RowCache,
     RowFilter,
     SelectorError,
     fleet_totals,
     parse_filter,
-    visible_rows,
 )
-from console.tui.style import Tone, na, toned
+from console.tui.fleet_table import Cell, FleetTable, TableColumn
+from console.tui.style import Tone, na
+from console.tui.text_line import TextLine
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -46,8 +47,13 @@ LABELS: Final[dict[Column, str]] = {
 }
 
 
-#: Columns of fixed width (text beyond ends in "…"); the others fit their content.
-WIDTHS: Final[dict[Column, int]] = {"link": 32, "state": 11}
+#: Every column has a fixed width (text beyond ends in "…"): with widths that follow content,
+#: each cell update re-measures the table, and 1,000 rows updating at 2 Hz cannot afford it.
+WIDTHS: Final[dict[str, int]] = {
+    "state": 11, "link": 32, "gpus": 4, "util": 4, "util_max": 4, "mem": 9, "temp": 4,
+    "power": 7, "alerts": 6, "reason": 48,
+}  # fmt: skip
+NAME_WIDTH_MAX: Final = 24
 
 
 def _tone(row: NodeRow) -> Tone:
@@ -83,7 +89,6 @@ class FleetScreen(Screen[None]):
         self.row_filter: RowFilter | None = None
         self.filter_text = ""
         self.marked: set[str] = set()
-        self._order: list[str] = []
 
     @property
     def fleet_app(self) -> FleetApp:
@@ -93,15 +98,23 @@ class FleetScreen(Screen[None]):
         return self.app
 
     def compose(self) -> ComposeResult:
+        self.rows = RowCache(self.fleet_app.fleet)
         yield Header(show_clock=False)
-        yield Static(id="totals")
-        yield Static(id="banner")
-        table: DataTable[Text | str] = DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
-        table.add_column(" ", key="mark", width=1)
-        for column in COLUMNS:
-            table.add_column(LABELS[column], key=column, width=WIDTHS.get(column))
-        table.add_column("REASON", key="reason")
-        yield table
+        yield TextLine(id="totals")
+        yield TextLine(id="banner")
+        fleet = self.fleet_app.fleet
+        fit = {
+            "name": max((len(n) for n in fleet.nodes), default=4),
+            "pool": max((len(v.entry.pool) for v in fleet.nodes.values()), default=4),
+        }
+        columns = [
+            TableColumn(
+                c, LABELS[c], WIDTHS.get(c) or min(NAME_WIDTH_MAX, max(fit[c], len(LABELS[c])))
+            )
+            for c in COLUMNS
+        ]
+        columns.append(TableColumn("reason", "REASON", WIDTHS["reason"]))
+        yield FleetTable(columns, self._cells, id="fleet")
         yield Input(
             id="filter", placeholder="filter: words, gpu[01-08], pool=, state=, link=, alert"
         )
@@ -109,11 +122,14 @@ class FleetScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
-        self.query_one(DataTable).focus()
-        self.redraw()
+        self.table.focus()
+        self.on_screen_resume()
 
     def on_screen_resume(self) -> None:
-        self.redraw()
+        """Back on top after another view: every row afresh (refreshes went elsewhere)."""
+        now = self.fleet_app.clock()
+        self.rows.update(now)
+        self.redraw(now)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # --readonly: the verbs are not there at all (not shown, not bound)
@@ -122,85 +138,73 @@ class FleetScreen(Screen[None]):
     # -- drawing ------------------------------------------------------------------------------
 
     @property
-    def table(self) -> DataTable[Text | str]:
-        return self.query_one("#fleet", DataTable)
+    def table(self) -> FleetTable:
+        return self.query_one("#fleet", FleetTable)
 
     def fleet_changed(self, changed: set[str], now: float) -> None:
-        self.redraw(changed, now)
+        self.rows.update(now, changed)
+        self.redraw(now)
 
-    def redraw(self, changed: set[str] | None = None, now: float | None = None) -> None:
-        app = self.fleet_app
-        now = app.clock() if now is None else now
-        rows = visible_rows(app.fleet, now, self.row_filter, self.sort_column, self.sort_reverse)
+    def redraw(self, now: float | None = None) -> None:
+        """The visible nodes' rows, sorted; the table draws only what is on screen."""
+        now = self.fleet_app.clock() if now is None else now
+        self.table.set_rows(self.rows.visible(self.row_filter, self.sort_column, self.sort_reverse))
         self._draw_head(now)
-        table = self.table
-        order = [r.name for r in rows]
-        if order == self._order and changed is not None:
-            for row in rows:
-                if row.name in changed:
-                    for key, cell in zip(self._keys(), self._cells(row), strict=True):
-                        table.update_cell(row.name, key, cell, update_width=True)
-            return
-        current = self.current_node()
-        table.clear()
-        for row in rows:
-            table.add_row(*self._cells(row), key=row.name)
-        self._order = order
-        if current in order:
-            table.move_cursor(row=order.index(current), animate=False, scroll=False)
-
-    def _keys(self) -> list[str]:
-        return ["mark", *COLUMNS, "reason"]
 
     def _draw_head(self, now: float) -> None:
-        app = self.fleet_app
-        totals = fleet_totals(app.fleet)
-        shown = f"  |  showing {len(self._order)} ({self.filter_text})" if self.row_filter else ""
+        totals = fleet_totals(self.rows.all())
+        shown = (
+            f"  |  showing {self.table.row_count} ({self.filter_text})" if self.row_filter else ""
+        )
         marks = f"  |  {len(self.marked)} marked" if self.marked else ""
         sort = f"  |  sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
-        self.query_one("#totals", Static).update(totals.line() + shown + marks + sort)
-        banner = self.query_one("#banner", Static)
+        self.query_one("#totals", TextLine).text = totals.line() + shown + marks + sort
+        banner = self.query_one("#banner", TextLine)
         if totals.nodes and totals.down == totals.nodes:
-            banner.update(f"No node is reachable: all {totals.nodes} are down (see LINK).")
+            banner.text = f"No node is reachable: all {totals.nodes} are down (see LINK)."
         else:
             parts = [
                 f"{n} {what}" for n, what in ((totals.down, "down"), (totals.stale, "stale")) if n
             ]
-            banner.update(f"Nodes not live: {', '.join(parts)} (see LINK).")
-        banner.display = bool(totals.down + totals.stale)
+            banner.text = f"Nodes not live: {', '.join(parts)} (see LINK)."
+        shown_now = bool(totals.down + totals.stale)
+        if banner.display != shown_now:  # a change of layout only when it appears or goes
+            banner.display = shown_now
 
-    def _cells(self, row: NodeRow) -> list[Text | str]:
-        app = self.fleet_app
+    def _cells(self, row: NodeRow) -> list[Cell]:
         tone = _tone(row)
         mem = (
             f"{row.mem_used / GIB:.0f}/{row.mem_total / GIB:.0f}"
             if row.mem_used is not None and row.mem_total
             else "n/a"
         )
-        live = row.live_data or row.link == "stale"
+        numbers: list[Cell] = [
+            (na(row.util, "{:.0f}%"), "plain"),
+            (na(row.util_max, "{}%"), "plain"),
+            (mem, "plain"),
+            (na(row.temp, "{}C"), "plain"),
+            (na(row.power_w, "{:.0f}"), "plain"),
+        ]
+        if not (row.live_data or row.link == "stale"):  # no old numbers shown as current
+            numbers = [("", "plain")] * len(numbers)
+        alerts: Cell = ("", "plain")
+        if row.alerts:
+            alerts = (str(row.alerts), "bad" if row.critical else "warn")
         return [
-            "*" if row.name in self.marked else " ",
-            toned(app, row.name, tone),
-            row.pool,
-            toned(app, row.state, "warn" if row.state in ("draining", "drained") else "plain"),
-            toned(app, row.link_text, tone),
-            str(row.gpus),
-            na(row.util, "{:.0f}%") if live else "",
-            na(row.util_max, "{}%") if live else "",
-            mem if live else "",
-            na(row.temp, "{}C") if live else "",
-            na(row.power_w, "{:.0f}") if live else "",
-            toned(app, str(row.alerts), "bad" if row.critical else "warn") if row.alerts else "",
-            row.state_detail,
+            (row.name, tone),
+            (row.pool, "plain"),
+            (row.state, "warn" if row.state in ("draining", "drained") else "plain"),
+            (row.link_text, tone),
+            (str(row.gpus), "plain"),
+            *numbers,
+            alerts,
+            (row.state_detail, "plain"),
         ]
 
     # -- the cursor and the marks ------------------------------------------------------------
 
     def current_node(self) -> str | None:
-        table = self.table
-        if not self._order or table.cursor_row >= len(self._order):
-            return None
-        return self._order[table.cursor_row]
+        return self.table.current_node()
 
     def chosen(self) -> list[str]:
         """Marked rows if any (in the table's order), else the row under the cursor."""
@@ -216,14 +220,12 @@ class FleetScreen(Screen[None]):
         if node is not None:
             self.fleet_app.open_node(node)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            self.fleet_app.open_node(event.row_key.value)
+    def on_fleet_table_selected(self, event: FleetTable.Selected) -> None:
+        self.fleet_app.open_node(event.node)
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        key = event.column_key.value
-        if key in COLUMNS:
-            column: Column = key
+    def on_fleet_table_header_clicked(self, event: FleetTable.HeaderClicked) -> None:
+        if event.column in COLUMNS:
+            column: Column = event.column
             self.sort_reverse = not self.sort_reverse if column == self.sort_column else False
             self.sort_column = column
             self.redraw()
@@ -233,9 +235,9 @@ class FleetScreen(Screen[None]):
         if node is None:
             return
         self.marked ^= {node}
-        self.table.update_cell(node, "mark", "*" if node in self.marked else " ")
+        self.table.set_marked(self.marked)
         self._draw_head(self.fleet_app.clock())
-        self.table.action_cursor_down()
+        self.table.action_cursor(1)
 
     def action_sort(self) -> None:
         self.sort_column = COLUMNS[(COLUMNS.index(self.sort_column) + 1) % len(COLUMNS)]
@@ -275,9 +277,8 @@ class FleetScreen(Screen[None]):
             self.row_filter, self.filter_text = None, ""
             self.redraw()
         elif self.marked:
-            dropped, self.marked = self.marked, set()
-            for node in dropped & set(self._order):
-                self.table.update_cell(node, "mark", " ")
+            self.marked = set()
+            self.table.set_marked(self.marked)
             self._draw_head(self.fleet_app.clock())
 
     def action_alerts(self) -> None:

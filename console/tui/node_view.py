@@ -51,10 +51,16 @@ class NodeScreen(Screen[None]):
         Binding("question_mark", "help", "help"),
     ]
 
-    def __init__(self, name: str) -> None:
+    def __init__(self) -> None:
+        """One instance serves every node (``show``): building a screen of tables each time a
+        node is opened costs more than the operator should wait."""
         super().__init__()
+        self.node = ""
+        self.audit_text = ""
+
+    def show(self, name: str) -> None:
+        """The node this view shows next time it is pushed."""
         self.node = name
-        self.audit_text = "asking the agent ..."
 
     @property
     def fleet_app(self) -> FleetApp:
@@ -100,8 +106,9 @@ class NodeScreen(Screen[None]):
             yield Static(id="audit")
         yield Footer()
 
-    def on_mount(self) -> None:
+    def on_screen_resume(self) -> None:
         self.sub_title = self.node
+        self.audit_text = "audit log: asking the agent ..."
         self.redraw()
         self.action_audit()
 

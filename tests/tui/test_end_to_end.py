@@ -43,7 +43,7 @@ async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
             assert isinstance(screen, FleetScreen)
 
             demo.inject("demo02", "xid79", 1)
-            await until(lambda: str(screen.table.get_cell("demo02", "alerts")) != "", "alert")
+            await until(lambda: screen.table.cell_text("demo02", "alerts") != "", "alert")
             messages = [a.message for a in fleet.nodes["demo02"].alerts]
             assert "GPU 1: XID 79" in messages
             assert "GPU 1 is lost" in messages

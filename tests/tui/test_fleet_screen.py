@@ -41,12 +41,11 @@ def fleet_screen(app: FleetApp) -> FleetScreen:
 
 
 def names(app: FleetApp) -> list[str]:
-    table = fleet_screen(app).table
-    return [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
+    return fleet_screen(app).table.row_names
 
 
 def cell(app: FleetApp, node: str, column: str) -> str:
-    return str(fleet_screen(app).table.get_cell(node, column))
+    return fleet_screen(app).table.cell_text(node, column)
 
 
 def requests(app: FleetApp) -> Requests:
@@ -81,12 +80,12 @@ async def test_sort_cycles_columns_and_reverses() -> None:
             await pilot.press("s")
             if str(screen.sort_column) == "power":
                 break
-        powers = [fleet_screen(app).table.get_cell(n, "power") for n in names(app)]
-        known = [float(str(p)) for p in powers if str(p) not in ("", "n/a")]
+        powers = [cell(app, n, "power") for n in names(app)]
+        known = [float(p) for p in powers if p not in ("", "n/a")]
         assert known == sorted(known)
         await pilot.press("S")
-        powers = [fleet_screen(app).table.get_cell(n, "power") for n in names(app)]
-        known_desc = [float(str(p)) for p in powers if str(p) not in ("", "n/a")]
+        powers = [cell(app, n, "power") for n in names(app)]
+        known_desc = [float(p) for p in powers if p not in ("", "n/a")]
         assert known_desc == sorted(known, reverse=True)
         assert names(app)[-1] == "inf2", "the node with no numbers sorts last either way"
 
@@ -131,7 +130,7 @@ async def test_marks_choose_the_nodes_acted_on() -> None:
         await pilot.press("space", "space")  # marks gpu01, gpu02 (the cursor moves down)
         screen = fleet_screen(app)
         assert screen.marked == {"gpu01", "gpu02"}
-        assert cell(app, "gpu01", "mark") == "*"
+        assert screen.table.marked == {"gpu01", "gpu02"}
         assert screen.chosen() == ["gpu01", "gpu02"]
         await pilot.press("escape")
         assert screen.marked == set()
