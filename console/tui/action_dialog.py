@@ -19,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from console.actions import (
     VERBS,
@@ -34,6 +34,7 @@ from console.actions import (
     restart_targets,
     run_action,
 )
+from console.tui.key_bar import KeyBar
 from console.tui.style import toned
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class ActionResults(Screen[None]):
         table.add_column("RESULT", key="outcome")
         table.add_column("DETAIL", key="detail")
         yield table
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

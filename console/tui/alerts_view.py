@@ -9,8 +9,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
+from console.tui.key_bar import KeyBar
 from console.tui.style import toned
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class AlertsScreen(Screen[None]):
         ]:
             table.add_column(label, key=key)
         yield table
-        yield Footer()
+        yield KeyBar()
 
     def __init__(self) -> None:
         super().__init__()

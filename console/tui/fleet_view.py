@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input
+from textual.widgets import Header, Input
 
 from console.actions import VERBS
 from console.rows import (
@@ -25,6 +25,7 @@ from console.rows import (
     parse_filter,
 )
 from console.tui.fleet_table import Cell, FleetTable, TableColumn
+from console.tui.key_bar import KeyBar
 from console.tui.style import Tone, na
 from console.tui.text_line import TextLine
 
@@ -118,7 +119,7 @@ class FleetScreen(Screen[None]):
         yield Input(
             id="filter", placeholder="filter: words, gpu[01-08], pool=, state=, link=, alert"
         )
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False

@@ -10,20 +10,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Label, Static
 
-KEY_NAMES = {"slash": "/", "question_mark": "?", "space": "space", "escape": "esc"}
-
-
-def keys_of(screen: Screen[Any]) -> list[tuple[str, str]]:
-    """(key, what it does) for each binding the screen allows now (read-only hides verbs)."""
-    out = []
-    for b in [*screen.BINDINGS, *screen.app.BINDINGS]:
-        if not isinstance(b, Binding) or not b.description:
-            continue
-        action = b.action.split("(", 1)[0]
-        if screen.check_action(action, ()) is False:
-            continue
-        out.append((KEY_NAMES.get(b.key, b.key), b.description))
-    return out
+from console.tui.key_bar import keys_of
 
 
 class HelpScreen(ModalScreen[None]):

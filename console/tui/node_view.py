@@ -14,12 +14,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from agents.protocol import GpufleetError
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
+from console.tui.key_bar import KeyBar
 from console.tui.style import na, toned
 
 if TYPE_CHECKING:
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
     from console.tui.app import FleetApp
 
 SPARK_WIDTH: Final = 20
+#: Clocks-event reasons as an operator says them (names from agents/gpu/clocks.py); a name
+#: not here is shown as it came, so a new driver's reason is never hidden.
+REASON_WORDS: Final = {
+    "gpu_idle": "idle",
+    "applications_clocks_setting": "application clocks",
+    "sw_power_cap": "power cap",
+    "hw_slowdown": "HW slowdown",
+    "sync_boost": "sync boost",
+    "sw_thermal_slowdown": "thermal (SW)",
+    "hw_thermal_slowdown": "thermal (HW)",
+    "hw_power_brake_slowdown": "power brake (HW)",
+    "display_clock_setting": "display clocks",
+}
 MIB: Final = 1 << 20
 EVENTS_SHOWN: Final = 20
 AUDIT_SHOWN: Final = 20
@@ -104,7 +118,7 @@ class NodeScreen(Screen[None]):
             yield Static(id="host")
             yield Static(id="events")
             yield Static(id="audit")
-        yield Footer()
+        yield KeyBar()
 
     def on_screen_resume(self) -> None:
         self.sub_title = self.node
@@ -162,7 +176,7 @@ class NodeScreen(Screen[None]):
             mem_hi = info.memory_total / MIB if info and info.memory_total else None
             power_hi = info.power_limit_mw / 1000 if info and info.power_limit_mw else None
             temp_hi = float(info.temp_shutdown_c) if info and info.temp_shutdown_c else None
-            reasons = ", ".join(r.clock_reasons or []) or "none"
+            reasons = ", ".join(REASON_WORDS.get(c, c) for c in r.clock_reasons or []) or "none"
             hot = (
                 info is not None
                 and info.temp_slowdown_c is not None

@@ -317,3 +317,17 @@ async def test_the_command_palette_jumps_to_a_node() -> None:
         await pilot.pause()
         assert isinstance(app.screen, NodeScreen)
         assert app.screen.node == "inf1"
+
+
+async def test_the_mouse_moves_the_cursor_sorts_and_opens() -> None:
+    app = make(SimFleet())
+    async with app.run_test(size=SIZE) as pilot:
+        screen = fleet_screen(app)
+        await pilot.click("#fleet", offset=(3, 3))  # the third row under the header
+        assert screen.current_node() == "gpu03"
+        await pilot.click("#fleet", offset=(3, 0))  # the NODE header: sorted, reversed
+        assert (screen.sort_column, screen.sort_reverse) == ("name", True)
+        assert names(app)[0] == "inf2"
+        await pilot.click("#fleet", offset=(3, 2), times=2)  # a double click opens it
+        assert isinstance(app.screen, NodeScreen)
+        assert app.screen.node == "inf1"

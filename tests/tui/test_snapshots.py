@@ -71,3 +71,14 @@ def test_alerts_view(snap_compare: Snap) -> None:
     sim.nodes["gpu03"].backend.inject("ecc", 0)
     sim.step()
     assert snap_compare(make(sim), terminal_size=SIZE, press=["a"], run_before=settle)
+
+
+def test_fleet_view_light_theme(snap_compare: Snap) -> None:
+    """The same rows on a light background: states and alerts must stay legible."""
+    app = make(SimFleet())
+
+    async def light(pilot: Pilot[Any]) -> None:
+        app.theme = "textual-light"
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=light)
