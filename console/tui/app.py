@@ -8,6 +8,7 @@ whatever the rate of frames, so 1,000 nodes streaming cost one redraw of what ch
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,8 @@ from console.tui.commands import FleetCommands
 
 #: Seconds between screen refreshes (about 2 Hz, design.md §4).
 REFRESH_S = 0.5
+#: Freeze the start-up heap by then even if some nodes are still connecting.
+FREEZE_AFTER_S = 60.0
 
 
 @runtime_checkable
@@ -30,6 +33,14 @@ class FleetAware(Protocol):
     """A screen that shows fleet data: told which nodes changed at each refresh."""
 
     def fleet_changed(self, changed: set[str], now: float) -> None: ...
+
+
+@runtime_checkable
+class KeepsUp(Protocol):
+    """A screen that, while covered, keeps its data current without drawing it, so that
+    coming back to it is quick."""
+
+    def keep_up(self, changed: set[str], now: float) -> None: ...
 
 
 class FleetApp(App[None]):
@@ -61,6 +72,8 @@ class FleetApp(App[None]):
         self.clock = clock
         self._refresh_s = refresh_s
         self.sub_title = source + ("  [read-only]" if readonly else "")
+        self._heap_frozen = False
+        self._started = time.monotonic()
 
     def on_mount(self) -> None:
         from console.tui.fleet_view import FleetScreen
@@ -78,10 +91,27 @@ class FleetApp(App[None]):
     def refresh_fleet(self) -> None:
         """Age the model and show what changed (called at the steady rate, or by tests)."""
         now = self.clock()
+        if not self._heap_frozen:
+            self._freeze_startup_heap()
         self.fleet.tick(now)
         changed = self.fleet.flush()
-        if isinstance(self.screen, FleetAware):
-            self.screen.fleet_changed(changed, now)
+        top = self.screen
+        for screen in self.screen_stack:
+            if screen is not top and isinstance(screen, KeepsUp):
+                screen.keep_up(changed, now)
+        if isinstance(top, FleetAware):
+            top.fleet_changed(changed, now)
+
+    def _freeze_startup_heap(self) -> None:
+        """Once every node has answered or failed (or after a minute): move what start-up
+        built (inventories, widgets, the model) out of the collector's full passes. Those
+        passes stop the screen for as long as they take to walk the heap, 40 to 80 ms with a
+        1,000-node fleet; frozen, the walk covers only what has changed since."""
+        settled = all(v.link != "connecting" for v in self.fleet.nodes.values())
+        if settled or time.monotonic() - self._started > FREEZE_AFTER_S:
+            gc.collect()
+            gc.freeze()
+            self._heap_frozen = True
 
     def open_node(self, name: str) -> None:
         from console.tui.node_view import NodeScreen

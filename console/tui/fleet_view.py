@@ -124,13 +124,15 @@ class FleetScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
         self.table.focus()
-        self.on_screen_resume()
-
-    def on_screen_resume(self) -> None:
-        """Back on top after another view: every row afresh (refreshes went elsewhere)."""
         now = self.fleet_app.clock()
         self.rows.update(now)
         self.redraw(now)
+
+    def on_screen_resume(self) -> None:
+        self.redraw()  # the rows were kept up while covered (keep_up)
+
+    def keep_up(self, changed: set[str], now: float) -> None:
+        self.rows.update(now, changed)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # --readonly: the verbs are not there at all (not shown, not bound)

@@ -14,20 +14,26 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Header, Static
+from textual.widgets import Header, Static
 
-from agents.protocol import GpufleetError
+from agents.protocol import ALARMING_REASONS, GpufleetError
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
 from console.tui.key_bar import KeyBar
-from console.tui.style import na, toned
+from console.tui.style import na, tone_style
+from console.tui.text_table import Cell, text_table
 
 if TYPE_CHECKING:
     from console.fleet import NodeView
     from console.tui.app import FleetApp
 
-SPARK_WIDTH: Final = 20
+SPARK_WIDTH: Final = 16
+GPU_HEADERS: Final = (
+    "GPU", "UTIL %", "MEM MiB", "TEMP C", "POWER W", "SM/MEM MHz", "CLOCKS LIMITED BY",
+    "ECC UNCORR", "REMAPPED",
+)  # fmt: skip
+PROC_HEADERS: Final = ("GPU", "PID", "USER", "MEM MiB", "COMMAND")
 #: Clocks-event reasons as an operator says them (names from agents/gpu/clocks.py); a name
 #: not here is shown as it came, so a new driver's reason is never hidden.
 REASON_WORDS: Final = {
@@ -91,30 +97,8 @@ class NodeScreen(Screen[None]):
         yield Header(show_clock=False)
         with VerticalScroll():
             yield Static(id="node-head")
-            gpus: DataTable[Text | str] = DataTable(id="gpus", cursor_type="row")
-            for key, label in [
-                ("gpu", "GPU"),
-                ("util", "UTIL %"),
-                ("mem", "MEM MiB"),
-                ("temp", "TEMP C"),
-                ("power", "POWER W"),
-                ("clocks", "SM/MEM MHz"),
-                ("reasons", "CLOCKS LIMITED BY"),
-                ("ecc", "ECC UNCORR"),
-                ("remap", "REMAPPED"),
-            ]:
-                gpus.add_column(label, key=key)
-            yield gpus
-            procs: DataTable[str] = DataTable(id="procs", cursor_type="row")
-            for key, label in [
-                ("gpu", "GPU"),
-                ("pid", "PID"),
-                ("user", "USER"),
-                ("mem", "MEM MiB"),
-                ("command", "COMMAND"),
-            ]:
-                procs.add_column(label, key=key)
-            yield procs
+            yield Static(id="gpus")
+            yield Static(id="procs")
             yield Static(id="host")
             yield Static(id="events")
             yield Static(id="audit")
@@ -164,14 +148,14 @@ class NodeScreen(Screen[None]):
 
     def _draw_gpus(self) -> None:
         view, app = self.view, self.fleet_app
-        table = self.query_one("#gpus", DataTable)
-        table.clear()
         sample = view.sample
         infos = {g.index: g for g in view.inventory.gpus} if view.inventory else {}
+        bad = tone_style(app, "bad")
+        rows: list[list[Cell]] = []
         for r in sample.gpus if sample else []:
             info = infos.get(r.index)
             if r.lost:
-                table.add_row(str(r.index), toned(app, "GPU lost", "bad"), *[""] * 7)
+                rows.append([(str(r.index), ""), ("GPU lost", bad), *[("", "")] * 7])
                 continue
             mem_hi = info.memory_total / MIB if info and info.memory_total else None
             power_hi = info.power_limit_mw / 1000 if info and info.power_limit_mw else None
@@ -182,30 +166,38 @@ class NodeScreen(Screen[None]):
                 and info.temp_slowdown_c is not None
                 and (r.temp_c or 0) >= (info.temp_slowdown_c - app.fleet.rules.temp_margin_c)
             )
-            table.add_row(
-                str(r.index),
-                self._spark(r.index, "util", 100.0),
-                self._spark(r.index, "mem", mem_hi),
-                toned(app, self._spark(r.index, "temp", temp_hi), "bad" if hot else "plain"),
-                self._spark(r.index, "power", power_hi),
-                f"{na(r.sm_clock_mhz)}/{na(r.mem_clock_mhz)}",
-                reasons,
-                na(r.ecc_uncorrected_volatile),
-                f"{na(r.remapped_uncorrectable)}"
+            remap = (
+                na(r.remapped_uncorrectable)
                 + (" pending" if r.remap_pending else "")
-                + (" FAILED" if r.remap_failure else ""),
+                + (" FAILED" if r.remap_failure else "")
             )
-        procs = self.query_one("#procs", DataTable)
-        procs.clear()
-        for r in sample.gpus if sample else []:
-            for p in r.processes or []:
-                procs.add_row(
-                    str(r.index),
-                    str(p.pid),
-                    p.user or "?",
-                    na(None if p.used_memory is None else p.used_memory // MIB),
-                    p.command or "?",
-                )
+            rows.append(
+                [
+                    (str(r.index), ""),
+                    (self._spark(r.index, "util", 100.0), ""),
+                    (self._spark(r.index, "mem", mem_hi), ""),
+                    (self._spark(r.index, "temp", temp_hi), bad if hot else ""),
+                    (self._spark(r.index, "power", power_hi), ""),
+                    (f"{na(r.sm_clock_mhz)}/{na(r.mem_clock_mhz)}", ""),
+                    (reasons, bad if ALARMING_REASONS & set(r.clock_reasons or ()) else ""),
+                    (na(r.ecc_uncorrected_volatile), bad if r.ecc_uncorrected_volatile else ""),
+                    (remap, bad if r.remap_pending or r.remap_failure else ""),
+                ]
+            )
+        self.query_one("#gpus", Static).update(text_table(GPU_HEADERS, rows))
+        procs: list[list[Cell]] = [
+            [
+                (str(r.index), ""),
+                (str(p.pid), ""),
+                (p.user or "?", ""),
+                (na(None if p.used_memory is None else p.used_memory // MIB), ""),
+                (p.command or "?", ""),
+            ]
+            for r in (sample.gpus if sample else [])
+            for p in r.processes or []
+        ]
+        shown = text_table(PROC_HEADERS, procs) if procs else Text("no GPU processes listed")
+        self.query_one("#procs", Static).update(shown)
 
     def _draw_host(self) -> None:
         sample = self.view.sample

@@ -60,9 +60,10 @@ async def test_rows_navigation_and_the_node_view() -> None:
         await pilot.press("down", "down", "enter")
         assert isinstance(app.screen, NodeScreen)
         assert app.screen.node == "gpu03"
-        gpus = app.screen.query_one("#gpus", DataTable)
-        assert gpus.row_count == 4
-        assert "▁" in str(gpus.get_row_at(0)[1]) or "█" in str(gpus.get_row_at(0)[1])
+        gpus = str(app.screen.query_one("#gpus").render()).splitlines()
+        assert gpus[0].split()[:3] == ["GPU", "UTIL", "%"]
+        assert len(gpus) == 5, "a header and a row per GPU"
+        assert any(c in gpus[1] for c in "▁▂▃▄▅▆▇█"), "sparklines, full from the history"
         await pilot.press("escape")
         assert isinstance(app.screen, FleetScreen)
         assert fleet_screen(app).current_node() == "gpu03", "the cursor stays on its node"
