@@ -354,9 +354,14 @@ async def _demo(
                     await scripted(say)
 
             async def on_screen(app: FleetApp) -> None:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await beside(app)
-                app.exit()
+                except TimeoutError:
+                    pass  # --seconds ran out
+                except Exception:
+                    logging.getLogger("gpufleet.console").exception("demo incidents failed")
+                finally:
+                    app.exit()
 
             source = f"demo: {nodes} nodes x {gpus} simulated H100s over SSH  (log: {log})"
             await _screen(load_inventory(where), LinkOptions(), readonly, source, on_screen)

@@ -126,6 +126,7 @@ class FleetState:
         }
         #: Alerts raised across the fleet, active and ended, oldest first (the alerts view).
         self.alert_log: deque[AlertRecord] = deque(maxlen=ALERT_LOG)
+        self.alert_changes = 0  # counts alerts raised and ended: a view redraws when it moves
         self._dirty: set[str] = set()
         self._subscribers: list[Callable[[set[str]], None]] = []
 
@@ -198,6 +199,7 @@ class FleetState:
         """What the agent said in its hello."""
         view = self.nodes[node]
         view.agent = f"{software}, protocol {proto}"
+        view.lost = None  # the stream is back: what broke it is no longer the reason
         if interval:
             view.interval = interval
 
@@ -234,10 +236,12 @@ class FleetState:
             if record is None:
                 record = view.open_alerts[key] = AlertRecord(alert, now)
                 self.alert_log.append(record)
+                self.alert_changes += 1
             else:
                 record.alert = alert
         for key in [k for k in view.open_alerts if k not in current]:
             view.open_alerts.pop(key).ended = now
+            self.alert_changes += 1
         view.alerts = alerts
         self._dirty.add(view.name)
 

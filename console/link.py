@@ -241,7 +241,7 @@ class NodeLink:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # every failure is a link state, never a crash
+            except Exception as exc:  # every failure is a link state, never a crash
                 failure = classify(exc, self.entry, self._policy.verdict if self._policy else None)
                 self.fleet.set_link(self.entry.name, failure.state, failure.reason, self._now())
                 log.info("%s: %s: %s", self.entry.name, failure.state, failure.reason)

@@ -188,7 +188,9 @@ class ActionResults(Screen[None]):
         for node, r in self.results.items():
             table.add_row(node, *self._cells(r)[1:], key=node)
         self._summarise()
-        self.run_worker(self._send(), exclusive=True)
+        # The app's worker, not this screen's: leaving the screen must not cancel requests
+        # already on their way (their outcome would then be unknown to everyone).
+        self.app.run_worker(self._send(), group="action")
 
     def _cells(self, r: NodeResult) -> list[Text | str]:
         tone = {"ok": "good", "refused": "bad", "not_delivered": "bad", "pending": "dim"}
@@ -201,10 +203,25 @@ class ActionResults(Screen[None]):
             for node in a.nodes:
                 self._show(NodeResult(node, "not_delivered", "not sent: no connection to nodes"))
             return
-        await run_action(requester, a.nodes, a.verb, a.args, self._show)
+        results = await run_action(requester, a.nodes, a.verb, a.args, self._show)
+        if not self.is_attached:  # the operator left before the end: say how it ended
+            failed = [r for r in results if r.outcome != "ok"]
+            title = VERBS[a.verb].title
+            where = hostlist.collect_hostlist(a.nodes)
+            if failed:
+                self.app.notify(
+                    f"{title} {where}: {len(failed)} of {len(results)} not done "
+                    f"(e.g. {failed[0].node}: {failed[0].message})",
+                    severity="error",
+                    timeout=15,
+                )
+            else:
+                self.app.notify(f"{title} {where}: done on all {len(results)}")
 
     def _show(self, result: NodeResult) -> None:
         self.results[result.node] = result
+        if not self.is_attached:
+            return
         table = self.query_one(DataTable)
         cells = self._cells(result)
         table.update_cell(result.node, "outcome", cells[1], update_width=True)

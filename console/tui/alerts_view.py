@@ -11,11 +11,16 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Static
 
+from console.fleet import AlertRecord
 from console.tui.key_bar import KeyBar
 from console.tui.style import toned
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
+
+
+#: Seconds between redraws for the ages alone ("12s ago") when no alert came or went.
+AGES_EVERY_S = 5.0
 
 
 def ago(seconds: float) -> str:
@@ -58,7 +63,9 @@ class AlertsScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._row_nodes: list[str] = []
+        self._records: list[AlertRecord] = []
+        self._drawn_changes = -1
+        self._drawn_at = 0.0
 
     def on_mount(self) -> None:
         self.sub_title = "alerts"
@@ -66,14 +73,16 @@ class AlertsScreen(Screen[None]):
         self.query_one(DataTable).focus()
 
     def fleet_changed(self, changed: set[str], now: float) -> None:
-        if changed:
+        """Redrawn when an alert is raised or ends, and every few seconds for the ages."""
+        fleet = self.fleet_app.fleet
+        if fleet.alert_changes != self._drawn_changes or now - self._drawn_at >= AGES_EVERY_S:
             self.redraw()
 
     def redraw(self) -> None:
         app = self.fleet_app
         now = app.clock()
         table = self.query_one("#alerts", DataTable)
-        row = table.cursor_row
+        keep = self._records[table.cursor_row] if table.cursor_row < len(self._records) else None
         table.clear()
         records = sorted(app.fleet.alert_log, key=lambda r: r.since, reverse=True)
         active = 0
@@ -85,17 +94,19 @@ class AlertsScreen(Screen[None]):
             else:
                 status = toned(app, f"ended {ago(now - r.ended)}", "dim")
             table.add_row(ago(now - r.since), status, a.severity, a.node, a.message, key=str(i))
-        self._row_nodes = [r.alert.node for r in records]
+        self._records = records
+        self._drawn_changes, self._drawn_at = app.fleet.alert_changes, now
         self.query_one("#alerts-head", Static).update(
             f"{active} active, {len(records) - active} ended (newest first)"
         )
-        if records:
-            table.move_cursor(row=min(row, len(records) - 1), animate=False)
+        at = next((i for i, r in enumerate(records) if r is keep), None)
+        if at is not None:  # the cursor stays on its alert
+            table.move_cursor(row=at, animate=False)
 
     def action_open_node(self) -> None:
         table = self.query_one("#alerts", DataTable)
-        if self._row_nodes and table.cursor_row < len(self._row_nodes):
-            self.fleet_app.open_node(self._row_nodes[table.cursor_row])
+        if table.cursor_row < len(self._records):
+            self.fleet_app.open_node(self._records[table.cursor_row].alert.node)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_node()

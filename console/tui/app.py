@@ -12,7 +12,7 @@ import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from textual.app import App
 from textual.binding import Binding, BindingType
@@ -21,6 +21,9 @@ from console.actions import Requester
 from console.fleet import FleetState
 from console.fleetlinks import FleetLinks
 from console.tui.commands import FleetCommands
+
+if TYPE_CHECKING:
+    from console.tui.node_view import NodeScreen
 
 #: Seconds between screen refreshes (about 2 Hz, design.md §4).
 REFRESH_S = 0.5
@@ -120,10 +123,20 @@ class FleetApp(App[None]):
             return
         if not self.is_screen_installed("node"):
             self.install_screen(NodeScreen(), "node")
-        screen = self.get_screen("node")
-        assert isinstance(screen, NodeScreen)
-        screen.show(name)
-        self.push_screen(screen)
+        node_screen = self.get_screen("node")
+        assert isinstance(node_screen, NodeScreen)
+        node_screen.show(name)
+        if not any(s is node_screen for s in self.screen_stack):
+            self.push_screen(node_screen)
+            return
+        self._back_to(node_screen)
+
+    def _back_to(self, screen: NodeScreen) -> None:
+        """Pop the views above ``screen`` (it was opened again from one of them) and show it
+        afresh."""
+        while self.screen_stack[-1] is not screen:
+            self.pop_screen()
+        screen.on_screen_resume()
 
     def open_alerts(self) -> None:
         from console.tui.alerts_view import AlertsScreen

@@ -108,7 +108,7 @@ class FleetTable(ScrollView, can_focus=True):
         """New rows (sorted, filtered); the cursor stays on the node it was on, if shown.
         Only the lines on screen whose row changed are redrawn."""
         current = self.current_node()
-        top, height = self.scroll_offset.y, max(0, self.size.height - 1)
+        top, height = self.scroll_offset.y, self._body()
         before = self.rows[top : top + height]
         self.rows = rows
         self._index = {r.name: i for i, r in enumerate(rows)}
@@ -116,6 +116,9 @@ class FleetTable(ScrollView, can_focus=True):
         moved = cursor != self.cursor_row
         self.cursor_row = min(cursor, max(0, len(rows) - 1))
         self.virtual_size = Size(self._width, len(rows) + 1)
+        if moved and not top <= self.cursor_row < top + height:
+            self.move_to(self.cursor_row)  # the node the cursor is on stays in sight
+            return
         if len(self._cache) > 4 * max(64, self.size.height):
             self._cache.clear()
         after = rows[top : top + height]
@@ -191,7 +194,7 @@ class FleetTable(ScrollView, can_focus=True):
             return
         before = self.cursor_row
         self.cursor_row = max(0, min(len(self.rows) - 1, index))
-        body = max(1, self.size.height - 1)
+        body = self._body()
         top = self.scroll_offset.y
         if self.cursor_row < top:
             self.scroll_to(y=self.cursor_row, animate=False)
@@ -207,7 +210,12 @@ class FleetTable(ScrollView, can_focus=True):
         self.move_to(self.cursor_row + step)
 
     def action_page(self, step: int) -> None:
-        self.move_to(self.cursor_row + step * max(1, self.size.height - 2))
+        self.move_to(self.cursor_row + step * max(1, self._body() - 1))
+
+    def _body(self) -> int:
+        """Rows of nodes on screen: the height less the header (and a horizontal scrollbar,
+        which a terminal narrower than the table shows)."""
+        return max(1, self.scrollable_content_region.height - 1)
 
     def action_edge(self, end: int) -> None:
         self.move_to(len(self.rows) - 1 if end else 0)

@@ -210,9 +210,10 @@ class FleetScreen(Screen[None]):
         return self.table.current_node()
 
     def chosen(self) -> list[str]:
-        """Marked rows if any (in the table's order), else the row under the cursor."""
+        """Marked rows that the filter shows, in the table's order; else the cursor's row.
+        Marks hidden by a filter are not acted on: an operator acts on what is in sight."""
         if self.marked:
-            return [n for n in self.fleet_app.fleet.nodes if n in self.marked]
+            return [n for n in self.table.row_names if n in self.marked]
         node = self.current_node()
         return [node] if node else []
 

@@ -7,12 +7,15 @@ end-to-end test here)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from textual.widgets import Button, DataTable, Input, Select
 
-from console.tui.action_dialog import ActionDialog, ActionResults
+from agents.protocol import Response
+from console.rows import parse_filter
+from console.tui.action_dialog import ActionDialog, ActionResults, start_action
 from console.tui.alerts_view import AlertsScreen
 from console.tui.app import FleetApp
 from console.tui.fleet_view import FleetScreen
@@ -332,3 +335,69 @@ async def test_the_mouse_moves_the_cursor_sorts_and_opens() -> None:
         await pilot.click("#fleet", offset=(3, 2), times=2)  # a double click opens it
         assert isinstance(app.screen, NodeScreen)
         assert app.screen.node == "inf1"
+
+
+async def test_readonly_refuses_an_action_from_anywhere() -> None:
+    """Not only the keys: the one way into an action says no in read-only mode."""
+    app = make(SimFleet(), readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        start_action(app, "drain", ["gpu01"])
+        await pilot.pause()
+        assert isinstance(app.screen, FleetScreen), "no dialog"
+        assert any("read-only" in str(n.message) for n in app._notifications)
+        assert requests(app).sent == []
+
+
+class SlowRequests(Requests):
+    """Answers only when the test says so: an action still on its way."""
+
+    def __init__(self) -> None:
+        super().__init__("ok")
+        self.release = asyncio.Event()
+
+    async def request(
+        self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+    ) -> Response:
+        await self.release.wait()
+        return await super().request(node, op, args, wait)
+
+
+async def test_leaving_the_results_does_not_cancel_the_action() -> None:
+    sim = SimFleet()
+    slow = SlowRequests()
+    app = FleetApp(sim.fleet, requester=slow, clock=sim.clock, refresh_s=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("u")
+        await pilot.click("#confirm")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "ActionResults"
+        await pilot.press("escape")  # the operator walks away while it is pending
+        assert type(app.screen).__name__ == "FleetScreen"
+        slow.release.set()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert slow.sent == [("gpu01", "resume", {})], "sent and answered, not cancelled"
+        assert any("Resume gpu01: done on all 1" in str(n.message) for n in app._notifications)
+
+
+async def test_the_cursor_stays_in_sight_in_a_small_terminal() -> None:
+    """A terminal narrower than the table shows a horizontal scrollbar: the cursor must
+    still never go below the last row on screen."""
+    app = make(SimFleet())
+    async with app.run_test(size=(90, 12)) as pilot:
+        table = fleet_screen(app).table
+        for _ in range(7):
+            await pilot.press("down")
+            top = table.scroll_offset.y
+            body = table.scrollable_content_region.height - 1
+            assert top <= table.cursor_row < top + body
+
+
+async def test_marks_hidden_by_the_filter_are_not_acted_on() -> None:
+    app = make(SimFleet())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("space", "space")  # gpu01, gpu02
+        screen = fleet_screen(app)
+        screen.row_filter, screen.filter_text = parse_filter("gpu02"), "gpu02"
+        screen.redraw()
+        assert screen.chosen() == ["gpu02"]
