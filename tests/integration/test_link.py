@@ -185,7 +185,7 @@ async def test_agent_killed_and_restarted_is_recovered_without_restarting_the_li
     agent = agent_factory(*FAST).start()
     run = Running(entry(sshd, agent.socket), options(sshd))
     try:
-        await until(lambda: run.view.link == "live", "live")
+        await until(run.shows("live"), "live, as the screen saw it")
         agent.stop(signal.SIGKILL)
         await until(run.shows("agent_down"), "the loss seen")
         assert run.seen[-3:] == ["live", "stale", "agent_down"], run.seen
@@ -310,7 +310,7 @@ async def test_a_partition_is_noticed_within_the_keepalive_budget_and_heals(
             node = dataclasses.replace(node, hostname=ns.node_addr)
             run = Running(node, options(server))
             try:
-                await until(lambda: run.view.link == "live", "live")
+                await until(run.shows("live"), "live, as the screen saw it")
                 loop = asyncio.get_running_loop()
                 await asyncio.to_thread(ns.cut)
                 cut = loop.time()
