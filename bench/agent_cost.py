@@ -59,7 +59,7 @@ from types import FrameType
 from typing import Any
 
 import psutil
-from benchlib import machine_facts, once_argv, publish
+from benchlib import machine_facts, once_argv, publish, run_header
 
 from agents.client import AgentClient
 from agents.config import AgentConfig
@@ -905,10 +905,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "spawn_nvidia_smi": "nvidia_smi_cpu_per_poll_over_agent_cpu_per_sample",
     }
     results: dict[str, Any] = {
-        "benchmark": "agent_cost",
-        "date": started.isoformat(timespec="seconds"),
-        "duration_s": (dt.datetime.now(dt.UTC) - started).total_seconds(),
-        "command": shlex.join([sys.executable, *sys.argv]),
+        **run_header("agent_cost", started),
         "parameters": {
             "seconds": args.seconds,
             "warmup": args.warmup,

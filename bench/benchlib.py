@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,3 +52,14 @@ def once_argv(backend: str, *extra: str) -> list[str]:
     """``gpufleet-agent once --json``, from this checkout: the one-shot poll both baselines
     spawn."""
     return [sys.executable, "-m", "agents", "once", "--json", "--backend", backend, *extra]
+
+
+def run_header(benchmark: str, started: dt.datetime) -> dict[str, Any]:
+    """What every result file starts with: which benchmark, when, how long, and the command
+    that produced it (so a figure in the README can be traced and rerun)."""
+    return {
+        "benchmark": benchmark,
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": (dt.datetime.now(dt.UTC) - started).total_seconds(),
+        "command": shlex.join([sys.executable, *sys.argv]),
+    }

@@ -42,7 +42,7 @@ from typing import Any
 import asyncssh
 import msgspec
 import psutil
-from benchlib import machine_facts, once_argv, publish
+from benchlib import machine_facts, once_argv, publish, run_header
 
 from agents.protocol import Event, Inventory, Sample
 from console.demo import DemoServer, demo_fleet
@@ -415,10 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     e, s = exec_r["cpu_ms_per_sample_total"], same["cpu_ms_per_sample_total"]
     ratio = e / s if e and s else None
     results: dict[str, Any] = {
-        "benchmark": "fanin",
-        "date": started.isoformat(timespec="seconds"),
-        "duration_s": (dt.datetime.now(dt.UTC) - started).total_seconds(),
-        "command": shlex.join([sys.executable, *sys.argv]),
+        **run_header("fanin", started),
         "parameters": {
             "nodes": sizes,
             "exec_nodes": args.exec_nodes,

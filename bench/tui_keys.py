@@ -25,7 +25,6 @@ import contextlib
 import datetime as dt
 import math
 import random
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from benchlib import machine_facts, publish
+from benchlib import machine_facts, publish, run_header
 from rich.console import RenderableType
 from textual import events
 from textual.screen import Screen
@@ -306,10 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     worst = max(k["p99_ms"] for k in result["keys"].values())
     results: dict[str, Any] = {
-        "benchmark": "tui_keys",
-        "date": started.isoformat(timespec="seconds"),
-        "duration_s": (dt.datetime.now(dt.UTC) - started).total_seconds(),
-        "command": shlex.join([sys.executable, *sys.argv]),
+        **run_header("tui_keys", started),
         "parameters": {
             "idle": args.idle,
             "nodes": args.nodes,
