@@ -15,7 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
+
+import msgspec
 
 from agents.config import AgentConfig
 from agents.gpu.base import GpuBackend
@@ -26,6 +28,9 @@ from agents.sampler import Sampler, inventory_frame
 from agents.sdnotify import Notifier
 from agents.server import AgentServer
 from agents.store import AuditLog, StateStore, StoreError
+
+#: A GPU above this utilization counts as still working, process listed or not.
+BUSY_UTIL_PERCENT: Final = 5
 
 log = logging.getLogger("gpufleet.agent")
 T = TypeVar("T")
@@ -100,6 +105,9 @@ class Agent:
             get_state=lambda: self.state,
             inject=inject if callable(inject) else None,
             clock=clock,
+            save_state=self.store.save,
+            state_changed=self._state_changed,
+            gpus_busy=self._gpus_busy,
         )
         self.server = AgentServer(
             config=config,
@@ -176,6 +184,44 @@ class Agent:
                 self.notifier.watchdog()
             await asyncio.sleep(period)
 
+    def _gpus_busy(self) -> bool:
+        """Work still on the GPUs, from the latest sample: a process listed, or a GPU busy
+        with none listed (work in another PID namespace lists no process, design.md §2)."""
+        if not self.sampler.ring:
+            return False
+        return any(
+            r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT
+            for r in self.sampler.ring[-1].gpus
+            if not r.lost
+        )
+
+    def _state_changed(self, state: NodeState) -> None:
+        """A new ops state (already saved): kept, and told to every client as an event."""
+        self.state = state
+        said = f"{state.state}" + (f": {state.reason}" if state.reason else "")
+        event = Event(
+            seq=self.sampler.next_seq(), ts=self._clock(), kind="state", message=said, state=state
+        )
+        self._emit(event)
+
+    async def _advance_drain(self) -> None:
+        """DRAINING becomes DRAINED when the GPUs are free or the drain's deadline passes."""
+        s = self.state
+        if s.state != "draining":
+            return
+        overdue = s.deadline is not None and self._clock() >= s.deadline
+        if self._gpus_busy() and not overdue:
+            return
+        why = "timeout passed with work still running" if overdue else "GPUs idle"
+        after = msgspec.structs.replace(s, state="drained", deadline=None)
+        try:
+            await asyncio.to_thread(self.store.save, after)
+        except StoreError as exc:
+            log.error("drain: cannot save the drained state: %s", exc)
+            return
+        log.warning("drained (%s)", why)
+        self._state_changed(after)
+
     def _emit(self, event: Event) -> None:
         log.warning("event: %s", event.message)
         self.server.publish(event)
@@ -215,6 +261,7 @@ class Agent:
                 sample = await self._read(stop)
                 if sample is not None:
                     self.server.publish(sample)
+                    await self._advance_drain()
                 # Keep a steady cadence; after a stall, skip the ticks that were missed.
                 next_tick += interval
                 now = loop.time()

@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 2  # 1.1: Event.replay; 1.2: the audit request
+PROTOCOL_MINOR: Final = 3  # 1.1 Event.replay; 1.2 audit; 1.3 drain, resume, reassign
 PROTOCOL_VERSION: Final = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 #: Largest frame either side accepts, newline included. A sample of 8 GPUs with a few
@@ -181,6 +181,7 @@ class NodeState(msgspec.Struct, kw_only=True, frozen=True):
     reason: str | None = None
     who: str | None = None
     since: float | None = None  # unix time of the last change
+    deadline: float | None = None  # draining: unix time it counts as drained regardless
 
 
 class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
@@ -306,6 +307,51 @@ class AuditArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 #: Most audit entries one ``audit`` request returns (a frame must stay well under 1 MiB).
 MAX_AUDIT_READ: Final = 200
 
+#: Longest reason accepted (characters). Reasons are kept literally: quotes, ``$(...)``,
+#: newlines and non-ASCII are stored and passed on as they are, never interpreted.
+MAX_REASON: Final = 1024
+_POOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_reason(reason: str, *, required: bool) -> None:
+    if required and not reason.strip():
+        raise ValueError("a reason is required")
+    if len(reason) > MAX_REASON:
+        raise ValueError(f"reason longer than {MAX_REASON} characters")
+
+
+class DrainArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Take the node out of service: DRAINING until its GPUs are free (or ``timeout``
+    seconds pass), then DRAINED."""
+
+    reason: str
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, required=True)
+        if self.timeout is not None and not 0 <= self.timeout <= 7 * 86400:
+            raise ValueError("timeout must be 0 to 604800 seconds")
+
+
+class ResumeArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, required=False)
+
+
+class ReassignArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pool: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, required=True)
+        if not _POOL.fullmatch(self.pool):
+            raise ValueError(
+                "pool must be 1 to 64 letters, digits, '_', '.' or '-', starting with a "
+                "letter or digit"
+            )
+
 
 class RequestSpec(msgspec.Struct, frozen=True):
     args: type[msgspec.Struct]
@@ -319,6 +365,9 @@ REQUEST_SPECS: Final[dict[str, RequestSpec]] = {
     "state": RequestSpec(NoArgs, "viewer", audited=False),
     "sim_inject": RequestSpec(SimInjectArgs, "operator", audited=True),
     "audit": RequestSpec(AuditArgs, "viewer", audited=False),
+    "drain": RequestSpec(DrainArgs, "operator", audited=True),
+    "resume": RequestSpec(ResumeArgs, "operator", audited=True),
+    "reassign": RequestSpec(ReassignArgs, "operator", audited=True),
 }
 
 

@@ -23,11 +23,14 @@ from agents.protocol import (
     REQUEST_SPECS,
     AuditArgs,
     AuditEntry,
+    DrainArgs,
     GpufleetError,
     NodeState,
     ProtocolError,
+    ReassignArgs,
     Request,
     Response,
+    ResumeArgs,
     Role,
     SimInjectArgs,
     WhoAmI,
@@ -51,6 +54,11 @@ class RequestRefused(GpufleetError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _changed(message: str, before: NodeState, after: NodeState) -> Outcome:
+    result = {"message": message, "before": to_builtins(before), "after": to_builtins(after)}
+    return Outcome(result, message=message, before=before, after=after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +87,30 @@ class RequestHandler:
         get_state: Callable[[], NodeState],
         inject: Callable[[str, int], str] | None,
         clock: Callable[[], float] = time.time,
+        save_state: Callable[[NodeState], None] | None = None,
+        state_changed: Callable[[NodeState], None] | None = None,
+        gpus_busy: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``save_state`` persists a new ops state durably (blocking: it runs on a thread);
+        ``state_changed`` then tells the rest of the agent (on the event loop); ``gpus_busy``
+        says whether work is still running on the GPUs (a drain waits for it to end)."""
         self._node = node
         self._audit = audit
         self._get_state = get_state
         self._inject = inject
         self._clock = clock
+        self._save_state = save_state
+        self._state_changed = state_changed
+        self._gpus_busy = gpus_busy
         self._ops: dict[str, Op] = {
             "ping": self._ping,
             "whoami": self._whoami,
             "state": self._state,
             "sim_inject": self._sim_inject,
             "audit": self._audit_tail,
+            "drain": self._drain,
+            "resume": self._resume,
+            "reassign": self._reassign,
         }
         missing = set(REQUEST_SPECS) ^ set(self._ops)
         assert not missing, f"protocol and handler disagree on ops: {missing}"
@@ -189,6 +209,58 @@ class RequestHandler:
             return list(deque(self._audit.entries(), maxlen=args.limit))
 
         return Outcome({"entries": to_builtins(await asyncio.to_thread(tail))})
+
+    # -- the operations (adapter "none": the agent's own state is the node's state) ----------
+
+    async def _change(self, before: NodeState, after: NodeState, message: str) -> Outcome:
+        """Persist (fsync'd, off the loop), then announce; the answer carries both states."""
+        if self._save_state is None or self._state_changed is None:
+            raise RequestRefused("not_supported", f"{self._node} cannot change its state here")
+        try:
+            await asyncio.to_thread(self._save_state, after)
+        except StoreError as exc:
+            raise RequestRefused("state_failed", f"state not changed: {exc}") from None
+        self._state_changed(after)
+        return _changed(message, before, after)
+
+    async def _drain(self, caller: Caller, args: DrainArgs) -> Outcome:
+        before = self._get_state()
+        if before.state != "schedulable":  # idempotent: the first drain's reason stands
+            return _changed(f"already {before.state}", before, before)
+        now = self._clock()
+        busy = self._gpus_busy()
+        after = NodeState(
+            state="draining" if busy else "drained",
+            pool=before.pool,
+            reason=args.reason,
+            who=caller.peer.user,
+            since=now,
+            deadline=None if args.timeout is None or not busy else now + args.timeout,
+        )
+        said = "draining: waiting for the GPU work to end" if busy else "drained: GPUs idle"
+        return await self._change(before, after, said)
+
+    async def _resume(self, caller: Caller, args: ResumeArgs) -> Outcome:
+        before = self._get_state()
+        if before.state == "schedulable":
+            return _changed("already schedulable", before, before)
+        after = NodeState(
+            state="schedulable",
+            pool=before.pool,
+            reason=args.reason or None,
+            who=caller.peer.user,
+            since=self._clock(),
+        )
+        return await self._change(before, after, "schedulable")
+
+    async def _reassign(self, caller: Caller, args: ReassignArgs) -> Outcome:
+        before = self._get_state()
+        if before.pool == args.pool:
+            return _changed(f"already in pool {args.pool}", before, before)
+        # The ops state's reason, who and since stay: they say why it is out of service. The
+        # move itself is in the audit log, with its own reason.
+        after = msgspec.structs.replace(before, pool=args.pool)
+        return await self._change(before, after, f"pool {before.pool or '(none)'} -> {args.pool}")
 
     async def _sim_inject(self, caller: Caller, args: SimInjectArgs) -> Outcome:
         if self._inject is None:

@@ -439,7 +439,7 @@ async def test_requests_go_to_the_agent_on_the_live_session(
         assert who.ok
         assert who.result is not None
         assert who.result["user"] == "root", "identity from sshd's peer credentials"
-        refused = await run.link.request("drain", {"reason": "test"})
+        refused = await run.link.request("cordon", {"reason": "test"})
         assert (refused.ok, refused.code) == (False, "unknown_op")
         agent.stop(signal.SIGKILL)
         await until(run.shows("agent_down"), "the agent gone")

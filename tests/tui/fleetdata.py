@@ -50,8 +50,8 @@ class SimFleet:
 
 
 class Requests:
-    """Stands in for the links' request path (tested over real SSH in test_link.py): records
-    what was sent and answers as an agent without the operations would, refusing."""
+    """Stands in for the links' request path (tested over real SSH in test_link.py and
+    test_end_to_end.py): records what was sent, and refuses (or accepts) as an agent would."""
 
     def __init__(self, answer: str = "refuse") -> None:
         self.sent: list[tuple[str, str, dict[str, Any]]] = []

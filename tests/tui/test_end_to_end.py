@@ -57,12 +57,28 @@ async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
             results = app.screen
             assert isinstance(results, ActionResults)
             await until(lambda: results.results["demo02"].outcome != "pending", "the answer")
-            # Until the operations land the agent refuses drain: the screen must say so.
-            assert results.results["demo02"].outcome == "refused"
-            assert "unknown request 'drain'" in results.results["demo02"].message
+            result = results.results["demo02"]
+            assert result.outcome == "ok", result.message
+            assert result.message.startswith(("draining", "drained"))
             await pilot.pause()
             detail = str(results.query_one(DataTable).get_cell("demo02", "detail"))
-            assert "unknown request 'drain'" in detail
+            assert detail == result.message
             [entry] = [e for e in demo.agents["demo02"].audit.entries() if e.op == "drain"]
-            assert (entry.result, entry.who) == ("refused", getpass.getuser())
+            assert (entry.result, entry.who) == ("ok", getpass.getuser())
             assert entry.args == {"reason": "XID 79 on GPU 1"}
+            assert entry.after is not None
+            assert entry.after.state in ("draining", "drained")
+            # The agent's state event reaches the model, and the fleet view shows it.
+            await until(
+                lambda: (
+                    (s := fleet.nodes["demo02"].state) is not None
+                    and s.state in ("draining", "drained")
+                ),
+                "the new state in the fleet",
+            )
+            await pilot.press("escape")
+            await until(
+                lambda: screen.table.cell_text("demo02", "state") in ("draining", "drained"),
+                "the state on screen",
+            )
+            assert "XID 79 on GPU 1" in screen.table.cell_text("demo02", "reason")

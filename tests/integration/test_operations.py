@@ -1,0 +1,95 @@
+"""drain and resume on a real agent process (adapter "none"), seen from a streaming client.
+The GPUs are simulated (no GPU here): "busy" and "idle" are injected through the agent's own
+request path, as an operator's test would."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from agents.client import AgentClient
+from agents.protocol import Event, Sample
+from agents.store import AuditLog, StateStore
+from tests.conftest import AgentProc, wait_for
+
+pytestmark = pytest.mark.integration
+
+ONE_GPU = ("--backend", "sim", "--gpus", "1", "--interval", "0.05")
+
+
+def state_events(watcher: AgentClient, into: list[Event]) -> Callable[[str], Event | None]:
+    def seen(state: str) -> Event | None:
+        frame = watcher.recv()
+        if isinstance(frame, Event) and frame.kind == "state":
+            into.append(frame)
+        return next((e for e in into if e.state and e.state.state == state), None)
+
+    return seen
+
+
+def busy_seen(watcher: AgentClient, busy: bool) -> Callable[[], bool]:
+    def check() -> bool:
+        frame = watcher.recv()
+        return isinstance(frame, Sample) and ((frame.gpus[0].util_gpu or 0) > 5) == busy
+
+    return check
+
+
+def test_drain_waits_for_the_gpu_work_then_reports_drained(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*ONE_GPU).start()
+    events: list[Event] = []
+    with (
+        AgentClient(agent.socket, history=False) as watcher,
+        AgentClient(agent.socket, stream=False) as actor,
+    ):
+        assert actor.request("sim_inject", fault="busy", gpu=0).ok
+        wait_for(busy_seen(watcher, True), 20, "the GPU at work")
+        answer = actor.request("drain", reason="bad fan; $(id)")
+        assert answer.ok, answer.error
+        assert answer.result is not None
+        assert answer.result["after"]["state"] == "draining"
+        seen = state_events(watcher, events)
+        wait_for(lambda: seen("draining"), 20, "the draining event")
+        assert actor.request("sim_inject", fault="idle", gpu=0).ok
+        drained = wait_for(lambda: seen("drained"), 20, "the drained event")
+        assert drained.state is not None and drained.state.reason == "bad fan; $(id)"
+        assert actor.request("state").result == {**answer.result["after"], "state": "drained",
+                                                 "deadline": None}  # fmt: skip
+        assert actor.request("resume", reason="fan replaced").ok
+        wait_for(lambda: seen("schedulable"), 20, "the schedulable event")
+    assert StateStore(agent.state_dir).load().state == "schedulable"
+    ops = [(e.op, e.result) for e in AuditLog(agent.state_dir).entries() if e.op != "sim_inject"]
+    assert ops == [("drain", "ok"), ("resume", "ok")]
+
+
+def test_a_drain_timeout_ends_the_wait_with_work_still_running(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*ONE_GPU).start()
+    with (
+        AgentClient(agent.socket, history=False) as watcher,
+        AgentClient(agent.socket, stream=False) as actor,
+    ):
+        assert actor.request("sim_inject", fault="busy", gpu=0).ok
+        wait_for(busy_seen(watcher, True), 20, "the GPU at work")
+        answer = actor.request("drain", reason="urgent", timeout=0.5)
+        assert answer.result is not None and answer.result["after"]["state"] == "draining"
+        events: list[Event] = []
+        wait_for(lambda: state_events(watcher, events)("drained"), 20, "drained at the deadline")
+        assert (actor.request("state").result or {})["state"] == "drained"
+
+
+def test_the_audit_entry_is_on_disk_when_the_agent_dies_right_after_replying(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*ONE_GPU).start()
+    with AgentClient(agent.socket, stream=False) as actor:
+        assert actor.request("drain", reason="before the crash").ok
+    agent.stop(signal.SIGKILL)
+    [entry] = [e for e in AuditLog(agent.state_dir).entries() if e.op == "drain"]
+    assert (entry.result, entry.args) == ("ok", {"reason": "before the crash"})
+    assert StateStore(agent.state_dir).load().reason == "before the crash"
