@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from agents.protocol import GpufleetError, Response
-from console.fleet import FleetState
+from console.fleet import DOWN_STATES, FleetState
 
 Verb = Literal["drain", "resume", "restart", "reassign"]
 
@@ -115,7 +115,7 @@ def busy_without_processes(fleet: FleetState, nodes: Iterable[str]) -> list[str]
 
 def guard_warnings(fleet: FleetState, nodes: Iterable[str], verb: Verb) -> list[str]:
     """One line per pool of which the action would take more than GUARD_SHARE out of service
-    (counting nodes already draining or drained)."""
+    (counting nodes already draining, drained, or unreachable)."""
     if not VERBS[verb].takes_out_of_service:
         return []
     chosen = set(nodes)
@@ -125,7 +125,11 @@ def guard_warnings(fleet: FleetState, nodes: Iterable[str], verb: Verb) -> list[
         hit = [v for v in members if v.name in chosen]
         if not hit:
             continue
-        out = {v.name for v in members if v.state is not None and v.state.state != "schedulable"}
+        out = {
+            v.name
+            for v in members
+            if (v.state is not None and v.state.state != "schedulable") or v.link in DOWN_STATES
+        }
         after = len(out | {v.name for v in hit})
         if after / len(members) > GUARD_SHARE:
             warnings.append(

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
+import hostlist
 
 from agents.protocol import PROTOCOL_VERSION, GpufleetError
 from console import __version__
+from console.actions import Verb
 from console.fleet import FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory, find_inventory, load_inventory
@@ -225,8 +227,9 @@ class Reach:
         return select(fleet.nodes.values(), selector)  # state=, link=, alert: now known
 
 
-def _reaching(fn: Callable[[Reach], None]) -> Callable[..., None]:
-    """Give a command the shared options, handed to it as one ``Reach``."""
+def _reaching(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the shared options, handed to it as one ``Reach`` (its own options
+    come through as keywords)."""
 
     @functools.wraps(fn)
     def command(
@@ -238,9 +241,10 @@ def _reaching(fn: Callable[[Reach], None]) -> Callable[..., None]:
         accept_new: bool,
         identity: Path | None,
         ssh_config: Path | None,
+        **own: Any,
     ) -> None:
         options = _link_options(known_hosts, accept_new, identity, ssh_config)
-        fn(Reach(selector, inventory, as_json, wait, options))
+        fn(Reach(selector, inventory, as_json, wait, options), **own)
 
     return cast(Callable[..., None], _fleet_options(command))
 
@@ -276,6 +280,90 @@ def inventory_check(reach: Reach) -> None:
         for r in results:
             click.echo(f"{r['name']:<24} {'ok' if r['ok'] else r['problem']:<18} {r['detail']}")
     sys.exit(exit_code(views))
+
+
+def _acting(fn: Callable[..., None]) -> Callable[..., None]:
+    """The options every verb shares, on top of the fleet options."""
+    for option in reversed(
+        [
+            click.option("--dry-run", is_flag=True, help="Say what would be done; send nothing."),
+            click.option("--yes", is_flag=True, help="Do not ask (needed without a terminal)."),
+            click.option(
+                "--force", is_flag=True, help="Act past the guard on a pool's share out of service."
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn  # fmt: skip
+
+
+def _operate(
+    reach: Reach, verb: Verb, args: dict[str, Any], dry_run: bool, yes: bool, force: bool
+) -> None:
+    from console.operate import Operation, chosen_nodes, confirm, operate, result_lines
+
+    inv = load_inventory(find_inventory(reach.inventory))
+    nodes = chosen_nodes(inv, reach.selector)
+    click.echo(f"{verb} {len(nodes)} node(s): {hostlist.collect_hostlist(nodes)}", err=True)
+    confirm(verb, nodes, yes or dry_run, lambda q: click.confirm(q, default=False, err=True))
+    op = Operation(verb, args, reach.selector, dry_run, force, reach.as_json, reach.wait)
+    code, results = asyncio.run(
+        operate(inv, nodes, op, reach.options, lambda m: click.echo(m, err=True))
+    )
+    for line in result_lines(results, reach.as_json):
+        click.echo(line)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--reason", required=True, help="Why (stored and shown literally).")
+@click.option(
+    "--timeout", type=click.FloatRange(0, 604800), default=None,
+    help="Seconds after which DRAINING counts as DRAINED even with work still running.",
+)  # fmt: skip
+@_acting
+@_reaching
+def drain(reach: Reach, reason: str, timeout: float | None, **flags: bool) -> None:
+    """Take nodes out of service: DRAINING until their GPU work ends, then DRAINED."""
+    extra = {"timeout": timeout} if timeout is not None else {}
+    _operate(reach, "drain", _args("drain", reason, None, extra), **flags)
+
+
+@main.command()
+@click.option("--reason", default="", help="Why (optional).")
+@_acting
+@_reaching
+def resume(reach: Reach, reason: str, **flags: bool) -> None:
+    """Put nodes back in service."""
+    _operate(reach, "resume", _args("resume", reason, None), **flags)
+
+
+@main.command()
+@click.option("--target", required=True, help="What to restart: agent, node, gpuN or a unit.")
+@click.option("--reason", required=True, help="Why (stored and shown literally).")
+@_acting
+@_reaching
+def restart(reach: Reach, target: str, reason: str, **flags: bool) -> None:
+    """Restart something on nodes (the agent decides what it allows)."""
+    _operate(reach, "restart", _args("restart", reason, target), **flags)
+
+
+@main.command()
+@click.option("--pool", required=True, help="The pool to move the nodes to.")
+@click.option("--reason", required=True, help="Why (stored and shown literally).")
+@_acting
+@_reaching
+def reassign(reach: Reach, pool: str, reason: str, **flags: bool) -> None:
+    """Move nodes to another pool."""
+    _operate(reach, "reassign", _args("reassign", reason, pool), **flags)
+
+
+def _args(
+    verb: Verb, reason: str, choice: str | None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    from console.operate import build
+
+    return build(verb, reason, choice, extra)
 
 
 @main.command()

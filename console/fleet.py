@@ -113,6 +113,11 @@ class NodeView:
         """The ops state, from the latest inventory or state event."""
         return self.inventory.state if self.inventory else None
 
+    @property
+    def answered(self) -> bool:
+        """The node's agent sent a live sample on the current connection."""
+        return self.link in ("live", "stale") and self.sample_at is not None
+
     def age(self, now: float) -> float | None:
         """Seconds since the latest sample arrived, or None before the first."""
         return None if self.sample_at is None else max(0.0, now - self.sample_at)

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from agents.protocol import Response
-from console.fleet import FleetState
+from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
 from console.link import LinkOptions, NodeLink
 
@@ -57,6 +57,21 @@ class FleetLinks:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    async def settle(self, wait: float) -> list[str]:
+        """Wait until every node has answered (a live sample on this connection) or failed,
+        for ``wait`` seconds at most; return the nodes that did neither."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            pending = [
+                v.name
+                for v in self.fleet.nodes.values()
+                if not v.answered and v.link not in DOWN_STATES
+            ]
+            if not pending or loop.time() >= deadline:
+                return pending
+            await asyncio.sleep(0.05)
 
     async def request(
         self, node: str, op: str, args: dict[str, Any], wait: float = 30.0

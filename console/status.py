@@ -7,12 +7,11 @@ Fields are added, never renamed or removed; a value not known is ``null``, never
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-from console.fleet import DOWN_STATES, FleetState, NodeView
+from console.fleet import FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
 from console.link import LinkOptions
@@ -24,8 +23,7 @@ EXIT_NONE: Final = 3
 
 
 def answered(view: NodeView) -> bool:
-    """The node's agent sent a live sample on this connection."""
-    return view.link in ("live", "stale") and view.sample_at is not None
+    return view.answered
 
 
 def exit_code(views: Iterable[NodeView]) -> int:
@@ -94,24 +92,10 @@ async def snapshot(
 
     A snapshot takes a node's first failure as its answer: retrying is for the live screen."""
     links = FleetLinks(entries, options, concurrency=concurrency)
-    fleet = links.fleet
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-
-    def settled(view: NodeView) -> bool:
-        return answered(view) or view.link in DOWN_STATES
-
     async with links:
-        while not all(settled(v) for v in fleet.nodes.values()):
-            if loop.time() > deadline:
-                for view in fleet.nodes.values():
-                    if not settled(view):
-                        fleet.set_link(
-                            view.name, "unreachable", f"no answer in {wait:g} s", time.monotonic()
-                        )
-                break
-            await asyncio.sleep(0.05)
-    return fleet
+        for name in await links.settle(wait):
+            links.fleet.set_link(name, "unreachable", f"no answer in {wait:g} s", time.monotonic())
+    return links.fleet
 
 
 def table(views: Iterable[NodeView], now: float) -> str:

@@ -4,7 +4,6 @@ commands, with scripted incidents showing up as alerts."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,26 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from tests.integration.conftest import demo_process
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    inventory = tmp_path / "demo.toml"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "console", "demo", "--headless", "--faults", "--nodes", "6",
-         "--gpus-per-node", "2", "--inventory-out", str(inventory), "--seconds", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for(lambda: inventory.exists() or proc.poll() is not None, 30, "the demo inventory")
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    yield proc, inventory
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    finally:
-        proc.kill()
+    with demo_process(tmp_path, nodes=6, faults=True) as running:
+        yield running
 
 
 def status(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:

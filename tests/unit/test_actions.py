@@ -22,6 +22,7 @@ from console.actions import (
 from console.fleet import FleetState
 from console.inventory import parse_inventory
 from console.link import NotDelivered
+from console.operate import outcome_code, result_lines
 from tests.fakes.simnode import Node, feed
 
 FLEET = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-8]"\n'
@@ -110,3 +111,18 @@ async def test_each_node_gets_its_own_result_and_nothing_is_called_success() -> 
 async def test_no_nodes_is_an_error() -> None:
     with pytest.raises(ActionError, match="no nodes"):
         await run_action(Requester(), [], "drain", {"reason": "r"})
+
+
+def test_exit_codes_of_an_operation() -> None:
+    ok = NodeResult("a", "ok", "drained")
+    refused = NodeResult("b", "refused", "forbidden: vic is a viewer")
+    lost = NodeResult("c", "not_delivered", "c: not sent, the node is unreachable")
+    assert outcome_code([ok, ok]) == 0
+    assert outcome_code([ok, refused]) == 1
+    assert outcome_code([ok, lost]) == 1
+    assert outcome_code([refused, lost]) == 1
+    assert outcome_code([lost, lost]) == 3, "no node reached"
+    assert result_lines([ok, refused], as_json=False) == [
+        "a  ok             drained",
+        "b  refused        forbidden: vic is a viewer",
+    ]
