@@ -38,10 +38,17 @@ from agents.daemon import Agent
 from agents.gpu.base import GpuBackend
 from agents.gpu.select import open_backend
 from agents.host import HostSampler, host_info
-from agents.protocol import GpufleetError, Inventory, NodeState, Sample, to_builtins
+from agents.protocol import (
+    GpufleetError,
+    Inventory,
+    NodeState,
+    Sample,
+    parse_since,
+    to_builtins,
+)
 from agents.render import frame_line, sample_report
 from agents.sampler import Sampler, inventory_frame
-from agents.store import StateStore, StoreError
+from agents.store import AuditLog, StateStore, StoreError
 
 EX_CONFIG = 78
 
@@ -316,6 +323,31 @@ def _parse_args(args: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
             _fail(f"argument {arg!r} is not KEY=VALUE", 2)
         # Numbers as numbers (gpu=3); everything else stays a string.
         yield key, int(value) if value.lstrip("-").isdigit() else value
+
+
+@main.command()
+@config_option
+@click.option("--state-dir", default=None, help="Where state and audit log live.")
+@click.option("--since", default=None, help="Only entries since: 30m, 12h, 7d or a date.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def audit(
+    config_path: Path | None, state_dir: str | None, since: str | None, as_json: bool
+) -> None:
+    """Print the node's audit log: every request that acted or was refused, oldest first."""
+    cfg = _config(config_path, state_dir=state_dir)
+    try:
+        start = None if since is None else parse_since(since, time.time())
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    log_file = AuditLog(Path(cfg.agent.state_dir))
+    if not log_file.path.exists():
+        click.echo(f"no audit log at {log_file.path} (nothing done on this node yet)", err=True)
+        return
+    try:
+        for entry in log_file.entries(start):
+            click.echo(json.dumps(to_builtins(entry)) if as_json else entry.line())
+    except OSError as exc:
+        _fail(f"cannot read {log_file.path}: {exc.strerror}")
 
 
 @main.command()

@@ -61,8 +61,9 @@ MAX_ECHO: Final = 200
 
 def clip(text: str, limit: int = MAX_ECHO) -> str:
     """``text`` safe to echo back or log: control characters escaped, length bounded."""
-    safe = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
-    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+    if not text.isprintable():  # escape only what is not printable: "ü" stays "ü"
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ProtocolError(GpufleetError):
@@ -198,6 +199,16 @@ class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
     after: NodeState | None = None
     request_id: int | None = None
 
+    def line(self) -> str:
+        """One line for a person (both sides print the log this way): when (UTC), who,
+        what, the result, and why: the reason given, then what the agent said."""
+        import datetime as dt
+
+        at = dt.datetime.fromtimestamp(self.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        reason = self.args.get("reason")
+        why = "; ".join(str(x) for x in (reason, self.message) if x)
+        return clip(f"{at}  {self.who}  {self.op}  {self.result}  {why}".rstrip(), 400)
+
 
 # ---------------------------------------------------------------------------------------------
 # Frames: a tagged union on the "t" field
@@ -295,13 +306,40 @@ class SimInjectArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class AuditArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The newest audit entries, newest last (the node view shows them)."""
+    """The newest audit entries, newest last (the node view shows them); ``since`` (unix
+    time) leaves out older ones."""
 
     limit: int = msgspec.field(default=50)
+    since: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_AUDIT_READ:
             raise ValueError(f"limit must be 1 to {MAX_AUDIT_READ}")
+
+
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SINCE_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """``--since`` as both command lines take it: a duration back from now (``90s``, ``30m``,
+    ``12h``, ``7d``) or a date and time (ISO 8601, UTC unless it says otherwise). Raises
+    ValueError naming what it accepts."""
+    import datetime as dt
+
+    m = _SINCE.fullmatch(text.strip())
+    if m:
+        return now - float(m.group(1)) * _SINCE_UNITS[m.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: expected a duration (90s, 30m, 12h, 7d) or a date "
+            "(2026-11-26 or 2026-11-26T14:00)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 #: Most audit entries one ``audit`` request returns (a frame must stay well under 1 MiB).

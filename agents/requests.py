@@ -206,7 +206,7 @@ class RequestHandler:
         grows by one line per action, so a node's log stays small next to its disk."""
 
         def tail() -> list[AuditEntry]:
-            return list(deque(self._audit.entries(), maxlen=args.limit))
+            return list(deque(self._audit.entries(args.since), maxlen=args.limit))
 
         return Outcome({"entries": to_builtins(await asyncio.to_thread(tail))})
 

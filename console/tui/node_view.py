@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import msgspec
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -16,7 +17,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Header, Static
 
-from agents.protocol import ALARMING_REASONS, GpufleetError
+from agents.protocol import ALARMING_REASONS, AuditEntry, GpufleetError
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
@@ -53,13 +54,8 @@ AUDIT_SHOWN: Final = 20
 
 
 def audit_text(entries: list[dict[str, Any]]) -> str:
-    """The agent's audit entries, newest first, one line each: when, who, what, result, why."""
-    lines = []
-    for e in reversed(entries):
-        why = e.get("message") or (e.get("args") or {}).get("reason") or ""
-        lines.append(
-            f"{when(e.get('ts'), True)}  {e.get('who')}  {e.get('op')}  {e.get('result')}  {why}"
-        )
+    """The agent's audit entries, newest first, one line each (as the agent prints them)."""
+    lines = [msgspec.convert(e, AuditEntry).line() for e in reversed(entries)]
     shown = "\n".join(lines) if lines else "  empty: nothing was done on this node"
     return "audit log (newest first)\n" + shown
 

@@ -4,15 +4,18 @@ request path, as an operator's test would."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from agents.client import AgentClient
 from agents.protocol import Event, Sample
 from agents.store import AuditLog, StateStore
-from tests.conftest import AgentProc, wait_for
+from tests.conftest import AgentProc, agent_command, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +30,18 @@ def state_events(watcher: AgentClient, into: list[Event]) -> Callable[[str], Eve
         return next((e for e in into if e.state and e.state.state == state), None)
 
     return seen
+
+
+def idle_after_inject(watcher: AgentClient) -> Callable[[], bool]:
+    """Two idle samples in a row: the second was taken after the injection for sure."""
+    idle = busy_seen(watcher, False)
+    count = [0]
+
+    def check() -> bool:
+        count[0] = count[0] + 1 if idle() else 0
+        return count[0] >= 2
+
+    return check
 
 
 def busy_seen(watcher: AgentClient, busy: bool) -> Callable[[], bool]:
@@ -93,3 +108,46 @@ def test_the_audit_entry_is_on_disk_when_the_agent_dies_right_after_replying(
     [entry] = [e for e in AuditLog(agent.state_dir).entries() if e.op == "drain"]
     assert (entry.result, entry.args) == ("ok", {"reason": "before the crash"})
     assert StateStore(agent.state_dir).load().reason == "before the crash"
+
+
+def agent_audit(agent: AgentProc, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*agent_command(), "audit", "--state-dir", str(agent.state_dir), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_gpufleet_agent_audit_prints_the_log_on_the_node(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    agent = agent_factory(*ONE_GPU).start()
+    with (
+        AgentClient(agent.socket, history=False) as watcher,
+        AgentClient(agent.socket, stream=False) as actor,
+    ):
+        assert actor.request("sim_inject", fault="idle", gpu=0).ok
+        wait_for(idle_after_inject(watcher), 20, "the GPU idle")
+        assert actor.request("drain", reason='fan "A"; $(id) ünï').ok
+        assert actor.request("resume").ok
+    lines = agent_audit(agent)
+    assert lines.returncode == 0, lines.stderr
+    [_, drain, resume] = lines.stdout.splitlines()
+    assert drain.endswith('drain  ok  fan "A"; $(id) ünï; drained: GPUs idle')
+    assert "  resume  ok  schedulable" in resume
+    as_json = [json.loads(x) for x in agent_audit(agent, "--json").stdout.splitlines()]
+    assert [e["op"] for e in as_json] == ["sim_inject", "drain", "resume"]
+    assert as_json[1]["args"] == {"reason": 'fan "A"; $(id) ünï'}
+    assert agent_audit(agent, "--since", "1h").stdout == lines.stdout
+    assert agent_audit(agent, "--since", "2999-01-01").stdout == ""
+    bad = agent_audit(agent, "--since", "yesterday")
+    assert bad.returncode == 2
+    assert "--since 'yesterday': expected a duration (90s, 30m, 12h, 7d) or a date" in bad.stderr
+
+
+def test_gpufleet_agent_audit_with_no_log_says_so(short_tmp: Path) -> None:
+    done = subprocess.run(
+        [*agent_command(), "audit", "--state-dir", str(short_tmp / "never")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert "no audit log at" in done.stderr

@@ -43,6 +43,7 @@ from agents.protocol import (
     decode,
     decode_args,
     encode,
+    parse_since,
     parse_version,
     to_builtins,
 )
@@ -708,3 +709,24 @@ def test_decode_args_good_args_are_typed() -> None:
 def test_every_request_spec_has_a_forbidding_args_struct() -> None:
     for op, spec in REQUEST_SPECS.items():
         assert spec.args.__struct_config__.forbid_unknown_fields, op
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", 1000.0 - 90),
+        ("30m", 1000.0 - 1800),
+        ("1.5h", 1000.0 - 5400),
+        ("7d", 1000.0 - 7 * 86400),
+        ("1970-01-01T00:10:00", 600.0),
+        ("1970-01-01T01:10:00+01:00", 600.0),
+    ],
+)
+def test_since_is_a_duration_or_a_date(text: str, expected: float) -> None:
+    assert parse_since(text, now=1000.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "10 minutes", "-5m", ""])
+def test_since_that_is_neither_says_what_it_takes(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_since(text, now=1000.0)
