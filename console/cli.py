@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 import click
 import hostlist
 
-from agents.protocol import PROTOCOL_VERSION, GpufleetError
+from agents.protocol import PROTOCOL_VERSION, GpufleetError, parse_since, to_builtins
 from console import __version__
 from console.actions import Verb
 from console.fleet import FleetState, NodeView
@@ -356,6 +356,32 @@ def restart(reach: Reach, target: str, reason: str, **flags: bool) -> None:
 def reassign(reach: Reach, pool: str, reason: str, **flags: bool) -> None:
     """Move nodes to another pool."""
     _operate(reach, "reassign", _args("reassign", reason, pool), **flags)
+
+
+@main.command("audit")
+@click.option("--since", default=None, help="Only entries since: 30m, 12h, 7d or a date.")
+@_reaching
+def fleet_audit(reach: Reach, since: str | None) -> None:
+    """The audit logs of the selected nodes, merged, oldest first (asked of each agent)."""
+    from console.operate import chosen_nodes
+    from console.operate import fleet_audit as gather_audit
+
+    try:
+        start = None if since is None else parse_since(since, time.time())
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    inv = load_inventory(find_inventory(reach.inventory))
+    nodes = chosen_nodes(inv, reach.selector)
+    code, got, missing = asyncio.run(gather_audit(inv, nodes, start, reach.options, reach.wait))
+    if reach.as_json:
+        click.echo(json.dumps([{"node": n, **to_builtins(e)} for n, e in got]))
+    else:
+        width = max((len(n) for n, _ in got), default=4)
+        for node, entry in got:
+            click.echo(f"{node:<{width}}  {entry.line()}")
+    for line in missing:
+        click.echo(f"no audit log from {line}", err=True)
+    sys.exit(code)
 
 
 def _args(

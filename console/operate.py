@@ -10,6 +10,7 @@ per node. Exit 0 all done, 1 some not, 2 usage error or refusal, 3 no node reach
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -17,8 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import hostlist
+import msgspec
 
-from agents.protocol import REQUEST_SPECS, GpufleetError, ProtocolError, Request, decode_args
+from agents.protocol import (
+    MAX_AUDIT_READ,
+    REQUEST_SPECS,
+    AuditEntry,
+    GpufleetError,
+    ProtocolError,
+    Request,
+    decode_args,
+)
 from console.actions import NodeResult, Verb, guard_warnings, request_args, run_action
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory
@@ -130,3 +140,36 @@ def build(
         except ProtocolError as exc:
             raise Refused(exc.message) from None
     return args
+
+
+async def fleet_audit(
+    inv: Inventory, chosen: list[str], since: float | None, options: LinkOptions, wait: float
+) -> tuple[int, list[tuple[str, AuditEntry]], list[str]]:
+    """The audit logs of ``chosen``, merged oldest first, and the nodes that gave none."""
+    entries = [e for e in inv.nodes if e.name in chosen]
+    links = FleetLinks(entries, options)
+    got: list[tuple[str, AuditEntry]] = []
+    missing: list[str] = []
+    async with links:
+        await links.settle(wait)
+
+        async def one(node: str) -> None:
+            args: dict[str, Any] = {"limit": MAX_AUDIT_READ}
+            if since is not None:
+                args["since"] = since
+            try:
+                answer = await links.request(node, "audit", args)
+            except GpufleetError as exc:
+                missing.append(f"{node}: {exc}")
+                return
+            if not answer.ok:
+                missing.append(f"{node}: {answer.code}: {answer.error}")
+                return
+            for raw in (answer.result or {}).get("entries", []):
+                got.append((node, msgspec.convert(raw, AuditEntry)))
+
+        await asyncio.gather(*(one(n) for n in chosen))
+    got.sort(key=lambda pair: pair[1].ts)
+    if not missing:
+        return EXIT_ALL, got, missing
+    return (EXIT_NONE if len(missing) == len(chosen) else EXIT_SOME_MISSING), got, missing

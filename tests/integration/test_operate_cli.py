@@ -105,3 +105,19 @@ def test_usage_errors_are_one_line_and_exit_2(fleet: Path, args: list[str], says
     assert done.returncode == 2
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_fleet_audit_merges_the_nodes_logs(fleet: Path) -> None:
+    assert gpufleet(fleet, "drain", "demo06", "--reason", "audit me", "--yes").returncode == 0
+    assert gpufleet(fleet, "resume", "demo06", "--yes").returncode == 0
+    done = gpufleet(fleet, "audit", "demo0[5-6]", "--since", "1h")
+    assert done.returncode == 0, done.stderr
+    mine = [line for line in done.stdout.splitlines() if line.startswith("demo06")]
+    assert any("drain  ok  audit me" in line for line in mine)
+    assert any("  resume  ok" in line for line in mine)
+    doc = json.loads(gpufleet(fleet, "audit", "demo06", "--json").stdout)
+    assert {"node": "demo06", "op": "drain"}.items() <= doc[-2].items()
+    assert [e["ts"] for e in doc] == sorted(e["ts"] for e in doc)
+    bad = gpufleet(fleet, "audit", "demo06", "--since", "soon")
+    assert bad.returncode == 2
+    assert "--since 'soon'" in bad.stderr
