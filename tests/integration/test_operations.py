@@ -4,10 +4,11 @@ request path, as an operator's test would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,16 +33,32 @@ def state_events(watcher: AgentClient, into: list[Event]) -> Callable[[str], Eve
     return seen
 
 
-def idle_after_inject(watcher: AgentClient) -> Callable[[], bool]:
-    """Two idle samples in a row: the second was taken after the injection for sure."""
-    idle = busy_seen(watcher, False)
+def settled(watcher: AgentClient, busy: bool) -> Callable[[], bool]:
+    """Two samples in a row in that state: the second was taken after the injection."""
+    seen = busy_seen(watcher, busy)
     count = [0]
 
     def check() -> bool:
-        count[0] = count[0] + 1 if idle() else 0
+        count[0] = count[0] + 1 if seen() else 0
         return count[0] >= 2
 
     return check
+
+
+@contextlib.contextmanager
+def gpu_set(
+    agent_factory: Callable[..., AgentProc], fault: str
+) -> Iterator[tuple[AgentProc, AgentClient, AgentClient]]:
+    """A one-GPU agent whose GPU was just made busy or idle (and seen so in two samples),
+    with a streaming watcher and an actor."""
+    agent = agent_factory(*ONE_GPU).start()
+    with (
+        AgentClient(agent.socket, history=False) as watcher,
+        AgentClient(agent.socket, stream=False) as actor,
+    ):
+        assert actor.request("sim_inject", fault=fault, gpu=0).ok
+        wait_for(settled(watcher, busy=fault == "busy"), 20, f"the GPU {fault}")
+        yield agent, watcher, actor
 
 
 def busy_seen(watcher: AgentClient, busy: bool) -> Callable[[], bool]:
@@ -55,14 +72,8 @@ def busy_seen(watcher: AgentClient, busy: bool) -> Callable[[], bool]:
 def test_drain_waits_for_the_gpu_work_then_reports_drained(
     agent_factory: Callable[..., AgentProc],
 ) -> None:
-    agent = agent_factory(*ONE_GPU).start()
     events: list[Event] = []
-    with (
-        AgentClient(agent.socket, history=False) as watcher,
-        AgentClient(agent.socket, stream=False) as actor,
-    ):
-        assert actor.request("sim_inject", fault="busy", gpu=0).ok
-        wait_for(busy_seen(watcher, True), 20, "the GPU at work")
+    with gpu_set(agent_factory, "busy") as (agent, watcher, actor):
         answer = actor.request("drain", reason="bad fan; $(id)")
         assert answer.ok, answer.error
         assert answer.result is not None
@@ -84,13 +95,7 @@ def test_drain_waits_for_the_gpu_work_then_reports_drained(
 def test_a_drain_timeout_ends_the_wait_with_work_still_running(
     agent_factory: Callable[..., AgentProc],
 ) -> None:
-    agent = agent_factory(*ONE_GPU).start()
-    with (
-        AgentClient(agent.socket, history=False) as watcher,
-        AgentClient(agent.socket, stream=False) as actor,
-    ):
-        assert actor.request("sim_inject", fault="busy", gpu=0).ok
-        wait_for(busy_seen(watcher, True), 20, "the GPU at work")
+    with gpu_set(agent_factory, "busy") as (_, watcher, actor):
         answer = actor.request("drain", reason="urgent", timeout=0.5)
         assert answer.result is not None and answer.result["after"]["state"] == "draining"
         events: list[Event] = []
@@ -120,13 +125,7 @@ def agent_audit(agent: AgentProc, *args: str) -> subprocess.CompletedProcess[str
 def test_gpufleet_agent_audit_prints_the_log_on_the_node(
     agent_factory: Callable[..., AgentProc],
 ) -> None:
-    agent = agent_factory(*ONE_GPU).start()
-    with (
-        AgentClient(agent.socket, history=False) as watcher,
-        AgentClient(agent.socket, stream=False) as actor,
-    ):
-        assert actor.request("sim_inject", fault="idle", gpu=0).ok
-        wait_for(idle_after_inject(watcher), 20, "the GPU idle")
+    with gpu_set(agent_factory, "idle") as (agent, _, actor):
         assert actor.request("drain", reason='fan "A"; $(id) ünï').ok
         assert actor.request("resume").ok
     lines = agent_audit(agent)
