@@ -32,6 +32,15 @@ from console.fleet import FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory, find_inventory, load_inventory
 from console.link import LinkOptions
+from console.operate import (
+    Operation,
+    build,
+    chosen_nodes,
+    confirm,
+    operate,
+    result_lines,
+)
+from console.operate import fleet_audit as gather_audit
 from console.selector import parse_selector, select
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
 
@@ -300,13 +309,11 @@ def _acting(fn: Callable[..., None]) -> Callable[..., None]:
 def _operate(
     reach: Reach, verb: Verb, args: dict[str, Any], dry_run: bool, yes: bool, force: bool
 ) -> None:
-    from console.operate import Operation, chosen_nodes, confirm, operate, result_lines
-
     inv = load_inventory(find_inventory(reach.inventory))
     nodes = chosen_nodes(inv, reach.selector)
     click.echo(f"{verb} {len(nodes)} node(s): {hostlist.collect_hostlist(nodes)}", err=True)
     confirm(verb, nodes, yes or dry_run, lambda q: click.confirm(q, default=False, err=True))
-    op = Operation(verb, args, reach.selector, dry_run, force, reach.as_json, reach.wait)
+    op = Operation(verb, args, reach.selector, dry_run, force, reach.wait)
     code, results = asyncio.run(
         operate(inv, nodes, op, reach.options, lambda m: click.echo(m, err=True))
     )
@@ -326,7 +333,7 @@ def _operate(
 def drain(reach: Reach, reason: str, timeout: float | None, **flags: bool) -> None:
     """Take nodes out of service: DRAINING until their GPU work ends, then DRAINED."""
     extra = {"timeout": timeout} if timeout is not None else {}
-    _operate(reach, "drain", _args("drain", reason, None, extra), **flags)
+    _operate(reach, "drain", build("drain", reason, None, extra), **flags)
 
 
 @main.command()
@@ -335,7 +342,7 @@ def drain(reach: Reach, reason: str, timeout: float | None, **flags: bool) -> No
 @_reaching
 def resume(reach: Reach, reason: str, **flags: bool) -> None:
     """Put nodes back in service."""
-    _operate(reach, "resume", _args("resume", reason, None), **flags)
+    _operate(reach, "resume", build("resume", reason, None), **flags)
 
 
 @main.command()
@@ -345,7 +352,7 @@ def resume(reach: Reach, reason: str, **flags: bool) -> None:
 @_reaching
 def restart(reach: Reach, target: str, reason: str, **flags: bool) -> None:
     """Restart something on nodes (the agent decides what it allows)."""
-    _operate(reach, "restart", _args("restart", reason, target), **flags)
+    _operate(reach, "restart", build("restart", reason, target), **flags)
 
 
 @main.command()
@@ -355,7 +362,7 @@ def restart(reach: Reach, target: str, reason: str, **flags: bool) -> None:
 @_reaching
 def reassign(reach: Reach, pool: str, reason: str, **flags: bool) -> None:
     """Move nodes to another pool."""
-    _operate(reach, "reassign", _args("reassign", reason, pool), **flags)
+    _operate(reach, "reassign", build("reassign", reason, pool), **flags)
 
 
 @main.command("audit")
@@ -363,9 +370,6 @@ def reassign(reach: Reach, pool: str, reason: str, **flags: bool) -> None:
 @_reaching
 def fleet_audit(reach: Reach, since: str | None) -> None:
     """The audit logs of the selected nodes, merged, oldest first (asked of each agent)."""
-    from console.operate import chosen_nodes
-    from console.operate import fleet_audit as gather_audit
-
     try:
         start = None if since is None else parse_since(since, time.time())
     except ValueError as exc:
@@ -382,14 +386,6 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
     for line in missing:
         click.echo(f"no audit log from {line}", err=True)
     sys.exit(code)
-
-
-def _args(
-    verb: Verb, reason: str, choice: str | None, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    from console.operate import build
-
-    return build(verb, reason, choice, extra)
 
 
 @main.command()

@@ -30,6 +30,7 @@ from agents.protocol import (
     decode_args,
 )
 from console.actions import NodeResult, Verb, guard_warnings, request_args, run_action
+from console.fleet import FleetState
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory
 from console.link import LinkOptions
@@ -48,14 +49,11 @@ class Operation:
     selector: tuple[str, ...]
     dry_run: bool
     force: bool
-    as_json: bool
     wait: float  # seconds to wait for nodes to answer before acting
 
 
 def chosen_nodes(inv: Inventory, selector: tuple[str, ...]) -> list[str]:
     """The nodes the selector names, judged on the inventory (pools, hosts) alone."""
-    from console.fleet import FleetState
-
     if not selector:
         raise Refused("name the nodes (a hostlist, glob, pool=...): acting on all needs 'all'")
     terms = () if selector == ("all",) else selector

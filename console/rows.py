@@ -229,15 +229,6 @@ class RowCache:
         return sort_rows([self._rows[v.name] for v in views], column, reverse)
 
 
-def visible_rows(
-    fleet: FleetState, now: float, row_filter: RowFilter | None, column: Column, reverse: bool
-) -> list[NodeRow]:
-    """Every row computed afresh (for a one-off; the screen keeps a RowCache)."""
-    cache = RowCache(fleet)
-    cache.update(now)
-    return cache.visible(row_filter, column, reverse)
-
-
 __all__ = [
     "COLUMNS",
     "Column",
@@ -249,5 +240,4 @@ __all__ = [
     "fleet_totals",
     "node_row",
     "parse_filter",
-    "visible_rows",
 ]

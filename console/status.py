@@ -22,13 +22,9 @@ EXIT_USAGE: Final = 2
 EXIT_NONE: Final = 3
 
 
-def answered(view: NodeView) -> bool:
-    return view.answered
-
-
 def exit_code(views: Iterable[NodeView]) -> int:
     """0 every node answered, 1 some did not, 3 none did (an empty selection is 0)."""
-    got = [answered(v) for v in views]
+    got = [v.answered for v in views]
     if all(got):
         return EXIT_ALL
     return EXIT_SOME_MISSING if any(got) else EXIT_NONE
@@ -125,7 +121,7 @@ def table(views: Iterable[NodeView], now: float) -> str:
 def check_result(view: NodeView) -> dict[str, Any]:
     """``inventory check``: in order (host key, login, agent, protocol), or what is wrong with
     the remedy the link's reason already carries."""
-    if answered(view):
+    if view.answered:
         inv = view.inventory
         gpus = f"{len(inv.gpus)} GPU(s) via {inv.backend}" if inv else "no inventory"
         return {"name": view.name, "ok": True, "problem": None, "detail": f"{view.agent}; {gpus}"}

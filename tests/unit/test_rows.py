@@ -7,7 +7,15 @@ import pytest
 from agents.protocol import NodeState
 from console.fleet import FleetState
 from console.inventory import parse_inventory
-from console.rows import fleet_totals, node_row, parse_filter, visible_rows
+from console.rows import (
+    Column,
+    NodeRow,
+    RowCache,
+    RowFilter,
+    fleet_totals,
+    node_row,
+    parse_filter,
+)
 from console.selector import SelectorError
 from tests.fakes.simnode import Node, feed
 
@@ -15,6 +23,14 @@ FLEET = (
     '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-3]"\n'
     '[[group]]\nname = "infer"\npool = "infer"\nnodes = "inf1"\n'
 )
+
+
+def visible_rows(
+    fleet: FleetState, now: float, row_filter: RowFilter | None, column: Column, reverse: bool
+) -> list[NodeRow]:
+    cache = RowCache(fleet)
+    cache.update(now)
+    return cache.visible(row_filter, column, reverse)
 
 
 @pytest.fixture
