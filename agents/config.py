@@ -14,7 +14,8 @@ from typing import Final, Literal
 
 import msgspec
 
-from agents.protocol import GpufleetError, clip
+from agents.protocol import POOL_NAME, GpufleetError, clip
+from agents.restart import UNIT_NAME
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/gpufleet/agent.toml")
 #: Bound on the ring buffer (a day at 1 Hz is 86,400): memory, not taste, sets it.
@@ -67,16 +68,54 @@ class ClientsSection(_Section):
     max_refusals: int = 20  # requests refused for role before the connection is closed
 
 
+class SchedulerSection(_Section):
+    """Who gives this node work, and how to reach it (design.md §3)."""
+
+    kind: Literal["none", "slurm", "kubernetes"] = "none"
+    node: str | None = None  # the node's name in the scheduler; defaults to agent.node_name
+    #: Pools the node may be moved to (Slurm partitions, or values of the Kubernetes pool
+    #: label). Empty: any pool (on Slurm, any partition that exists).
+    pools: list[str] = []
+    timeout: float = 30.0  # seconds one scontrol/sinfo/kubectl call may take
+    poll: float = 10.0  # seconds between reads of the scheduler's view of the node
+    scontrol: str = "scontrol"
+    sinfo: str = "sinfo"
+    slurm_conf: str | None = None  # SLURM_CONF for the commands; None: Slurm's default
+    kubectl: str = "kubectl"
+    kubeconfig: str | None = None
+    pool_label: str = "gpufleet.io/pool"
+
+
+class RestartSection(_Section):
+    """The restart allowlist: nothing outside it can be restarted through the agent."""
+
+    agent: bool = True  # the agent itself (systemctl restart agent_unit)
+    node: bool = True  # reboot, only when drained (Slurm: scontrol reboot ASAP)
+    gpu_reset: bool = True  # nvidia-smi --gpu-reset, only when that GPU is idle
+    units: list[str] = []  # systemd units that may be restarted, e.g. "slurmd.service"
+    agent_unit: str = "gpufleet-agent.service"
+    systemctl: str = "systemctl"
+    nvidia_smi: str = "nvidia-smi"
+    timeout: float = 120.0  # seconds a restart command may take before it is killed
+
+
 class AgentConfig(_Section):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     sim: SimSection = msgspec.field(default_factory=SimSection)
     roles: RolesSection = msgspec.field(default_factory=RolesSection)
     clients: ClientsSection = msgspec.field(default_factory=ClientsSection)
+    scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
+    restart: RestartSection = msgspec.field(default_factory=RestartSection)
 
     @property
     def node(self) -> str:
         """The node's name as the console and the scheduler know it."""
         return self.agent.node_name or socket.gethostname()
+
+    @property
+    def scheduler_node(self) -> str:
+        """The node's name as its scheduler knows it (Slurm's NodeName may not be the host's)."""
+        return self.scheduler.node or self.node
 
     @property
     def history_len(self) -> int:
@@ -125,6 +164,20 @@ def _check(cfg: AgentConfig) -> None:
     for key in ("max_behind", "hello_timeout", "idle_timeout"):
         if not (math.isfinite(getattr(c, key)) and getattr(c, key) > 0):
             raise ValueError(f"clients.{key}: must be a positive number of seconds")
+    for section, key in (("scheduler", "timeout"), ("scheduler", "poll"), ("restart", "timeout")):
+        value = getattr(getattr(cfg, section), key)
+        if not (math.isfinite(value) and 0 < value <= 3600):
+            raise ValueError(f"{section}.{key}: must be between 0 and 3600 seconds")
+    for pool in cfg.scheduler.pools:
+        if not POOL_NAME.fullmatch(pool):
+            raise ValueError(f"scheduler.pools: {pool!r} is not a pool name")
+    for unit in cfg.restart.units:
+        if not UNIT_NAME.fullmatch(unit):
+            raise ValueError(
+                f"restart.units: {unit!r} is not a systemd unit name (like slurmd.service)"
+            )
+    if not UNIT_NAME.fullmatch(cfg.restart.agent_unit):
+        raise ValueError(f"restart.agent_unit: {cfg.restart.agent_unit!r} is not a unit name")
 
 
 def socket_mode(text: str) -> int:

@@ -22,11 +22,14 @@ import msgspec
 from agents.config import AgentConfig
 from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
-from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample
+from agents.kube import KubeScheduler
+from agents.protocol import Event, EventKind, HostInfo, Inventory, NodeState, Sample
 from agents.requests import RequestHandler
 from agents.sampler import Sampler, inventory_frame
+from agents.scheduler import NoScheduler, Scheduler
 from agents.sdnotify import Notifier
 from agents.server import AgentServer
+from agents.slurm import SlurmScheduler
 from agents.store import AuditLog, StateStore, StoreError
 
 #: A GPU above this utilization counts as still working, process listed or not.
@@ -72,6 +75,32 @@ class Worker:
                 future.set_exception(exc)
 
 
+def make_scheduler(config: AgentConfig, told: Callable[[str], None]) -> Scheduler:
+    """The adapter the config names, talking about the node by its scheduler name."""
+    sc = config.scheduler
+    node = config.scheduler_node
+    if sc.kind == "slurm":
+        return SlurmScheduler(
+            node,
+            pools=sc.pools,
+            timeout=sc.timeout,
+            scontrol=sc.scontrol,
+            sinfo=sc.sinfo,
+            slurm_conf=sc.slurm_conf,
+        )
+    if sc.kind == "kubernetes":
+        return KubeScheduler(
+            node,
+            pools=sc.pools,
+            timeout=sc.timeout,
+            kubectl=sc.kubectl,
+            kubeconfig=sc.kubeconfig,
+            pool_label=sc.pool_label,
+            told=told,
+        )
+    return NoScheduler()
+
+
 class Agent:
     def __init__(
         self,
@@ -99,6 +128,7 @@ class Agent:
         self.sampler = Sampler(backend, HostSampler(), history_len=config.history_len, clock=clock)
         self._host: HostInfo = host_info()
         inject = getattr(backend, "inject", None)
+        self.scheduler = make_scheduler(config, self._told_by_scheduler)
         self.handler = RequestHandler(
             node=self.node,
             audit=self.audit,
@@ -107,7 +137,12 @@ class Agent:
             clock=clock,
             save_state=self.store.save,
             state_changed=self._state_changed,
-            gpus_busy=self._gpus_busy,
+            told=self._tell,
+            busy_gpus=self._busy_gpus,
+            gpus=lambda: [g.index for g in self.backend.inventory().gpus],
+            scheduler=self.scheduler,
+            pools=config.scheduler.pools,
+            restart=config.restart,
         )
         self.server = AgentServer(
             config=config,
@@ -122,9 +157,13 @@ class Agent:
         self._slow_stop = threading.Event()
         self._slow_thread = threading.Thread(target=self._slow_loop, name="slow", daemon=True)
         self.serving = asyncio.Event()  # set once the socket is bound and READY was sent
+        self._syncs: set[asyncio.Future[None]] = set()
 
     def inventory(self) -> Inventory:
-        return inventory_frame(self.node, self.backend.inventory(), self._host, self.state)
+        frame = inventory_frame(self.node, self.backend.inventory(), self._host, self.state)
+        return msgspec.structs.replace(
+            frame, scheduler=self.scheduler.kind, restart_targets=self.handler.restart_targets()
+        )
 
     def _slow_loop(self) -> None:
         interval = self.config.agent.slow_interval
@@ -184,25 +223,45 @@ class Agent:
                 self.notifier.watchdog()
             await asyncio.sleep(period)
 
-    def _gpus_busy(self) -> bool:
-        """Work still on the GPUs, from the latest sample: a process listed, or a GPU busy
+    def _busy_gpus(self) -> frozenset[int]:
+        """GPUs with work still on them, from the latest sample: a process listed, or busy
         with none listed (work in another PID namespace lists no process, design.md §2)."""
         if not self.sampler.ring:
-            return False
-        return any(
-            r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT
+            return frozenset()
+        return frozenset(
+            r.index
             for r in self.sampler.ring[-1].gpus
-            if not r.lost
+            if not r.lost and (r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT)
         )
+
+    def _tell(self, message: str) -> None:
+        """A line for every operator watching (a reboot that failed after its reply)."""
+        self._emit(self._event("notice", message))
+
+    def _event(self, kind: EventKind, message: str, state: NodeState | None = None) -> Event:
+        seq = self.sampler.next_seq()
+        return Event(seq=seq, ts=self._clock(), kind=kind, message=message, state=state)
+
+    def _told_by_scheduler(self, message: str) -> None:
+        """The scheduler finished something in the background (Kubernetes evicted the pods):
+        say so and read the node again."""
+        self._tell(message)
+        task = asyncio.ensure_future(self.handler.sync())
+        self._syncs.add(task)
+        task.add_done_callback(self._syncs.discard)
+
+    async def _poll_scheduler(self) -> None:
+        """Follow the scheduler's view of the node: DRAINING becoming DRAINED when the last
+        job ends, and changes an admin made with the scheduler's own tools."""
+        while True:
+            await asyncio.sleep(self.config.scheduler.poll)
+            await self.handler.sync()
 
     def _state_changed(self, state: NodeState) -> None:
         """A new ops state (already saved): kept, and told to every client as an event."""
         self.state = state
         said = f"{state.state}" + (f": {state.reason}" if state.reason else "")
-        event = Event(
-            seq=self.sampler.next_seq(), ts=self._clock(), kind="state", message=said, state=state
-        )
-        self._emit(event)
+        self._emit(self._event("state", said, state))
 
     async def _advance_drain(self) -> None:
         """DRAINING becomes DRAINED when the GPUs are free or the drain's deadline passes."""
@@ -210,7 +269,7 @@ class Agent:
         if s.state != "draining":
             return
         overdue = s.deadline is not None and self._clock() >= s.deadline
-        if self._gpus_busy() and not overdue:
+        if self._busy_gpus() and not overdue:
             return
         why = "timeout passed with work still running" if overdue else "GPUs idle"
         after = msgspec.structs.replace(s, state="drained", deadline=None)
@@ -233,6 +292,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         interval = self.config.agent.interval
         watchdog: asyncio.Task[None] | None = None
+        poller: asyncio.Task[None] | None = None
         try:
             self.sampler.host.prime()
             self.backend.start_events()
@@ -249,6 +309,9 @@ class Agent:
             self.notifier.ready(summary)
             if self.notifier.watchdog_interval is not None:
                 watchdog = asyncio.create_task(self._feed_watchdog(self.notifier.watchdog_interval))
+            if self.scheduler.kind != "none":
+                await self.handler.sync()
+                poller = asyncio.create_task(self._poll_scheduler())
             self.serving.set()
             next_tick = loop.time() + interval
             while not stop.is_set():
@@ -261,15 +324,18 @@ class Agent:
                 sample = await self._read(stop)
                 if sample is not None:
                     self.server.publish(sample)
-                    await self._advance_drain()
+                    if self.scheduler.kind == "none":
+                        await self._advance_drain()
                 # Keep a steady cadence; after a stall, skip the ticks that were missed.
                 next_tick += interval
                 now = loop.time()
                 if next_tick <= now:
                     next_tick = now + interval
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in (watchdog, poller, *self._syncs):
+                if task is not None:
+                    task.cancel()
+            self.scheduler.close()
             self.notifier.stopping()
             await self.server.close()
             self._slow_stop.set()

@@ -24,7 +24,8 @@ from typing import Any, Final, Literal
 import msgspec
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 3  # 1.1 Event.replay; 1.2 audit; 1.3 drain, resume, reassign
+PROTOCOL_MINOR: Final = 4  # 1.1 Event.replay; 1.2 audit; 1.3 drain, resume, reassign;
+#                            1.4 restart, Inventory.scheduler and restart_targets
 PROTOCOL_VERSION: Final = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 #: Largest frame either side accepts, newline included. A sample of 8 GPUs with a few
@@ -242,6 +243,8 @@ class Inventory(_Frame, tag="inventory", kw_only=True, frozen=True):
     #: The ops state. Always set by a serving agent; None only from a one-shot reader
     #: (``gpufleet-agent once``) that could not read the state directory.
     state: NodeState | None
+    scheduler: str | None = None  # "none", "slurm", "kubernetes"; None from a one-shot reader
+    restart_targets: list[str] = []  # what ``restart`` accepts on this node
 
 
 class Sample(_Frame, tag="sample", kw_only=True, frozen=True):
@@ -348,7 +351,8 @@ MAX_AUDIT_READ: Final = 200
 #: Longest reason accepted (characters). Reasons are kept literally: quotes, ``$(...)``,
 #: newlines and non-ASCII are stored and passed on as they are, never interpreted.
 MAX_REASON: Final = 1024
-_POOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+POOL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_TARGET = re.compile(r"[A-Za-z0-9_@:.\\-]{1,128}")
 
 
 def _check_reason(reason: str, *, required: bool) -> None:
@@ -384,11 +388,23 @@ class ReassignArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     def __post_init__(self) -> None:
         _check_reason(self.reason, required=True)
-        if not _POOL.fullmatch(self.pool):
+        if not POOL_NAME.fullmatch(self.pool):
             raise ValueError(
                 "pool must be 1 to 64 letters, digits, '_', '.' or '-', starting with a "
                 "letter or digit"
             )
+
+
+class RestartArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Restart one of the node's allowlisted targets (the agent says which it has)."""
+
+    target: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, required=True)
+        if not _TARGET.fullmatch(self.target):
+            raise ValueError(f"target {clip(self.target, 60)!r} is not a restart target name")
 
 
 class RequestSpec(msgspec.Struct, frozen=True):
@@ -406,6 +422,7 @@ REQUEST_SPECS: Final[dict[str, RequestSpec]] = {
     "drain": RequestSpec(DrainArgs, "operator", audited=True),
     "resume": RequestSpec(ResumeArgs, "operator", audited=True),
     "reassign": RequestSpec(ReassignArgs, "operator", audited=True),
+    "restart": RequestSpec(RestartArgs, "operator", audited=True),
 }
 
 

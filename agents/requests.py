@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
+from agents.commands import CommandFailed, run_argv
+from agents.config import RestartSection
 from agents.identity import Peer
 from agents.protocol import (
     REQUEST_SPECS,
@@ -26,10 +28,12 @@ from agents.protocol import (
     DrainArgs,
     GpufleetError,
     NodeState,
+    OpsState,
     ProtocolError,
     ReassignArgs,
     Request,
     Response,
+    RestartArgs,
     ResumeArgs,
     Role,
     SimInjectArgs,
@@ -38,11 +42,23 @@ from agents.protocol import (
     decode_args,
     to_builtins,
 )
+from agents.restart import (
+    AGENT,
+    NODE,
+    allowed_targets,
+    gpu_index,
+    gpu_reset_argv,
+    reboot_argv,
+    unit_argv,
+)
+from agents.scheduler import NoScheduler, Scheduler, SchedView, follow
 from agents.store import AuditLog, StoreError
 
 log = logging.getLogger("gpufleet.agent")
 encode_json = msgspec.json.encode
 
+#: Seconds between a reply and a command that ends the agent or the node (restart agent, node).
+AFTER_REPLY_S: Final = 0.5
 #: Request arguments larger than this (encoded) are audited clipped: the audit log records
 #: what was asked, and must not be a way to fill the disk.
 MAX_AUDITED_ARGS = 4096
@@ -73,6 +89,8 @@ class Outcome:
     message: str | None = None
     before: NodeState | None = None
     after: NodeState | None = None
+    #: A command to run once the reply is on its way (it ends this agent, or the node).
+    then: list[str] | None = None
 
 
 Op = Callable[[Caller, Any], Awaitable[Outcome]]
@@ -89,11 +107,19 @@ class RequestHandler:
         clock: Callable[[], float] = time.time,
         save_state: Callable[[NodeState], None] | None = None,
         state_changed: Callable[[NodeState], None] | None = None,
-        gpus_busy: Callable[[], bool] = lambda: False,
+        told: Callable[[str], None] = lambda message: None,
+        busy_gpus: Callable[[], frozenset[int]] = frozenset,
+        gpus: Callable[[], list[int]] = list,
+        scheduler: Scheduler | None = None,
+        pools: Sequence[str] = (),
+        restart: RestartSection | None = None,
     ) -> None:
         """``save_state`` persists a new ops state durably (blocking: it runs on a thread);
-        ``state_changed`` then tells the rest of the agent (on the event loop); ``gpus_busy``
-        says whether work is still running on the GPUs (a drain waits for it to end)."""
+        ``state_changed`` then tells the rest of the agent (on the event loop), and ``told``
+        passes on a line for the operators (a reboot that failed after the reply);
+        ``busy_gpus`` names the GPUs with work still on them (a drain waits for them, a reset
+        refuses them); ``gpus`` lists the GPUs there are. ``restart`` is the allowlist (None:
+        nothing may be restarted)."""
         self._node = node
         self._audit = audit
         self._get_state = get_state
@@ -101,7 +127,16 @@ class RequestHandler:
         self._clock = clock
         self._save_state = save_state
         self._state_changed = state_changed
-        self._gpus_busy = gpus_busy
+        self._told = told
+        self._busy_gpus = busy_gpus
+        self._gpus = gpus
+        self._scheduler: Scheduler = scheduler or NoScheduler()
+        self._pools = tuple(pools)
+        self._restart = restart
+        #: One state-changing request at a time per node: two consoles draining at once must
+        #: not both see "schedulable" and both tell Slurm.
+        self._acting = asyncio.Lock()
+        self._later: set[asyncio.Task[None]] = set()
         self._ops: dict[str, Op] = {
             "ping": self._ping,
             "whoami": self._whoami,
@@ -111,6 +146,7 @@ class RequestHandler:
             "drain": self._drain,
             "resume": self._resume,
             "reassign": self._reassign,
+            "restart": self._restart_op,
         }
         missing = set(REQUEST_SPECS) ^ set(self._ops)
         assert not missing, f"protocol and handler disagree on ops: {missing}"
@@ -130,9 +166,15 @@ class RequestHandler:
         except ProtocolError as exc:
             return await self._refuse(caller, request, exc.code, exc.message, audit=spec.audited)
         try:
-            outcome = await self._ops[request.op](caller, args)
+            if spec.audited:
+                async with self._acting:
+                    outcome = await self._ops[request.op](caller, args)
+            else:
+                outcome = await self._ops[request.op](caller, args)
         except RequestRefused as exc:
             return await self._refuse(caller, request, exc.code, str(exc), audit=spec.audited)
+        except CommandFailed as exc:  # the scheduler's or the tool's own words
+            return await self._refuse(caller, request, exc.code, str(exc), result="failed")
         if spec.audited:
             try:
                 await self._record(caller, request, "ok", outcome.message, outcome)
@@ -144,15 +186,42 @@ class RequestHandler:
                     code="audit_failed",
                     error=f"{request.op} was applied but could not be audited: {exc}",
                 )
+        if outcome.then is not None:
+            self._run_later(outcome.then)
         return Response(id=request.id, ok=True, result=outcome.result)
 
+    def _run_later(self, argv: list[str]) -> None:
+        """Run a command that ends this agent or the node once its reply (and the audit
+        entry, already on disk) has had time to leave; a failure is told to the operators."""
+
+        async def later() -> None:
+            await asyncio.sleep(AFTER_REPLY_S)
+            timeout = self._restart.timeout if self._restart else 60.0
+            try:
+                await run_argv(argv, limit=timeout)
+            except CommandFailed as exc:
+                log.error("%s failed: %s", " ".join(argv), exc)
+                self._told(f"{' '.join(argv[1:])} failed: {exc}")
+
+        task = asyncio.create_task(later())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
     async def _refuse(
-        self, caller: Caller, request: Request, code: str, message: str, *, audit: bool = True
+        self,
+        caller: Caller,
+        request: Request,
+        code: str,
+        message: str,
+        *,
+        audit: bool = True,
+        result: Literal["refused", "failed"] = "refused",
     ) -> Response:
-        """A refusal, audited when it should be; a failing audit log does not swallow it."""
+        """A refusal (or a command that failed), audited when it should be; a failing audit
+        log does not swallow it."""
         if audit:
             try:
-                await self._record(caller, request, "refused", message)
+                await self._record(caller, request, result, message)
             except StoreError as exc:
                 log.error("audit: %s", exc)
                 message = f"{message} (and the refusal could not be audited: {exc})"
@@ -162,7 +231,7 @@ class RequestHandler:
         self,
         caller: Caller,
         request: Request,
-        result: Literal["ok", "refused"],
+        result: Literal["ok", "refused", "failed"],
         message: str | None,
         outcome: Outcome | None = None,
     ) -> None:
@@ -210,10 +279,41 @@ class RequestHandler:
 
         return Outcome({"entries": to_builtins(await asyncio.to_thread(tail))})
 
-    # -- the operations (adapter "none": the agent's own state is the node's state) ----------
+    # -- the operations ----------------------------------------------------------------------
+    # On a bare node (scheduler "none") the agent's saved state is the node's state. Under a
+    # scheduler the scheduler's view comes first: the state acted from is read from it, the
+    # change is made through it, and the state after is read back from it.
 
-    async def _change(self, before: NodeState, after: NodeState, message: str) -> Outcome:
-        """Persist (fsync'd, off the loop), then announce; the answer carries both states."""
+    async def sync(self) -> None:
+        """Bring the saved state in line with the scheduler's view (the agent's poll): Slurm's
+        DRAINING turning DRAINED, or an admin's own scontrol. A failed read is logged only."""
+        async with self._acting:
+            try:
+                await self._current()
+            except CommandFailed as exc:
+                log.warning("%s: cannot read the node's state: %s", self._scheduler.kind, exc)
+
+    async def _current(self) -> NodeState:
+        view = await self._scheduler.view()
+        saved = self._get_state()
+        if view is None:
+            return saved
+        now = follow(saved, view, self._clock(), self._scheduler.kind)
+        if now != saved:
+            await self._persist(now)
+        return now
+
+    async def _view_after(self, fallback: OpsState) -> SchedView | None:
+        """The scheduler's view just after a change it accepted; if that read fails, the
+        change still happened: say ``fallback`` now and let the next poll correct it."""
+        try:
+            return await self._scheduler.view()
+        except CommandFailed as exc:
+            log.warning("cannot read the state back after the change: %s", exc)
+            return SchedView(state=fallback, pool=self._get_state().pool, reason=None)
+
+    async def _persist(self, after: NodeState) -> None:
+        """Save (fsync'd, off the loop), then announce."""
         if self._save_state is None or self._state_changed is None:
             raise RequestRefused("not_supported", f"{self._node} cannot change its state here")
         try:
@@ -221,46 +321,138 @@ class RequestHandler:
         except StoreError as exc:
             raise RequestRefused("state_failed", f"state not changed: {exc}") from None
         self._state_changed(after)
+
+    async def _change(self, before: NodeState, after: NodeState, message: str) -> Outcome:
+        await self._persist(after)
         return _changed(message, before, after)
 
     async def _drain(self, caller: Caller, args: DrainArgs) -> Outcome:
-        before = self._get_state()
+        before = await self._current()
         if before.state != "schedulable":  # idempotent: the first drain's reason stands
             return _changed(f"already {before.state}", before, before)
+        busy = bool(self._busy_gpus())
+        await self._scheduler.drain(args.reason, args.timeout)
+        view = await self._view_after("draining")
         now = self._clock()
-        busy = self._gpus_busy()
+        state: OpsState = view.state if view else "draining" if busy else "drained"
+        bare = view is None
         after = NodeState(
-            state="draining" if busy else "drained",
-            pool=before.pool,
+            state=state,
+            pool=view.pool if view else before.pool,
             reason=args.reason,
             who=caller.peer.user,
             since=now,
-            deadline=None if args.timeout is None or not busy else now + args.timeout,
+            deadline=now + args.timeout
+            if bare and state == "draining" and args.timeout is not None
+            else None,
         )
-        said = "draining: waiting for the GPU work to end" if busy else "drained: GPUs idle"
+        if state == "drained":
+            said = "drained: GPUs idle" if bare else f"drained ({self._scheduler.kind})"
+        else:
+            said = f"draining: waiting for the {'GPU work' if bare else 'jobs'} to end"
         return await self._change(before, after, said)
 
     async def _resume(self, caller: Caller, args: ResumeArgs) -> Outcome:
-        before = self._get_state()
+        before = await self._current()
         if before.state == "schedulable":
             return _changed("already schedulable", before, before)
+        await self._scheduler.resume(args.reason)
+        view = await self._view_after("schedulable")
         after = NodeState(
-            state="schedulable",
-            pool=before.pool,
+            state=view.state if view else "schedulable",
+            pool=view.pool if view else before.pool,
             reason=args.reason or None,
             who=caller.peer.user,
             since=self._clock(),
         )
-        return await self._change(before, after, "schedulable")
+        return await self._change(before, after, after.state)
 
     async def _reassign(self, caller: Caller, args: ReassignArgs) -> Outcome:
-        before = self._get_state()
+        if self._pools and args.pool not in self._pools:
+            allowed = ", ".join(self._pools)
+            raise RequestRefused("unknown_pool", f"no pool {args.pool} here (pools: {allowed})")
+        before = await self._current()
         if before.pool == args.pool:
             return _changed(f"already in pool {args.pool}", before, before)
+        await self._scheduler.move(before.pool, args.pool, args.reason)
+        view = await self._view_after(before.state)
         # The ops state's reason, who and since stay: they say why it is out of service. The
         # move itself is in the audit log, with its own reason.
-        after = msgspec.structs.replace(before, pool=args.pool)
+        after = msgspec.structs.replace(before, pool=view.pool if view else args.pool)
         return await self._change(before, after, f"pool {before.pool or '(none)'} -> {args.pool}")
+
+    def restart_targets(self) -> list[str]:
+        """The allowlist. A simulated node offers its GPUs' resets only: its "node", agent
+        and units would be this machine's real ones, which a simulation must never touch."""
+        r = self._restart
+        if r is None:
+            return []
+        real = self._inject is None
+        return allowed_targets(
+            agent=r.agent and real,
+            node=r.node and real,
+            gpu_reset=r.gpu_reset,
+            units=r.units if real else [],
+            gpus=self._gpus(),
+        )
+
+    async def _restart_op(self, caller: Caller, args: RestartArgs) -> Outcome:
+        allowed = self.restart_targets()
+        r = self._restart
+        if r is None or args.target not in allowed:
+            listed = ", ".join(allowed) or "none"
+            raise RequestRefused(
+                "unknown_target",
+                f"{args.target} is not a restart target on {self._node} (allowed: {listed})",
+            )
+        state = self._get_state()
+        if args.target == AGENT:
+            message = f"restarting the agent ({r.agent_unit})"
+            then = unit_argv(r.systemctl, r.agent_unit)
+            return Outcome({"message": message}, message=message, then=then)
+        if args.target == NODE:
+            return await self._reboot(caller, args, r)
+        index = gpu_index(args.target)
+        if index is not None:
+            if index in self._busy_gpus():
+                raise RequestRefused(
+                    "gpu_busy", f"gpu{index} is busy: end its work (or drain the node) first"
+                )
+            if self._inject is not None:  # a simulated GPU: the simulator's reset
+                message = self._inject("clear", index)
+            else:
+                await run_argv(gpu_reset_argv(r.nvidia_smi, index), limit=r.timeout)
+                message = f"gpu{index} reset"
+            return Outcome({"message": message}, message=message)
+        await run_argv(unit_argv(r.systemctl, args.target), limit=r.timeout)
+        message = f"{args.target} restarted"
+        return Outcome({"message": message, "state": to_builtins(state)}, message=message)
+
+    async def _reboot(self, caller: Caller, args: RestartArgs, r: RestartSection) -> Outcome:
+        """Slurm reboots a node itself once its jobs end (and resumes it); elsewhere the node
+        must be drained first, and the reboot starts after the reply is on its way."""
+        before = await self._current()
+        if self._scheduler.reboots:
+            await self._scheduler.reboot(args.reason)
+            view = await self._view_after("draining")
+            after = before
+            if view is not None and (view.state, view.pool) != (before.state, before.pool):
+                after = NodeState(
+                    state=view.state,
+                    pool=view.pool,
+                    reason=args.reason,
+                    who=caller.peer.user,
+                    since=self._clock(),
+                )
+                await self._persist(after)
+            message = f"reboot requested: {self._scheduler.kind} reboots the node when idle"
+            return _changed(message, before, after)
+        if before.state != "drained":
+            raise RequestRefused(
+                "not_drained", f"a node restart needs the node drained first (it is {before.state})"
+            )
+        message = "rebooting"
+        return Outcome({"message": message}, message=message, then=reboot_argv(r.systemctl))
 
     async def _sim_inject(self, caller: Caller, args: SimInjectArgs) -> Outcome:
         if self._inject is None:

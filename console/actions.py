@@ -66,14 +66,14 @@ def request_args(verb: Verb, reason: str, choice: str | None) -> dict[str, Any]:
 
 
 def restart_targets(fleet: FleetState, nodes: Sequence[str]) -> list[str]:
-    """Restart targets every one of the nodes has: the agent, the node, and GPUs by index."""
-    common: set[str] | None = None
+    """Restart targets every one of the nodes allows, as their agents listed them (the
+    allowlist is each node's own config): a target offered is one every node will accept."""
+    common: list[str] | None = None
     for name in nodes:
         inv = fleet.nodes[name].inventory
-        targets = {"agent", "node"} | {f"gpu{g.index}" for g in (inv.gpus if inv else [])}
-        common = targets if common is None else common & targets
-    order = {"agent": 0, "node": 1}
-    return sorted(common or (), key=lambda t: (order.get(t, 2), len(t), t))
+        allowed = inv.restart_targets if inv else []
+        common = list(allowed) if common is None else [t for t in common if t in allowed]
+    return common or []
 
 
 def pools(fleet: FleetState) -> list[str]:
@@ -145,7 +145,7 @@ class Requester(Protocol):
     ) -> Response: ...
 
 
-Outcome = Literal["pending", "ok", "refused", "not_delivered"]
+Outcome = Literal["pending", "ok", "refused", "not_delivered", "timeout"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -203,11 +204,12 @@ def _fleet_options(fn: Any) -> Any:
             _INVENTORY_OPTION,
             click.option("--json", "as_json", is_flag=True, help="JSON on stdout."),
             click.option(
-                "--wait",
+                "--connect-wait",
+                "wait",
                 type=float,
                 default=15.0,
                 show_default=True,
-                help="Seconds to wait for every node to answer.",
+                help="Seconds to wait for every node to answer before going on without it.",
             ),
         ]
     ):
@@ -307,13 +309,19 @@ def _acting(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def _operate(
-    reach: Reach, verb: Verb, args: dict[str, Any], dry_run: bool, yes: bool, force: bool
+    reach: Reach,
+    verb: Verb,
+    args: dict[str, Any],
+    dry_run: bool,
+    yes: bool,
+    force: bool,
+    until_drained: float | None = None,
 ) -> None:
     inv = load_inventory(find_inventory(reach.inventory))
     nodes = chosen_nodes(inv, reach.selector)
     click.echo(f"{verb} {len(nodes)} node(s): {hostlist.collect_hostlist(nodes)}", err=True)
     confirm(verb, nodes, yes or dry_run, lambda q: click.confirm(q, default=False, err=True))
-    op = Operation(verb, args, reach.selector, dry_run, force, reach.wait)
+    op = Operation(verb, args, reach.selector, dry_run, force, reach.wait, until_drained)
     code, results = asyncio.run(
         operate(inv, nodes, op, reach.options, lambda m: click.echo(m, err=True))
     )
@@ -326,14 +334,22 @@ def _operate(
 @click.option("--reason", required=True, help="Why (stored and shown literally).")
 @click.option(
     "--timeout", type=click.FloatRange(0, 604800), default=None,
-    help="Seconds after which DRAINING counts as DRAINED even with work still running.",
+    help="Seconds the drain may take: a bare node counts as DRAINED after it even with work "
+    "still running; Kubernetes stops evicting; --wait stops waiting.",
+)  # fmt: skip
+@click.option(
+    "--wait", "wait_drained", is_flag=True,
+    help="Wait until every node is DRAINED (at most --timeout seconds, if given).",
 )  # fmt: skip
 @_acting
 @_reaching
-def drain(reach: Reach, reason: str, timeout: float | None, **flags: bool) -> None:
+def drain(
+    reach: Reach, reason: str, timeout: float | None, wait_drained: bool, **flags: bool
+) -> None:
     """Take nodes out of service: DRAINING until their GPU work ends, then DRAINED."""
     extra = {"timeout": timeout} if timeout is not None else {}
-    _operate(reach, "drain", build("drain", reason, None, extra), **flags)
+    until = (math.inf if timeout is None else timeout) if wait_drained else None
+    _operate(reach, "drain", build("drain", reason, None, extra), **flags, until_drained=until)
 
 
 @main.command()

@@ -50,6 +50,9 @@ class Operation:
     dry_run: bool
     force: bool
     wait: float  # seconds to wait for nodes to answer before acting
+    #: drain --wait: seconds to wait, after the drain, for the nodes to be DRAINED (inf: no
+    #: bound); None: do not wait.
+    until_drained: float | None = None
 
 
 def chosen_nodes(inv: Inventory, selector: tuple[str, ...]) -> list[str]:
@@ -103,7 +106,47 @@ async def operate(
             ]
             return EXIT_ALL, results
         results = await run_action(links, targets, op.verb, op.args)
+        if op.until_drained is not None:
+            results = await wait_drained(fleet, results, op.until_drained, say)
     return outcome_code(results), results
+
+
+#: drain --wait: how long past --timeout to keep waiting for the agent's word that the node
+#: counts as drained (its next sample after the deadline, and the trip back).
+DRAIN_GRACE_S = 5.0
+
+
+async def wait_drained(
+    fleet: FleetState, results: list[NodeResult], limit: float, say: Callable[[str], None]
+) -> list[NodeResult]:
+    """After a drain: wait until every node that took it is DRAINED (the agents announce it
+    as a state event), at most ``limit`` seconds (plus a grace for the announcement)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit + DRAIN_GRACE_S
+    started = loop.time()
+
+    def drained(node: str) -> bool:
+        state = fleet.nodes[node].state
+        return state is not None and state.state == "drained"
+
+    waiting = [r.node for r in results if r.outcome == "ok" and not drained(r.node)]
+    if waiting:
+        say(f"waiting for {len(waiting)} node(s) to be drained")
+    while waiting and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        waiting = [n for n in waiting if not drained(n)]
+    took = loop.time() - started
+    out = []
+    for r in results:
+        if r.outcome != "ok":
+            out.append(r)
+        elif r.node in waiting:
+            state = fleet.nodes[r.node].state
+            now = state.state if state else "unknown"
+            out.append(NodeResult(r.node, "timeout", f"still {now} after {took:.0f} s"))
+        else:
+            out.append(NodeResult(r.node, "ok", f"{r.message}; drained"))
+    return out
 
 
 def outcome_code(results: list[NodeResult]) -> int:

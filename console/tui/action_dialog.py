@@ -193,8 +193,8 @@ class ActionResults(Screen[None]):
         self.app.run_worker(self._send(), group="action")
 
     def _cells(self, r: NodeResult) -> list[Text | str]:
-        tone = {"ok": "good", "refused": "bad", "not_delivered": "bad", "pending": "dim"}
-        return [r.node, toned(self.app, r.outcome, tone[r.outcome]), r.message]  # type: ignore[arg-type]
+        tone = {"ok": "good", "pending": "dim"}.get(r.outcome, "bad")
+        return [r.node, toned(self.app, r.outcome, tone), r.message]  # type: ignore[arg-type]
 
     async def _send(self) -> None:
         requester = self.fleet_app.requester

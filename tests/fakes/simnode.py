@@ -4,9 +4,14 @@ because no GPU exists on dev or CI machines; the sampler and frames are the agen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import msgspec
+
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
 from agents.protocol import Event, HostInfo, HostReading, Inventory, NodeState, Sample
+from agents.restart import allowed_targets
 from agents.sampler import Sampler, inventory_frame
 from console.fleet import FleetState
 
@@ -52,9 +57,15 @@ class Node:
         self.sampler = Sampler(self.backend, QuietHost(), history_len=10, clock=self.clock)
         self.name = name
 
-    def inventory(self, state: NodeState | None = None) -> Inventory:
+    def inventory(self, state: NodeState | None = None, units: Sequence[str] = ()) -> Inventory:
+        """As an agent with the default restart allowlist (plus ``units``) would send it."""
         host = HostInfo(hostname=self.name, kernel="k", cpu_count=1, memory_total=1, boot_id="b")
-        return inventory_frame(self.name, self.backend.inventory(), host, state or NodeState())
+        gpus = self.backend.inventory()
+        frame = inventory_frame(self.name, gpus, host, state or NodeState())
+        targets = allowed_targets(
+            agent=True, node=True, gpu_reset=True, units=units, gpus=[g.index for g in gpus.gpus]
+        )
+        return msgspec.structs.replace(frame, scheduler="none", restart_targets=targets)
 
     def tick(self) -> tuple[Sample, list[Event]]:
         return self.sampler.tick()

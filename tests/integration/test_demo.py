@@ -46,7 +46,7 @@ def test_scripted_incidents_become_alerts(demo: tuple[subprocess.Popen[str], Pat
     _, inventory = demo
 
     def alerts() -> dict[str, set[str]] | None:
-        out = status(inventory, "--json", "--wait", "10")
+        out = status(inventory, "--json", "--connect-wait", "10")
         doc = {n["name"]: {a["kind"] for a in n["alerts"]} for n in json.loads(out.stdout)}
         overheated = "temperature" in doc["demo03"]
         lost = {"xid", "gpu_lost"} <= doc["demo05"] or "gpu_lost" in doc["demo05"]

@@ -103,6 +103,23 @@ def test_a_drain_timeout_ends_the_wait_with_work_still_running(
         assert (actor.request("state").result or {})["state"] == "drained"
 
 
+def test_a_gpu_reset_waits_for_the_gpu_to_be_idle(agent_factory: Callable[..., AgentProc]) -> None:
+    with gpu_set(agent_factory, "busy") as (agent, watcher, actor):
+        busy = actor.request("restart", target="gpu0", reason="XID 79 earlier")
+        assert (busy.ok, busy.code) == (False, "gpu_busy")
+        assert actor.request("sim_inject", fault="idle", gpu=0).ok
+        wait_for(settled(watcher, busy=False), 20, "the GPU idle")
+        done = actor.request("restart", target="gpu0", reason="XID 79 earlier")
+        assert done.ok, done
+        assert done.result is not None and done.result["message"].startswith("gpu 0: reset")
+        outside = actor.request("restart", target="sshd.service", reason="r")
+        assert (outside.ok, outside.code) == (False, "unknown_target")
+        assert outside.error is not None
+        assert outside.error.endswith(" (allowed: gpu0)"), "a simulated node: its GPU only"
+        log = [(e.op, e.result) for e in AuditLog(agent.state_dir).entries()]
+        assert log[-3:] == [("sim_inject", "ok"), ("restart", "ok"), ("restart", "refused")]
+
+
 def test_the_audit_entry_is_on_disk_when_the_agent_dies_right_after_replying(
     agent_factory: Callable[..., AgentProc],
 ) -> None:

@@ -46,7 +46,7 @@ def gpufleet(
     return subprocess.run(
         [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
          "--ssh-config", str(config), "--known-hosts", str(sshd.known_hosts),
-         "--identity", str(sshd.client_key_path), "--wait", "20", *args],
+         "--identity", str(sshd.client_key_path), "--connect-wait", "20", *args],
         capture_output=True, text=True, timeout=90,
     )  # fmt: skip
 
@@ -145,7 +145,7 @@ def test_inventory_check_says_what_is_wrong_per_node(
 
 def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -> None:
     """A port that accepts TCP and then says nothing (no SSH banner): `status` gives up on that
-    node after --wait and says so, instead of hanging."""
+    node after --connect-wait and says so, instead of hanging."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
@@ -158,7 +158,7 @@ def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -
         out = subprocess.run(
             [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
              "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
-             "--wait", "1", "--json"],
+             "--connect-wait", "1", "--json"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     finally:

@@ -57,8 +57,13 @@ def test_guard_warns_when_a_pool_would_lose_more_than_a_quarter(fleet: FleetStat
     assert guard_warnings(fleet, ["gpu1", "gpu2"], "resume") == []
 
 
-def test_restart_targets_common_to_all(fleet: FleetState) -> None:
+def test_restart_targets_are_those_every_node_allows(fleet: FleetState) -> None:
     assert restart_targets(fleet, ["gpu1", "gpu2"]) == ["agent", "node", "gpu0", "gpu1"]
+    fleet.apply("gpu1", Node("gpu1", gpus=2).inventory(units=["slurmd.service"]), 2.0)
+    fleet.apply("gpu2", Node("gpu2", gpus=1).inventory(units=["slurmd.service"]), 2.0)
+    assert restart_targets(fleet, ["gpu1"])[-1] == "slurmd.service", "the node's own list"
+    assert restart_targets(fleet, ["gpu1", "gpu2"]) == ["agent", "node", "gpu0", "slurmd.service"]
+    assert restart_targets(fleet, ["gpu1", "gpu3"]) == ["agent", "node", "gpu0", "gpu1"]
 
 
 def test_affected_lists_gpu_processes(fleet: FleetState) -> None:

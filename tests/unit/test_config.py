@@ -17,7 +17,9 @@ from agents.config import (
     AgentSection,
     ClientsSection,
     ConfigError,
+    RestartSection,
     RolesSection,
+    SchedulerSection,
     SimSection,
     load_config,
     parse_config,
@@ -130,6 +132,25 @@ ONE_KEY = [
     ("clients", "idle_timeout", "30.0", 30.0),
     ("clients", "max_refusals", "5", 5),
     ("clients", "hello_timeout", "2.5", 2.5),
+    ("scheduler", "kind", '"slurm"', "slurm"),
+    ("scheduler", "node", '"n017"', "n017"),
+    ("scheduler", "pools", '["gpu", "debug"]', ["gpu", "debug"]),
+    ("scheduler", "timeout", "10", 10.0),
+    ("scheduler", "poll", "5", 5.0),
+    ("scheduler", "scontrol", '"/opt/slurm/bin/scontrol"', "/opt/slurm/bin/scontrol"),
+    ("scheduler", "sinfo", '"/opt/slurm/bin/sinfo"', "/opt/slurm/bin/sinfo"),
+    ("scheduler", "slurm_conf", '"/etc/slurm/slurm.conf"', "/etc/slurm/slurm.conf"),
+    ("scheduler", "kubectl", '"/usr/local/bin/kubectl"', "/usr/local/bin/kubectl"),
+    ("scheduler", "kubeconfig", '"/etc/gpufleet/kubeconfig"', "/etc/gpufleet/kubeconfig"),
+    ("scheduler", "pool_label", '"example.com/pool"', "example.com/pool"),
+    ("restart", "agent", "false", False),
+    ("restart", "node", "false", False),
+    ("restart", "gpu_reset", "false", False),
+    ("restart", "units", '["slurmd.service"]', ["slurmd.service"]),
+    ("restart", "agent_unit", '"gf.service"', "gf.service"),
+    ("restart", "systemctl", '"/bin/systemctl"', "/bin/systemctl"),
+    ("restart", "nvidia_smi", '"/usr/bin/nvidia-smi"', "/usr/bin/nvidia-smi"),
+    ("restart", "timeout", "60", 60.0),
 ]
 
 
@@ -139,6 +160,8 @@ def test_one_key_table_covers_every_key() -> None:
         "sim": SimSection,
         "roles": RolesSection,
         "clients": ClientsSection,
+        "scheduler": SchedulerSection,
+        "restart": RestartSection,
     }
     every = {(s, k) for s, cls in sections.items() for k in cls.__struct_fields__}
     assert {(s, k) for s, k, _, _ in ONE_KEY} == every
@@ -152,7 +175,7 @@ def test_each_key_alone_is_accepted_and_applied(
     assert getattr(getattr(cfg, section), key) == value
     # Nothing else moved.
     default = AgentConfig()
-    for other in ("agent", "sim", "roles", "clients"):
+    for other in ("agent", "sim", "roles", "clients", "scheduler", "restart"):
         if other != section:
             assert getattr(cfg, other) == getattr(default, other)
 
@@ -255,6 +278,14 @@ def test_relative_socket_path_is_refused(path: str) -> None:
         ("[clients]\nmax_refusals = 0\n", "clients.max_refusals"),
         ("[clients]\nmax_behind = 0\n", "clients.max_behind"),
         ("[clients]\nhello_timeout = 0\n", "clients.hello_timeout"),
+        ("[scheduler]\ntimeout = 0\n", "scheduler.timeout"),
+        ("[scheduler]\npoll = inf\n", "scheduler.poll"),
+        ("[scheduler]\npools = ['gpu', 'a b']\n", "scheduler.pools"),
+        ("[restart]\ntimeout = -1\n", "restart.timeout"),
+        ("[restart]\nunits = ['sshd']\n", "restart.units"),
+        ("[restart]\nunits = ['--now.service']\n", "restart.units"),
+        ("[restart]\nunits = ['a;b.service']\n", "restart.units"),
+        ("[restart]\nagent_unit = 'gpufleet agent'\n", "restart.agent_unit"),
     ],
 )
 def test_out_of_range_values_are_refused_naming_the_key(text: str, key: str) -> None:

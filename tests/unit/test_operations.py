@@ -9,43 +9,9 @@ from typing import Any
 
 import pytest
 
-from agents.identity import Peer
-from agents.protocol import NodeState, Request
-from agents.requests import Caller, RequestHandler
-from agents.store import AuditLog, StateStore
-
-NOW = 1_800_000_000.0
-OLGA = Caller(Peer(pid=1, uid=2002, gid=2002, user="olga", groups=("ops",)), "operator")
-VIC = Caller(Peer(pid=2, uid=2001, gid=2001, user="vic", groups=("vic",)), "viewer")
-TRICKY = "fans; $(reboot) `id` \"quoted\" 'single' ünïcødé\nsecond line"
-
-
-class Node:
-    """The agent's side of the ops state: a real store, a list of announcements."""
-
-    def __init__(self, root: Path, busy: bool = False) -> None:
-        self.store = StateStore(root)
-        self.audit = AuditLog(root)
-        self.state = self.store.load()
-        self.announced: list[NodeState] = []
-        self.busy = busy
-        self.handler = RequestHandler(
-            node="n1",
-            audit=self.audit,
-            get_state=lambda: self.state,
-            inject=None,
-            clock=lambda: NOW,
-            save_state=self.store.save,
-            state_changed=self._changed,
-            gpus_busy=lambda: self.busy,
-        )
-
-    def _changed(self, state: NodeState) -> None:
-        self.state = state
-        self.announced.append(state)
-
-    async def ask(self, op: str, caller: Caller = OLGA, **args: Any) -> Any:
-        return await self.handler.handle(caller, Request(id=1, op=op, args=args))
+from agents.protocol import NodeState
+from agents.store import StateStore
+from tests.fakes.opsnode import NOW, TRICKY, VIC, Node
 
 
 async def test_drain_an_idle_node_is_drained_at_once(tmp_path: Path) -> None:

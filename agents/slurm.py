@@ -1,0 +1,141 @@
+"""The Slurm adapter: drain, resume, reboot and partition moves through ``scontrol``, the node's
+state read back from ``sinfo --json`` (design.md §3).
+
+Slurm's words are passed on as Slurm said them: an ``scontrol`` error reaches the operator
+verbatim. The reason is one argv element (``Reason=<text>``), never a shell string, so quotes,
+``$(...)`` and non-ASCII arrive in ``sinfo`` unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from agents.commands import CommandFailed, run_argv
+from agents.protocol import OpsState
+from agents.scheduler import SchedulerKind, SchedView
+
+#: Base states in which jobs are still on the node: with the DRAIN flag it is DRAINING.
+_BUSY_STATES = frozenset({"ALLOCATED", "MIXED", "COMPLETING"})
+#: States in which Slurm gives the node no work, drain flag or not.
+_OUT_STATES = frozenset({"DOWN", "FAIL", "FAILING", "MAINTENANCE", "FUTURE", "UNKNOWN"})
+
+
+def _words(value: Any) -> set[str]:
+    """Slurm 22.05 gives ``state`` as a string and ``state_flags`` as a list; later versions
+    give ``state`` as a list of words. Both become one upper-case set."""
+    if isinstance(value, str):
+        return {w.upper() for w in value.replace("+", " ").split()}
+    if isinstance(value, list):
+        return {str(w).upper() for w in value}
+    return set()
+
+
+def node_view(doc: dict[str, Any], node: str, pools: Sequence[str]) -> SchedView:
+    """The node's entry in a ``sinfo --json`` document, as an ops state and pool.
+
+    Raises CommandFailed("unknown_node") when Slurm does not list it. The pool is the first of
+    the node's partitions that is one of ``pools`` (any partition when ``pools`` is empty)."""
+    for entry in doc.get("nodes", []):
+        if entry.get("name") == node or (entry.get("hostname") == node and not entry.get("name")):
+            break
+    else:
+        raise CommandFailed("unknown_node", f"sinfo: Slurm lists no node named {node}")
+    words = _words(entry.get("state")) | _words(entry.get("state_flags"))
+    state: OpsState
+    if "DRAIN" in words:
+        state = "draining" if words & _BUSY_STATES else "drained"
+    elif words & _OUT_STATES:
+        state = "drained"
+    else:
+        state = "schedulable"
+    partitions = [p for p in entry.get("partitions", []) if isinstance(p, str)]
+    managed = [p for p in partitions if not pools or p in pools]
+    reason = entry.get("reason") or None
+    return SchedView(state=state, pool=managed[0] if managed else None, reason=reason)
+
+
+class SlurmScheduler:
+    kind: SchedulerKind = "slurm"
+    reboots = True
+
+    def __init__(
+        self,
+        node: str,
+        *,
+        pools: Sequence[str] = (),
+        timeout: float = 30.0,
+        scontrol: str = "scontrol",
+        sinfo: str = "sinfo",
+        slurm_conf: str | None = None,
+    ) -> None:
+        """``node`` is the node's Slurm name (it may differ from the host name)."""
+        self.node = node
+        self.pools = tuple(pools)
+        self.timeout = timeout
+        self.scontrol = scontrol
+        self.sinfo = sinfo
+        self.env = {"SLURM_CONF": slurm_conf} if slurm_conf else None
+
+    async def _run(self, *argv: str) -> str:
+        return (await run_argv(argv, limit=self.timeout, env=self.env)).stdout
+
+    async def view(self) -> SchedView:
+        out = await self._run(self.sinfo, "--json", "--nodes", self.node)
+        try:
+            doc = json.loads(out)
+        except ValueError:
+            raise CommandFailed("command_failed", "sinfo --json: not valid JSON") from None
+        return node_view(doc, self.node, self.pools)
+
+    async def _update(self, *fields: str) -> None:
+        await self._run(self.scontrol, "update", f"NodeName={self.node}", *fields)
+
+    async def drain(self, reason: str, within: float | None) -> None:
+        """Slurm moves DRAINING to DRAINED itself when the last job ends; ``within`` is not
+        Slurm's to enforce (it never kills jobs for a drain), the console's wait bounds it."""
+        await self._update("State=DRAIN", f"Reason={reason}")
+
+    async def resume(self, reason: str) -> None:
+        await self._update("State=RESUME")
+
+    async def reboot(self, reason: str) -> None:
+        """Slurm drains the node, reboots it when idle and resumes it when slurmd is back."""
+        await self._run(
+            self.scontrol, "reboot", "ASAP", "nextstate=RESUME", f"reason={reason}", self.node
+        )
+
+    async def _partition_nodes(self, partition: str) -> str:
+        try:
+            out = await self._run(self.scontrol, "show", "partition", partition, "--oneliner")
+        except CommandFailed as exc:
+            if "not found" in str(exc):
+                raise CommandFailed("unknown_pool", f"Slurm has no partition {partition}") from None
+            raise
+        for field in out.split():
+            if field.startswith("Nodes="):
+                return field.removeprefix("Nodes=")
+        raise CommandFailed("command_failed", f"scontrol show partition {partition}: no Nodes=")
+
+    async def move(self, old: str | None, pool: str, reason: str) -> None:
+        """Into ``pool`` first, then out of the node's other managed partitions, so that a
+        failure half-way leaves the node in too many partitions, never in none."""
+        if self.pools and pool not in self.pools:
+            raise CommandFailed(
+                "unknown_pool", f"{pool} is not one of this node's pools ({', '.join(self.pools)})"
+            )
+        await self._partition_nodes(pool)  # names a partition that is not there
+        await self._run(self.scontrol, "update", f"PartitionName={pool}", f"Nodes+={self.node}")
+        doc = json.loads(await self._run(self.sinfo, "--json", "--nodes", self.node))
+        for entry in doc.get("nodes", []):
+            if entry.get("name") != self.node:
+                continue
+            for part in entry.get("partitions", []):
+                if part != pool and (not self.pools or part in self.pools):
+                    await self._run(
+                        self.scontrol, "update", f"PartitionName={part}", f"Nodes-={self.node}"
+                    )
+
+    def close(self) -> None:
+        return None

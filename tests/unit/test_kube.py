@@ -1,0 +1,100 @@
+"""The Kubernetes adapter through the agent's requests: cordon, evict with a timeout, uncordon,
+the pool as a node label.
+
+kubectl here is a stand-in (tests/fakes/tools.py): no Kubernetes API can run on this machine.
+It is a real executable holding one node object, so what these tests prove is the argv the
+adapter runs, how it reads the node back, and what the operator is told; not Kubernetes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agents.kube import KubeScheduler
+from tests.conftest import wait_for
+from tests.fakes.opsnode import TRICKY, Node
+from tests.fakes.tools import calls, fake_kubectl, kube_node
+
+
+def kube_node_on(tmp_path: Path, **kw: object) -> tuple[Node, Path]:
+    kubectl = fake_kubectl(tmp_path, "gpu-07", pool="train", **kw)  # type: ignore[arg-type]
+    node: Node
+    syncs: list[asyncio.Future[None]] = []
+
+    def told(message: str) -> None:  # as the agent does: say it, then read the node again
+        node.told.append(message)
+        syncs.append(asyncio.ensure_future(node.handler.sync()))
+
+    sched = KubeScheduler("gpu-07", kubectl=str(kubectl), timeout=5.0, told=told)
+    node = Node(tmp_path, scheduler=sched)
+    return node, kubectl
+
+
+async def settled(node: Node, state: str) -> None:
+    await asyncio.to_thread(wait_for, lambda: node.state.state == state, 10, state)
+
+
+async def test_drain_cordons_then_evicts_and_is_drained_when_kubectl_returns(
+    tmp_path: Path,
+) -> None:
+    node, kubectl = kube_node_on(tmp_path, evict_seconds=0.3)
+    answer = await node.ask("drain", reason=TRICKY, timeout=120)
+    assert answer.ok, answer
+    assert answer.result["after"]["state"] == "draining", "cordoned, pods not yet evicted"
+    assert kube_node(kubectl)["spec"] == {"unschedulable": True}
+    await settled(node, "drained")
+    assert node.told == ["drained: pods evicted"]
+    assert (node.state.reason, node.state.who) == (TRICKY, "olga"), "the same drain"
+    assert ["cordon", "gpu-07"] in calls(kubectl)
+    assert [
+        "drain", "gpu-07", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s"
+    ] in calls(kubectl)  # fmt: skip
+
+
+async def test_an_eviction_a_budget_blocks_leaves_the_node_cordoned_and_says_why(
+    tmp_path: Path,
+) -> None:
+    node, _ = kube_node_on(tmp_path, pdb=True)
+    await node.ask("drain", reason="r", timeout=30)
+    await asyncio.to_thread(wait_for, lambda: node.told, 10, "the failure told")
+    [said] = node.told
+    assert said.startswith("draining: pods not evicted, node stays cordoned: ")
+    assert "violate the pod's disruption budget" in said
+    await node.handler.sync()
+    assert node.state.state == "draining", "a pod is still there: not drained"
+
+
+async def test_resume_uncordons_and_reassign_sets_the_pool_label(tmp_path: Path) -> None:
+    node, kubectl = kube_node_on(tmp_path)
+    await node.ask("drain", reason="r")
+    await settled(node, "drained")
+    back = await node.ask("resume", reason="ok")
+    assert back.result["after"]["state"] == "schedulable"
+    assert kube_node(kubectl)["spec"] == {"unschedulable": False}
+    moved = await node.ask("reassign", pool="infer", reason="capacity")
+    assert moved.result["message"] == "pool train -> infer"
+    assert kube_node(kubectl)["metadata"] == {
+        "name": "gpu-07", "labels": {"gpufleet.io/pool": "infer"}
+    }  # fmt: skip
+    assert ["label", "node", "gpu-07", "gpufleet.io/pool=infer", "--overwrite"] in calls(kubectl)
+
+
+async def test_a_cordon_made_behind_our_back_is_followed(tmp_path: Path) -> None:
+    node, kubectl = kube_node_on(tmp_path)
+    proc = await asyncio.create_subprocess_exec(str(kubectl), "cordon", "gpu-07")
+    await proc.wait()
+    await node.handler.sync()
+    assert (node.state.state, node.state.who) == ("drained", "kubernetes")
+    again = await node.ask("drain", reason="r")
+    assert again.result["message"] == "already drained"
+
+
+async def test_kubectls_error_reaches_the_operator_verbatim(tmp_path: Path) -> None:
+    kubectl = fake_kubectl(tmp_path, "gpu-07")
+    node = Node(tmp_path, scheduler=KubeScheduler("gpu-99", kubectl=str(kubectl)))
+    answer = await node.ask("drain", reason="r")
+    assert (answer.ok, answer.code) == (False, "command_failed")
+    assert answer.error == 'kubectl: Error from server (NotFound): nodes "gpu-99" not found'
+    [entry] = node.audit.entries()
+    assert entry.result == "failed"
