@@ -126,3 +126,16 @@ def test_the_fleet_audit_merges_the_nodes_logs(fleet: Path) -> None:
     bad = gpufleet(fleet, "audit", "demo06", "--since", "soon")
     assert bad.returncode == 2
     assert "--since 'soon'" in bad.stderr
+
+
+def test_drain_wait_returns_when_the_node_is_drained(fleet: Path) -> None:
+    """A quiet demo node's GPUs may be working: with --timeout 2 the agent counts it drained
+    within two seconds either way, and --wait returns once it has said so."""
+    done = gpufleet(
+        fleet, "drain", "demo05", "--reason", "wait for me", "--wait", "--timeout", "2", "--yes"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("demo05  ok")
+    assert done.stdout.rstrip().endswith("; drained")
+    assert states(fleet, "demo05")["demo05"] == ("drained", "wait for me")
+    assert gpufleet(fleet, "resume", "demo05", "--yes").returncode == 0
