@@ -20,6 +20,8 @@ from console.tui.app import FleetApp
 from console.tui.fleet_view import FleetScreen
 
 pytestmark = [pytest.mark.tui, pytest.mark.integration]
+#: Shell metacharacters and non-ASCII: stored, sent and shown as typed, never interpreted.
+TRICKY = 'XID 79 "g1"; $(reboot) ü'
 
 
 async def until(cond: Callable[[], object], what: str, limit: float = 30.0) -> None:
@@ -52,7 +54,7 @@ async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
             dialog = app.screen
             assert isinstance(dialog, ActionDialog)
             assert dialog.nodes == ["demo02"]
-            dialog.query_one("#reason", Input).value = "XID 79 on GPU 1"
+            dialog.query_one("#reason", Input).value = TRICKY
             await pilot.click("#confirm")
             results = app.screen
             assert isinstance(results, ActionResults)
@@ -65,7 +67,7 @@ async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
             assert detail == result.message
             [entry] = [e for e in demo.agents["demo02"].audit.entries() if e.op == "drain"]
             assert (entry.result, entry.who) == ("ok", getpass.getuser())
-            assert entry.args == {"reason": "XID 79 on GPU 1"}
+            assert entry.args == {"reason": TRICKY}
             assert entry.after is not None
             assert entry.after.state in ("draining", "drained")
             # The agent's state event reaches the model, and the fleet view shows it.
@@ -81,4 +83,4 @@ async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
                 lambda: screen.table.cell_text("demo02", "state") in ("draining", "drained"),
                 "the state on screen",
             )
-            assert "XID 79 on GPU 1" in screen.table.cell_text("demo02", "reason")
+            assert TRICKY in screen.table.cell_text("demo02", "reason"), "shown literally"
