@@ -289,13 +289,22 @@ class RequestHandler:
         DRAINING turning DRAINED, or an admin's own scontrol. A failed read is logged only."""
         async with self._acting:
             try:
-                await self._current()
+                await self._current(strict=True)
             except CommandFailed as exc:
                 log.warning("%s: cannot read the node's state: %s", self._scheduler.kind, exc)
 
-    async def _current(self) -> NodeState:
-        view = await self._scheduler.view()
+    async def _current(self, *, strict: bool = False) -> NodeState:
+        """The state to act from: the scheduler's view where there is one. If it cannot be
+        read, the saved state, unless ``strict``: the scheduler's own command comes next and
+        will refuse in its own words (a node Slurm does not know, a controller down)."""
         saved = self._get_state()
+        try:
+            view = await self._scheduler.view()
+        except CommandFailed as exc:
+            if strict:
+                raise
+            log.warning("acting on the saved state: %s", exc)
+            return saved
         if view is None:
             return saved
         now = follow(saved, view, self._clock(), self._scheduler.kind)
@@ -382,15 +391,16 @@ class RequestHandler:
         return await self._change(before, after, f"pool {before.pool or '(none)'} -> {args.pool}")
 
     def restart_targets(self) -> list[str]:
-        """The allowlist. A simulated node offers its GPUs' resets only: its "node", agent
-        and units would be this machine's real ones, which a simulation must never touch."""
+        """The allowlist. A simulated node offers its GPUs' resets only (and a reboot where
+        the scheduler does it): its own reboot, agent and units would be this machine's real
+        ones, which a simulation must never touch."""
         r = self._restart
         if r is None:
             return []
         real = self._inject is None
         return allowed_targets(
             agent=r.agent and real,
-            node=r.node and real,
+            node=r.node and (real or self._scheduler.reboots),
             gpu_reset=r.gpu_reset,
             units=r.units if real else [],
             gpus=self._gpus(),

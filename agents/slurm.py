@@ -8,14 +8,20 @@ verbatim. The reason is one argv element (``Reason=<text>``), never a shell stri
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
+
+import hostlist
 
 from agents.commands import CommandFailed, run_argv
 from agents.protocol import OpsState
 from agents.scheduler import SchedulerKind, SchedView
 
+#: Reads of the node's partitions a move makes before giving up (see ``move``).
+MOVE_ATTEMPTS: Final = 12
 #: Base states in which jobs are still on the node: with the DRAIN flag it is DRAINING.
 _BUSY_STATES = frozenset({"ALLOCATED", "MIXED", "COMPLETING"})
 #: States in which Slurm gives the node no work, drain flag or not.
@@ -81,13 +87,20 @@ class SlurmScheduler:
     async def _run(self, *argv: str) -> str:
         return (await run_argv(argv, limit=self.timeout, env=self.env)).stdout
 
-    async def view(self) -> SchedView:
+    async def _sinfo(self) -> dict[str, Any]:
+        """``sinfo --json`` (22.05 lists every node whatever ``--nodes`` says: the caller
+        picks the node out)."""
         out = await self._run(self.sinfo, "--json", "--nodes", self.node)
         try:
             doc = json.loads(out)
         except ValueError:
             raise CommandFailed("command_failed", "sinfo --json: not valid JSON") from None
-        return node_view(doc, self.node, self.pools)
+        if not isinstance(doc, dict):
+            raise CommandFailed("command_failed", "sinfo --json: not a JSON object")
+        return doc
+
+    async def view(self) -> SchedView:
+        return node_view(await self._sinfo(), self.node, self.pools)
 
     async def _update(self, *fields: str) -> None:
         await self._run(self.scontrol, "update", f"NodeName={self.node}", *fields)
@@ -106,7 +119,8 @@ class SlurmScheduler:
             self.scontrol, "reboot", "ASAP", "nextstate=RESUME", f"reason={reason}", self.node
         )
 
-    async def _partition_nodes(self, partition: str) -> str:
+    async def _members(self, partition: str) -> list[str]:
+        """The partition's nodes, expanded; CommandFailed("unknown_pool") if there is none."""
         try:
             out = await self._run(self.scontrol, "show", "partition", partition, "--oneliner")
         except CommandFailed as exc:
@@ -115,27 +129,62 @@ class SlurmScheduler:
             raise
         for field in out.split():
             if field.startswith("Nodes="):
-                return field.removeprefix("Nodes=")
+                value = field.removeprefix("Nodes=")
+                return [] if value in ("", "(null)") else hostlist.expand_hostlist(value)
         raise CommandFailed("command_failed", f"scontrol show partition {partition}: no Nodes=")
 
-    async def move(self, old: str | None, pool: str, reason: str) -> None:
-        """Into ``pool`` first, then out of the node's other managed partitions, so that a
-        failure half-way leaves the node in too many partitions, never in none."""
-        if self.pools and pool not in self.pools:
-            raise CommandFailed(
-                "unknown_pool", f"{pool} is not one of this node's pools ({', '.join(self.pools)})"
+    async def _edit(self, partition: str, add: bool) -> None:
+        """Put the node in (or take it out of) ``partition``: ``Nodes+=`` / ``Nodes-=`` where
+        Slurm takes them (23.02 on), else the partition's whole list, read and rewritten."""
+        sign = "+" if add else "-"
+        try:
+            await self._run(
+                self.scontrol, "update", f"PartitionName={partition}", f"Nodes{sign}={self.node}"
             )
-        await self._partition_nodes(pool)  # names a partition that is not there
-        await self._run(self.scontrol, "update", f"PartitionName={pool}", f"Nodes+={self.node}")
-        doc = json.loads(await self._run(self.sinfo, "--json", "--nodes", self.node))
-        for entry in doc.get("nodes", []):
-            if entry.get("name") != self.node:
-                continue
-            for part in entry.get("partitions", []):
-                if part != pool and (not self.pools or part in self.pools):
-                    await self._run(
-                        self.scontrol, "update", f"PartitionName={part}", f"Nodes-={self.node}"
-                    )
+            return
+        except CommandFailed as exc:
+            if "not supported" not in str(exc):
+                raise
+        members = await self._members(partition)
+        if (self.node in members) == add:
+            return
+        members = [*members, self.node] if add else [n for n in members if n != self.node]
+        nodes = hostlist.collect_hostlist(members) if members else ""
+        await self._run(self.scontrol, "update", f"PartitionName={partition}", f"Nodes={nodes}")
+
+    async def _partitions(self) -> list[str]:
+        for entry in (await self._sinfo()).get("nodes", []):
+            if entry.get("name") == self.node:
+                return [p for p in entry.get("partitions", []) if isinstance(p, str)]
+        raise CommandFailed("unknown_node", f"sinfo: Slurm lists no node named {self.node}")
+
+    async def move(self, old: str | None, pool: str, reason: str) -> None:
+        """Into ``pool``, then out of the node's other managed partitions (a failure half-way
+        leaves it in too many, never in none), until it is seen there twice in a row.
+
+        The re-reading is for Slurm 22.05, which has no ``Nodes+=``: agents moving their
+        nodes into one partition at once each rewrite its whole list, and a later write made
+        from an earlier read drops a node another agent had just added. Each agent checks its
+        own node again a moment later and puts it back, so a fan-out converges."""
+        await self._members(pool)  # a partition that is not there is named as such
+        seen_right = 0
+        for _ in range(MOVE_ATTEMPTS):
+            parts = await self._partitions()
+            extra = [p for p in parts if p != pool and (not self.pools or p in self.pools)]
+            if pool in parts and not extra:
+                seen_right += 1
+                if seen_right == 2:
+                    return
+            else:
+                seen_right = 0
+                if pool not in parts:
+                    await self._edit(pool, add=True)
+                for part in extra:
+                    await self._edit(part, add=False)
+            await asyncio.sleep(random.uniform(0.1, 0.4))  # noqa: S311 jitter, not a secret
+        raise CommandFailed(
+            "command_failed", f"could not move {self.node} to {pool}: the partitions kept changing"
+        )
 
     def close(self) -> None:
         return None
