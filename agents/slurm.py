@@ -97,6 +97,10 @@ class SlurmScheduler:
             raise CommandFailed("command_failed", "sinfo --json: not valid JSON") from None
         if not isinstance(doc, dict):
             raise CommandFailed("command_failed", "sinfo --json: not a JSON object")
+        # With slurmctld down, 22.05's sinfo exits 0 with no nodes and the error in the JSON.
+        errors = [e.get("error", "?") for e in doc.get("errors") or [] if isinstance(e, dict)]
+        if errors:
+            raise CommandFailed("command_failed", f"sinfo: {'; '.join(map(str, errors))}")
         return doc
 
     async def view(self) -> SchedView:
