@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -143,6 +143,7 @@ class Agent:
             scheduler=self.scheduler,
             pools=config.scheduler.pools,
             restart=config.restart,
+            boot_id=lambda: self._host.boot_id,
         )
         self.server = AgentServer(
             config=config,
@@ -246,7 +247,11 @@ class Agent:
         """The scheduler finished something in the background (Kubernetes evicted the pods):
         say so and read the node again."""
         self._tell(message)
-        task = asyncio.ensure_future(self.handler.sync())
+        self._background(self.handler.sync())
+
+    def _background(self, job: Coroutine[Any, Any, None]) -> None:
+        """A task the agent keeps a hold of (and cancels when it stops)."""
+        task = asyncio.ensure_future(job)
         self._syncs.add(task)
         task.add_done_callback(self._syncs.discard)
 
@@ -312,6 +317,7 @@ class Agent:
             if self.scheduler.kind != "none":
                 await self.handler.sync()
                 poller = asyncio.create_task(self._poll_scheduler())
+            self._background(self.handler.resume_after_reboot())
             self.serving.set()
             next_tick = loop.time() + interval
             while not stop.is_set():

@@ -25,7 +25,8 @@ import msgspec
 
 PROTOCOL_MAJOR: Final = 1
 PROTOCOL_MINOR: Final = 4  # 1.1 Event.replay; 1.2 audit; 1.3 drain, resume, reassign;
-#                            1.4 restart, Inventory.scheduler and restart_targets
+#                            1.4 restart, Inventory.scheduler and restart_targets,
+#                            NodeState.resume_after_boot
 PROTOCOL_VERSION: Final = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 #: Largest frame either side accepts, newline included. A sample of 8 GPUs with a few
@@ -184,6 +185,9 @@ class NodeState(msgspec.Struct, kw_only=True, frozen=True):
     who: str | None = None
     since: float | None = None  # unix time of the last change
     deadline: float | None = None  # draining: unix time it counts as drained regardless
+    #: restart node: the boot id it was rebooted from; the agent resumes the node when it
+    #: starts on another boot (drain, reboot, back in service: what "restart" means).
+    resume_after_boot: str | None = None
 
 
 class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):

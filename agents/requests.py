@@ -9,7 +9,9 @@ A refusal for role is audited too: a viewer trying to act is worth knowing about
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -57,6 +59,8 @@ from agents.store import AuditLog, StoreError
 log = logging.getLogger("gpufleet.agent")
 encode_json = msgspec.json.encode
 
+#: Who the audit log names for what the agent does on its own (resume after a reboot).
+AGENT_USER: Final = "gpufleet-agent"
 #: Seconds between a reply and a command that ends the agent or the node (restart agent, node).
 AFTER_REPLY_S: Final = 0.5
 #: Request arguments larger than this (encoded) are audited clipped: the audit log records
@@ -113,6 +117,7 @@ class RequestHandler:
         scheduler: Scheduler | None = None,
         pools: Sequence[str] = (),
         restart: RestartSection | None = None,
+        boot_id: Callable[[], str | None] = lambda: None,
     ) -> None:
         """``save_state`` persists a new ops state durably (blocking: it runs on a thread);
         ``state_changed`` then tells the rest of the agent (on the event loop), and ``told``
@@ -133,6 +138,7 @@ class RequestHandler:
         self._scheduler: Scheduler = scheduler or NoScheduler()
         self._pools = tuple(pools)
         self._restart = restart
+        self._boot_id = boot_id
         #: One state-changing request at a time per node: two consoles draining at once must
         #: not both see "schedulable" and both tell Slurm.
         self._acting = asyncio.Lock()
@@ -461,8 +467,34 @@ class RequestHandler:
             raise RequestRefused(
                 "not_drained", f"a node restart needs the node drained first (it is {before.state})"
             )
-        message = "rebooting"
-        return Outcome({"message": message}, message=message, then=reboot_argv(r.systemctl))
+        boot = self._boot_id()
+        if boot is None:
+            raise RequestRefused("not_supported", "no boot id here: the reboot could not be told")
+        after = msgspec.structs.replace(before, resume_after_boot=boot)
+        await self._persist(after)
+        message = "rebooting; back in service when the agent starts on the new boot"
+        outcome = _changed(message, before, after)
+        return dataclasses.replace(outcome, then=reboot_argv(r.systemctl))
+
+    async def resume_after_reboot(self) -> None:
+        """At start: a node restarted through us is put back in service once it is up on a new
+        boot, audited as the agent's own act (the operator's request is in the log above)."""
+        before = self._get_state()
+        boot = self._boot_id()
+        if before.resume_after_boot is None or boot is None or before.resume_after_boot == boot:
+            return
+        reason = f"back after the reboot asked by {before.who or 'unknown'}"
+        request = Request(id=0, op="resume", args={"reason": reason})
+        me = Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), user=AGENT_USER, groups=())
+        caller = Caller(me, "operator")
+        async with self._acting:
+            try:
+                outcome = await self._resume(caller, ResumeArgs(reason=reason))
+            except (CommandFailed, RequestRefused) as exc:
+                log.error("resume after the reboot: %s", exc)
+                self._told(f"not resumed after the reboot: {exc}")
+                return
+            await self._record(caller, request, "ok", outcome.message, outcome)
 
     async def _sim_inject(self, caller: Caller, args: SimInjectArgs) -> Outcome:
         if self._inject is None:

@@ -11,10 +11,11 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agents.client import AgentClient
-from agents.protocol import Event, Sample
+from agents.protocol import Event, NodeState, Sample
 from agents.store import AuditLog, StateStore
 from tests.conftest import AgentProc, agent_command, wait_for
 
@@ -167,3 +168,27 @@ def test_gpufleet_agent_audit_with_no_log_says_so(short_tmp: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0
     assert "no audit log at" in done.stderr
+
+
+def test_a_node_restarted_through_the_agent_is_back_in_service_on_its_new_boot(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    """What a node restart leaves on disk (drained, to resume after boot X), and the agent
+    starting on another boot: it resumes the node itself and says so in the audit log."""
+    agent = agent_factory(*ONE_GPU)
+    agent.state_dir.mkdir(parents=True)
+    left = NodeState(state="drained", reason="firmware", who="olga", since=1.0)
+    StateStore(agent.state_dir).save(
+        msgspec.structs.replace(left, resume_after_boot="a-boot-before-this-one")
+    )
+    agent.start()
+    with AgentClient(agent.socket, stream=False) as actor:
+
+        def state() -> str:
+            answer = actor.request("state")
+            return str(answer.result["state"]) if answer.result else ""
+
+        wait_for(lambda: state() == "schedulable", 10, "the node back in service")
+    [entry] = AuditLog(agent.state_dir).entries()
+    assert (entry.op, entry.who, entry.result) == ("resume", "gpufleet-agent", "ok")
+    assert entry.args["reason"] == "back after the reboot asked by olga"

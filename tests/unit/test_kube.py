@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from agents.config import RestartSection
 from agents.kube import KubeScheduler
 from tests.conftest import wait_for
 from tests.fakes.opsnode import TRICKY, Node
-from tests.fakes.tools import calls, fake_kubectl, kube_node
+from tests.fakes.tools import calls, fake_kubectl, kube_node, recorder
 
 
 def kube_node_on(tmp_path: Path, **kw: object) -> tuple[Node, Path]:
@@ -98,3 +99,30 @@ async def test_kubectls_error_reaches_the_operator_verbatim(tmp_path: Path) -> N
     assert answer.error == 'kubectl: Error from server (NotFound): nodes "gpu-99" not found'
     [entry] = node.audit.entries()
     assert entry.result == "failed"
+
+
+async def test_restart_node_is_drain_reboot_uncordon(tmp_path: Path) -> None:
+    kubectl = fake_kubectl(tmp_path, "gpu-07")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    restart = RestartSection(systemctl=str(recorder(tools, "systemctl")))
+
+    def node_on(boot: str) -> tuple[Node, KubeScheduler]:
+        sched = KubeScheduler("gpu-07", kubectl=str(kubectl), timeout=5.0)
+        return Node(tmp_path, scheduler=sched, restart=restart, boot_id=lambda: boot), sched
+
+    before, sched = node_on("boot-1")
+    refused = await before.ask("restart", target="node", reason="kernel")
+    assert refused.code == "not_drained", "never reboot a node with pods on it"
+    await before.ask("drain", reason="kernel")
+    await asyncio.to_thread(wait_for, lambda: not sched.evicting, 10, "the eviction")
+    await before.handler.sync()
+    assert before.state.state == "drained"
+    assert (await before.ask("restart", target="node", reason="kernel")).ok
+    await asyncio.to_thread(wait_for, lambda: calls(tools / "systemctl"), 5, "the reboot")
+    assert calls(tools / "systemctl") == [["reboot"]]
+
+    after, _ = node_on("boot-2")
+    await after.handler.resume_after_reboot()
+    assert kube_node(kubectl)["spec"] == {"unschedulable": False}, "uncordoned"
+    assert (after.state.state, after.state.who) == ("schedulable", "gpufleet-agent")

@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 from agents.config import RestartSection
+from agents.store import StateStore
 from tests.conftest import wait_for
 from tests.fakes.opsnode import TRICKY, Node
 from tests.fakes.tools import calls, recorder
@@ -107,17 +108,39 @@ async def test_a_node_reboot_needs_a_drained_node_and_starts_after_the_reply(
     tmp_path: Path,
 ) -> None:
     r = allowlist(tmp_path / "bin")
-    node = Node(tmp_path, restart=r)
+    node = Node(tmp_path, restart=r, boot_id=lambda: "boot-1")
     early = await node.ask("restart", target="node", reason="firmware")
     assert (early.ok, early.code) == (False, "not_drained")
     assert early.error == "a node restart needs the node drained first (it is schedulable)"
     await node.ask("drain", reason="firmware")
     answer = await node.ask("restart", target="node", reason="firmware")
-    assert answer.ok and answer.result["message"] == "rebooting"
+    assert answer.ok, answer
+    assert answer.result["message"].startswith("rebooting; back in service")
+    assert answer.result["after"]["resume_after_boot"] == "boot-1"
+    assert StateStore(tmp_path).load().resume_after_boot == "boot-1", "saved before the reply"
     assert calls(Path(r.systemctl)) == [], "not before the reply has left"
     assert [e.result for e in node.audit.entries()][-1] == "ok", "audited before it runs"
     await asyncio.to_thread(wait_for, lambda: calls(Path(r.systemctl)), 5, "systemctl reboot")
     assert calls(Path(r.systemctl)) == [["reboot"]]
+
+
+async def test_after_the_reboot_the_agent_puts_the_node_back_in_service(tmp_path: Path) -> None:
+    r = allowlist(tmp_path / "bin")
+    before = Node(tmp_path, restart=r, boot_id=lambda: "boot-1")
+    await before.ask("drain", reason="firmware")
+    await before.ask("restart", target="node", reason="firmware")
+    await before.handler.resume_after_reboot()
+    assert before.state.state == "drained", "same boot: the reboot has not happened yet"
+
+    after = Node(tmp_path, restart=r, boot_id=lambda: "boot-2")  # the agent, started again
+    await after.handler.resume_after_reboot()
+    assert (after.state.state, after.state.who) == ("schedulable", "gpufleet-agent")
+    assert after.state.resume_after_boot is None
+    last = list(after.audit.entries())[-1]
+    assert (last.op, last.who, last.result) == ("resume", "gpufleet-agent", "ok")
+    assert last.args == {"reason": "back after the reboot asked by olga"}
+    await after.handler.resume_after_reboot()
+    assert [e.op for e in after.audit.entries()] == ["drain", "restart", "resume"], "once"
 
 
 async def test_restarting_the_agent_runs_after_the_reply_and_a_failure_is_told(
