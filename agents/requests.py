@@ -9,6 +9,7 @@ A refusal for role is audited too: a viewer trying to act is worth knowing about
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -171,27 +172,25 @@ class RequestHandler:
             args = decode_args(request)
         except ProtocolError as exc:
             return await self._refuse(caller, request, exc.code, exc.message, audit=spec.audited)
-        try:
-            if spec.audited:
-                async with self._acting:
-                    outcome = await self._ops[request.op](caller, args)
-            else:
-                outcome = await self._ops[request.op](caller, args)
-        except RequestRefused as exc:
-            return await self._refuse(caller, request, exc.code, str(exc), audit=spec.audited)
-        except CommandFailed as exc:  # the scheduler's or the tool's own words
-            return await self._refuse(caller, request, exc.code, str(exc), result="failed")
-        if spec.audited:
+        # A change and its audit entry under one lock: the log's order is the order of events.
+        async with self._acting if spec.audited else contextlib.nullcontext():
             try:
-                await self._record(caller, request, "ok", outcome.message, outcome)
-            except StoreError as exc:
-                log.error("audit: %s", exc)
-                return Response(
-                    id=request.id,
-                    ok=False,
-                    code="audit_failed",
-                    error=f"{request.op} was applied but could not be audited: {exc}",
-                )
+                outcome = await self._ops[request.op](caller, args)
+            except RequestRefused as exc:
+                return await self._refuse(caller, request, exc.code, str(exc), audit=spec.audited)
+            except CommandFailed as exc:  # the scheduler's or the tool's own words
+                return await self._refuse(caller, request, exc.code, str(exc), result="failed")
+            if spec.audited:
+                try:
+                    await self._record(caller, request, "ok", outcome.message, outcome)
+                except StoreError as exc:
+                    log.error("audit: %s", exc)
+                    return Response(
+                        id=request.id,
+                        ok=False,
+                        code="audit_failed",
+                        error=f"{request.op} was applied but could not be audited: {exc}",
+                    )
         if outcome.then is not None:
             self._run_later(outcome.then)
         return Response(id=request.id, ok=True, result=outcome.result)

@@ -22,7 +22,7 @@ async def test_drain_an_idle_node_is_drained_at_once(tmp_path: Path) -> None:
     assert answer.result["before"]["state"] == "schedulable"
     assert answer.result["after"] == {
         "state": "drained", "pool": None, "reason": "HBM errors", "who": "olga", "since": NOW,
-        "deadline": None,
+        "deadline": None, "resume_after_boot": None,
     }  # fmt: skip
     assert StateStore(tmp_path).load() == node.state, "persisted before the answer"
     assert [s.state for s in node.announced] == ["drained"]
