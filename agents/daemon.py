@@ -19,6 +19,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from agents.commands import CommandFailed
 from agents.config import AgentConfig
 from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
@@ -315,6 +316,10 @@ class Agent:
             if self.notifier.watchdog_interval is not None:
                 watchdog = asyncio.create_task(self._feed_watchdog(self.notifier.watchdog_interval))
             if self.scheduler.kind != "none":
+                try:
+                    await self.scheduler.recover(self.state)
+                except CommandFailed as exc:
+                    log.error("cannot pick up the drain in flight: %s", exc)
                 await self.handler.sync()
                 poller = asyncio.create_task(self._poll_scheduler())
             self._background(self.handler.resume_after_reboot())

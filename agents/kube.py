@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from agents.commands import CommandFailed, run_argv
-from agents.protocol import OpsState
+from agents.protocol import NodeState, OpsState
 from agents.scheduler import SchedulerKind, SchedView
 
 log = logging.getLogger("gpufleet.agent")
@@ -119,6 +120,16 @@ class KubeScheduler:
 
     async def reboot(self, reason: str) -> None:
         raise CommandFailed("not_supported", "Kubernetes does not reboot nodes")
+
+    async def recover(self, saved: NodeState) -> None:
+        """A drain the last run left DRAINING had its eviction cut short: start it again
+        (kubectl drain is idempotent), with whatever remains of its deadline."""
+        if saved.state != "draining":
+            return
+        now = time.time()
+        left = None if saved.deadline is None else max(1.0, saved.deadline - now)
+        log.info("drain: evicting again after a restart")
+        await self.drain(saved.reason or "", left)
 
     def _stop_evicting(self) -> None:
         self._evict_failed = False

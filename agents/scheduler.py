@@ -47,6 +47,10 @@ class Scheduler(Protocol):
 
     async def reboot(self, reason: str) -> None: ...
 
+    async def recover(self, saved: NodeState) -> None:
+        """At start, pick up work the last run of the agent left in flight."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -70,6 +74,9 @@ class NoScheduler:
 
     async def reboot(self, reason: str) -> None:
         raise CommandFailed("not_supported", "no scheduler here reboots nodes")
+
+    async def recover(self, saved: NodeState) -> None:
+        return None
 
     def close(self) -> None:
         return None

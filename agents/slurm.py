@@ -17,7 +17,7 @@ from typing import Any, Final
 import hostlist
 
 from agents.commands import CommandFailed, run_argv
-from agents.protocol import OpsState
+from agents.protocol import NodeState, OpsState
 from agents.scheduler import SchedulerKind, SchedView
 
 #: Reads of the node's partitions a move makes before giving up (see ``move``).
@@ -189,6 +189,10 @@ class SlurmScheduler:
         raise CommandFailed(
             "command_failed", f"could not move {self.node} to {pool}: the partitions kept changing"
         )
+
+    async def recover(self, saved: NodeState) -> None:
+        """Nothing is in flight on our side: Slurm finishes its drains and reboots itself."""
+        return None
 
     def close(self) -> None:
         return None

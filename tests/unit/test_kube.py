@@ -9,6 +9,7 @@ adapter runs, how it reads the node back, and what the operator is told; not Kub
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from agents.config import RestartSection
@@ -18,18 +19,23 @@ from tests.fakes.opsnode import TRICKY, Node
 from tests.fakes.tools import calls, fake_kubectl, kube_node, recorder
 
 
-def kube_node_on(tmp_path: Path, **kw: object) -> tuple[Node, Path]:
-    kubectl = fake_kubectl(tmp_path, "gpu-07", pool="train", **kw)  # type: ignore[arg-type]
+def kube_node_on(
+    tmp_path: Path, kubectl: Path | None = None, **kw: object
+) -> tuple[Node, Path, KubeScheduler]:
+    """An agent's handler on a Kubernetes node (the stand-in's, made unless given), told of
+    evictions' ends as the agent is: say it, then read the node again."""
+    if kubectl is None:
+        kubectl = fake_kubectl(tmp_path, "gpu-07", pool="train", **kw)  # type: ignore[arg-type]
     node: Node
     syncs: list[asyncio.Future[None]] = []
 
-    def told(message: str) -> None:  # as the agent does: say it, then read the node again
+    def told(message: str) -> None:
         node.told.append(message)
         syncs.append(asyncio.ensure_future(node.handler.sync()))
 
     sched = KubeScheduler("gpu-07", kubectl=str(kubectl), timeout=5.0, told=told)
     node = Node(tmp_path, scheduler=sched)
-    return node, kubectl
+    return node, kubectl, sched
 
 
 async def settled(node: Node, state: str) -> None:
@@ -39,7 +45,7 @@ async def settled(node: Node, state: str) -> None:
 async def test_drain_cordons_then_evicts_and_is_drained_when_kubectl_returns(
     tmp_path: Path,
 ) -> None:
-    node, kubectl = kube_node_on(tmp_path, evict_seconds=0.3)
+    node, kubectl, _ = kube_node_on(tmp_path, evict_seconds=0.3)
     answer = await node.ask("drain", reason=TRICKY, timeout=120)
     assert answer.ok, answer
     assert answer.result["after"]["state"] == "draining", "cordoned, pods not yet evicted"
@@ -56,7 +62,7 @@ async def test_drain_cordons_then_evicts_and_is_drained_when_kubectl_returns(
 async def test_an_eviction_a_budget_blocks_leaves_the_node_cordoned_and_says_why(
     tmp_path: Path,
 ) -> None:
-    node, _ = kube_node_on(tmp_path, pdb=True)
+    node, _, _ = kube_node_on(tmp_path, pdb=True)
     await node.ask("drain", reason="r", timeout=30)
     await asyncio.to_thread(wait_for, lambda: node.told, 10, "the failure told")
     [said] = node.told
@@ -67,7 +73,7 @@ async def test_an_eviction_a_budget_blocks_leaves_the_node_cordoned_and_says_why
 
 
 async def test_resume_uncordons_and_reassign_sets_the_pool_label(tmp_path: Path) -> None:
-    node, kubectl = kube_node_on(tmp_path)
+    node, kubectl, _ = kube_node_on(tmp_path)
     await node.ask("drain", reason="r")
     await settled(node, "drained")
     back = await node.ask("resume", reason="ok")
@@ -82,7 +88,7 @@ async def test_resume_uncordons_and_reassign_sets_the_pool_label(tmp_path: Path)
 
 
 async def test_a_cordon_made_behind_our_back_is_followed(tmp_path: Path) -> None:
-    node, kubectl = kube_node_on(tmp_path)
+    node, kubectl, _ = kube_node_on(tmp_path)
     proc = await asyncio.create_subprocess_exec(str(kubectl), "cordon", "gpu-07")
     await proc.wait()
     await node.handler.sync()
@@ -126,3 +132,19 @@ async def test_restart_node_is_drain_reboot_uncordon(tmp_path: Path) -> None:
     await after.handler.resume_after_reboot()
     assert kube_node(kubectl)["spec"] == {"unschedulable": False}, "uncordoned"
     assert (after.state.state, after.state.who) == ("schedulable", "gpufleet-agent")
+
+
+async def test_a_drain_cut_short_by_a_restart_evicts_again(tmp_path: Path) -> None:
+    first, kubectl, sched = kube_node_on(tmp_path, evict_seconds=30)
+    await first.ask("drain", reason="r", timeout=60)
+    await first.handler.sync()
+    assert first.state.state == "draining", "still evicting"
+    sched.close()  # the agent stops mid-eviction, its kubectl killed with it
+    world = json.loads((tmp_path / "kube-node.json").read_text())
+    (tmp_path / "kube-node.json").write_text(json.dumps({**world, "evict_seconds": 0}))
+
+    again, _, sched = kube_node_on(tmp_path, kubectl)  # the agent, started again
+    await sched.recover(again.state)
+    await settled(again, "drained")
+    assert again.told == ["drained: pods evicted"]
+    assert len([c for c in calls(kubectl) if c[0] == "drain"]) == 2, "evicted again"
