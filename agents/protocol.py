@@ -231,7 +231,7 @@ class Hello(_Frame, tag="hello", kw_only=True, frozen=True):
     peer: Literal["agent", "console", "tool"]
     node: str | None = None  # agent: its node name
     interval_s: float | None = None  # agent: sampling interval
-    history: bool = True  # client: send the buffered samples first
+    history: bool = True  # client: all the buffered samples first (False: the newest only)
     stream: bool = True  # client: send live samples and events
 
 

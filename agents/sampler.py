@@ -147,10 +147,16 @@ class Sampler:
         self._slow: dict[int, dict[str, int | None]] = {}
         self._slow_lock = threading.Lock()
 
-    def history(self) -> list[bytes]:
-        """What a new client is sent after the inventory: samples, then the recent events
-        (after, so that a reader can date each event against the newest sample)."""
-        return [*self.replay, *self.event_replay]
+    def history(self, full: bool = True) -> list[bytes]:
+        """What a new client is sent after the inventory: the buffered samples, or with
+        ``full`` off (a one-shot command) the newest alone, as a live sample so that the
+        command need not wait an interval for one; then the recent events (after, so a reader
+        can date each against the newest sample)."""
+        if full:
+            return [*self.replay, *self.event_replay]
+        # The daemon records and publishes a sample with no await between: it is not doubled.
+        newest = [encode(self.ring[-1])] if self.ring else []
+        return [*newest, *self.event_replay]
 
     def next_seq(self) -> int:
         self._seq += 1

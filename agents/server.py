@@ -161,7 +161,7 @@ class AgentServer:
         config: AgentConfig,
         node: str,
         inventory: Callable[[], Inventory],
-        history: Callable[[], Iterable[bytes]],
+        history: Callable[[bool], Iterable[bytes]],
         handler: RequestHandler,
         interval: float,
     ) -> None:
@@ -377,8 +377,7 @@ class AgentServer:
         first: list[bytes] = []
         if hello.stream:
             first.append(encode(self._inventory()))
-            if hello.history:
-                first.extend(self._history())
+            first.extend(self._history(hello.history))
             client.wants_stream = True
         client.writer_task = self._spawn(self._write(client, first))
 

@@ -15,6 +15,7 @@ seen and refuses a changed one. There is no mode that accepts anything silently.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -62,8 +63,16 @@ class LinkOptions:
     connect_timeout: float = 10.0
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    #: The agent's buffered samples on connecting (the screen's sparklines). One-shot
+    #: commands turn it off: at 200 nodes a full 15-minute buffer each is ~730 MB to decode.
+    history: bool = True
     #: Run on the node when its sshd forbids streamlocal forwarding; gets ``--socket PATH``.
     attach_command: str = "gpufleet-agent attach"
+
+
+def one_shot(options: LinkOptions) -> LinkOptions:
+    """The options for a command that connects, acts or reads once, and leaves: no history."""
+    return dataclasses.replace(options, history=False)
 
 
 class NotDelivered(GpufleetError):
@@ -291,7 +300,10 @@ class NodeLink:
             check_version(first)
             self.fleet.set_agent(name, first.software, first.proto, first.interval_s)
             hello = Hello(
-                proto=PROTOCOL_VERSION, software=f"gpufleet {__version__}", peer="console"
+                proto=PROTOCOL_VERSION,
+                software=f"gpufleet {__version__}",
+                peer="console",
+                history=self.options.history,
             )
             writer.write(encode(hello))
             self.sessions += 1

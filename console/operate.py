@@ -33,7 +33,7 @@ from console.actions import NodeResult, Verb, guard_warnings, request_args, run_
 from console.fleet import FleetState
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory
-from console.link import LinkOptions
+from console.link import LinkOptions, one_shot
 from console.selector import parse_selector, select
 from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING
 
@@ -86,7 +86,7 @@ async def operate(
     """Act on ``chosen`` (from ``chosen_nodes``): connect, narrow, guard, send."""
     pools = {e.pool for e in inv.nodes if e.name in chosen}
     reach = [e for e in inv.nodes if e.pool in pools]  # the guard weighs whole pools
-    links = FleetLinks(reach, options)
+    links = FleetLinks(reach, one_shot(options))
     fleet = links.fleet
     async with links:
         await links.settle(op.wait)
@@ -188,7 +188,7 @@ async def fleet_audit(
 ) -> tuple[int, list[tuple[str, AuditEntry]], list[str]]:
     """The audit logs of ``chosen``, merged oldest first, and the nodes that gave none."""
     entries = [e for e in inv.nodes if e.name in chosen]
-    links = FleetLinks(entries, options)
+    links = FleetLinks(entries, one_shot(options))
     got: list[tuple[str, AuditEntry]] = []
     missing: list[str] = []
     async with links:

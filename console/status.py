@@ -14,7 +14,7 @@ from typing import Any, Final
 from console.fleet import FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
-from console.link import LinkOptions
+from console.link import LinkOptions, one_shot
 
 EXIT_ALL: Final = 0
 EXIT_SOME_MISSING: Final = 1
@@ -87,7 +87,7 @@ async def snapshot(
     """Connect to every node, until each has answered or failed (or ``wait`` runs out).
 
     A snapshot takes a node's first failure as its answer: retrying is for the live screen."""
-    links = FleetLinks(entries, options, concurrency=concurrency)
+    links = FleetLinks(entries, one_shot(options), concurrency=concurrency)
     async with links:
         for name in await links.settle(wait):
             links.fleet.set_link(name, "unreachable", f"no answer in {wait:g} s", time.monotonic())

@@ -19,7 +19,8 @@ from agents.protocol import Sample
 from console.fleet import FleetState
 from console.inventory import NodeEntry
 from console.link import LinkOptions, NodeLink, NotDelivered
-from tests.conftest import AgentProc
+from console.status import snapshot
+from tests.conftest import AgentProc, wait_for
 from tests.integration.netns import netns
 from tests.integration.sshd import Sshd, start_sshd
 
@@ -104,6 +105,21 @@ async def test_stream_reaches_the_fleet_over_ssh(
         assert run.view.interval == pytest.approx(0.1)
     finally:
         await run.stop()
+
+
+async def test_a_one_shot_snapshot_skips_the_history_and_takes_the_newest_as_live(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """``status`` and the verbs connect without the agent's buffered samples, and count a
+    node as answered on its newest sample, sent at once (not an interval later)."""
+    agent = agent_factory("--backend", "sim", "--gpus", "2", "--interval", "0.1").start()
+    with AgentClient(agent.socket, history=False) as warm:  # let the agent buffer 2 s
+        wait_for(lambda: (f := warm.recv()) is not None and getattr(f, "seq", 0) > 20, 10)
+    fleet = await snapshot([entry(sshd, agent.socket)], options(sshd), wait=10)
+    view = fleet.nodes["127.0.0.1"]
+    assert view.answered
+    assert len(view.history) == 1, "the newest sample only, not the buffer"
+    assert view.sample is not None and not view.sample.replay
 
 
 async def test_agent_not_running_is_agent_down(sshd: Sshd, short_tmp: Path) -> None:

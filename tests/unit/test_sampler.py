@@ -358,3 +358,11 @@ def test_history_is_samples_then_recent_events_as_replays() -> None:
     assert all(isinstance(f, Sample | Event) and f.replay for f in frames)
     assert [f.kind for f in frames if isinstance(f, Event)] == ["xid", "gpu_lost"]
     assert len(sampler.event_replay) <= EVENT_HISTORY
+
+    # A one-shot command's hello: the newest sample alone, as live (no interval's wait for
+    # one), then the same events.
+    brief = [decode(b) for b in sampler.history(full=False)]
+    assert [type(f).__name__ for f in brief] == ["Sample", "Event", "Event"]
+    newest = brief[0]
+    assert isinstance(newest, Sample) and not newest.replay
+    assert newest.seq == sampler.ring[-1].seq
