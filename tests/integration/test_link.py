@@ -118,7 +118,7 @@ async def test_a_one_shot_snapshot_skips_the_history_and_takes_the_newest_as_liv
     fleet = await snapshot([entry(sshd, agent.socket)], options(sshd), wait=10)
     view = fleet.nodes["127.0.0.1"]
     assert view.answered
-    assert len(view.history) < 5, "the newest sample (and any live since), not 20 s of buffer"
+    assert len(view.history) < 5, "the newest sample (and any live since), not the 20-sample buffer"
     assert view.sample is not None and not view.sample.replay
 
 
