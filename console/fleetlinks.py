@@ -1,9 +1,10 @@
 """Every node's link, running: what the screen, ``status`` and the demo table share.
 
-One ``NodeLink`` task per inventory node, all feeding one ``FleetState``, with one bound on
-SSH handshakes in flight (sshd's MaxStartups drops connections past about 10 at once, and a
-jump host is one sshd for the whole fleet). Requests go to a node's live session by name.
-Headless: the TUI drives the model's clock and refresh; this only keeps the links up.
+One ``NodeLink`` task per inventory node, all feeding one ``FleetState``, with a bound on SSH
+handshakes in flight, fleet-wide and per jump host (sshd's MaxStartups drops connections past
+about 10 at once, and a jump host is one sshd for every node behind it). Requests go to a
+node's live session by name. Headless: the TUI drives the model's clock and refresh; this
+only keeps the links up.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
 from console.link import LinkOptions, NodeLink
 
-#: SSH handshakes in flight at once, fleet-wide.
-CONNECTING_AT_ONCE = 16
+#: SSH handshakes in flight at once, fleet-wide (pdsh's default fan-out; a jump host named
+#: only in ~/.ssh/config, which the per-jump bound cannot see, still gets retries).
+CONNECTING_AT_ONCE = 32
+#: ... and through one jump host: its sshd's MaxStartups (10:30:100 by default) starts
+#: dropping unauthenticated connections past 10.
+CONNECTING_PER_JUMP = 10
 
 
 class FleetLinks:
@@ -34,7 +39,11 @@ class FleetLinks:
         entries = list(entries)
         self.fleet = fleet if fleet is not None else FleetState(entries)
         gate = asyncio.Semaphore(concurrency)
-        self.links = {e.name: NodeLink(e, self.fleet, options, gate) for e in entries}
+        jumps = {e.jump: asyncio.Semaphore(CONNECTING_PER_JUMP) for e in entries if e.jump}
+        self.links = {
+            e.name: NodeLink(e, self.fleet, options, gate, via=jumps.get(e.jump or ""))
+            for e in entries
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:

@@ -15,6 +15,7 @@ seen and refuses a changed one. There is no mode that accepts anything silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -185,12 +186,16 @@ class NodeLink:
         options: LinkOptions,
         connecting: asyncio.Semaphore,
         *,
+        via: asyncio.Semaphore | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``connecting`` bounds handshakes fleet-wide; ``via`` those through this node's
+        jump host, one sshd for many nodes."""
         self.entry = entry
         self.fleet = fleet
         self.options = options
         self._connecting = connecting
+        self._via = via
         self._now = monotonic
         self.sessions = 0  # sessions that reached the agent (for tests and the soak)
         self.via_attach = False  # the last session used `gpufleet-agent attach`
@@ -277,7 +282,7 @@ class NodeLink:
         kwargs = {k: v for k, v in kwargs.items() if v != ()}
         policy = HostKeyPolicy(self._known_hosts, learn=o.host_keys == "accept-new")
         self._policy = policy
-        async with self._connecting:
+        async with self._via or contextlib.nullcontext(), self._connecting:
             return await asyncssh.connect(
                 e.hostname or e.name,
                 known_hosts=_trusted(self._known_hosts),

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from console.fleet import FleetState, NodeView
-from console.fleetlinks import FleetLinks
+from console.fleetlinks import CONNECTING_AT_ONCE, FleetLinks
 from console.inventory import NodeEntry
 from console.link import LinkOptions, one_shot
 
@@ -82,7 +82,11 @@ def status_doc(views: Iterable[NodeView], now: float) -> list[dict[str, Any]]:
 
 
 async def snapshot(
-    entries: list[NodeEntry], options: LinkOptions, *, wait: float, concurrency: int = 16
+    entries: list[NodeEntry],
+    options: LinkOptions,
+    *,
+    wait: float,
+    concurrency: int = CONNECTING_AT_ONCE,
 ) -> FleetState:
     """Connect to every node, until each has answered or failed (or ``wait`` runs out).
 
