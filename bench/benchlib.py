@@ -9,9 +9,11 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import msgspec
 import psutil
 
@@ -63,3 +65,26 @@ def run_header(benchmark: str, started: dt.datetime) -> dict[str, Any]:
         "duration_s": (dt.datetime.now(dt.UTC) - started).total_seconds(),
         "command": shlex.join([sys.executable, *sys.argv]),
     }
+
+
+async def exec_server(
+    client_key: asyncssh.SSHKey, run: Callable[[Any], Any], known_hosts: Path
+) -> tuple[asyncssh.SSHAcceptor, int]:
+    """The exec baselines' SSH server on loopback (``console.demo.DemoServer``'s auth, ``run``
+    for each exec, no shell), with ``known_hosts`` written to trust it; and its port."""
+    from console.demo import DemoServer
+
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(
+        lambda: DemoServer(client_key),
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        process_factory=run,
+        encoding=None,
+        allow_scp=False,
+    )
+    port = int(server.sockets[0].getsockname()[1])
+    public = host_key.export_public_key("openssh").decode().strip()
+    known_hosts.write_text(f"[127.0.0.1]:{port} {public}\n")  # noqa: ASYNC240 startup, tiny
+    return server, port

@@ -42,10 +42,10 @@ from typing import Any
 import asyncssh
 import msgspec
 import psutil
-from benchlib import machine_facts, once_argv, publish, run_header
+from benchlib import exec_server, machine_facts, once_argv, publish, run_header
 
 from agents.protocol import Event, Inventory, Sample
-from console.demo import DemoServer, demo_fleet
+from console.demo import demo_fleet
 from console.fleet import FleetState
 from console.inventory import NodeEntry, load_inventory
 from console.link import LinkOptions, NodeLink
@@ -77,23 +77,12 @@ async def _run_once(process: asyncssh.SSHServerProcess[bytes]) -> None:
 
 async def _serve_polls(root: Path, nodes: int, first: int) -> None:
     """The exec baseline's nodes: one asyncssh server, an inventory naming N nodes on it."""
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     key_path = root / "client_key"
     key_path.write_bytes(client_key.export_private_key())
     key_path.chmod(0o600)
-    server = await asyncssh.create_server(
-        lambda: DemoServer(client_key),
-        "127.0.0.1",
-        0,
-        server_host_keys=[host_key],
-        process_factory=_run_once,
-        encoding=None,
-        allow_scp=False,
-    )
-    port = server.sockets[0].getsockname()[1]
     known = root / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {host_key.export_public_key('openssh').decode()}")
+    server, port = await exec_server(client_key, _run_once, known)
     inventory = root / "fleet.toml"
     inventory.write_text(
         f'[defaults]\nhostname = "127.0.0.1"\nport = {port}\nuser = "bench"\n'

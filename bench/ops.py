@@ -64,14 +64,14 @@ from unittest import mock
 import asyncssh
 import msgspec
 import psutil
-from benchlib import machine_facts, publish, run_header
+from benchlib import exec_server, machine_facts, publish, run_header
 
 import console.operate
 from agents.daemon import Agent
 from agents.protocol import GpufleetError, Response, encode
 from agents.sampler import Sampler
 from console.actions import ACTION_CONCURRENCY, Verb
-from console.demo import DemoServer, demo_fleet
+from console.demo import demo_fleet
 from console.fleet import FleetState
 from console.fleetlinks import CONNECTING_AT_ONCE, FleetLinks
 from console.inventory import Inventory, NodeEntry, load_inventory
@@ -151,21 +151,8 @@ async def _serve(count: int, first: int, history: float) -> None:
             process.exit(child.returncode or 0)
 
         client_key = asyncssh.read_private_key(fleet.root / "client_key")
-        host_key = asyncssh.generate_private_key("ssh-ed25519")
-        server = await asyncssh.create_server(
-            lambda: DemoServer(client_key),
-            "127.0.0.1",
-            0,
-            server_host_keys=[host_key],
-            process_factory=run_exec,
-            encoding=None,
-            allow_scp=False,
-        )
-        port = server.sockets[0].getsockname()[1]
         known = fleet.root / "exec_known_hosts"
-        known.write_text(
-            f"[127.0.0.1]:{port} {host_key.export_public_key('openssh').decode().strip()}\n"
-        )
+        server, port = await exec_server(client_key, run_exec, known)
         ready = {"inventory": str(fleet.inventory), "exec_port": port, "exec_known": str(known)}
         print(json.dumps(ready), flush=True)
         while await asyncio.to_thread(sys.stdin.readline):  # until the parent closes stdin
