@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -88,3 +89,16 @@ async def exec_server(
     public = host_key.export_public_key("openssh").decode().strip()
     known_hosts.write_text(f"[127.0.0.1]:{port} {public}\n")  # noqa: ASYNC240 startup, tiny
     return server, port
+
+
+def stop_node_hosts(procs: list[subprocess.Popen[str]]) -> None:
+    """End the node-host processes: each stops when its stdin closes (killed after 60 s)."""
+    for host in procs:
+        if host.stdin is not None:
+            host.stdin.close()
+    for host in procs:
+        try:
+            host.wait(60)
+        except subprocess.TimeoutExpired:
+            host.kill()
+            host.wait()

@@ -42,7 +42,14 @@ from typing import Any
 import asyncssh
 import msgspec
 import psutil
-from benchlib import exec_server, machine_facts, once_argv, publish, run_header
+from benchlib import (
+    exec_server,
+    machine_facts,
+    once_argv,
+    publish,
+    run_header,
+    stop_node_hosts,
+)
 
 from agents.protocol import Event, Inventory, Sample
 from console.demo import demo_fleet
@@ -304,15 +311,7 @@ def trial(mode: str, nodes: int, hosts: int, warmup: float, seconds: float) -> d
         result["node_hosts"] = hosts
         return result
     finally:
-        for host in procs:
-            if host.stdin is not None:
-                host.stdin.close()
-        for host in procs:
-            try:
-                host.wait(60)
-            except subprocess.TimeoutExpired:
-                host.kill()
-                host.wait()
+        stop_node_hosts(procs)
 
 
 def _fmt(x: float | None, spec: str) -> str:

@@ -64,7 +64,7 @@ from unittest import mock
 import asyncssh
 import msgspec
 import psutil
-from benchlib import exec_server, machine_facts, publish, run_header
+from benchlib import exec_server, machine_facts, publish, run_header, stop_node_hosts
 
 import console.operate
 from agents.daemon import Agent
@@ -238,18 +238,6 @@ def start_node_hosts(nodes: int, hosts: int, history: float) -> NodeHosts:
         stop_node_hosts(procs)
         raise
     return NodeHosts(procs, Inventory("bench/ops.py node hosts", entries), exec_entries)
-
-
-def stop_node_hosts(procs: list[subprocess.Popen[str]]) -> None:
-    for host in procs:
-        if host.stdin is not None:
-            host.stdin.close()
-    for host in procs:
-        try:
-            host.wait(60)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait()
 
 
 # --------------------------------------------------------------------------------------------
