@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Final, Literal
+from unicodedata import category as _category
 
 import msgspec
 
@@ -359,11 +360,29 @@ POOL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TARGET = re.compile(r"[A-Za-z0-9_@:.\\-]{1,128}")
 
 
+#: Unicode categories a reason may not hold: controls (terminal escapes, NUL), format
+#: characters (bidirectional overrides that make a line read other than it is), line and
+#: paragraph separators.
+_UNSHOWABLE: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
+#: ... but for these: newline, tab, and the zero-width (non-)joiners that Persian, the Indic
+#: scripts and emoji sequences need.
+_ALLOWED: Final = frozenset("\n\t\u200c\u200d")
+
+
 def _check_reason(reason: str, *, required: bool) -> None:
+    """Reasons are kept literally, newlines and tabs included; other control characters (a
+    terminal escape, a NUL) are refused: shown on every operator's screen and stored in Slurm,
+    they could only do harm. Spaces of any kind and every script are fine."""
     if required and not reason.strip():
         raise ValueError("a reason is required")
     if len(reason) > MAX_REASON:
         raise ValueError(f"reason longer than {MAX_REASON} characters")
+    bad = next((c for c in reason if c not in _ALLOWED and _category(c) in _UNSHOWABLE), None)
+    if bad is not None:
+        raise ValueError(
+            f"reason holds a control or format character ({bad!r}); of those only newlines "
+            "and tabs are kept"
+        )
 
 
 class DrainArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

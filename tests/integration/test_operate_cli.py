@@ -103,6 +103,7 @@ def test_reassign_and_restart_say_so_per_node(fleet: Path) -> None:
         (["drain", "gpu[01-02]", "--reason", "r", "--yes"], "not in the inventory"),
         (["drain", "--reason", "r", "--yes"], "name the nodes"),
         (["reassign", "demo01", "--pool", "a b", "--reason", "r", "--yes"], "pool must be"),
+        (["drain", "demo01", "--reason", "\x1b[2J", "--yes"], "control or format character"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(fleet: Path, args: list[str], says: str) -> None:

@@ -78,6 +78,9 @@ async def test_reassign_moves_the_pool_and_keeps_the_ops_state(tmp_path: Path) -
         ("drain", {}, "missing required field `reason`"),
         ("drain", {"reason": "r", "timeout": -5}, "timeout must be 0 to 604800 seconds"),
         ("drain", {"reason": "x" * 1025}, "reason longer than 1024 characters"),
+        ("drain", {"reason": "red\x1b[31m"}, "reason holds a control or format character"),
+        ("resume", {"reason": "nul\x00"}, "reason holds a control or format character"),
+        ("drain", {"reason": "flip \u202e"}, "reason holds a control or format character"),
         ("reassign", {"pool": "no such pool!", "reason": "r"}, "pool must be 1 to 64"),
         ("reassign", {"pool": "infer"}, "missing required field `reason`"),
         ("resume", {"reason": "r", "force": True}, "unknown field `force`"),
@@ -103,9 +106,10 @@ async def test_a_viewer_is_refused_and_the_refusal_is_audited(tmp_path: Path) ->
     assert (entry.who, entry.op, entry.result) == ("vic", "drain", "refused")
 
 
-async def test_reasons_are_kept_literally(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reason", [TRICKY, "tab\tnbsp\u00a0", "خوب\u200cاست", "👩\u200d💻"])
+async def test_reasons_are_kept_literally(tmp_path: Path, reason: str) -> None:
     node = Node(tmp_path)
-    await node.ask("drain", reason=TRICKY)
-    assert StateStore(tmp_path).load().reason == TRICKY
+    assert (await node.ask("drain", reason=reason)).ok
+    assert StateStore(tmp_path).load().reason == reason
     [entry] = node.audit.entries()
-    assert entry.args["reason"] == TRICKY
+    assert entry.args["reason"] == reason
