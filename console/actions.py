@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Protocol
 
 from agents.protocol import GpufleetError, Response
 from console.fleet import DOWN_STATES, FleetState
+from console.link import NotDelivered
 
 Verb = Literal["drain", "resume", "restart", "reassign"]
 
@@ -23,6 +24,11 @@ Verb = Literal["drain", "resume", "restart", "reassign"]
 GUARD_SHARE: Final = 0.25
 #: Requests in flight at once for one action.
 ACTION_CONCURRENCY: Final = 32
+#: Seconds to wait for a node's answer to an action.
+REQUEST_WAIT_S: Final = 30.0
+#: Seconds to wait for a node to come back, after an action's answer was lost, to read its
+#: state again.
+REREAD_S: Final = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +151,9 @@ class Requester(Protocol):
     ) -> Response: ...
 
 
-Outcome = Literal["pending", "ok", "refused", "not_delivered", "timeout"]
+#: not_delivered: certainly not applied; unknown: sent, its answer lost (the node's state
+#: read again afterwards is in the message); timeout: drain --wait gave up waiting.
+Outcome = Literal["pending", "ok", "refused", "not_delivered", "unknown", "timeout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +170,45 @@ def _result(node: str, response: Response) -> NodeResult:
     return NodeResult(node, "refused", f"{response.code}: {response.error}")
 
 
+def _said_state(state: dict[str, Any]) -> str:
+    out = str(state.get("state"))
+    if state.get("state") != "schedulable" and state.get("reason"):
+        out += f" ({state['reason']!r} by {state.get('who') or '?'})"
+    return out + (f", pool {state['pool']}" if state.get("pool") else "")
+
+
+async def reread(requester: Requester, node: str, lost: str, within: float) -> NodeResult:
+    """An action whose answer was lost may have been applied: never send it again blindly.
+    Read the node's state instead, once its link is back (``within`` seconds at most), and
+    report the action as unknown with what the node says now."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            left = max(0.5, deadline - loop.time())
+            answer = await requester.request(node, "state", {}, wait=left)
+        except NotDelivered as exc:
+            if exc.maybe or loop.time() >= deadline:
+                return NodeResult(node, "unknown", f"{lost}; its state could not be read again")
+            await asyncio.sleep(0.2)  # the link is down: wait for it to come back
+            continue
+        if answer.ok and answer.result:
+            now = _said_state(answer.result)
+            return NodeResult(node, "unknown", f"{lost}; the node is now {now}")
+        return NodeResult(node, "unknown", f"{lost}; reading its state: {answer.error}")
+
+
 async def run_action(
     requester: Requester,
     nodes: Sequence[str],
     verb: Verb,
     args: dict[str, Any],
     on_result: Callable[[NodeResult], Awaitable[None] | None] | None = None,
+    *,
+    wait: float = REQUEST_WAIT_S,
 ) -> list[NodeResult]:
-    """Send the verb to every node (bounded), reporting each node's result as it comes."""
+    """Send the verb to every node (bounded), reporting each node's result as it comes.
+    ``wait``: seconds for each node's answer."""
     if not nodes:
         raise ActionError("no nodes selected")
     gate = asyncio.Semaphore(ACTION_CONCURRENCY)
@@ -177,9 +216,12 @@ async def run_action(
     async def one(node: str) -> NodeResult:
         async with gate:
             try:
-                result = _result(node, await requester.request(node, verb, args))
-            except GpufleetError as exc:  # NotDelivered: said exactly as it was
-                result = NodeResult(node, "not_delivered", str(exc))
+                result = _result(node, await requester.request(node, verb, args, wait=wait))
+            except NotDelivered as exc:
+                if exc.maybe:
+                    result = await reread(requester, node, str(exc), REREAD_S)
+                else:
+                    result = NodeResult(node, "not_delivered", str(exc))
         if on_result is not None:
             done = on_result(result)
             if done is not None:

@@ -78,7 +78,12 @@ def one_shot(options: LinkOptions) -> LinkOptions:
 
 class NotDelivered(GpufleetError):
     """A request that never reached the agent, or whose answer never came back: the caller
-    must say so, and must not guess at the outcome."""
+    must say so, and must not guess at the outcome. ``maybe``: it was sent, so it may have
+    been applied (the answer was lost); otherwise it certainly was not."""
+
+    def __init__(self, message: str, *, maybe: bool = False) -> None:
+        super().__init__(message)
+        self.maybe = maybe
 
 
 class LinkFailure(Exception):
@@ -229,7 +234,8 @@ class NodeLink:
                 return await answer
         except TimeoutError:
             raise NotDelivered(
-                f"{name}: no answer in {wait:g} s; it may have happened, see the node's audit log"
+                f"{name}: no answer in {wait:g} s; it may have happened, see the node's audit log",
+                maybe=True,
             ) from None
         finally:
             self._pending.pop(ident, None)
@@ -242,7 +248,8 @@ class NodeLink:
                 answer.set_exception(
                     NotDelivered(
                         f"{self.entry.name}: the link dropped before the answer ({why}); it "
-                        "may have happened, see the node's audit log"
+                        "may have happened, see the node's audit log",
+                        maybe=True,
                     )
                 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -15,7 +16,9 @@ import psutil
 import pytest
 
 from agents.client import AgentClient
-from agents.protocol import Sample
+from agents.protocol import Response, Sample
+from agents.store import AuditLog
+from console.actions import run_action
 from console.fleet import FleetState
 from console.inventory import NodeEntry
 from console.link import LinkOptions, NodeLink, NotDelivered
@@ -461,5 +464,45 @@ async def test_requests_go_to_the_agent_on_the_live_session(
         await until(run.shows("agent_down"), "the agent gone")
         with pytest.raises(NotDelivered, match="not sent, the node is agent_down"):
             await run.link.request("ping", {})
+    finally:
+        await run.stop()
+
+
+async def test_an_action_whose_answer_is_lost_is_unknown_and_read_again(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """The agent stops (SIGSTOP) with a drain on its way: the console gives up waiting, does
+    not send the drain again, and reads the node's state once the agent answers again (here
+    it is let go as the console starts reading): the drain did happen, and the result says
+    so."""
+    agent = agent_factory(*FAST).start()
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    sent: list[str] = []
+
+    class Link:
+        async def request(
+            self, node: str, op: str, args: dict[str, object], wait: float = 30.0
+        ) -> Response:
+            sent.append(op)
+            if op == "state" and sent.count("state") == 1:
+                assert agent.proc is not None
+                agent.proc.send_signal(signal.SIGCONT)
+            return await run.link.request(op, args, wait)
+
+    try:
+        await until(lambda: run.view.link == "live", "live")
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGSTOP)
+        try:
+            [result] = await run_action(Link(), [run.view.name], "drain", {"reason": "r"}, wait=1)
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
+        assert result.outcome == "unknown", result
+        assert "no answer in 1 s; it may have happened" in result.message
+        # The drain happened (draining or drained, as the simulated GPUs were busy or not).
+        assert re.search(r"the node is now drain(ing|ed) \('r' by root\)$", result.message)
+        assert sent == ["drain", "state"]
+        entries = [e for e in AuditLog(agent.state_dir).entries() if e.op == "drain"]
+        assert len(entries) == 1, "applied once"
     finally:
         await run.stop()

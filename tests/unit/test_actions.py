@@ -113,6 +113,39 @@ async def test_each_node_gets_its_own_result_and_nothing_is_called_success() -> 
     assert {op for _, op, _ in req.sent} == {"drain"}
 
 
+class LostAnswer:
+    """gpu1 applies the drain but its answer is lost with the link; the link is down for two
+    tries, then the node answers ``state`` with what the drain did."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.down = 2
+
+    async def request(
+        self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+    ) -> Response:
+        self.sent.append(op)
+        if op == "drain":
+            raise NotDelivered(f"{node}: the link dropped before the answer", maybe=True)
+        if self.down:
+            self.down -= 1
+            raise NotDelivered(f"{node}: not sent, the node is connecting")
+        drained = {"state": "drained", "reason": "r", "who": "olga", "pool": "train"}
+        return Response(id=2, ok=True, result=drained)
+
+
+async def test_a_lost_answer_is_unknown_and_the_state_read_again_never_resent() -> None:
+    req = LostAnswer()
+    [result] = await run_action(req, ["gpu1"], "drain", {"reason": "r"})
+    assert result.outcome == "unknown"
+    assert result.message == (
+        "gpu1: the link dropped before the answer; the node is now drained ('r' by olga), "
+        "pool train"
+    )
+    assert req.sent == ["drain", "state", "state", "state"], "the drain was sent once"
+    assert outcome_code([result]) == 1
+
+
 async def test_no_nodes_is_an_error() -> None:
     with pytest.raises(ActionError, match="no nodes"):
         await run_action(Requester(), [], "drain", {"reason": "r"})
