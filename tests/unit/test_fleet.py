@@ -63,6 +63,25 @@ def test_agent_clock_jumping_back_does_not_make_a_node_stale(fleet: FleetState) 
     assert fleet.nodes["gpu1"].link == "live"
 
 
+def test_a_clock_jump_keeps_the_sparklines_in_arrival_order(fleet: FleetState) -> None:
+    """Staleness and the sparklines run on the console's clock, in the order samples came:
+    an agent whose clock jumps back an hour (NTP, a wrong RTC) neither goes stale nor has
+    its history reordered, and its newest sample is the one shown."""
+    n = Node("gpu1", gpus=1)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    temps = []
+    for i in range(6):
+        sample, _ = n.tick()
+        jumped = sample.ts - (3600 if i >= 3 else 0)
+        fleet.apply("gpu1", msgspec.structs.replace(sample, ts=jumped), 1.0 + i)
+        temps.append(sample.gpus[0].temp_c)
+        fleet.tick(1.5 + i)
+        assert fleet.nodes["gpu1"].link == "live"
+    view = fleet.nodes["gpu1"]
+    assert view.history.gpu(0, "temp")[-6:] == temps
+    assert view.sample is not None and view.sample.gpus[0].temp_c == temps[-1]
+
+
 def test_down_links_are_critical_alerts(fleet: FleetState) -> None:
     fleet.set_link("gpu2", "hostkey_changed", "host key for gpu2 changed", 1.0)
     [alert] = fleet.nodes["gpu2"].alerts
