@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import asyncssh
 
@@ -74,6 +74,12 @@ class LinkOptions:
 def one_shot(options: LinkOptions) -> LinkOptions:
     """The options for a command that connects, acts or reads once, and leaves: no history."""
     return dataclasses.replace(options, history=False)
+
+
+#: Live samples taken from an agent at most this many times its declared rate...
+PACE_FACTOR: Final = 10.0
+#: ... after a burst of this many.
+PACE_BURST: Final = 50
 
 
 class NotDelivered(GpufleetError):
@@ -321,9 +327,12 @@ class NodeLink:
             self.sessions += 1
             self._writer = writer
             why = "the session ended"
+            pace = _Pace(first.interval_s)
             try:
                 while True:
                     frame = await frames.next()
+                    if isinstance(frame, Sample) and not frame.replay:
+                        await pace.one()  # a flooding agent is read at its own pace, no faster
                     if isinstance(frame, Inventory | Sample | Event):
                         self.fleet.apply(name, frame, self._now())
                     elif isinstance(frame, Response):
@@ -356,6 +365,30 @@ class NodeLink:
         self.via_attach = True
         why = f"streamlocal to {self.entry.socket}: {refused}; attach"
         return _Frames(process.stdout, process.stderr, why), process.stdin
+
+
+class _Pace:
+    """Live samples from one agent are taken at most ``PACE_FACTOR`` times its declared rate
+    (a burst of ``PACE_BURST`` allowed). Past that the link stops reading for a moment: the
+    SSH channel's window fills and the agent's own bounded queue drops what it cannot send,
+    so a broken or hostile agent that floods costs the console no more than a few normal ones
+    and cannot starve the other nodes' links of the event loop."""
+
+    def __init__(self, interval: float | None, now: Callable[[], float] = time.monotonic) -> None:
+        self._rate = PACE_FACTOR / max(interval or 1.0, 0.01)  # samples per second
+        self._tokens = float(PACE_BURST)
+        self._now = now
+        self._last = now()
+
+    async def one(self) -> None:
+        t = self._now()
+        self._tokens = min(PACE_BURST, self._tokens + (t - self._last) * self._rate)
+        self._last = t
+        if self._tokens < 1:
+            await asyncio.sleep((1 - self._tokens) / self._rate)
+            self._tokens = 1.0
+            self._last = self._now()
+        self._tokens -= 1
 
 
 class _Frames:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,11 @@ from agents.protocol import Response, Sample
 from agents.store import AuditLog
 from console.actions import run_action
 from console.fleet import FleetState
+from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink, NotDelivered
+from console.link import PACE_BURST, PACE_FACTOR, LinkOptions, NodeLink, NotDelivered
 from console.status import snapshot
-from tests.conftest import AgentProc, wait_for
+from tests.conftest import REPO, AgentProc, wait_for
 from tests.integration.netns import netns
 from tests.integration.sshd import Sshd, start_sshd
 
@@ -506,3 +508,45 @@ async def test_an_action_whose_answer_is_lost_is_unknown_and_read_again(
         assert len(entries) == 1, "applied once"
     finally:
         await run.stop()
+
+
+async def test_a_flooding_agent_is_paced_and_does_not_starve_the_others(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    """A broken agent sends samples as fast as its socket takes them (declaring 0.1 s); a
+    normal one beside it samples at 0.1 s. The console takes the flood at no more than ten
+    times its declared rate, and the normal node's samples keep arriving at theirs."""
+    good = agent_factory(*FAST).start()
+    sock, sent_file = short_tmp / "flood.sock", short_tmp / "flood.sent"
+    flooder = subprocess.Popen(  # noqa: ASYNC220 started once, before the links
+        [sys.executable, "-m", "tests.fakes.flooder", str(sock), str(sent_file)], cwd=REPO
+    )
+    try:
+        await until(sock.exists, "the flooder's socket")
+        flood_entry = dataclasses.replace(
+            entry(sshd, str(sock)), name="flood", hostname="127.0.0.1"
+        )
+        fleet = FleetState([entry(sshd, good.socket), flood_entry])
+        links = FleetLinks([entry(sshd, good.socket), flood_entry], options(sshd), fleet=fleet)
+
+        def seqs() -> dict[str, int]:  # samples taken so far, by the agents' numbering
+            return {n: v.sample.seq if v.sample else 0 for n, v in fleet.nodes.items()}
+
+        async with links:
+            await until(lambda: all(v.link == "live" for v in fleet.nodes.values()), "both live")
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            base = seqs()
+            sent0 = int(sent_file.read_text() or 0)
+            while loop.time() - start < 3.0:  # a fixed window to count in, not a wait
+                fleet.flush()
+                await asyncio.sleep(0.1)
+            took = loop.time() - start
+            got = {n: seq - base[n] for n, seq in seqs().items()}
+            sent = int(sent_file.read_text()) - sent0
+        assert sent > 5 * got["flood"], f"the flood was real: {sent} sent, {got['flood']} taken"
+        assert got["flood"] <= PACE_FACTOR / 0.1 * took + PACE_BURST
+        assert got["127.0.0.1"] >= 0.8 * took / 0.1, f"the good node kept pace: {got}"
+    finally:
+        flooder.kill()
+        flooder.wait()
