@@ -106,7 +106,12 @@ async def test_a_viewer_is_refused_and_the_refusal_is_audited(tmp_path: Path) ->
     assert (entry.who, entry.op, entry.result) == ("vic", "drain", "refused")
 
 
-@pytest.mark.parametrize("reason", [TRICKY, "tab\tnbsp\u00a0", "خوب\u200cاست", "👩\u200d💻"])
+#: Persian with a zero-width non-joiner ("khub-ast"), an emoji joined by a zero-width joiner.
+PERSIAN = "\u062e\u0648\u0628\u200c\u0627\u0633\u062a"
+CODER = "\U0001f469\u200d\U0001f4bb"
+
+
+@pytest.mark.parametrize("reason", [TRICKY, "tab\tnbsp\u00a0", PERSIAN, CODER])
 async def test_reasons_are_kept_literally(tmp_path: Path, reason: str) -> None:
     node = Node(tmp_path)
     assert (await node.ask("drain", reason=reason)).ok
