@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agents.config import RestartSection
+from agents.protocol import REQUEST_SPECS, NodeState
 from agents.store import StateStore
 from tests.conftest import wait_for
-from tests.fakes.opsnode import TRICKY, Node
+from tests.fakes.opsnode import TRICKY, VIC, Node
 from tests.fakes.tools import calls, recorder
 
 
@@ -162,3 +167,48 @@ async def test_nothing_may_be_restarted_without_an_allowlist(tmp_path: Path) -> 
     assert node.handler.restart_targets() == []
     answer = await node.ask("restart", target="agent", reason="r")
     assert answer.error == "agent is not a restart target on n1 (allowed: none)"
+
+
+FUZZ = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@FUZZ
+@given(target=st.text(min_size=1, max_size=40))
+def test_no_target_outside_the_allowlist_ever_runs_a_command(tmp_path: Path, target: str) -> None:
+    """Whatever a request names as its target, nothing is run unless the node's list has it:
+    the name is looked up, never passed to a tool. (Sync, one event loop per example:
+    hypothesis drives plain functions.)"""
+    r = allowlist(tmp_path / "bin", units=["slurmd.service"])
+    node = Node(tmp_path, restart=r, boot_id=lambda: "b")
+    answer = asyncio.run(node.ask("restart", target=target, reason="fuzz"))
+    ran = calls(Path(r.systemctl)) + calls(Path(r.nvidia_smi))
+    for log in ("systemctl.log", "nvidia-smi.log"):
+        (tmp_path / "bin" / log).unlink(missing_ok=True)
+    if target in ("slurmd.service", "gpu0", "gpu1"):
+        assert answer.ok, answer
+    else:
+        assert not answer.ok and ran == [], (target, answer)
+
+
+async def test_a_viewer_cannot_act_by_any_request(tmp_path: Path) -> None:
+    """Every request that needs the operator role, asked by a viewer with valid arguments:
+    refused, nothing changed, nothing run, and each refusal audited."""
+    r = allowlist(tmp_path / "bin", units=["slurmd.service"])
+    node = Node(tmp_path, restart=r, inject=lambda fault, gpu: "injected")
+    valid: dict[str, dict[str, Any]] = {
+        "drain": {"reason": "r"}, "resume": {}, "reassign": {"pool": "p", "reason": "r"},
+        "restart": {"target": "slurmd.service", "reason": "r"},
+        "sim_inject": {"fault": "busy", "gpu": 0},
+    }  # fmt: skip
+    operator_ops = {op for op, spec in REQUEST_SPECS.items() if spec.role == "operator"}
+    assert operator_ops == set(valid), "a new operator request needs a line here"
+    for op, args in valid.items():
+        answer = await node.ask(op, VIC, **args)
+        assert (answer.ok, answer.code) == (False, "forbidden"), op
+    assert node.state == NodeState() and node.announced == []
+    assert calls(Path(r.systemctl)) == []
+    assert [(e.op, e.result, e.who) for e in node.audit.entries()] == [
+        (op, "refused", "vic") for op in valid
+    ]
