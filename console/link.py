@@ -329,8 +329,14 @@ class NodeLink:
             why = "the session ended"
             pace = _Pace(first.interval_s)
             try:
+                try:  # a stalled agent greets and then says nothing: that is down, not slow
+                    async with asyncio.timeout(wait):
+                        frame = await frames.next()
+                except TimeoutError:
+                    raise LinkFailure(
+                        "agent_down", f"the agent sent nothing after its hello in {wait:g} s"
+                    ) from None
                 while True:
-                    frame = await frames.next()
                     if isinstance(frame, Sample) and not frame.replay:
                         await pace.one()  # a flooding agent is read at its own pace, no faster
                     if isinstance(frame, Inventory | Sample | Event):
@@ -341,6 +347,7 @@ class NodeLink:
                             answer.set_result(frame)
                     elif isinstance(frame, Error) and frame.fatal:
                         raise LinkFailure("agent_down", f"agent: {frame.message}")
+                    frame = await frames.next()
             except BaseException as exc:
                 why = str(exc) or type(exc).__name__
                 raise

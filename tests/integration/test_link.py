@@ -519,7 +519,8 @@ async def test_a_flooding_agent_is_paced_and_does_not_starve_the_others(
     good = agent_factory(*FAST).start()
     sock, sent_file = short_tmp / "flood.sock", short_tmp / "flood.sent"
     flooder = subprocess.Popen(  # noqa: ASYNC220 started once, before the links
-        [sys.executable, "-m", "tests.fakes.flooder", str(sock), str(sent_file)], cwd=REPO
+        [sys.executable, "-m", "tests.fakes.bad_agent", "flood", str(sock), str(sent_file)],
+        cwd=REPO,
     )
     try:
         await until(sock.exists, "the flooder's socket")
@@ -550,3 +551,41 @@ async def test_a_flooding_agent_is_paced_and_does_not_starve_the_others(
     finally:
         flooder.kill()
         flooder.wait()
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("mute", "the agent said nothing in 1 s"),
+        ("greet", "the agent sent nothing after its hello in 1 s"),
+    ],
+)
+async def test_a_stalled_agent_is_down_and_the_others_stay_live(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path, mode: str, says: str
+) -> None:
+    """An agent that accepts the connection and then never speaks (or greets and then never
+    speaks again) is shown down with the reason, and retried; the node beside it is live."""
+    good = agent_factory(*FAST).start()
+    sock = short_tmp / "stalled.sock"
+    stalled = subprocess.Popen(  # noqa: ASYNC220 started once, before the links
+        [sys.executable, "-m", "tests.fakes.bad_agent", mode, str(sock)], cwd=REPO
+    )
+    try:
+        await until(sock.exists, "the stalled agent's socket")
+        bad = dataclasses.replace(entry(sshd, str(sock)), name="stalled", hostname="127.0.0.1")
+        opts = options(sshd, connect_timeout=1.0)
+        links = FleetLinks([entry(sshd, good.socket), bad], opts)
+        fleet = links.fleet
+        async with links:
+            await until(lambda: fleet.nodes["stalled"].link == "agent_down", "stalled: down")
+            assert fleet.nodes["stalled"].link_reason == says
+            assert fleet.nodes["127.0.0.1"].link == "live"
+            seq = fleet.nodes["127.0.0.1"].sample
+            assert seq is not None
+            await until(
+                lambda: (s := fleet.nodes["127.0.0.1"].sample) is not None and s.seq > seq.seq + 5,
+                "the good node's samples to keep coming",
+            )
+    finally:
+        stalled.kill()
+        stalled.wait()

@@ -1,9 +1,13 @@
-"""A broken agent for the tests: on a unix socket, it greets like an agent (declaring a 0.1 s
-interval), then sends one real sample over and over, as fast as the socket takes it.
+"""Broken agents for the tests, on a unix socket:
 
-    python -m tests.fakes.flooder SOCKET COUNT_FILE
-
-Every 0.2 s it writes how many samples it has sent to COUNT_FILE.
+python -m tests.fakes.bad_agent flood SOCKET COUNT_FILE
+    greets like an agent (declaring a 0.1 s interval), then sends one real sample over
+    and over, as fast as the socket takes it; every 0.2 s it writes how many it has sent
+    to COUNT_FILE
+python -m tests.fakes.bad_agent mute SOCKET
+    accepts connections and never sends a byte
+python -m tests.fakes.bad_agent greet SOCKET
+    greets like an agent, reads the console's hello, then says nothing more
 """
 
 from __future__ import annotations
@@ -18,18 +22,24 @@ from agents.protocol import PROTOCOL_VERSION, Hello, encode
 from tests.fakes.simnode import Node
 
 
-async def serve(path: str, count_file: Path) -> None:
+async def serve(mode: str, path: str, count_file: Path | None) -> None:
     node = Node("flood", gpus=8)
     sample, _ = node.tick()
     sent = 0
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal sent
+        if mode == "mute":
+            await reader.read()  # until the console gives up and closes
+            return
         hello = Hello(
             proto=PROTOCOL_VERSION, software="flooder", peer="agent", node="flood", interval_s=0.1
         )
         writer.write(encode(hello))
         await reader.readline()  # the console's hello
+        if mode == "greet":
+            await reader.read()
+            return
         writer.write(encode(node.inventory()))
         seq = sample.seq
         while True:
@@ -40,7 +50,8 @@ async def serve(path: str, count_file: Path) -> None:
 
     async def report() -> None:
         while True:
-            count_file.write_text(str(sent))  # noqa: ASYNC240 a few bytes, a test fake
+            if count_file is not None:
+                count_file.write_text(str(sent))  # noqa: ASYNC240 a few bytes, a test fake
             await asyncio.sleep(0.2)
 
     server = await asyncio.start_unix_server(client, path)
@@ -49,4 +60,5 @@ async def serve(path: str, count_file: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], Path(sys.argv[2])))
+    count = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+    asyncio.run(serve(sys.argv[1], sys.argv[2], count))
