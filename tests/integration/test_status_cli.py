@@ -166,3 +166,31 @@ def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -
     assert out.returncode == 3
     [node] = json.loads(out.stdout)
     assert (node["link"], node["link_reason"]) == ("unreachable", "no answer in 1 s")
+
+
+def test_no_key_material_reaches_a_log_or_the_audit(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    """A session and an action with the client's private key: neither the agent's debug log,
+    nor its audit log, nor anything the console prints holds any of the key."""
+    a = agent_factory(*FAST, config="[agent]\nlog_level = 'debug'\n", name="a").start()
+    inventory, config = write_fleet(short_tmp, sshd, {"node1": a.socket})
+    out = gpufleet(sshd, inventory, config, "node1", "--json")
+    assert out.returncode == 0, out.stderr
+    drain = subprocess.run(
+        [sys.executable, "-m", "console", "drain", "node1", "--reason", "keys?", "--yes", "--force",
+         "--inventory", str(inventory), "--ssh-config", str(config),
+         "--known-hosts", str(sshd.known_hosts), "--identity", str(sshd.client_key_path)],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert drain.returncode == 0, drain.stdout + drain.stderr
+    assert "audit:" in a.log(), "the agent's log saw the action"
+    key = sshd.client_key_path.read_text()
+    body = [line for line in key.splitlines() if line and "PRIVATE KEY" not in line]
+    said = "\n".join(
+        [out.stdout, out.stderr, drain.stdout, drain.stderr, a.log(),
+         (a.state_dir / "audit.jsonl").read_text()]
+    )  # fmt: skip
+    assert "PRIVATE KEY" not in said
+    for line in body:
+        assert line[:24] not in said, "a piece of the private key was written out"
