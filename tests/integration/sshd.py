@@ -7,14 +7,16 @@ never written anywhere but the test's temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
+import psutil
 
 from tests.conftest import ensure_tool, skip_or_fail, wait_for
 
@@ -39,6 +41,7 @@ class Sshd:
     known_hosts: Path
     address: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)
 
     def known_hosts_line(self, key: asyncssh.SSHKey | None = None) -> str:
         key = key or self.host_key
@@ -46,9 +49,35 @@ class Sshd:
         return f"[{self.address}]:{self.port} {public}\n"
 
     def stop(self) -> None:
+        """Stop sshd and the sessions it spawned (they outlive the listener otherwise)."""
         if self.proc is not None and self.proc.poll() is None:
+            sessions = psutil.Process(self.proc.pid).children(recursive=True)
             self.proc.terminate()
             self.proc.wait(10)
+            for child in sessions:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.terminate()
+            psutil.wait_procs(sessions, timeout=10)
+
+    def start(self) -> None:
+        """(Re)start sshd on its port with the host key now in ``root/host_key``."""
+        log = (self.root / "sshd.log").open("ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log)
+        log.close()
+
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex((self.address, self.port)) == 0
+
+        wait_for(listening, 15, "sshd to listen")
+
+    def rekey(self) -> asyncssh.SSHKey:
+        """Restart with a new host key, as a reinstalled (or impersonated) host would."""
+        self.stop()
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        write_key(self.root / "host_key", key)
+        self.start()
+        return key
 
 
 def start_sshd(
@@ -76,15 +105,6 @@ def start_sshd(
     )
     server = Sshd(root, port, host_key, root / "client_key", root / "known_hosts", address)
     server.known_hosts.write_text(server.known_hosts_line())
-    log = (root / "sshd.log").open("ab")
-    server.proc = subprocess.Popen(
-        [*prefix, sshd, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log
-    )
-    log.close()
-
-    def listening() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex((address, port)) == 0
-
-    wait_for(listening, 15, "sshd to listen")
+    server.argv = [*prefix, sshd, "-D", "-e", "-f", str(root / "sshd_config")]
+    server.start()
     return server

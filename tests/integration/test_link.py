@@ -173,6 +173,25 @@ async def test_accept_new_learns_an_unknown_key_and_refuses_a_changed_one(
         await run.stop()
 
 
+async def test_a_host_key_changed_between_sessions_is_refused_on_reconnect(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """Live, then the host comes back with another key (reinstalled, or someone else): the
+    link does not reconnect to it, and known_hosts is untouched (accept-new learns only keys
+    never seen)."""
+    agent = agent_factory(*FAST).start()
+    trusted = sshd.known_hosts.read_text()
+    run = Running(entry(sshd, agent.socket), options(sshd, host_keys="accept-new"))
+    try:
+        await until(lambda: run.view.link == "live", "live")
+        await asyncio.to_thread(sshd.rekey)  # its sessions end with it
+        await until(lambda: run.view.link == "hostkey_changed", "hostkey_changed")
+        assert "does not match known_hosts" in run.view.link_reason
+        assert sshd.known_hosts.read_text() == trusted
+    finally:
+        await run.stop()
+
+
 async def test_wrong_client_key_is_auth_failed(
     sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
 ) -> None:
