@@ -367,6 +367,48 @@ async def test_a_partition_is_noticed_within_the_keepalive_budget_and_heals(
             server.stop()
 
 
+async def test_half_the_fleet_partitioned_leaves_the_other_half_live(
+    sshd: Sshd, short_tmp: Path, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """Four nodes: two behind one network namespace (a rack whose switch dies), two on this
+    host. The cut takes out exactly the rack, the others keep streaming throughout, and the
+    rack comes back by itself when healed."""
+    with netns() as ns:
+        rack_sshd = start_sshd(short_tmp / "rack", address=ns.node_addr, prefix=ns.exec_prefix())
+        try:
+            agents = {f"n{i}": agent_factory(*FAST, name=f"n{i}").start() for i in range(4)}
+            entries = []
+            for name, agent in agents.items():
+                rack = name in ("n0", "n1")
+                server, host = (rack_sshd, ns.node_addr) if rack else (sshd, "127.0.0.1")
+                entries.append(
+                    dataclasses.replace(entry(server, agent.socket), name=name, hostname=host)
+                )
+            # One known_hosts and one set of keys for both servers, as an operator's would be.
+            sshd.known_hosts.write_text(sshd.known_hosts_line() + rack_sshd.known_hosts_line())
+            keys = [str(sshd.client_key_path), str(rack_sshd.client_key_path)]
+            links = FleetLinks(entries, options(sshd, client_keys=keys))
+            fleet = links.fleet
+
+            def links_are(want: dict[str, str]) -> bool:
+                fleet.tick(asyncio.get_running_loop().time())
+                return all(fleet.nodes[n].link == state for n, state in want.items())
+
+            async with links:
+                await until(lambda: links_are(dict.fromkeys(agents, "live")), "all live")
+                before = {n: fleet.nodes[n].sample for n in ("n2", "n3")}
+                await asyncio.to_thread(ns.cut)
+                down = {"n0": "unreachable", "n1": "unreachable", "n2": "live", "n3": "live"}
+                await until(lambda: links_are(down), "the rack unreachable, the rest live", 15)
+                for n, sample in before.items():
+                    now = fleet.nodes[n].sample
+                    assert sample is not None and now is not None and now.seq > sample.seq, n
+                await asyncio.to_thread(ns.heal)
+                await until(lambda: links_are(dict.fromkeys(agents, "live")), "all live again")
+        finally:
+            rack_sshd.stop()
+
+
 async def test_missing_known_hosts_file_means_unknown_host(
     sshd: Sshd, agent_factory: Callable[..., AgentProc]
 ) -> None:
