@@ -84,6 +84,8 @@ async def test_reassign_moves_the_pool_and_keeps_the_ops_state(tmp_path: Path) -
         ("reassign", {"pool": "no such pool!", "reason": "r"}, "pool must be 1 to 64"),
         ("reassign", {"pool": "infer"}, "missing required field `reason`"),
         ("resume", {"reason": "r", "force": True}, "unknown field `force`"),
+        ("drain", {"reason": "r", "who": "root"}, "unknown field `who`"),  # no claiming
+        ("drain", {"reason": "r", "role": "operator"}, "unknown field `role`"),
     ],
 )
 async def test_bad_arguments_are_refused_and_nothing_changes(
