@@ -571,6 +571,45 @@ async def test_an_action_whose_answer_is_lost_is_unknown_and_read_again(
         await run.stop()
 
 
+async def test_an_agent_killed_mid_action_and_restarted_by_hand_loses_nothing(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc]
+) -> None:
+    """The agent is stopped with a drain on its way and then SIGKILLed, so the drain is never
+    read; restarted by hand, it comes back schedulable. The console reports the drain as
+    unknown with the node's state read back (schedulable: it did not happen), sends it only
+    once, and the link recovers by itself."""
+    agent = agent_factory(*FAST).start()
+    run = Running(entry(sshd, agent.socket), options(sshd))
+    sent: list[str] = []
+
+    class Link:
+        async def request(
+            self, node: str, op: str, args: dict[str, object], wait: float = 30.0
+        ) -> Response:
+            sent.append(op)
+            if op == "state" and sent.count("state") == 1:
+                await asyncio.to_thread(agent.start)  # by hand, as an operator would
+            return await run.link.request(op, args, wait)
+
+    try:
+        await until(lambda: run.view.link == "live", "live")
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGSTOP)
+        action = asyncio.create_task(run_action(Link(), [run.view.name], "drain", {"reason": "r"}))
+        await until(lambda: sent == ["drain"], "the drain sent")
+        agent.proc.kill()
+        agent.proc.wait()
+        [result] = await action
+        assert result.outcome == "unknown", result
+        assert "the link dropped before the answer" in result.message
+        assert result.message.endswith("the node is now schedulable"), result.message
+        assert sent[0] == "drain" and set(sent[1:]) == {"state"}, "the drain sent once only"
+        assert not [e for e in AuditLog(agent.state_dir).entries() if e.op == "drain"]
+        await until(lambda: run.view.link == "live", "live again, without a console restart")
+    finally:
+        await run.stop()
+
+
 async def test_a_flooding_agent_is_paced_and_does_not_starve_the_others(
     sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
 ) -> None:
