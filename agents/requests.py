@@ -317,14 +317,15 @@ class RequestHandler:
             await self._persist(now)
         return now
 
-    async def _view_after(self, fallback: OpsState) -> SchedView | None:
+    async def _view_after(self, state: OpsState, pool: str | None = None) -> SchedView | None:
         """The scheduler's view just after a change it accepted; if that read fails, the
-        change still happened: say ``fallback`` now and let the next poll correct it."""
+        change still happened: say what it should have made (``state``, and ``pool`` or the
+        saved one) and let the next poll correct it."""
         try:
             return await self._scheduler.view()
         except CommandFailed as exc:
             log.warning("cannot read the state back after the change: %s", exc)
-            return SchedView(state=fallback, pool=self._get_state().pool, reason=None)
+            return SchedView(state=state, pool=pool or self._get_state().pool, reason=None)
 
     async def _persist(self, after: NodeState) -> None:
         """Save (fsync'd, off the loop), then announce."""
@@ -389,7 +390,7 @@ class RequestHandler:
         if before.pool == args.pool:
             return _changed(f"already in pool {args.pool}", before, before)
         await self._scheduler.move(before.pool, args.pool, args.reason)
-        view = await self._view_after(before.state)
+        view = await self._view_after(before.state, args.pool)
         # The ops state's reason, who and since stay: they say why it is out of service. The
         # move itself is in the audit log, with its own reason.
         after = msgspec.structs.replace(before, pool=view.pool if view else args.pool)
