@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncssh
@@ -60,6 +60,25 @@ async def until(cond: Callable[[], object], what: str, limit: float = 20.0) -> N
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+class Rereading:
+    """One node's link as ``run_action`` uses it, noting every request, and doing ``then``
+    just before the first ``state`` request: the moment the console starts reading the node
+    again after an answer was lost."""
+
+    def __init__(self, link: NodeLink, then: Callable[[], Awaitable[None]]) -> None:
+        self.link = link
+        self.then = then
+        self.sent: list[str] = []
+
+    async def request(
+        self, node: str, op: str, args: dict[str, object], wait: float = 30.0
+    ) -> Response:
+        self.sent.append(op)
+        if op == "state" and self.sent.count("state") == 1:
+            await self.then()
+        return await self.link.request(op, args, wait)
 
 
 class Running:
@@ -540,24 +559,19 @@ async def test_an_action_whose_answer_is_lost_is_unknown_and_read_again(
     so."""
     agent = agent_factory(*FAST).start()
     run = Running(entry(sshd, agent.socket), options(sshd))
-    sent: list[str] = []
 
-    class Link:
-        async def request(
-            self, node: str, op: str, args: dict[str, object], wait: float = 30.0
-        ) -> Response:
-            sent.append(op)
-            if op == "state" and sent.count("state") == 1:
-                assert agent.proc is not None
-                agent.proc.send_signal(signal.SIGCONT)
-            return await run.link.request(op, args, wait)
+    async def let_go() -> None:
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGCONT)
 
+    link = Rereading(run.link, let_go)
+    sent = link.sent
     try:
         await until(lambda: run.view.link == "live", "live")
         assert agent.proc is not None
         agent.proc.send_signal(signal.SIGSTOP)
         try:
-            [result] = await run_action(Link(), [run.view.name], "drain", {"reason": "r"}, wait=1)
+            [result] = await run_action(link, [run.view.name], "drain", {"reason": "r"}, wait=1)
         finally:
             agent.proc.send_signal(signal.SIGCONT)
         assert result.outcome == "unknown", result
@@ -580,22 +594,17 @@ async def test_an_agent_killed_mid_action_and_restarted_by_hand_loses_nothing(
     once, and the link recovers by itself."""
     agent = agent_factory(*FAST).start()
     run = Running(entry(sshd, agent.socket), options(sshd))
-    sent: list[str] = []
 
-    class Link:
-        async def request(
-            self, node: str, op: str, args: dict[str, object], wait: float = 30.0
-        ) -> Response:
-            sent.append(op)
-            if op == "state" and sent.count("state") == 1:
-                await asyncio.to_thread(agent.start)  # by hand, as an operator would
-            return await run.link.request(op, args, wait)
+    async def by_hand() -> None:  # as an operator would
+        await asyncio.to_thread(agent.start)
 
+    link = Rereading(run.link, by_hand)
+    sent = link.sent
     try:
         await until(lambda: run.view.link == "live", "live")
         assert agent.proc is not None
         agent.proc.send_signal(signal.SIGSTOP)
-        action = asyncio.create_task(run_action(Link(), [run.view.name], "drain", {"reason": "r"}))
+        action = asyncio.create_task(run_action(link, [run.view.name], "drain", {"reason": "r"}))
         await until(lambda: sent == ["drain"], "the drain sent")
         agent.proc.kill()
         agent.proc.wait()
