@@ -102,3 +102,33 @@ def stop_node_hosts(procs: list[subprocess.Popen[str]]) -> None:
         except subprocess.TimeoutExpired:
             host.kill()
             host.wait()
+
+
+def spawn_node_hosts(
+    script: str, nodes: int, hosts: int, history: float
+) -> list[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """``hosts`` processes of ``script``'s ``_nodes`` mode sharing the N nodes (so that
+    simulating them is not held to one core by the GIL), each with the JSON line it printed
+    once ready (its inventory, and whatever else the script adds). Stopped again on failure."""
+    me = [sys.executable, script]
+    procs: list[subprocess.Popen[str]] = []
+    first = 1
+    try:
+        for k in range(hosts):
+            count = nodes // hosts + (k < nodes % hosts)
+            argv = [*me, "_nodes", str(count), str(first), str(history)]
+            procs.append(
+                subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            )
+            first += count
+        ready = []
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"a node host exited with {proc.wait()}")
+            ready.append((proc, json.loads(line)))
+        return ready
+    except BaseException:
+        stop_node_hosts(procs)
+        raise

@@ -64,7 +64,14 @@ from unittest import mock
 import asyncssh
 import msgspec
 import psutil
-from benchlib import exec_server, machine_facts, publish, run_header, stop_node_hosts
+from benchlib import (
+    exec_server,
+    machine_facts,
+    publish,
+    run_header,
+    spawn_node_hosts,
+    stop_node_hosts,
+)
 
 import console.operate
 from agents.daemon import Agent
@@ -204,39 +211,17 @@ class NodeHosts:
 
 
 def start_node_hosts(nodes: int, hosts: int, history: float) -> NodeHosts:
-    """``hosts`` processes sharing the N nodes, so that simulating them is not held to one
-    core by the GIL; their inventories merged into one."""
-    me = [sys.executable, str(Path(__file__).resolve())]
-    procs: list[subprocess.Popen[str]] = []
+    """The node hosts (benchlib.spawn_node_hosts), their inventories merged into one."""
     entries: list[NodeEntry] = []
     exec_entries: list[NodeEntry] = []
-    first = 1
-    try:
-        for k in range(hosts):
-            count = nodes // hosts + (k < nodes % hosts)
-            procs.append(
-                subprocess.Popen(
-                    [*me, "_nodes", str(count), str(first), str(history)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-            first += count
-        for host in procs:
-            assert host.stdout is not None
-            line = host.stdout.readline()
-            if not line:
-                raise RuntimeError(f"a node host exited with {host.wait()}")
-            ready = json.loads(line)
-            mine = load_inventory(Path(ready["inventory"])).nodes
-            entries += mine
-            exec_entries += [
-                replace(e, port=ready["exec_port"], known_hosts=ready["exec_known"]) for e in mine
-            ]
-    except BaseException:
-        stop_node_hosts(procs)
-        raise
+    ready = spawn_node_hosts(str(Path(__file__).resolve()), nodes, hosts, history)
+    for _, said in ready:
+        mine = load_inventory(Path(said["inventory"])).nodes
+        entries += mine
+        exec_entries += [
+            replace(e, port=said["exec_port"], known_hosts=said["exec_known"]) for e in mine
+        ]
+    procs = [proc for proc, _ in ready]
     return NodeHosts(procs, Inventory("bench/ops.py node hosts", entries), exec_entries)
 
 

@@ -86,7 +86,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import psutil
-from benchlib import machine_facts, publish, run_header, stop_node_hosts
+from benchlib import machine_facts, publish, run_header, spawn_node_hosts, stop_node_hosts
 
 from agents.config import AgentSection
 from agents.protocol import (
@@ -374,34 +374,12 @@ class NodeHost:
 
 
 def start_node_hosts(nodes: int, hosts: int, history: float) -> tuple[list[NodeHost], list[Any]]:
-    """``hosts`` processes sharing the N nodes (their inventories merged into one)."""
-    me = [sys.executable, str(Path(__file__).resolve())]
-    procs: list[subprocess.Popen[str]] = []
-    first = 1
-    try:
-        for k in range(hosts):
-            count = nodes // hosts + (k < nodes % hosts)
-            procs.append(
-                subprocess.Popen(
-                    [*me, "_nodes", str(count), str(first), str(history)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-            first += count
-        out, entries = [], []
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"a node host exited with {proc.wait()}")
-            mine = load_inventory(Path(json.loads(line)["inventory"])).nodes
-            entries += mine
-            out.append(NodeHost(proc, [e.name for e in mine]))
-    except BaseException:
-        stop_node_hosts(procs)
-        raise
+    """The node hosts (benchlib.spawn_node_hosts), their inventories merged into one."""
+    out, entries = [], []
+    for proc, said in spawn_node_hosts(str(Path(__file__).resolve()), nodes, hosts, history):
+        mine = load_inventory(Path(said["inventory"])).nodes
+        entries += mine
+        out.append(NodeHost(proc, [e.name for e in mine]))
     return out, entries
 
 
