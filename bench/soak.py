@@ -35,14 +35,18 @@ links with the ``audit`` request, and in full from the node hosts' disks), and i
   a lost one may be (the table says how many were); an entry no request explains is an error.
 - samples: by the agents' sequence numbers (samples and events share them, per agent run),
   the live stream within each session (a sample missing between two live ones is one the
-  agent dropped or the link lost), and every frame of every agent run, live or replayed on a
-  reconnect (missing only where the console was not connected when the agent stopped: the
-  deliberate down windows); and by time, live samples against the time each node's link was
-  live (outside the deliberate down windows) at 1 Hz.
+  agent dropped or the link lost), and every sample of every agent run, live or replayed on a
+  reconnect, against the numbers its node host saw in the agent's ring (missing only where
+  the console was not connected when the agent stopped: the deliberate down windows); and by
+  time, live samples against the time each node's link was live (outside the deliberate down
+  windows) at 1 Hz, which is only as exact as one sample a session.
 - reconnections per node (``NodeLink.sessions``) against the restarts and stalls that caused
   them, and how long a node took to be live again after its agent was back.
 - RSS of the console and of each node host every ``--rss-every`` seconds: first, last, max
-  and the slope (MB per hour) after a warm-up, flagged when it grows.
+  and the slope (MB per hour) after a warm-up, flagged when it grows (the console's less
+  what its model's bounded event and alert stores took on; node hosts only once their agents'
+  buffers have turned over, see below); beside it Python's allocated blocks, and at the end
+  the console's objects after a full collection, with the garbage only ``gc.freeze()`` kept.
 - errors: every log record at ERROR from the console's and the node hosts' loggers (asyncio's
   unhandled task exceptions included); those of a node host while it was frozen on purpose
   are counted apart.
@@ -55,8 +59,11 @@ warm-up on a run long enough to tell); the JSON is written either way.
 Each agent's buffers (the replay and the ring of recent samples) are first filled as if it had
 been up ``--history`` seconds (default 900: full, as on any node up 15 minutes), so that
 their designed growth over the first 15 minutes does not read as a leak; a restarted agent
-starts empty, as a real one does. Everything runs on this one machine: agents, SSH servers
-and the console share its cores.
+starts empty, as a real one does. Even so a node host grows while its agents' buffers turn
+over once (120 kB/s for 25 agents streaming to a console, for 900 s, then flat: samples made
+at start in one burst sit denser in memory than samples made a second apart among the
+traffic), so node hosts are judged from 900 s on (``--minutes 20`` or more). Everything runs
+on this one machine: agents, SSH servers and the console share its cores.
 
     python bench/soak.py                                # 100 nodes, 10 minutes
     python bench/soak.py --nodes 20 --minutes 1         # quick check
@@ -131,6 +138,9 @@ RESTART_AGENT_SHARE: Final = 0.1
 STALL_S: Final = (3.0, 12.0)
 #: How long a request may wait for its answer (run_action's default wait is the links' 30 s).
 FAULT_WAIT_S: Final = 10.0
+#: A session that ends within this long after a stall ends was dropped by it (keepalive:
+#: 1 s x 4).
+STALL_DROP_S: Final = 6.0
 #: Errors a node host logs within this long after it is continued count as the stall's.
 STALL_ERROR_GRACE_S: Final = 10.0
 #: The agents' buffers turn over in this long (the agent's default history): node hosts are
@@ -604,6 +614,8 @@ class Soak:
         self.cpu0: tuple[float, float] = (0.0, 0.0)
         self.t0 = math.nan
         self.wall0 = math.nan
+        self.blocks0 = 0
+        self.heap: dict[str, int] = {}
 
     def rng(self, what: str) -> random.Random:
         return random.Random(f"{self.plan.seed}/{what}")
@@ -770,6 +782,7 @@ class Soak:
                 raise RuntimeError(f"{len(not_live)} nodes never answered, e.g. {not_live[:3]}")
             connect_s = time.monotonic() - began
             gc.collect()  # as the screen does once every node has answered
+            self.blocks0 = sys.getallocatedblocks()
             gc.freeze()
             self.t0, self.wall0 = time.monotonic(), time.time()
             self.fleet.start_window(self.t0)
@@ -802,6 +815,7 @@ class Soak:
             cpu = self._cpu()
             console_audit = await self.read_audit_over_links()
             await self.memory_row()
+            self.heap_at_end()
         finally:
             for task in helpers:
                 task.cancel()
@@ -821,6 +835,26 @@ class Soak:
             host_audit=host_audit,
             console_audit=console_audit,
         )
+
+    def heap_at_end(self) -> None:
+        """The console's Python objects at the end, against the start (both after a full
+        collection): what it keeps, and the garbage only ``gc.freeze()`` kept (objects frozen
+        at start-up, as the screen freezes them, that became garbage later: the cyclic
+        collector never looks at them again)."""
+        gc.collect()
+        kept = sys.getallocatedblocks()
+        gc.unfreeze()
+        gc.collect()
+        live = sys.getallocatedblocks()
+        self.heap = {
+            "blocks_at_start": self.blocks0,
+            "blocks_at_end": live,
+            "retained_growth": live - self.blocks0,
+            "pinned_by_freeze": kept - live,
+            "events_held": sum(len(v.events) for v in self.fleet.nodes.values()),
+            "alerts_held": len(self.fleet.alert_log),
+            "requests_noted_by_the_soak": len(self.links.calls),
+        }
 
     def _cpu(self) -> tuple[float, float]:
         def used(p: psutil.Process) -> float:
@@ -1136,10 +1170,14 @@ class Soak:
         for s in self.stalls:
             hit = 0
             for n in s.nodes:
-                starts = [x for x in self.fleet.tally[n].live_starts if s.began <= x]
-                if starts and starts[0] >= s.ended:  # a new session began after it: it dropped
+                t = self.fleet.tally[n]
+                # dropped: its live session ended while the host was frozen (or as it woke)
+                ends = [b for _, b in t.intervals if s.began <= b <= s.ended + STALL_DROP_S]
+                if ends:
                     hit += 1
-                    stall_lags.append(starts[0] - s.ended)
+                    starts = [x for x in t.live_starts if x >= ends[0]]
+                    if starts:
+                        stall_lags.append(max(0.0, starts[0] - s.ended))
             stall_hits.append(hit)
         downs = sorted(r.back_at - r.stopped_at for r in self.restarts if not math.isnan(r.back_at))
         lags.sort()
@@ -1180,6 +1218,7 @@ class Soak:
         # entries weigh now: growth the design allows, until they are full.
         per_event = _mean_size([e for v in self.fleet.nodes.values() for e in v.events])
         per_alert = _mean_size(list(self.fleet.alert_log))
+        out["console_python_blocks"] = self.heap
         out["console_bytes_per_event_held"] = per_event
         out["console_bytes_per_alert_held"] = per_alert
         out["processes"] = {}
@@ -1411,6 +1450,16 @@ def report(results: dict[str, Any]) -> str:
             f"{_f(m['slope_mb_per_h'])} | {_f(m['of_which_bounded_stores_mb'], '.2f')} | "
             f"{m['verdict']} |"
         )
+    h = r["rss"]["console_python_blocks"]
+    if h:
+        lines += [
+            "",
+            f"console's Python objects (allocated blocks after a full collection): "
+            f"{h['blocks_at_start']} at the start, {h['blocks_at_end']} at the end "
+            f"({h['retained_growth']:+d}: {h['events_held']} events and {h['alerts_held']} "
+            f"alert records held by the model, {h['requests_noted_by_the_soak']} requests noted "
+            f"by the soak); garbage kept only by gc.freeze(): {h['pinned_by_freeze']} blocks.",
+        ]
     e = r["errors"]
     cpu = r["cpu_percent"]
     lines += [
