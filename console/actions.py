@@ -15,7 +15,7 @@ from typing import Any, Final, Literal, Protocol
 
 from agents.protocol import GpufleetError, Response
 from console.fleet import DOWN_STATES, FleetState
-from console.link import NotDelivered
+from console.link import AgentTooOld, NotDelivered
 
 Verb = Literal["drain", "resume", "restart", "reassign"]
 
@@ -217,6 +217,8 @@ async def run_action(
         async with gate:
             try:
                 result = _result(node, await requester.request(node, verb, args, wait=wait))
+            except AgentTooOld as exc:  # the node cannot do it: refused, on its behalf
+                result = NodeResult(node, "refused", str(exc))
             except NotDelivered as exc:
                 if exc.maybe:
                     result = await reread(requester, node, str(exc), REREAD_S)

@@ -45,6 +45,7 @@ from agents.protocol import (
     clip,
     decode,
     encode,
+    parse_version,
 )
 from console import __version__
 from console.fleet import FleetState, LinkState
@@ -90,6 +91,29 @@ class NotDelivered(GpufleetError):
     def __init__(self, message: str, *, maybe: bool = False) -> None:
         super().__init__(message)
         self.maybe = maybe
+
+
+class AgentTooOld(GpufleetError):
+    """A request the node's agent is too old to know: not sent (an older agent would only
+    answer "unknown request"); the message says which versions and what to do."""
+
+
+#: The protocol minor (of this major) in which each request first appeared. Sent to an agent
+#: that speaks an older minor, it would come back as "unknown request" (and, from an operator,
+#: land in the node's audit log as refused): the console says instead that the agent is too
+#: old. A new request goes here with the minor that brings it (a test holds every request in
+#: ``REQUEST_SPECS`` to having an entry).
+REQUEST_SINCE: Final[dict[str, int]] = {
+    "ping": 0,
+    "whoami": 0,
+    "state": 0,
+    "sim_inject": 0,
+    "audit": 2,
+    "drain": 3,
+    "resume": 3,
+    "reassign": 3,
+    "restart": 4,
+}
 
 
 class LinkFailure(Exception):
@@ -216,6 +240,7 @@ class NodeLink:
         self._writer: Any = None  # the live session's, while there is one
         self._pending: dict[int, asyncio.Future[Response]] = {}
         self._ids = 0
+        self.agent_proto: tuple[int, int] | None = None  # from the live session's hello
 
     async def request(self, op: str, args: dict[str, Any], wait: float = 30.0) -> Response:
         """Send one request on the live session and wait for the agent's answer.
@@ -227,6 +252,13 @@ class NodeLink:
         if self._writer is None:
             view = self.fleet.nodes[name]
             raise NotDelivered(f"{name}: not sent, the node is {view.link}")
+        since = REQUEST_SINCE.get(op)
+        if self.agent_proto is not None and since is not None and self.agent_proto[1] < since:
+            speaks = "{}.{}".format(*self.agent_proto)
+            raise AgentTooOld(
+                f"{name}: agent too old for {op} (it speaks protocol {speaks}, {op} needs "
+                f"{self.agent_proto[0]}.{since}): upgrade gpufleet-agent there; not sent"
+            )
         self._ids += 1
         ident = self._ids
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -316,6 +348,7 @@ class NodeLink:
             if not isinstance(first, Hello):
                 raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
             check_version(first)
+            self.agent_proto = parse_version(first.proto)
             self.fleet.set_agent(name, first.software, first.proto, first.interval_s)
             hello = Hello(
                 proto=PROTOCOL_VERSION,
@@ -346,7 +379,12 @@ class NodeLink:
                         if answer is not None and not answer.done():
                             answer.set_result(frame)
                     elif isinstance(frame, Error) and frame.fatal:
-                        raise LinkFailure("agent_down", f"agent: {frame.message}")
+                        # The agent refusing our version is a mismatch (one side to
+                        # upgrade), not an agent that is down.
+                        state: LinkState = (
+                            "protocol_mismatch" if frame.code == "version" else "agent_down"
+                        )
+                        raise LinkFailure(state, f"agent: {frame.message}")
                     frame = await frames.next()
             except BaseException as exc:
                 why = str(exc) or type(exc).__name__
