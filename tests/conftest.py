@@ -73,12 +73,16 @@ def agent_command() -> list[str]:
 
 @dataclass
 class AgentProc:
-    """A real ``gpufleet-agent serve`` process on a private socket and state directory."""
+    """A real ``gpufleet-agent serve`` process on a private socket and state directory.
+
+    ``tree``: the source tree it runs from (another version's, for the compatibility tests),
+    put first on its import path."""
 
     root: Path
     args: list[str] = field(default_factory=list)
     config: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    tree: Path = REPO
 
     @property
     def socket(self) -> str:
@@ -108,7 +112,8 @@ class AgentProc:
         ]
         mark = len(self.log())  # a restart appends to the same log
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
+        env = None if self.tree == REPO else {**os.environ, "PYTHONPATH": str(self.tree)}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.tree, env=env)
         log.close()
         wait_for(
             lambda: (
@@ -153,10 +158,10 @@ def short_tmp() -> Iterator[Path]:
 def agent_factory(short_tmp: Path) -> Iterator[Callable[..., AgentProc]]:
     made: list[AgentProc] = []
 
-    def make(*args: str, config: str = "", name: str = "a") -> AgentProc:
+    def make(*args: str, config: str = "", name: str = "a", tree: Path = REPO) -> AgentProc:
         root = short_tmp / name
         root.mkdir(exist_ok=True)
-        agent = AgentProc(root, list(args), config)
+        agent = AgentProc(root, list(args), config, tree=tree)
         made.append(agent)
         return agent
 
