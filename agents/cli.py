@@ -370,3 +370,69 @@ def demo(gpus: int, seed: int, seconds: float | None, fault_every: float) -> Non
 
     _setup_logging("warning")
     run_demo(gpus=gpus, seed=seed, seconds=seconds, fault_every=fault_every)
+
+
+@main.command()
+@click.option(
+    "--user",
+    default=None,
+    help="Run the agent as this user, created as a system user if missing "
+    "[default: root, which actions need].",
+)
+@click.option(
+    "--group",
+    default="gpufleet",
+    show_default=True,
+    help="The socket group: its members may connect (created as a system group if missing).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the files and commands; change nothing.")
+@click.option(
+    "--root",
+    "root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Install into this directory as a system root (image builds, tests).",
+)
+def install(user: str | None, group: str, dry_run: bool, root: Path | None) -> None:
+    """Install the systemd unit, the socket group and a default config, and enable the unit.
+
+    Idempotent: a second run finds nothing to do. An operator's agent.toml is never
+    overwritten; its socket_group must name --group.
+    """
+    from agents import install as inst
+
+    with _install_errors():
+        target = inst.make_target(root, dry_run=dry_run)
+        plan = inst.plan_install(target, user, group)
+        inst.carry_out(plan, target, dry_run=dry_run, echo=click.echo)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
+@click.option(
+    "--root",
+    "root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Uninstall from this directory as a system root.",
+)
+def uninstall(dry_run: bool, root: Path | None) -> None:
+    """Disable and remove the unit and its drop-in. The config, the ops state and the audit
+    log, the group and the user stay (each is named)."""
+    from agents import install as inst
+
+    with _install_errors():
+        target = inst.make_target(root, dry_run=dry_run)
+        plan = inst.plan_uninstall(target)
+        inst.carry_out(plan, target, dry_run=dry_run, echo=click.echo)
+
+
+@contextlib.contextmanager
+def _install_errors() -> Iterator[None]:
+    """A bad flag is a usage error (2); anything else install refuses is 1."""
+    from agents.install import BadFlag
+
+    try:
+        yield
+    except BadFlag as exc:
+        _fail(str(exc), 2)

@@ -1,0 +1,318 @@
+"""``gpufleet-agent install`` / ``uninstall`` into a temporary root, with the real tools:
+systemctl --root, groupadd/useradd --prefix and systemd-analyze verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from agents.cli import main
+from agents.install import DEFAULT_GROUP, config_template, packaged_unit
+from tests.conftest import REPO, agent_command, ensure_tool, skip_or_fail
+
+pytestmark = pytest.mark.integration
+
+UNIT = Path("etc/systemd/system/gpufleet-agent.service")
+DROPIN = Path("etc/systemd/system/gpufleet-agent.service.d/10-install.conf")
+CONFIG = Path("etc/gpufleet/agent.toml")
+
+
+def agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*agent_command(), *args], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
+    """Every path under ``root``: its kind, mode and contents (or link target)."""
+    out: dict[str, tuple[str, int, str]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            out[str(path.relative_to(root))] = ("link", 0, os.readlink(path))
+        elif path.is_dir():
+            out[str(path.relative_to(root))] = ("dir", st.st_mode, "")
+        else:
+            out[str(path.relative_to(root))] = ("file", st.st_mode, path.read_text())
+    return out
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A bare system root: accounts files with root alone, nothing of systemd's."""
+    if os.geteuid() != 0:
+        skip_or_fail("groupadd/useradd --prefix need root, even on a temporary root")
+    ensure_tool("systemctl", "systemd")
+    ensure_tool("groupadd", "passwd")
+    r = tmp_path / "root"
+    (r / "etc").mkdir(parents=True)
+    (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (r / "etc/group").write_text("root:x:0:\n")
+    (r / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (r / "etc/gshadow").write_text("root:*::\n")
+    return r
+
+
+def is_enabled(root: Path) -> str:
+    out = subprocess.run(
+        ["systemctl", f"--root={root}", "is-enabled", "gpufleet-agent.service"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.stdout.strip()
+
+
+def verify(root: Path) -> str:
+    """systemd-analyze verify on the installed unit with its drop-in (found through the unit
+    path, which verify searches for drop-ins); the default path after it supplies the targets
+    the unit names. verify only warns on errors, so its whole output is returned."""
+    tool = ensure_tool("systemd-analyze", "systemd")
+    out = subprocess.run(
+        [tool, "verify", str(root / UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{root / 'etc/systemd/system'}:"},
+    )
+    return f"{out.stdout}{out.stderr}".strip() + ("" if out.returncode == 0 else " (exit != 0)")
+
+
+def group_line(root: Path, name: str) -> str | None:
+    lines = (root / "etc/group").read_text().splitlines()
+    return next((line for line in lines if line.startswith(f"{name}:")), None)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_files_and_commands_and_changes_nothing(root: Path) -> None:
+    before = snapshot(root)
+    out = agent("install", "--dry-run", "--root", str(root))
+    assert out.returncode == 0, out.stderr
+    assert snapshot(root) == before
+    text = out.stdout
+    assert "would run: " in text and "groupadd --prefix" in text and "--system gpufleet" in text
+    assert f"--root={root} enable gpufleet-agent.service" in text
+    for path, what in (
+        ("/etc/systemd/system/gpufleet-agent.service", packaged_unit()),
+        ("/etc/systemd/system/gpufleet-agent.service.d/10-install.conf", "ExecStart="),
+        ("/etc/gpufleet/agent.toml", config_template()),
+    ):
+        assert f"would write {path} (mode 0644" in text
+        first = next(line for line in what.splitlines() if line.strip())
+        assert f"    {first}" in text  # the contents, indented under the path
+    # The contents in full: every line of the template appears, indented.
+    for line in config_template().splitlines():
+        assert f"    {line}".rstrip() in text.splitlines()
+    assert text.rstrip().endswith("dry run: 5 changes would be made")
+
+
+def test_install_into_a_root_is_verified_enabled_and_idempotent(root: Path) -> None:
+    out = agent("install", "--root", str(root))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("group gpufleet: created (")
+    assert "/etc/systemd/system/gpufleet-agent.service: written (the packaged unit)" in lines
+    assert lines[-1] == "5 changes made"
+
+    assert (root / UNIT).read_text() == packaged_unit()  # installed as shipped
+    dropin = (root / DROPIN).read_text()
+    program = Path(sys.executable).parent / "gpufleet-agent"
+    assert f"ExecStart={program} serve" in dropin
+    assert "User=" not in dropin  # the unit's own User=root
+    assert (root / CONFIG).read_text() == config_template()
+    assert group_line(root, DEFAULT_GROUP) is not None
+    assert is_enabled(root) == "enabled"
+    assert verify(root) == ""
+
+    before = snapshot(root)
+    again = agent("install", "--root", str(root))
+    assert again.returncode == 0, again.stderr
+    assert snapshot(root) == before
+    assert again.stdout.splitlines()[-1] == "nothing changed"
+    assert "written" not in again.stdout and "created" not in again.stdout
+    dry = agent("install", "--root", str(root), "--dry-run")
+    assert "would" not in dry.stdout.replace("nothing would change", "")
+
+
+def test_install_with_a_user_creates_it_in_the_socket_group(root: Path) -> None:
+    out = agent("install", "--root", str(root), "--user", "gfagent", "--group", "gpuview")
+    assert out.returncode == 0, out.stderr
+    assert "user gfagent: created, in group gpuview" in out.stdout
+    passwd = (root / "etc/passwd").read_text()
+    assert "gfagent:" in passwd and "/usr/sbin/nologin" in passwd
+    line = group_line(root, "gpuview")
+    assert line is not None and line.endswith(":gfagent")
+    assert "User=gfagent" in (root / DROPIN).read_text()
+    assert 'socket_group = "gpuview"' in (root / CONFIG).read_text()
+    assert verify(root) == ""
+    with pytest.raises(KeyError):
+        pwd.getpwnam("gfagent")  # the host's own accounts are untouched
+
+    again = agent("install", "--root", str(root), "--user", "gfagent", "--group", "gpuview")
+    assert "user gfagent: already there, in group gpuview" in again.stdout
+    assert again.stdout.splitlines()[-1] == "nothing changed"
+
+
+def test_an_existing_user_is_added_to_the_socket_group(root: Path) -> None:
+    with (root / "etc/passwd").open("a") as f:
+        f.write("svc:x:900:900::/nonexistent:/usr/sbin/nologin\n")
+    with (root / "etc/group").open("a") as f:
+        f.write("svc:x:900:\n")
+    with (root / "etc/shadow").open("a") as f:
+        f.write("svc:!:19000::::::\n")
+    with (root / "etc/gshadow").open("a") as f:
+        f.write("svc:!::\n")
+    out = agent("install", "--root", str(root), "--user", "svc")
+    assert out.returncode == 0, out.stderr
+    assert "user svc: added to group gpufleet" in out.stdout
+    line = group_line(root, "gpufleet")
+    assert line is not None and line.endswith(":svc")
+
+
+def test_the_operators_config_is_kept(root: Path) -> None:
+    mine = '[agent]\nsocket_group = "gpufleet"\ninterval = 2.0   # mine\n'
+    (root / "etc/gpufleet").mkdir(parents=True)
+    (root / CONFIG).write_text(mine)
+    out = agent("install", "--root", str(root))
+    assert out.returncode == 0, out.stderr
+    assert (root / CONFIG).read_text() == mine
+    assert "/etc/gpufleet/agent.toml: kept (the operator's; its socket_group is gpufleet)" in (
+        out.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('[agent]\nsocket_group = "wheel"\n', "has socket_group = 'wheel' but --group is"),
+        ("[agent]\ninterval = 2.0\n", "sets no agent.socket_group"),
+    ],
+)
+def test_a_config_naming_another_group_is_refused_before_any_change(
+    root: Path, config: str, message: str
+) -> None:
+    (root / "etc/gpufleet").mkdir(parents=True)
+    (root / CONFIG).write_text(config)
+    before = snapshot(root)
+    out = agent("install", "--root", str(root))
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert message in out.stderr and "nothing was changed" in out.stderr
+    assert snapshot(root) == before
+
+
+def test_uninstall_removes_the_unit_and_keeps_state_audit_and_config(root: Path) -> None:
+    assert agent("install", "--root", str(root), "--user", "gfagent").returncode == 0
+    state = root / "var/lib/gpufleet"
+    state.mkdir(parents=True)
+    (state / "audit.jsonl").write_text('{"op":"drain"}\n')
+    (state / "state.json").write_text("{}\n")
+    (root / CONFIG).write_text((root / CONFIG).read_text() + "# edited\n")
+    config = (root / CONFIG).read_text()
+
+    dry = agent("uninstall", "--root", str(root), "--dry-run")
+    assert "would remove /etc/systemd/system/gpufleet-agent.service (the unit)" in dry.stdout
+    assert is_enabled(root) == "enabled"
+
+    out = agent("uninstall", "--root", str(root))
+    assert out.returncode == 0, out.stderr
+    assert not (root / UNIT).exists()
+    assert not (root / DROPIN).parent.exists()  # the drop-in directory held only ours
+    assert is_enabled(root) != "enabled"
+    assert not list((root / "etc/systemd/system").rglob("*.service"))  # no wants/ link left
+    assert (root / CONFIG).read_text() == config
+    assert (state / "audit.jsonl").read_text() == '{"op":"drain"}\n'
+    assert (state / "state.json").exists()
+    said = out.stdout.splitlines()
+    for kept in (
+        "/etc/gpufleet/agent.toml: kept (the configuration)",
+        "/var/lib/gpufleet: kept (ops state and audit log)",
+        "group gpufleet: kept (its members are the site's; groupdel gpufleet removes it)",
+        "user gfagent: kept (userdel gfagent removes it)",
+    ):
+        assert kept in said
+    assert said[-1] == "3 changes made"
+
+    again = agent("uninstall", "--root", str(root))
+    assert again.returncode == 0
+    assert "gpufleet-agent.service: not installed" in again.stdout
+    assert again.stdout.splitlines()[-1] == "nothing changed"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--group", "Gpu Fleet"], "--group 'Gpu Fleet': not a user or group name"),
+        (["--user", "9-lives;"], "--user '9-lives;': not a user or group name"),
+        (["--group", "x" * 33], "not a user or group name"),
+        (["--root", "/nonexistent/root"], "--root /nonexistent/root: not a directory"),
+        (["--root", "/etc/hostname"], "--root /etc/hostname: not a directory"),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    if "--root" not in args:
+        args = [*args, "--root", str(tmp_path)]
+    out = agent("install", *args)
+    assert out.returncode == 2, out
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("gpufleet-agent: error: ")
+    assert message in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _as_nobody(fn: Callable[[], Any]) -> Any:
+    """``fn`` in a forked child running as nobody; its result comes back as JSON. What it
+    imports must be imported already: nobody cannot read this interpreter's library."""
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(w, json.dumps(fn()).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return json.loads(data)
+
+
+def test_without_root_on_the_live_system_it_is_one_line() -> None:
+    if os.geteuid() != 0:
+        got = CliRunner().invoke(main, ["install"])
+        result: dict[str, Any] = {"code": got.exit_code, "out": got.stdout, "err": got.stderr}
+    else:
+        ensure_tool("systemctl", "systemd")
+
+        def run() -> dict[str, Any]:
+            got = CliRunner().invoke(main, ["install"])
+            return {"code": got.exit_code, "out": got.stdout, "err": got.stderr}
+
+        result = _as_nobody(run)
+    assert result["code"] == 1
+    assert result["out"] == ""
+    assert result["err"].count("\n") == 1
+    assert "needs root: run it with sudo" in result["err"]
