@@ -228,11 +228,12 @@ class Agent:
     def _busy_gpus(self) -> frozenset[int]:
         """GPUs with work still on them, from the latest sample: a process listed, or busy
         with none listed (work in another PID namespace lists no process, design.md §2)."""
-        if not self.sampler.ring:
+        latest = self.sampler.latest
+        if latest is None:
             return frozenset()
         return frozenset(
             r.index
-            for r in self.sampler.ring[-1].gpus
+            for r in latest.gpus
             if not r.lost and (r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT)
         )
 
@@ -241,8 +242,9 @@ class Agent:
         self._emit(self._event("notice", message))
 
     def _event(self, kind: EventKind, message: str, state: NodeState | None = None) -> Event:
-        seq = self.sampler.next_seq()
-        return Event(seq=seq, ts=self._clock(), kind=kind, message=message, state=state)
+        """Made by the sampler, which numbers it and keeps it for consoles that connect
+        later: a drain or a failed reboot is news to them too."""
+        return self.sampler.event(kind, message, state=state)
 
     def _told_by_scheduler(self, message: str) -> None:
         """The scheduler finished something in the background (Kubernetes evicted the pods):

@@ -253,6 +253,9 @@ class Inventory(_Frame, tag="inventory", kw_only=True, frozen=True):
 
 
 class Sample(_Frame, tag="sample", kw_only=True, frozen=True):
+    #: From 1 per agent run, samples only: consecutive samples have consecutive numbers, so a
+    #: gap between two a client received is a sample it missed. (Agents before this rule
+    #: numbered events from the same counter: there a gap may be an event.)
     seq: int
     ts: float  # unix time at the agent
     host: HostReading
@@ -261,6 +264,8 @@ class Sample(_Frame, tag="sample", kw_only=True, frozen=True):
 
 
 class Event(_Frame, tag="event", kw_only=True, frozen=True):
+    #: From 1 per agent run, events only (their own count, apart from the samples'): with
+    #: ``ts`` and ``kind`` it tells an event retold on a reconnect from a new one.
     seq: int
     ts: float
     kind: EventKind

@@ -117,12 +117,21 @@ def derive_findings(prev: GpuReading | None, cur: GpuReading) -> list[Finding]:
 
 
 class Sampler:
-    """Produces Sample and Event frames and keeps the recent samples for new clients.
+    """Produces Sample and Event frames and keeps the recent ones for new clients.
 
-    ``tick`` is blocking (it calls the backend) and runs on one worker thread; ``slow_tick``
-    runs on another. The ring and sequence numbers are touched only from ``tick``'s caller
-    after it returns, so the asyncio side needs no lock; the slow values are handed over under
-    a lock.
+    ``read`` is blocking (it calls the backend) and runs on one worker thread; ``slow_tick``
+    runs on another. The buffers and sequence numbers are touched only on the event loop
+    (``record`` and ``event``), so that side needs no lock; the slow values are handed over
+    under a lock.
+
+    The history is kept only as encoded replay frames, since it is only ever sent: a second
+    ring of the same samples decoded (about 4 kB of objects for 8 GPUs, as much again as the
+    frame) doubled the agent's buffers for nothing. Only the newest sample is kept decoded too
+    (``latest``), for the readers that look at it.
+
+    Samples and events are numbered apart, each from 1 per agent run: consecutive samples
+    have consecutive numbers, so a gap in a stream's ``Sample.seq`` is a sample lost, never an
+    event that took its number.
     """
 
     def __init__(
@@ -135,14 +144,19 @@ class Sampler:
     ) -> None:
         self.backend = backend
         self.host = host
-        self.ring: deque[Sample] = deque(maxlen=history_len)
-        #: The same samples encoded as replay frames, once, for every client that connects.
+        #: The newest sample, decoded: what the agent itself (a drain waiting for idle GPUs)
+        #: and local readers (an exporter) look at, without another read of the GPUs.
+        self.latest: Sample | None = None
+        #: The recent samples, encoded once as replay frames for every client that connects,
+        #: oldest first; the last is ``latest``.
         self.replay: deque[bytes] = deque(maxlen=history_len)
-        #: Recent events, encoded as replay frames: a console that connects after an XID
-        #: still hears of it (dated by its own ts), though the samples around it have gone.
+        #: Recent events (the GPUs', state changes, notices), encoded as replay frames: a
+        #: console that connects after one still hears of it, dated by its own ts, though the
+        #: samples around it have gone.
         self.event_replay: deque[bytes] = deque(maxlen=EVENT_HISTORY)
         self._clock = clock
-        self._seq = 0
+        self._seq = 0  # the latest sample's number
+        self._event_seq = 0  # the latest event's number
         self._prev: dict[int, GpuReading] = {}
         self._slow: dict[int, dict[str, int | None]] = {}
         self._slow_lock = threading.Lock()
@@ -155,12 +169,40 @@ class Sampler:
         if full:
             return [*self.replay, *self.event_replay]
         # The daemon records and publishes a sample with no await between: it is not doubled.
-        newest = [encode(self.ring[-1])] if self.ring else []
+        newest = [encode(self.latest)] if self.latest is not None else []
         return [*newest, *self.event_replay]
 
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    def buffered_seqs(self) -> range:
+        """The numbers of the samples in the replay buffer (consecutive, as samples are)."""
+        return range(self._seq - len(self.replay) + 1, self._seq + 1)
+
+    def event(
+        self,
+        kind: EventKind,
+        message: str,
+        *,
+        gpu: int | None = None,
+        xid: int | None = None,
+        count: int | None = None,
+        state: NodeState | None = None,
+        ts: float | None = None,
+    ) -> Event:
+        """A new event, numbered and kept for the clients that connect later. Every event
+        the agent sends is made here, whatever raised it (a GPU, a state change, a notice):
+        one that skipped this would be heard only by the consoles connected at the time."""
+        self._event_seq += 1
+        event = Event(
+            seq=self._event_seq,
+            ts=self._clock() if ts is None else ts,
+            kind=kind,
+            gpu=gpu,
+            xid=xid,
+            count=count,
+            message=message,
+            state=state,
+        )
+        self.event_replay.append(encode(msgspec.structs.replace(event, replay=True)))
+        return event
 
     def slow_tick(self) -> None:
         """The slow cadence: energy, PCIe and HBM per GPU; swap, disk and network rates."""
@@ -200,20 +242,12 @@ class Sampler:
             findings.extend(derive_findings(self._prev.get(r.index), r))
             self._prev[r.index] = r
         events = [
-            Event(
-                seq=self.next_seq(),
-                ts=ts,
-                kind=f.kind,
-                gpu=f.gpu,
-                xid=f.xid,
-                count=f.count,
-                message=f.message,
-            )
+            self.event(f.kind, f.message, gpu=f.gpu, xid=f.xid, count=f.count, ts=ts)
             for f in findings
         ]
-        self.event_replay.extend(encode(msgspec.structs.replace(e, replay=True)) for e in events)
-        sample = Sample(seq=self.next_seq(), ts=ts, host=raw.host, gpus=raw.gpus)
-        self.ring.append(sample)
+        self._seq += 1
+        sample = Sample(seq=self._seq, ts=ts, host=raw.host, gpus=raw.gpus)
+        self.latest = sample
         self.replay.append(encode(msgspec.structs.replace(sample, replay=True)))
         return sample, events
 

@@ -119,7 +119,8 @@ def _age(sampler: Sampler, seconds: float, interval: float) -> None:
     sample, an interval apart, older than it. Every console that connects is sent this buffer
     before anything live, so a fleet of agents up for days costs each connect this much;
     agents started a moment ago, as the demo's are, would hide it."""
-    latest = sampler.ring[-1]
+    latest = sampler.latest
+    assert latest is not None, "the agent has sampled once before it serves"
     room = sampler.replay.maxlen or 0
     fill = min(room, round(seconds / interval)) - len(sampler.replay)
     older = [

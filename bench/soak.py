@@ -33,7 +33,7 @@ links with the ``audit`` request, and in full from the node hosts' disks), and i
   out after sending: it may have happened). Every answered request must be in its node's audit
   log exactly once, with the same request id and result; a request not sent must not be there;
   a lost one may be (the table says how many were); an entry no request explains is an error.
-- samples: by the agents' sequence numbers (samples and events share them, per agent run),
+- samples: by the agents' sample numbers (consecutive per agent run; events have their own),
   the live stream within each session (a sample missing between two live ones is one the
   agent dropped or the link lost), and every sample of every agent run, live or replayed on a
   reconnect, against the numbers its node host saw in the agent's ring (missing only where
@@ -198,7 +198,7 @@ def _age(sampler: Sampler, seconds: float, interval: float) -> None:
     together. Copies of one sample, or samples without the slow-cadence values, would not do:
     the process would grow for 15 minutes while real samples replaced them (120 kB/s for 25
     agents, then flat, in a 20-minute run), which reads as a leak."""
-    fill = min(sampler.ring.maxlen or 0, round(seconds / interval)) - len(sampler.ring)
+    fill = min(sampler.replay.maxlen or 0, round(seconds / interval)) - len(sampler.replay)
     sampler.slow_tick()  # the slow-cadence values too, or the samples come out smaller
     for _ in range(max(0, fill)):
         sampler.record(sampler.read())  # its events go to the retold ones, as they would
@@ -241,8 +241,8 @@ class Run:
     samples: SeqBits = field(default_factory=SeqBits)
 
     def summary(self) -> list[Any]:
-        """[started, stopped, [first, last, the numbers between that are no sample (its
-        events share the sequence)]]."""
+        """[started, stopped, [first, last, the numbers between never noted in its ring]]
+        (none while the notes come more often than the ring turns over)."""
         s = self.samples
         if not s.count:
             return [self.started, self.stopped, [0, -1, []]]
@@ -265,8 +265,8 @@ class NodeHostServer:
     def note(self, name: str) -> None:
         """The samples in the agent's ring, into its current run's numbers."""
         mark = self.runs[name][-1].samples.mark
-        for sample in self.fleet.agents[name].sampler.ring:
-            mark(sample.seq)
+        for seq in self.fleet.agents[name].sampler.buffered_seqs():
+            mark(seq)
 
     async def handle(self, command: dict[str, Any]) -> dict[str, Any]:
         op, name = command["op"], command.get("node", "")
@@ -293,7 +293,7 @@ class NodeHostServer:
             running = [n for n in self.fleet.names if n not in self.down]
             for node in running:
                 self.note(node)
-            buffered = sum(len(self.fleet.agents[n].sampler.ring) for n in running)
+            buffered = sum(len(self.fleet.agents[n].sampler.replay) for n in running)
             return {"blocks": blocks, "buffered": buffered}
         if op == "audit":
             since = float(command["since"])
@@ -419,8 +419,6 @@ class Tally:
     first_live: int | None = None
     last_live: int = 0
     live_n: int = 0
-    events_after_first: int = 0
-    events_since_last: int = 0
     # totals over closed sessions
     live_expected: int = 0
     live_missing: int = 0
@@ -432,12 +430,10 @@ class Tally:
 
     def close_session(self) -> None:
         if self.first_live is not None:
-            events = self.events_after_first - self.events_since_last
-            expected = self.last_live - self.first_live + 1 - events
+            expected = self.last_live - self.first_live + 1  # samples are numbered apart
             self.live_expected += expected
             self.live_missing += expected - self.live_n
         self.first_live, self.last_live, self.live_n = None, 0, 0
-        self.events_after_first = self.events_since_last = 0
 
     def end_live(self, now: float) -> None:
         if self.live_since is not None:
@@ -508,12 +504,8 @@ class SoakFleet(FleetState):
                     t.live_since = now  # clipped to the counted window when it is judged
                 t.last_live = frame.seq
                 t.live_n += 1
-                t.events_since_last = 0
                 if self.counting:
                     t.live_in_window += 1
-        elif isinstance(frame, Event) and not frame.replay and t.first_live is not None:
-            t.events_after_first += 1  # events share the seq: a gap they fill is no gap
-            t.events_since_last += 1
 
 
 @dataclass(slots=True)

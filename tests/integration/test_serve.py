@@ -686,3 +686,45 @@ def test_a_viewer_hammering_an_action_is_cut_off_and_audited_boundedly(
     assert len(refused) == 5
     with AgentClient(agent.socket, stream=False) as c:  # the agent is fine
         assert c.request("ping").ok
+
+
+def test_a_state_change_is_retold_to_a_later_client_and_leaves_no_gap_in_the_samples(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    """A console that connects after a change still hears of it, as it hears of an XID; and
+    the samples around the event are numbered on without a gap, so a reader counting gaps as
+    lost samples counts none (both failed when state events took the samples' counter and
+    skipped the retold buffer)."""
+    agent = agent_factory(*FAST).start()
+    live: list[Sample] = []
+    with (
+        AgentClient(agent.socket, history=False) as watcher,
+        AgentClient(agent.socket, stream=False) as actor,
+    ):
+        first = watcher.recv()
+        assert isinstance(first, Inventory)
+        assert actor.request("reassign", pool="infer", reason="capacity moves").ok
+        told: list[Event] = []
+
+        def step() -> bool:
+            frame = watcher.recv()
+            if isinstance(frame, Sample) and not frame.replay:
+                live.append(frame)
+            elif isinstance(frame, Event) and frame.kind == "state":
+                told.append(frame)
+            return bool(told and live) and live[-1].seq > told[0].seq + 3  # samples after it
+
+        wait_for(step, 20, "the state event with samples after it")
+    seqs = [s.seq for s in live]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap where the event was"
+
+    with AgentClient(agent.socket) as later:
+        frames = []
+        for frame in later.frames():
+            frames.append(frame)
+            if isinstance(frame, Sample) and not frame.replay:
+                break
+    retold = [f for f in frames if isinstance(f, Event)]
+    assert [(e.kind, e.replay) for e in retold] == [("state", True)]
+    assert retold[0].state is not None and retold[0].state.pool == "infer"
+    assert (retold[0].seq, retold[0].ts) == (told[0].seq, told[0].ts)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from agents.gpu.base import SLOW_FIELDS
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
-from agents.protocol import Event, GpuReading, HostReading, Sample, decode
+from agents.protocol import Event, GpuReading, HostReading, NodeState, Sample, decode
 from agents.sampler import EVENT_HISTORY, Finding, Sampler, derive_findings
 
 # ---------------------------------------------------------------------------------------------
@@ -230,9 +231,12 @@ def test_sample_has_every_gpu_and_the_host() -> None:
     assert sample.replay is False
 
 
-def test_seq_strictly_increases_across_samples_and_events() -> None:
+def test_samples_are_numbered_consecutively_and_events_apart() -> None:
+    """A gap in the samples' numbers must mean a sample lost: events, however many a tick
+    raises, take numbers of their own (this failed when both shared one counter)."""
     sampler, backend, _ = make_sampler(gpus=4)
-    seqs: list[int] = []
+    sample_seqs: list[int] = []
+    event_seqs: list[int] = []
     kinds_seen: list[str] = []
     script = {2: ("xid79", 1), 4: ("ecc", 2), 5: ("clear", 1), 7: ("lost", 3), 8: ("ecc", 0)}
     for i in range(10):
@@ -240,16 +244,36 @@ def test_seq_strictly_increases_across_samples_and_events() -> None:
             backend.inject(*script[i])
         sample, events = sampler.tick()
         for e in events:
-            seqs.append(e.seq)
+            event_seqs.append(e.seq)
             kinds_seen.append(e.kind)
             assert e.ts == sample.ts
-            assert e.seq < sample.seq  # a tick's events come before its sample
-        seqs.append(sample.seq)
-    assert seqs == sorted(set(seqs))  # strictly increasing, no repeats
-    assert seqs[0] == 1
+        sample_seqs.append(sample.seq)
+    notice = sampler.event("notice", "reboot failed")
+    assert sample_seqs == list(range(1, 11))
+    assert [*event_seqs, notice.seq] == list(range(1, len(event_seqs) + 2))
     for expected in ("xid", "gpu_lost", "gpu_back", "ecc", "remap_pending"):
         assert expected in kinds_seen
     assert kinds_seen.count("gpu_lost") == 2
+
+
+def test_every_event_is_retold_whatever_raised_it() -> None:
+    """A state change or a notice, made outside a tick, is retold to later clients as a GPU's
+    event is (this failed when only the tick's events were kept)."""
+    sampler, backend, _ = make_sampler(gpus=2)
+    sampler.tick()
+    backend.inject("xid79", 1)
+    sampler.tick()
+    drained = NodeState(state="drained", reason="bad HBM", who="alice", since=5.0)
+    said = sampler.event("state", "drained: bad HBM", state=drained)
+    sampler.event("notice", "systemctl reboot failed")
+    retold = [decode(b) for b in sampler.history()]
+    events = [f for f in retold if isinstance(f, Event)]
+    assert [e.kind for e in events] == ["xid", "gpu_lost", "state", "notice"]
+    assert all(e.replay for e in events)
+    assert events[2] == msgspec.structs.replace(said, replay=True)
+    assert events[2].state == drained
+    brief = [decode(b) for b in sampler.history(full=False)]
+    assert [f.kind for f in brief if isinstance(f, Event)] == [e.kind for e in events]
 
 
 def test_xid_event_carries_gpu_and_code() -> None:
@@ -277,19 +301,24 @@ def test_ecc_event_count_from_the_simulator() -> None:
     assert ecc[0].count == 2
 
 
-def test_ring_keeps_at_most_history_len() -> None:
+def test_history_keeps_at_most_history_len_and_the_newest_decoded() -> None:
     sampler, _, _ = make_sampler(history_len=3)
+    assert sampler.latest is None and list(sampler.buffered_seqs()) == []
     produced = [sampler.tick()[0] for _ in range(7)]
-    assert len(sampler.ring) == 3
-    assert list(sampler.ring) == produced[-3:]
-    assert [s.seq for s in sampler.ring] == [s.seq for s in produced[-3:]]
+    assert len(sampler.replay) == 3
+    kept = [decode(b) for b in sampler.replay]
+    assert kept == [msgspec.structs.replace(s, replay=True) for s in produced[-3:]]
+    assert list(sampler.buffered_seqs()) == [s.seq for s in produced[-3:]]
+    assert sampler.latest == produced[-1]
 
 
-def test_ring_of_one() -> None:
+def test_history_of_one() -> None:
     sampler, _, _ = make_sampler(history_len=1)
     sampler.tick()
     last, _ = sampler.tick()
-    assert list(sampler.ring) == [last]
+    assert [decode(b) for b in sampler.replay] == [msgspec.structs.replace(last, replay=True)]
+    assert sampler.latest == last
+    assert list(sampler.buffered_seqs()) == [last.seq]
 
 
 def test_slow_fields_absent_before_the_first_slow_tick() -> None:
@@ -365,4 +394,4 @@ def test_history_is_samples_then_recent_events_as_replays() -> None:
     assert [type(f).__name__ for f in brief] == ["Sample", "Event", "Event"]
     newest = brief[0]
     assert isinstance(newest, Sample) and not newest.replay
-    assert newest.seq == sampler.ring[-1].seq
+    assert newest == sampler.latest
