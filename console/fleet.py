@@ -103,6 +103,9 @@ class NodeView:
     #: Why the stream broke while its data was still recent: the link state it becomes if no
     #: sample comes back within the stale window.
     lost: tuple[LinkState, str] | None = None
+    #: An inventory came and no sample since: if the next is a replay, it is the start of a
+    #: session's copy of the agent's buffer, which replaces the history.
+    after_inventory: bool = False
 
     @property
     def name(self) -> str:
@@ -171,11 +174,19 @@ class FleetState:
         """One frame from a node's agent."""
         view = self.nodes[node]
         if isinstance(frame, Inventory):
-            # Each session starts with the inventory, then the agent replays its whole
-            # buffer: start the history afresh rather than hold every replay twice.
+            # A GPU coming back makes the agent send its inventory again mid-session: the
+            # other GPUs' sparklines stay, and so does its own unless it is another GPU now.
+            if view.inventory is not None:
+                view.history.keep_gpus(same_gpus(view.inventory, frame))
             view.inventory = frame
-            view.history.clear()
+            view.after_inventory = True
         elif isinstance(frame, Sample):
+            if view.after_inventory:
+                view.after_inventory = False
+                if frame.replay:
+                    # A session's inventory is followed by the agent's whole buffer: it
+                    # replaces the history, rather than the console holding it twice.
+                    view.history.clear()
             view.history.append(frame)
             if not frame.replay:
                 view.sample, view.sample_at, view.lost = frame, now, None
@@ -196,7 +207,12 @@ class FleetState:
                     # before), so an old XID retold to a new console expires on time.
                     seen = now - max(0.0, view.sample.ts - frame.ts)
                 view.xids_seen[frame.gpu] = (seen, frame.xid)
-            if frame.kind == "state" and frame.state is not None and view.inventory is not None:
+            if (
+                frame.kind == "state"
+                and frame.state is not None
+                and view.inventory is not None
+                and not frame.replay  # retold: the inventory before it is newer
+            ):
                 view.inventory = _with_state(view.inventory, frame.state)
         self._judge(view, now)
 
@@ -307,6 +323,23 @@ class FleetState:
         for callback in self._subscribers:
             callback(set(changed))
         return changed
+
+
+def same_gpus(old: Inventory, new: Inventory) -> dict[int, int]:
+    """Each GPU of ``old`` that is in ``new`` too, old index to new index. A GPU is the same
+    when its UUID is (wherever it now sits), or, where either side has no UUID, when its
+    index is; a GPU gone, or another card at its index, is not."""
+    by_uuid = {g.uuid: g.index for g in new.gpus if g.uuid is not None}
+    by_index = {g.index: g for g in new.gpus}
+    same: dict[int, int] = {}
+    for g in old.gpus:
+        if g.uuid is not None and g.uuid in by_uuid:
+            same[g.index] = by_uuid[g.uuid]
+            continue
+        there = by_index.get(g.index)
+        if there is not None and (g.uuid is None or there.uuid is None):
+            same[g.index] = g.index
+    return same
 
 
 def _known(events: Iterable[Event], event: Event) -> bool:

@@ -51,6 +51,13 @@ class History:
         self._head = self._count = 0
         self._gpus.clear()
 
+    def keep_gpus(self, same: dict[int, int]) -> None:
+        """Keep the readings of the GPUs in ``same`` (old index to new index), under their
+        new index, and forget every other GPU's: an agent's re-read inventory must not wipe
+        the sparklines of GPUs that did not change, nor give a new card an old one's past."""
+        old = self._gpus
+        self._gpus = {new: old[was] for was, new in same.items() if was in old}
+
     def append(self, sample: Sample) -> None:
         i = self._head
         self._seq[i], self._ts[i], self._replay[i] = sample.seq, sample.ts, sample.replay

@@ -150,6 +150,70 @@ def test_state_events_update_the_ops_state(fleet: FleetState) -> None:
     assert fleet.nodes["gpu1"].state == drained
 
 
+def test_a_retold_state_event_does_not_undo_the_newer_inventory(fleet: FleetState) -> None:
+    """Retold on connect, an old state event comes after the inventory, which is newer: it
+    goes to the node's events, the state stays the inventory's."""
+    n = Node("gpu1")
+    now = NodeState(state="schedulable", reason="fixed", who="bob", since=9.0)
+    old = NodeState(state="drained", reason="bad HBM", who="alice", since=5.0)
+    fleet.apply("gpu1", n.inventory(now), 10.0)
+    retold = Event(seq=1, ts=5.0, kind="state", message="drained", state=old, replay=True)
+    fleet.apply("gpu1", retold, 10.0)
+    assert fleet.nodes["gpu1"].state == now
+    assert list(fleet.nodes["gpu1"].events) == [retold]
+
+
+def temps(fleet: FleetState, gpu: int) -> list[float | None]:
+    return fleet.nodes["gpu1"].history.gpu(gpu, "temp")
+
+
+def test_a_gpu_coming_back_keeps_every_gpus_sparklines(fleet: FleetState) -> None:
+    """The agent sends its inventory again mid-session when a lost GPU answers again: the
+    history of the GPUs that are the same cards goes on (it was wiped, every sparkline
+    emptied, before)."""
+    n = Node("gpu1", gpus=2)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    for t in range(4):
+        feed(fleet, n, float(t))
+    n.backend.inject("lost", 1)
+    feed(fleet, n, 4.0)
+    n.backend.inject("clear", 1)
+    assert [e.kind for e in feed(fleet, n, 5.0)] == ["gpu_back"]
+    before = [temps(fleet, 0), temps(fleet, 1)]
+    fleet.apply("gpu1", n.inventory(), 5.0)  # as the agent sends it after gpu_back
+    feed(fleet, n, 6.0)
+    view = fleet.nodes["gpu1"]
+    assert len(view.history) == 7
+    assert temps(fleet, 0)[:6] == before[0] and None not in before[0]
+    assert temps(fleet, 1)[:6] == before[1]
+    assert before[1][4] is None and None not in before[1][:4], "the lost tick is the only gap"
+
+
+def test_a_new_inventory_drops_only_the_gpus_gone_or_changed(fleet: FleetState) -> None:
+    n = Node("gpu1", gpus=3)
+    inv = n.inventory()
+    fleet.apply("gpu1", inv, 0.0)
+    for t in range(3):
+        feed(fleet, n, float(t))
+    kept = temps(fleet, 0)
+    g = inv.gpus
+    swapped = msgspec.structs.replace(g[1], uuid="GPU-another-card")
+    fleet.apply("gpu1", msgspec.structs.replace(inv, gpus=[g[0], swapped]), 3.0)
+    assert temps(fleet, 0) == kept, "the same card: its history stays"
+    assert temps(fleet, 1) == [None] * 3, "another card at index 1: not the old one's past"
+    assert temps(fleet, 2) == [None] * 3, "a GPU gone: its history goes"
+    # The same card at another index (re-enumerated), and one without a UUID (matched by
+    # index): both keep theirs.
+    feed(fleet, n, 4.0)
+    one = temps(fleet, 1)
+    moved = msgspec.structs.replace(g[0], index=5)
+    anonymous = msgspec.structs.replace(swapped, uuid=None)
+    fleet.apply("gpu1", msgspec.structs.replace(inv, gpus=[moved, anonymous]), 5.0)
+    assert temps(fleet, 5)[:3] == kept and temps(fleet, 5)[3] is not None
+    assert temps(fleet, 0) == [None] * 4, "nothing left at the old index"
+    assert temps(fleet, 1) == one
+
+
 def test_subscribers_get_coalesced_changes(fleet: FleetState) -> None:
     calls: list[set[str]] = []
     fleet.subscribe(calls.append)
