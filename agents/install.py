@@ -430,8 +430,10 @@ def plan_install(target: Target, user: str | None, group: str) -> list[Step]:
         plan.append(Note(f"{UNIT}: not started (systemd is not running here; it starts at boot)"))
     elif _query(target.systemctl("is-active", UNIT)) != "active":
         plan.append(Run(tuple(target.systemctl("start", UNIT)), f"{UNIT}: started"))
-    elif units_changed:
-        plan.append(Run(tuple(target.systemctl("restart", UNIT)), f"{UNIT}: restarted"))
+    elif units_changed:  # restarting is the operator's call: one pool at a time, say
+        plan.append(
+            Note(f"{UNIT}: running; the new unit applies from its next restart (systemctl restart)")
+        )
     else:
         plan.append(Note(f"{UNIT}: already running"))
     return plan
