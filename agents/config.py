@@ -6,6 +6,7 @@ ignored, so unknown keys are refused. Errors name the file, the key path and wha
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import socket
@@ -14,7 +15,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from agents.protocol import POOL_NAME, GpufleetError, clip
+from agents.protocol import METRICS_PORT, POOL_NAME, GpufleetError, clip
 from agents.restart import UNIT_NAME
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/gpufleet/agent.toml")
@@ -99,6 +100,61 @@ class RestartSection(_Section):
     timeout: float = 120.0  # seconds a restart command may take before it is killed
 
 
+class MetricsSection(_Section):
+    """Prometheus ``/metrics`` (issue 7): off unless ``listen`` names an address."""
+
+    #: "HOST:PORT" with HOST an IP literal ("127.0.0.1:9401", "[::1]:9401", "0.0.0.0:9401",
+    #: "[::]:9401"); empty: no exporter. Names are refused: what a name resolves to can change
+    #: under a running agent, and an operator must see exactly what is exposed.
+    listen: str = ""
+
+
+class ListenAddress(msgspec.Struct, frozen=True):
+    host: str  # an IP literal, without brackets
+    port: int
+
+    def with_port(self, port: int | None) -> str:
+        """``host:port`` as a URL writes it (brackets around IPv6)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port if port is None else port}"
+
+    def __str__(self) -> str:
+        return self.with_port(None)
+
+
+_LISTEN_RE: Final = re.compile(r"\[(?P<v6>[^\]]*)\]:(?P<p6>[^:]*)|(?P<v4>[^:\[\]]*):(?P<p4>[^:]*)")
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """``[metrics] listen`` as an address, or ValueError saying what is accepted."""
+    usage = (
+        f"metrics.listen: {clip(text, 80)!r} is not HOST:PORT with HOST an IP address "
+        f"(like 127.0.0.1:{METRICS_PORT}, [::1]:{METRICS_PORT}, or 0.0.0.0:{METRICS_PORT} "
+        "for every interface)"
+    )
+    m = _LISTEN_RE.fullmatch(text.strip())
+    if m is None:
+        bare = text.strip()
+        try:  # a bare address: the most likely slip, so say what to add
+            addr = ipaddress.ip_address(bare.strip("[]"))
+        except ValueError:
+            raise ValueError(usage) from None
+        if addr.version == 6 and not bare.startswith("["):
+            raise ValueError(f"{usage}: an IPv6 address goes in brackets, the port after") from None
+        raise ValueError(f"{usage}: the port is missing") from None
+    host = m.group("v6") if m.group("v6") is not None else m.group("v4")
+    port_text = m.group("p6") if m.group("p6") is not None else m.group("p4")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(usage) from None
+    if m.group("v6") is not None and addr.version != 6:
+        raise ValueError(f"{usage}: brackets are for IPv6 addresses")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"metrics.listen: port {clip(port_text, 20)!r} must be 1 to 65535")
+    return ListenAddress(str(addr) if addr.version == 4 else host, int(port_text))
+
+
 class AgentConfig(_Section):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     sim: SimSection = msgspec.field(default_factory=SimSection)
@@ -106,6 +162,7 @@ class AgentConfig(_Section):
     clients: ClientsSection = msgspec.field(default_factory=ClientsSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     restart: RestartSection = msgspec.field(default_factory=RestartSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
 
     @property
     def node(self) -> str:
@@ -116,6 +173,12 @@ class AgentConfig(_Section):
     def scheduler_node(self) -> str:
         """The node's name as its scheduler knows it (Slurm's NodeName may not be the host's)."""
         return self.scheduler.node or self.node
+
+    @property
+    def metrics_listen(self) -> ListenAddress | None:
+        """Where to serve ``/metrics``, or None when it is off (validated at load)."""
+        text = self.metrics.listen.strip()
+        return parse_listen(text) if text else None
 
     @property
     def history_len(self) -> int:
@@ -178,6 +241,7 @@ def _check(cfg: AgentConfig) -> None:
             )
     if not UNIT_NAME.fullmatch(cfg.restart.agent_unit):
         raise ValueError(f"restart.agent_unit: {cfg.restart.agent_unit!r} is not a unit name")
+    cfg.metrics_listen  # noqa: B018 (parsed for its errors)
 
 
 def socket_mode(text: str) -> int:
