@@ -26,16 +26,22 @@
 # then give_back (unless rerunning at once), keep what bench/README.md says from files_at, and
 # `rm -rf .whl`.
 #
-# What comes back under $OUT (8 files, plain names):
-#   gpu_check.log         everything this script printed (the reply's output_tail is its end)
+# What comes back under $OUT (8 files, plain names; the tool brings back no more than 8):
+#   gpu_check.log         everything this script printed (the reply's output_tail is its end),
+#                         the tables of `once` and agent_cost.py and the serving agent's log too
 #   env.txt               versions (driver, nvidia-smi, python, pynvml, msgspec, click, psutil),
 #                         nvidia-smi's table and nvidia-smi -q
-#   once.json, once.txt   `python3 -m agents once --json --backend nvml`, and its table
+#   once.json             `python3 -m agents once --json --backend nvml`, the GPU idle
+#   once_load.json        the same while a bf16 matrix-product loop keeps the GPU busy
 #   agent_cost_nvml.json  bench/agent_cost.py --backend nvml --seconds 60 --warmup 5 --polls 10
-#   agent_cost_nvml.txt   its table
 #   stream.jsonl          the raw lines a `serve --backend nvml` agent sent one streaming client
-#                         (history off) for 60 s: hello, inventory, samples, any events
-#   serve.log             that agent's log
+#                         (history off) for 60 s: hello, inventory, samples, any events; the GPU
+#                         idle, then busy for 30 s (from about 10 s in), then idle again
+#   metrics_idle.txt      that agent's /metrics (Prometheus text) with the GPU idle
+#   metrics_load.txt      the same, the GPU busy
+#
+# The load is PyTorch (python3 there has it): bf16 8192x8192 products on the GPU for 30 s, no
+# setting of the card changed. Where torch is missing the load step says so and the rest runs.
 #
 # Every step runs on its own, under its own time limit: one failing does not skip the rest. The
 # exit status is 0 when every step passed, else 1. Rehearse it here (no GPU: every step but the
@@ -70,9 +76,13 @@ export PY=python3
 export PYTHONPATH="/tmp/site:$PWD"
 export BENCH_S="${GPU_CHECK_BENCH_S:-60}"
 export STREAM_S="${GPU_CHECK_STREAM_S:-60}"
+export BACKEND="${GPU_CHECK_BACKEND:-nvml}"
+export LOAD_S="${GPU_CHECK_LOAD_S:-30}"
+export METRICS_ADDR=127.0.0.1:9401
 WORK="$(mktemp -d /tmp/gfcheck.XXXXXX)" # short: unix socket paths are at most 108 bytes
 export WORK
 : >"$WORK/agent.toml" # an empty config: no /etc/gpufleet/agent.toml leaks in
+printf '[metrics]\nlisten = "%s"\n' "$METRICS_ADDR" >"$WORK/serve.toml" # /metrics on loopback
 
 RESULTS=()
 FAILED=0
@@ -163,38 +173,91 @@ PY
 }
 
 once_json() {
-    "$PY" -m agents once --json --backend nvml >"$OUT/once.json" &&
+    "$PY" -m agents once --json --backend "$BACKEND" >"$OUT/once.json" &&
         "$PY" -c 'import json, sys; d = json.load(open(sys.argv[1]))
 print(len(d["inventory"]["gpus"]), "GPU(s):", [g["name"] for g in d["inventory"]["gpus"]])' \
             "$OUT/once.json"
 }
 
 once_table() {
-    "$PY" -m agents once --backend nvml >"$OUT/once.txt" && cat "$OUT/once.txt"
+    "$PY" -m agents once --backend "$BACKEND"
 }
 
 agent_cost() {
     set -o pipefail
-    "$PY" bench/agent_cost.py --backend nvml --seconds "$BENCH_S" --warmup 5 --polls 10 \
-        --out "$OUT/agent_cost_nvml.json" | tee "$OUT/agent_cost_nvml.txt"
+    "$PY" bench/agent_cost.py --backend "$BACKEND" --seconds "$BENCH_S" --warmup 5 --polls 10 \
+        --out "$OUT/agent_cost_nvml.json"
+}
+
+# load_gpu SECONDS: bf16 matrix products on GPU 0 until SECONDS have passed (PyTorch).
+load_gpu() {
+    "$PY" - "$1" <<'PY'
+import sys
+import time
+
+try:
+    import torch
+except ImportError as exc:
+    raise SystemExit(f"load: no PyTorch here ({exc}): the capture stays idle")
+seconds = float(sys.argv[1])
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+end, n = time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    n += 20
+print(f"load: {n} bf16 8192^3 products in {seconds:.0f} s on {torch.cuda.get_device_name(0)}")
+PY
+}
+
+# scrape FILE: the serving agent's /metrics into $OUT/FILE.
+scrape() {
+    "$PY" - "http://$METRICS_ADDR/metrics" "$OUT/$1" <<'PY'
+import sys
+import urllib.request
+
+with urllib.request.urlopen(sys.argv[1], timeout=5) as reply:
+    text = reply.read().decode()
+open(sys.argv[2], "w").write(text)
+families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+print(f"scrape {sys.argv[2]}: {len(text)} bytes, {len(families)} families")
+PY
+}
+
+# The busy spell during the capture, on the side: an idle scrape, then the load, and while it
+# runs a scrape and a one-shot read.
+busy_spell() {
+    sleep 5
+    scrape metrics_idle.txt
+    sleep 5
+    load_gpu "$LOAD_S" &
+    local load=$!
+    sleep $((LOAD_S / 2))
+    scrape metrics_load.txt
+    "$PY" -m agents once --json --backend "$BACKEND" >"$OUT/once_load.json" &&
+        echo "once_load.json: $(wc -c <"$OUT/once_load.json") bytes"
+    wait "$load"
 }
 
 stream() {
-    "$PY" -m agents serve --config "$WORK/agent.toml" --backend nvml --interval 1 \
-        --socket "$WORK/agent.sock" --state-dir "$WORK/state" >"$OUT/serve.log" 2>&1 &
+    "$PY" -m agents serve --config "$WORK/serve.toml" --backend "$BACKEND" --interval 1 \
+        --socket "$WORK/agent.sock" --state-dir "$WORK/state" >"$WORK/serve.log" 2>&1 &
     local pid=$! rc
     for _ in $(seq 150); do # up to 15 s for "serving" in its log
-        grep -q serving "$OUT/serve.log" && break
+        grep -q serving "$WORK/serve.log" && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    if ! grep -q serving "$OUT/serve.log"; then
+    if ! grep -q serving "$WORK/serve.log"; then
         echo "gpu_check: the agent did not start serving; its log:" >&2
-        cat "$OUT/serve.log" >&2
+        cat "$WORK/serve.log" >&2
         kill "$pid" 2>/dev/null
         wait "$pid"
         return 1
     fi
+    busy_spell >"$WORK/busy.log" 2>&1 &
+    local busy=$!
     # Raw lines as the agent sent them (not re-encoded), for fixtures: our Hello is sent by
     # hand, so that nothing is read before the capture starts.
     "$PY" - "$WORK/agent.sock" "$STREAM_S" 200 "$OUT/stream.jsonl" <<'PY'
@@ -263,6 +326,9 @@ for g in sample.gpus:
           f"None in the last sample: {', '.join(none) or 'nothing'}")
 PY
     rc=$?
+    wait "$busy" || rc=1
+    echo "--- the busy spell"
+    cat "$WORK/busy.log"
     echo "--- watch --count 3 (the human view of the same agent)"
     timeout 15 "$PY" -m agents watch --config "$WORK/agent.toml" --socket "$WORK/agent.sock" \
         --no-history --count 3 || rc=1
@@ -270,20 +336,21 @@ PY
     wait "$pid"
     local agent_rc=$?
     echo "agent stopped by SIGTERM: exit $agent_rc"
-    tail -n 5 "$OUT/serve.log"
+    echo "--- the agent's log"
+    cat "$WORK/serve.log"
     [ "$agent_rc" -eq 0 ] || rc=1
     return "$rc"
 }
 
-export -f wheels environment once_json once_table agent_cost stream
+export -f wheels environment once_json once_table agent_cost load_gpu scrape busy_spell stream
 
 echo "gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), results in $OUT"
 step "install the carried wheels" 30 wheels
 step "versions and nvidia-smi (env.txt)" 50 environment
 step "once --json (once.json)" 30 once_json
-step "once, the table (once.txt)" 30 once_table
-step "agent_cost --backend nvml (agent_cost_nvml.json, .txt)" 160 agent_cost
-step "serve --backend nvml, ${STREAM_S} s of stream (stream.jsonl, serve.log)" 95 stream
+step "once, the table" 30 once_table
+step "agent_cost --backend $BACKEND (agent_cost_nvml.json)" 160 agent_cost
+step "serve --backend $BACKEND, ${STREAM_S} s of stream, busy ${LOAD_S} s (stream.jsonl, metrics_*.txt, once_load.json)" 110 stream
 
 rm -rf "$WORK"
 echo
