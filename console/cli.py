@@ -43,6 +43,7 @@ from console.operate import (
 )
 from console.operate import fleet_audit as gather_audit
 from console.selector import parse_selector, select
+from console.source import SSH, SourceSpec, parse_source
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
 
 if TYPE_CHECKING:
@@ -108,6 +109,16 @@ _INVENTORY_OPTION = click.option(
 _READONLY_OPTION = click.option(
     "--readonly", is_flag=True, help="The screen without drain, resume, restart or reassign."
 )
+_SOURCE_OPTION = click.option(
+    "--source",
+    "source_text",
+    default="ssh",
+    show_default=True,
+    envvar="GPUFLEET_SOURCE",
+    help="Where the live view comes from: ssh (a stream from every node) or "
+    "prometheus=URL (a Prometheus server scraping the agents' /metrics); actions always go "
+    "over SSH to the chosen nodes only [env: GPUFLEET_SOURCE].",
+)
 
 
 @click.group(
@@ -120,12 +131,14 @@ _READONLY_OPTION = click.option(
 )
 @_INVENTORY_OPTION
 @_READONLY_OPTION
+@_SOURCE_OPTION
 @_ssh_options
 @click.pass_context
 def main(
     ctx: click.Context,
     inventory: Path | None,
     readonly: bool,
+    source_text: str,
     known_hosts: Path | None,
     accept_new: bool,
     identity: Path | None,
@@ -135,12 +148,13 @@ def main(
     for the configured inventory."""
     if ctx.invoked_subcommand is not None:
         return
+    live = parse_source(source_text)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         _fail("no terminal for the screen: use a command (gpufleet --help)", EXIT_USAGE)
     inv = load_inventory(find_inventory(inventory))
     options = _link_options(known_hosts, accept_new, identity, ssh_config)
     log = _log_to_file()
-    asyncio.run(_screen(inv, options, readonly, source=f"{inv.source}  (log: {log})"))
+    asyncio.run(_screen(inv, options, readonly, source=f"{inv.source}  (log: {log})", live=live))
 
 
 def _log_to_file() -> str:
@@ -168,12 +182,21 @@ async def _screen(
     readonly: bool,
     source: str,
     background: Callable[[FleetApp], Coroutine[Any, Any, None]] | None = None,
+    live: SourceSpec = SSH,
 ) -> None:
-    """The fleet screen over live links, until the operator quits."""
+    """The fleet screen over live links (or Prometheus), until the operator quits."""
     from console.tui.app import FleetApp
 
-    links = FleetLinks(inv.nodes, options)
-    app = FleetApp(links.fleet, links=links, readonly=readonly, source=source)
+    if live.url is not None:
+        from console.actionlinks import ActionLinks
+        from console.promsource import PromSource
+
+        feed = PromSource(inv.nodes, live.url)
+        actions = ActionLinks(inv.nodes, options)
+        app = FleetApp(feed.fleet, feed=feed, requester=actions, readonly=readonly, source=source)
+    else:
+        links = FleetLinks(inv.nodes, options)
+        app = FleetApp(links.fleet, links=links, readonly=readonly, source=source)
     extra = asyncio.create_task(background(app)) if background is not None else None
     try:
         await app.run_async()
@@ -227,14 +250,23 @@ class Reach:
     wait: float
     options: LinkOptions
 
-    def views(self) -> list[NodeView]:
-        """Select nodes from the inventory and take one snapshot of them over SSH."""
+    def views(self, source: SourceSpec = SSH) -> list[NodeView]:
+        """Select nodes from the inventory and take one snapshot of them, over SSH or from
+        Prometheus (whose fault, if it has one, is said on stderr)."""
         inv = load_inventory(find_inventory(self.inventory))
         selector = parse_selector(self.selector)
         chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact())
         if not self.as_json:
             click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
-        fleet = asyncio.run(snapshot([v.entry for v in chosen], self.options, wait=self.wait))
+        entries = [v.entry for v in chosen]
+        if source.url is not None:
+            from console.promsource import prom_snapshot
+
+            fleet, fault = asyncio.run(prom_snapshot(entries, source.url, wait=self.wait))
+            if fault is not None:
+                click.echo(f"gpufleet: prometheus: {fault}", err=True)
+        else:
+            fleet = asyncio.run(snapshot(entries, self.options, wait=self.wait))
         return select(fleet.nodes.values(), selector)  # state=, link=, alert: now known
 
 
@@ -261,10 +293,11 @@ def _reaching(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 @main.command()
+@_SOURCE_OPTION
 @_reaching
-def status(reach: Reach) -> None:
+def status(reach: Reach, source_text: str) -> None:
     """One snapshot of the fleet (or the nodes SELECTOR names), as a table or JSON."""
-    views = reach.views()
+    views = reach.views(parse_source(source_text))
     now = time.monotonic()
     if reach.as_json:
         click.echo(json.dumps(status_doc(views, now)))

@@ -39,11 +39,12 @@ LinkState = Literal[
     "hostkey_changed",
     "agent_down",
     "protocol_mismatch",
+    "no_data",  # the Prometheus source has no series for the node
 ]
 #: Link states in which the node's data cannot be trusted as current.
 DOWN_STATES: Final = frozenset(
     {"unreachable", "auth_failed", "hostkey_unknown", "hostkey_changed", "agent_down",
-     "protocol_mismatch"}
+     "protocol_mismatch", "no_data"}
 )  # fmt: skip
 
 Severity = Literal["warning", "critical"]

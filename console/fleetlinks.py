@@ -18,6 +18,7 @@ from agents.protocol import Response
 from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
 from console.link import LinkOptions, NodeLink
+from console.source import SSH, FeedStatus, data_age
 
 #: SSH handshakes in flight at once, fleet-wide (pdsh's default fan-out; a jump host named
 #: only in ~/.ssh/config, which the per-jump bound cannot see, still gets retries).
@@ -81,6 +82,9 @@ class FleetLinks:
             if not pending or loop.time() >= deadline:
                 return pending
             await asyncio.sleep(0.05)
+
+    def status(self, now: float) -> FeedStatus:
+        return FeedStatus(SSH, f"({len(self.links)} links)", None, data_age(self.fleet, now))
 
     async def request(
         self, node: str, op: str, args: dict[str, Any], wait: float = 30.0

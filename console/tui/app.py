@@ -23,12 +23,18 @@ from console.fleetlinks import FleetLinks
 from console.tui.commands import FleetCommands
 
 if TYPE_CHECKING:
+    from console.source import FleetFeed
     from console.tui.node_view import NodeScreen
 
 #: Seconds between screen refreshes (about 2 Hz, design.md §4).
 REFRESH_S = 0.5
 #: Freeze the start-up heap by then even if some nodes are still connecting.
 FREEZE_AFTER_S = 60.0
+
+
+@runtime_checkable
+class Stops(Protocol):
+    async def stop(self) -> None: ...
 
 
 @runtime_checkable
@@ -62,6 +68,7 @@ class FleetApp(App[None]):
         *,
         requester: Requester | None = None,
         links: FleetLinks | None = None,
+        feed: FleetFeed | None = None,
         readonly: bool = False,
         clock: Callable[[], float] = time.monotonic,
         refresh_s: float | None = REFRESH_S,
@@ -70,6 +77,9 @@ class FleetApp(App[None]):
         super().__init__()
         self.fleet = fleet
         self.links = links
+        #: What keeps the model current: the links, or another source (Prometheus), whose
+        #: state the fleet view shows above the table.
+        self.feed: FleetFeed | None = feed if feed is not None else links
         self.requester = requester if requester is not None else links
         self.readonly = readonly
         self.clock = clock
@@ -81,15 +91,18 @@ class FleetApp(App[None]):
     def on_mount(self) -> None:
         from console.tui.fleet_view import FleetScreen
 
-        if self.links is not None:
-            self.links.start()
+        if self.feed is not None:
+            self.feed.start()
         self.push_screen(FleetScreen())
         if self._refresh_s is not None:
             self.set_interval(self._refresh_s, self.refresh_fleet)
 
     async def on_unmount(self) -> None:
-        if self.links is not None:
-            await self.links.stop()
+        if self.feed is not None:
+            await self.feed.stop()
+        requester: object = self.requester
+        if requester is not self.feed and isinstance(requester, Stops):
+            await requester.stop()  # links opened for actions only
 
     def refresh_fleet(self) -> None:
         """Age the model and show what changed (called at the steady rate, or by tests)."""

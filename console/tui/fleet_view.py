@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Header, Input
 
 from console.actions import VERBS
+from console.fleet import DOWN_STATES
 from console.rows import (
     COLUMNS,
     Column,
@@ -60,7 +61,7 @@ ROWS_PER_SLICE: Final = 100
 
 
 def _tone(row: NodeRow) -> Tone:
-    if row.critical or row.link_text.startswith(("unreachable", "auth", "host", "agent", "proto")):
+    if row.critical or row.link in DOWN_STATES:
         return "bad"
     if row.link == "stale" or row.alerts or row.state in ("draining", "drained"):
         return "warn"
@@ -104,6 +105,7 @@ class FleetScreen(Screen[None]):
         self.rows = RowCache(self.fleet_app.fleet)
         yield Header(show_clock=False)
         yield TextLine(id="totals")
+        yield TextLine(id="source")
         yield TextLine(id="banner")
         fleet = self.fleet_app.fleet
         fit = {
@@ -125,6 +127,7 @@ class FleetScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
+        self.query_one("#source", TextLine).display = self.fleet_app.feed is not None
         self.table.focus()
         now = self.fleet_app.clock()
         self.rows.update(now)
@@ -172,6 +175,7 @@ class FleetScreen(Screen[None]):
         marks = f"  |  {len(self.marked)} marked" if self.marked else ""
         sort = f"  |  sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
         self.query_one("#totals", TextLine).text = totals.line() + shown + marks + sort
+        self._draw_source(now)
         banner = self.query_one("#banner", TextLine)
         if totals.nodes and totals.down == totals.nodes:
             banner.text = f"No node is reachable: all {totals.nodes} are down (see LINK)."
@@ -183,6 +187,16 @@ class FleetScreen(Screen[None]):
         shown_now = bool(totals.down + totals.stale)
         if banner.display != shown_now:  # a change of layout only when it appears or goes
             banner.display = shown_now
+
+    def _draw_source(self, now: float) -> None:
+        """Which source the rows come from and how old its data is; its fault, if any."""
+        feed = self.fleet_app.feed
+        if feed is None:
+            return
+        status = feed.status(now)
+        line = self.query_one("#source", TextLine)
+        line.text = status.line()
+        line.set_class(status.fault is not None, "fault")
 
     def _cells(self, row: NodeRow) -> list[Cell]:
         tone = _tone(row)

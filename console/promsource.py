@@ -1,0 +1,281 @@
+"""The fleet model fed from a Prometheus server that scrapes every node's agent, instead of
+one SSH stream per node: for fleets too large for one console's fan-out.
+
+Every ``poll_s`` seconds one instant query per metric reads the whole fleet (``promview``);
+the answers become the same frames the SSH links deliver and go through ``FleetState.apply``,
+so the screen, ``status`` and the alerts work unchanged. What is particular to this source:
+
+- The inventory still decides which nodes exist. A node Prometheus has and the inventory does
+  not is ignored (counted, and named once in the log); an inventory node Prometheus has no
+  series for is ``no_data``, with the reason.
+- A sample's age is judged on Prometheus' clock (how long ago it scraped the node) plus how
+  old the agent's sample was then, and the model is handed that age, so "stale" means what it
+  means over SSH: no new sample for 3 intervals, the interval being the slower of the agent's
+  and the rate new samples reach the console (the scrape interval, or the poll's).
+- A node whose series leave Prometheus (a failed scrape writes staleness markers) goes stale
+  at once and ``no_data`` after the stale window, as a broken SSH stream does.
+- Prometheus itself unreachable, or answering errors, is a fault of the source: shown above
+  the table and in ``status``, never fatal; every node's data ages as it would over a cut link.
+
+Actions never go through here: ``console.actionlinks`` opens SSH to the chosen nodes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+
+from agents.protocol import Event, Inventory, NodeState
+from console.fleet import FleetState
+from console.inventory import NodeEntry
+from console.prometheus import PromClient, PromError, Querier, Vector
+from console.promview import QUERIES, SLOW_EVERY, PromNode, PromQuery, nodes_from
+from console.source import FeedStatus, SourceSpec, data_age
+
+log = logging.getLogger("gpufleet.console.prometheus")
+
+#: Seconds between polls of Prometheus.
+POLL_S: Final = 5.0
+#: The interval assumed for a node until two scrapes of it have been seen (Prometheus'
+#: usual scrape interval): only how long its data may age before it counts as stale.
+FIRST_SCRAPE_GUESS_S: Final = 15.0
+#: Queries in flight at once (Prometheus evaluates them in parallel).
+QUERIES_AT_ONCE: Final = 8
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What this source last did for one inventory node."""
+
+    scraped: float | None = None
+    gap: float | None = None  # between the two latest scrapes seen
+    sample_ts: float | None = None
+    seq: int = 0
+    static: Inventory | None = None  # the inventory applied, without its ops state
+    agent: tuple[str, str, float] | None = None
+    xids: set[tuple[int, float]] = field(default_factory=set)
+
+
+class NameIndex:
+    """Prometheus' ``Hostname`` (the agent's node name, by default the host name) to the
+    inventory's name (the SSH host): the same name, else the same short name (up to the first
+    dot) when only one inventory node has it, since one side often has the domain and the
+    other not."""
+
+    def __init__(self, entries: Iterable[NodeEntry]) -> None:
+        self._exact: dict[str, str] = {}
+        shorts: dict[str, list[str]] = {}
+        for e in entries:
+            self._exact[e.name] = e.name
+            shorts.setdefault(e.name.split(".", 1)[0], []).append(e.name)
+        self._short = {s: names[0] for s, names in shorts.items() if len(names) == 1}
+
+    def get(self, hostname: str) -> str | None:
+        return self._exact.get(hostname) or self._short.get(hostname.split(".", 1)[0])
+
+
+class PromSource:
+    def __init__(
+        self,
+        entries: Iterable[NodeEntry],
+        url: str,
+        *,
+        fleet: FleetState | None = None,
+        poll_s: float = POLL_S,
+        client: Querier | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        entries = list(entries)
+        self.fleet = fleet if fleet is not None else FleetState(entries)
+        self.spec = SourceSpec("prometheus", url)
+        self.client = client or PromClient(url)
+        self.poll_s = poll_s
+        self.polls = 0  # polls Prometheus answered
+        self.fault: str | None = None
+        #: Hostnames Prometheus has that the inventory does not (ignored), at the last poll.
+        self.unknown: set[str] = set()
+        self._names = NameIndex(entries)
+        self._now = monotonic
+        self._answered_at: float | None = None
+        self._vectors: dict[str, Vector] = {}  # the latest answer to each query
+        self._seen: dict[str, _Seen] = {}
+        self._told_unknown: set[str] = set()
+        self._tries = 0
+        self._done_one = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- FleetFeed --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def __aenter__(self) -> PromSource:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def settle(self, wait: float) -> list[str]:
+        """After the first poll, answered or failed, every node is decided."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._done_one.wait()
+        return [v.name for v in self.fleet.nodes.values() if v.link == "connecting"]
+
+    def status(self, now: float) -> FeedStatus:
+        where = self.spec.url or ""
+        if self.unknown:
+            where += f" ({len(self.unknown)} hosts not in the inventory, ignored)"
+        answered = None if self._answered_at is None else max(0.0, now - self._answered_at)
+        return FeedStatus(self.spec, where, self.fault, data_age(self.fleet, now), answered)
+
+    # -- polling ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            started = self._now()
+            await self.poll()
+            await asyncio.sleep(max(0.0, self.poll_s - (self._now() - started)))
+
+    async def poll(self) -> None:
+        """One poll: query, convert (both off the event loop), apply to the model."""
+        due = [q for q in QUERIES if q.cadence == "fast" or self.polls % SLOW_EVERY == 0]
+        self._tries += 1
+        try:
+            at, answers = await self._query(due)
+        except PromError as exc:
+            self._failed(str(exc))
+            return
+        finally:
+            self._done_one.set()
+        self._vectors.update(answers)
+        vectors = dict(self._vectors)
+        nodes = await asyncio.to_thread(nodes_from, vectors)
+        self.polls += 1
+        self.fault = None
+        now = self._now()
+        self._answered_at = now
+        self._apply(nodes, at, now)
+
+    async def _query(self, due: list[PromQuery]) -> tuple[float, dict[str, Vector]]:
+        """Every due query at one moment of Prometheus' clock: the first sets it."""
+        first, rest = due[0], due[1:]
+        vec = await asyncio.to_thread(self.client.query, first.expr)
+        at = vec.at if vec.series else time.time()
+        gate = asyncio.Semaphore(QUERIES_AT_ONCE)
+
+        async def one(q: PromQuery) -> tuple[str, Vector]:
+            async with gate:
+                return q.key, await asyncio.to_thread(self.client.query, q.expr, at)
+
+        answers = dict(await asyncio.gather(*(one(q) for q in rest)))
+        answers[first.key] = vec
+        return at, answers
+
+    def _failed(self, why: str) -> None:
+        if self.fault != why:
+            log.warning("prometheus: %s", why)
+        self.fault = why
+        now = self._now()
+        for name in self.fleet.nodes:
+            self.fleet.set_link(name, "unreachable", f"Prometheus: {why}", now)
+        self.fleet.tick(now)
+
+    def _apply(self, nodes: dict[str, PromNode], at: float, now: float) -> None:
+        found: set[str] = set()
+        unknown: set[str] = set()
+        for host, node in nodes.items():
+            name = self._names.get(host)
+            if name is None or name in found:
+                unknown.add(host)
+                continue
+            found.add(name)
+            self._node(name, node, at, now)
+        for name in self.fleet.nodes.keys() - found:
+            seen = self._seen.get(name)
+            if seen is None:
+                why = (
+                    f"not in Prometheus: no gpufleet series with Hostname={name} (is the "
+                    "agent's [metrics] listen set, and the address in Prometheus' scrape config?)"
+                )
+            else:
+                why = (
+                    "its series left Prometheus: the last scrape of its agent's /metrics failed "
+                    "(agent or node down?), or it left the scrape config"
+                )
+            self.fleet.set_link(name, "no_data", why, now)
+        new = unknown - self._told_unknown
+        if new:
+            log.info("prometheus: not in the inventory, ignored: %s", ", ".join(sorted(new)))
+            self._told_unknown |= new
+        self.unknown = unknown
+        self.fleet.tick(now)
+
+    def _node(self, name: str, node: PromNode, at: float, now: float) -> None:
+        fleet = self.fleet
+        seen = self._seen.setdefault(name, _Seen())
+        if seen.scraped is not None and node.scraped > seen.scraped:
+            seen.gap = node.scraped - seen.scraped
+        seen.scraped = node.scraped
+        interval = max(node.interval or 1.0, seen.gap or FIRST_SCRAPE_GUESS_S, self.poll_s)
+        agent = node.agent or ("gpufleet-agent (version not exported)", "?")
+        if seen.agent != (*agent, interval):
+            seen.agent = (*agent, interval)
+            fleet.set_agent(name, agent[0], agent[1], interval)
+
+        static = msgspec.structs.replace(node.inventory, state=None)
+        state = node.inventory.state
+        view = fleet.nodes[name]
+        if static != seen.static:
+            seen.static = static  # new GPUs or agent: the history starts afresh
+            fleet.apply(name, node.inventory, now)
+        elif state is not None and state != view.state:
+            fleet.apply(name, _state_event(state, at), now)
+
+        sample = node.sample
+        if sample is not None and node.sample_ts != seen.sample_ts:
+            seen.sample_ts = node.sample_ts
+            seen.seq += 1
+            # Its age: since Prometheus scraped it (its own clock), plus how old the agent's
+            # sample was then (the agent's clock against Prometheus', never below zero).
+            age = max(0.0, at - node.scraped) + max(0.0, node.scraped - sample.ts)
+            fleet.apply(name, msgspec.structs.replace(sample, seq=seen.seq), now - age)
+        elif sample is None and view.sample_at is None:
+            why = "its agent has no current sample (sampling stalled, or just started)"
+            fleet.set_link(name, "no_data", why, now)
+        for event in node.xids:
+            key = (event.gpu or 0, event.ts)
+            if key not in seen.xids:
+                seen.xids.add(key)
+                fleet.apply(name, event, now)
+
+
+def _state_event(state: NodeState, at: float) -> Event:
+    """A change of ops state read from Prometheus, as the agent would announce it."""
+    said = state.state + (f": {state.reason}" if state.reason else "")
+    return Event(seq=0, ts=state.since or at, kind="state", message=said, state=state)
+
+
+async def prom_snapshot(
+    entries: list[NodeEntry], url: str, *, wait: float
+) -> tuple[FleetState, str | None]:
+    """One poll of Prometheus for ``status``: the fleet as it has it, and the source's fault
+    (None when it answered). ``wait`` bounds each query."""
+    source = PromSource(entries, url, client=PromClient(url, timeout=max(1.0, wait)))
+    await source.poll()
+    return source.fleet, source.fault

@@ -1,0 +1,363 @@
+"""What the console asks Prometheus, and how the answers become the frames the fleet model
+already knows (``Inventory``, ``Sample``, XID ``Event``), one node at a time.
+
+The metric names and units are the exposition contract in ``agents.protocol`` (dcgm-exporter's
+``DCGM_FI_DEV_*`` and our ``gpufleet_*``); nothing here is named twice. Pure functions of query
+results, so the conversion is tested on a recorded answer without a server.
+
+Cost, which is what a 40,000-GPU fleet is about: one query per metric for the whole fleet,
+never one per node, and each stripped to the labels the console joins on (``max by (Hostname,
+gpu)``), because labels are most of an answer's bytes. Only what the table and the alerts need
+is read on every poll; the rest (clocks, limits, identities, the slow readings) every
+``SLOW_EVERY`` polls, and kept in between. Counters read every poll only for alerts (XID, ECC,
+pending remaps) are filtered to their non-zero series; the slow, unfiltered read of the same
+metric says which GPUs have it at all, so that "absent" still means "not known", never 0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from agents.protocol import (
+    METRIC_SPECS,
+    Event,
+    GpuInfo,
+    GpuReading,
+    HostInfo,
+    HostReading,
+    Inventory,
+    NodeState,
+    OpsState,
+    Sample,
+)
+from console.prometheus import Vector
+
+MIB: Final = 1 << 20
+#: Polls between reads of the slow set (the first poll reads it too).
+SLOW_EVERY: Final = 6
+
+Cadence = Literal["fast", "slow"]
+_OPS: Final[dict[str, OpsState]] = {
+    "schedulable": "schedulable", "draining": "draining", "drained": "drained"
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PromQuery:
+    key: str  # what the conversion looks the answer up by
+    expr: str
+    cadence: Cadence
+
+
+def _gpu(name: str, suffix: str = "") -> str:
+    _known(name)
+    return f"max by (Hostname, gpu) ({name}){suffix}"
+
+
+def _node(name: str) -> str:
+    _known(name)
+    return f"max by (Hostname) ({name})"
+
+
+def _known(name: str) -> None:
+    if name not in METRIC_SPECS:  # a rename in the contract fails at import, not at 3 a.m.
+        raise AssertionError(f"{name} is not in agents.protocol.METRICS")
+
+
+#: GPU readings: (GpuReading field, metric, scale to the protocol's unit, cadence).
+GPU_READINGS: Final[tuple[tuple[str, str, float, Cadence], ...]] = (
+    ("util_gpu", "DCGM_FI_DEV_GPU_UTIL", 1, "fast"),
+    ("mem_used", "DCGM_FI_DEV_FB_USED", MIB, "fast"),
+    ("temp_c", "DCGM_FI_DEV_GPU_TEMP", 1, "fast"),
+    ("power_mw", "DCGM_FI_DEV_POWER_USAGE", 1000, "fast"),
+    ("util_mem", "DCGM_FI_DEV_MEM_COPY_UTIL", 1, "slow"),
+    ("mem_total", "DCGM_FI_DEV_FB_TOTAL", MIB, "slow"),
+    ("mem_reserved", "DCGM_FI_DEV_FB_RESERVED", MIB, "slow"),
+    ("temp_mem_c", "DCGM_FI_DEV_MEMORY_TEMP", 1, "slow"),
+    ("energy_mj", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 1, "slow"),
+    ("sm_clock_mhz", "DCGM_FI_DEV_SM_CLOCK", 1, "slow"),
+    ("mem_clock_mhz", "DCGM_FI_DEV_MEM_CLOCK", 1, "slow"),
+    ("pstate", "DCGM_FI_DEV_PSTATE", 1, "slow"),
+    ("remapped_correctable", "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", 1, "slow"),
+    ("remapped_uncorrectable", "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", 1, "slow"),
+    ("remap_failure", "DCGM_FI_DEV_ROW_REMAP_FAILURE", 1, "slow"),
+    ("pcie_width", "gpufleet_gpu_pcie_link_width", 1, "slow"),
+    ("pcie_tx_kbs", "gpufleet_gpu_pcie_tx_bytes_per_second", 1 / 1024, "slow"),
+    ("pcie_rx_kbs", "gpufleet_gpu_pcie_rx_bytes_per_second", 1 / 1024, "slow"),
+)
+#: Readings that raise alerts, read every poll for their non-zero series only (and all of
+#: them on the slow cadence): (GpuReading field or "xid", metric).
+GPU_ALERTING: Final[tuple[tuple[str, str], ...]] = (
+    ("ecc_uncorrected_volatile", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"),
+    ("remap_pending", "DCGM_FI_DEV_ROW_REMAP_PENDING"),
+    ("xid", "DCGM_FI_DEV_XID_ERRORS"),
+)
+#: What does not change while an agent runs (GpuInfo field, metric, scale).
+GPU_LIMITS: Final[tuple[tuple[str, str, float], ...]] = (
+    ("temp_slowdown_c", "gpufleet_gpu_temperature_slowdown_celsius", 1),
+    ("temp_shutdown_c", "gpufleet_gpu_temperature_shutdown_celsius", 1),
+    ("temp_mem_max_c", "gpufleet_gpu_memory_temperature_max_celsius", 1),
+    ("power_limit_mw", "gpufleet_gpu_power_limit_watts", 1000),
+    ("pcie_max_width", "gpufleet_gpu_pcie_link_width_max", 1),
+)
+#: Host readings (HostReading field, metric, cadence).
+HOST_READINGS: Final[tuple[tuple[str, str, Cadence], ...]] = (
+    ("cpu_percent", "gpufleet_host_cpu_utilization_percent", "fast"),
+    ("load1", "gpufleet_host_load1", "fast"),
+    ("load5", "gpufleet_host_load5", "fast"),
+    ("load15", "gpufleet_host_load15", "fast"),
+    ("mem_total", "gpufleet_host_memory_total_bytes", "fast"),
+    ("mem_used", "gpufleet_host_memory_used_bytes", "fast"),
+    ("mem_available", "gpufleet_host_memory_available_bytes", "fast"),
+    ("swap_total", "gpufleet_host_swap_total_bytes", "slow"),
+    ("swap_used", "gpufleet_host_swap_used_bytes", "slow"),
+    ("disk_read_bps", "gpufleet_host_disk_read_bytes_per_second", "slow"),
+    ("disk_write_bps", "gpufleet_host_disk_write_bytes_per_second", "slow"),
+    ("net_rx_bps", "gpufleet_host_network_receive_bytes_per_second", "slow"),
+    ("net_tx_bps", "gpufleet_host_network_transmit_bytes_per_second", "slow"),
+    ("uptime_s", "gpufleet_host_uptime_seconds", "slow"),
+)
+_STATE_LABELS: Final = "Hostname, state, pool, reason, who"
+_AGENT_LABELS: Final = (
+    "Hostname, version, protocol, backend, driver_version, cuda_version, scheduler"
+)
+_GPU_IDS: Final = "Hostname, gpu, UUID, modelName, pci_bus_id"
+
+
+def _queries() -> tuple[PromQuery, ...]:
+    out = [
+        # When each node's agent sampled (its clock), and when Prometheus scraped it (its own).
+        PromQuery("sample_ts", _node("gpufleet_sample_timestamp_seconds"), "fast"),
+        PromQuery(
+            "scraped",
+            "max by (Hostname) (timestamp(gpufleet_sample_timestamp_seconds))",
+            "fast",
+        ),
+        PromQuery("fresh", _node("gpufleet_sample_fresh"), "fast"),
+        PromQuery("state", f"max by ({_STATE_LABELS}) (gpufleet_node_state_info)", "fast"),
+        PromQuery("since", _node("gpufleet_node_state_since_timestamp_seconds"), "fast"),
+        PromQuery("lost", _gpu("gpufleet_gpu_lost"), "fast"),
+        PromQuery(
+            "reasons",
+            "max by (Hostname, gpu, reason) (gpufleet_gpu_clock_event_active) > 0",
+            "fast",
+        ),
+        PromQuery("xid_ts", _gpu("gpufleet_gpu_last_xid_timestamp_seconds"), "fast"),
+        PromQuery("interval", _node("gpufleet_sample_interval_seconds"), "slow"),
+        PromQuery("agent", f"max by ({_AGENT_LABELS}) (gpufleet_agent_info)", "slow"),
+        # The one per-GPU series an agent always serves, fresh or not, lost or not.
+        PromQuery("ids", f"max by ({_GPU_IDS}) (DCGM_FI_DEV_XID_ERRORS)", "slow"),
+    ]
+    out += [PromQuery(m, _gpu(m), cadence) for _, m, _, cadence in GPU_READINGS]
+    for _, m in GPU_ALERTING:
+        out.append(PromQuery(f"{m}>0", _gpu(m, " > 0"), "fast"))
+        out.append(PromQuery(m, _gpu(m), "slow"))
+    out += [PromQuery(m, _gpu(m), "slow") for _, m, _ in GPU_LIMITS]
+    out += [PromQuery(m, _node(m), cadence) for _, m, cadence in HOST_READINGS]
+    return tuple(out)
+
+
+QUERIES: Final = _queries()
+
+
+@dataclass(slots=True)
+class PromNode:
+    """One node as Prometheus has it, in the model's frames."""
+
+    hostname: str  # the exporter's Hostname label: the agent's node name
+    scraped: float  # Prometheus' clock: when it last scraped the node
+    sample_ts: float | None  # the agent's clock: when it took the newest sample
+    inventory: Inventory
+    #: The newest sample, or None when the agent withholds its readings (sampling stalled).
+    sample: Sample | None
+    interval: float | None  # the agent's sampling interval
+    agent: tuple[str, str] | None  # (software, protocol)
+    xids: list[Event] = field(default_factory=list)
+
+
+def _series(vec: Vector | None) -> list[tuple[dict[str, str], float]]:
+    return [] if vec is None else vec.series
+
+
+def _by_node(vec: Vector | None) -> dict[str, float]:
+    return {} if vec is None else {m.get("Hostname", ""): v for m, v in vec.series}
+
+
+def _by_gpu(vec: Vector | None) -> dict[tuple[str, int], float]:
+    out: dict[tuple[str, int], float] = {}
+    for labels, value in vec.series if vec is not None else ():
+        gpu = labels.get("gpu", "")
+        if gpu.isdigit():
+            out[labels.get("Hostname", ""), int(gpu)] = value
+    return out
+
+
+def _int(value: float | None, scale: float = 1) -> int | None:
+    return None if value is None else round(value * scale)
+
+
+def nodes_from(vectors: Mapping[str, Vector]) -> dict[str, PromNode]:
+    """Every node Prometheus has a sample time for, by its Hostname label."""
+    scraped = _by_node(vectors.get("scraped"))
+    sample_ts = _by_node(vectors.get("sample_ts"))
+    fresh = _by_node(vectors.get("fresh"))
+    since = _by_node(vectors.get("since"))
+    interval = _by_node(vectors.get("interval"))
+    states = _states(vectors.get("state"), since)
+    agents = _agents(vectors.get("agent"))
+    host = {key: _by_node(vectors.get(m)) for key, m, _ in HOST_READINGS}
+
+    # Per GPU, every reading keyed by (host, gpu); the GPUs a node has are those with any.
+    readings = {f: (_by_gpu(vectors.get(m)), scale) for f, m, scale, _ in GPU_READINGS}
+    limits = {f: (_by_gpu(vectors.get(m)), scale) for f, m, scale in GPU_LIMITS}
+    alerting = {
+        f: (_by_gpu(vectors.get(f"{m}>0")), _by_gpu(vectors.get(m))) for f, m in GPU_ALERTING
+    }
+    lost = _by_gpu(vectors.get("lost"))
+    xid_ts = _by_gpu(vectors.get("xid_ts"))
+    reasons: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for labels, _ in _series(vectors.get("reasons")):
+        gpu = labels.get("gpu", "")
+        if gpu.isdigit() and labels.get("reason"):
+            reasons[labels.get("Hostname", ""), int(gpu)].append(labels["reason"])
+    ids: dict[tuple[str, int], dict[str, str]] = {}
+    for labels, _ in _series(vectors.get("ids")):
+        gpu = labels.get("gpu", "")
+        if gpu.isdigit():
+            ids[labels.get("Hostname", ""), int(gpu)] = labels
+    gpus: dict[str, set[int]] = defaultdict(set)
+    keys: list[Iterable[tuple[str, int]]] = [lost, ids, *(r for r, _ in readings.values())]
+    for source in keys:
+        for name, index in source:
+            gpus[name].add(index)
+
+    out = {}
+    for name, at in scraped.items():
+        ts = sample_ts.get(name)
+        infos, gpu_readings, xids = [], [], []
+        for index in sorted(gpus.get(name, ())):
+            key = (name, index)
+            labels = ids.get(key, {})
+            limit: dict[str, Any] = {
+                f: _int(vals.get(key), scale) for f, (vals, scale) in limits.items()
+            }
+            infos.append(
+                GpuInfo(
+                    index=index,
+                    uuid=labels.get("UUID") or None,
+                    name=labels.get("modelName") or None,
+                    pci_bus_id=labels.get("pci_bus_id") or None,
+                    memory_total=_int(readings["mem_total"][0].get(key), MIB),
+                    **limit,
+                )
+            )
+            alerts: dict[str, int | None] = {}
+            for f, (nonzero, every) in alerting.items():
+                alerts[f] = _int(nonzero[key]) if key in nonzero else 0 if key in every else None
+            xid, when = alerts["xid"], xid_ts.get(key)
+            if xid and when is not None:
+                xids.append(
+                    Event(seq=0, ts=when, kind="xid", gpu=index, xid=xid,
+                          message=f"GPU {index}: XID {xid}", replay=True)
+                )  # fmt: skip
+            if lost.get(key):
+                gpu_readings.append(GpuReading(index=index, lost=True))
+                continue
+            values: dict[str, Any] = {
+                f: _int(vals.get(key), scale) for f, (vals, scale) in readings.items()
+            }
+            pending, failure = alerts["remap_pending"], values.pop("remap_failure")
+            gpu_readings.append(
+                GpuReading(
+                    index=index,
+                    clock_reasons=sorted(reasons.get(key, [])),
+                    ecc_uncorrected_volatile=alerts["ecc_uncorrected_volatile"],
+                    remap_pending=None if pending is None else bool(pending),
+                    remap_failure=None if failure is None else bool(failure),
+                    **values,
+                )
+            )
+        h = {k: v.get(name) for k, v in host.items()}
+        agent = agents.get(name, {})
+        inventory = Inventory(
+            node=name,
+            backend=_backend(agent.get("backend")),
+            driver_version=agent.get("driver_version") or None,
+            cuda_version=agent.get("cuda_version") or None,
+            # Kernel, CPUs and boot id are not exported; nothing on screen reads them.
+            host=HostInfo(
+                hostname=name,
+                kernel="",
+                cpu_count=0,
+                memory_total=_int(h["mem_total"]) or 0,
+                boot_id=None,
+            ),
+            gpus=infos,
+            state=states.get(name),
+            scheduler=agent.get("scheduler") or None,
+        )
+        sample = None
+        if ts is not None and fresh.get(name, 0) >= 1:
+            sample = Sample(seq=0, ts=ts, host=_host(h), gpus=gpu_readings)
+        software = agent.get("version")
+        out[name] = PromNode(
+            hostname=name,
+            scraped=at,
+            sample_ts=ts,
+            inventory=inventory,
+            sample=sample,
+            interval=interval.get(name),
+            agent=(f"gpufleet-agent {software}", agent.get("protocol", "?")) if software else None,
+            xids=xids,
+        )
+    return out
+
+
+def _states(vec: Vector | None, since: Mapping[str, float]) -> dict[str, NodeState]:
+    out = {}
+    for labels, _ in vec.series if vec is not None else ():
+        name, ops = labels.get("Hostname", ""), _OPS.get(labels.get("state", ""))
+        if ops is None:
+            continue
+        out[name] = NodeState(
+            state=ops,
+            pool=labels.get("pool") or None,
+            reason=labels.get("reason") or None,
+            who=labels.get("who") or None,
+            since=since.get(name),
+        )
+    return out
+
+
+def _agents(vec: Vector | None) -> dict[str, dict[str, str]]:
+    return {m.get("Hostname", ""): m for m, _ in (vec.series if vec is not None else ())}
+
+
+def _backend(text: str | None) -> Literal["nvml", "sim", "none"]:
+    return "nvml" if text == "nvml" else "sim" if text == "sim" else "none"
+
+
+def _host(h: Mapping[str, float | None]) -> HostReading:
+    """The exported host readings. The protocol's counts of bytes and seconds are not
+    optional; when Prometheus lacks one (an older agent) it reads 0 here, which only the
+    node view's host line shows."""
+    load = (h["load1"], h["load5"], h["load15"])
+    return HostReading(
+        cpu_percent=h["cpu_percent"],
+        cpu_per_core=None,
+        load=None if None in load else (load[0] or 0.0, load[1] or 0.0, load[2] or 0.0),
+        mem_total=_int(h["mem_total"]) or 0,
+        mem_used=_int(h["mem_used"]) or 0,
+        mem_available=_int(h["mem_available"]) or 0,
+        swap_total=_int(h["swap_total"]) or 0,
+        swap_used=_int(h["swap_used"]) or 0,
+        disk_read_bps=h["disk_read_bps"],
+        disk_write_bps=h["disk_write_bps"],
+        net_rx_bps=h["net_rx_bps"],
+        net_tx_bps=h["net_tx_bps"],
+        uptime_s=h["uptime_s"] or 0.0,
+        boot_id=None,
+    )

@@ -1,0 +1,33 @@
+"""Prometheus' answers as the real server gave them (tests/fixtures/prometheus/answers.json,
+recorded as tests/unit/test_promsource.py says), served without a server: for the tests of the
+console's Prometheus source that are about the console, not the server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from console.prometheus import PromError, Vector, decode_vector
+from console.promview import QUERIES
+from tests.conftest import FIXTURES
+
+ANSWERS: dict[str, Any] = json.loads((FIXTURES / "prometheus" / "answers.json").read_text())
+KEYS = {q.expr: q.key for q in QUERIES}
+
+
+class Recorded:
+    """Answers as the server gave them, less the series of ``gone`` hosts; or a fault."""
+
+    def __init__(self) -> None:
+        self.gone: set[str] = set()
+        self.fault: str | None = None
+        self.asked = 0
+
+    def query(self, expr: str, at: float | None = None) -> Vector:
+        self.asked += 1
+        if self.fault is not None:
+            raise PromError(self.fault)
+        doc = json.loads(json.dumps(ANSWERS[KEYS[expr]]))
+        result = doc["data"]["result"]
+        doc["data"]["result"] = [s for s in result if s["metric"]["Hostname"] not in self.gone]
+        return decode_vector(json.dumps(doc).encode(), expr)

@@ -1,0 +1,72 @@
+"""The fleet screen says which source its rows come from and how old their data is, and
+shows the source's own fault (Prometheus unreachable) without ending anything. Prometheus'
+answers are the recorded ones (tests/fakes/prometheus.py); the model and the screen are real,
+and the live server is in tests/integration/test_promsource.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from console.inventory import parse_inventory
+from console.promsource import PromSource
+from console.tui.app import FleetApp
+from console.tui.fleet_view import FleetScreen
+from console.tui.text_line import TextLine
+from tests.fakes.prometheus import Recorded
+from tests.tui.fleetdata import Clock, Requests, SimFleet
+
+pytestmark = pytest.mark.tui
+URL = "http://prom.example:9090"
+INVENTORY = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[01-03]"\n'
+
+
+class HandPolled(PromSource):
+    """Polled by the test, on the test's clock."""
+
+    def start(self) -> None:
+        pass
+
+
+async def test_the_screen_shows_the_source_and_the_age_of_its_data() -> None:
+    clock, client = Clock(), Recorded()
+    feed = HandPolled(parse_inventory(INVENTORY, "t").nodes, URL, client=client, monotonic=clock)
+    await feed.poll()
+    app = FleetApp(feed.fleet, feed=feed, requester=Requests(), clock=clock, refresh_s=None)
+    async with app.run_test(size=(160, 45)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        line = screen.query_one("#source", TextLine)
+        age = feed.fleet.nodes["gpu01"].age(clock.now) or 0.0
+        assert line.display
+        assert line.text.startswith(f"source: prometheus {URL} (1 hosts not in the inventory")
+        assert f"data {max(age, feed.fleet.nodes['gpu02'].age(clock.now) or 0):.0f} s old" in (
+            line.text
+        )
+        assert screen.table.cell_text("gpu03", "link").startswith("no_data: not in Prometheus")
+
+        clock.now += 1.0  # a second later, without a new poll: the data is a second older
+        app.refresh_fleet()
+        await pilot.pause()
+        assert "polled 1 s ago" in line.text
+
+        client.fault = f"cannot reach {URL}: connection refused"
+        await feed.poll()
+        app.refresh_fleet()
+        await pilot.pause()
+        assert line.has_class("fault")
+        assert f"FAULT: cannot reach {URL}: connection refused" in line.text
+        assert isinstance(app.screen, FleetScreen), "a fault of the source ends nothing"
+
+        client.fault = None
+        await feed.poll()
+        app.refresh_fleet()
+        await pilot.pause()
+        assert not line.has_class("fault")
+
+
+async def test_no_source_line_without_a_feed() -> None:
+    """Tests (and the snapshots) that feed the model by hand show no source line."""
+    sim = SimFleet()
+    app = FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
+    async with app.run_test(size=(160, 45)):
+        assert not app.screen.query_one("#source", TextLine).display

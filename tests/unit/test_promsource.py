@@ -1,0 +1,205 @@
+"""The Prometheus source without a server: query answers into the model's frames, and the
+source's rules (inventory decides, vanished series, a faulty server) on the real model.
+
+``tests/fixtures/prometheus/answers.json`` was recorded from the real server: Debian's
+Prometheus 2.42 scraping three real agents (simulated GPUs, ``--seed 3``, ``[metrics]`` on)
+every second, gpu02 drained ("HBM errors", ``--timeout 0``), gpu01's GPU 1 given an XID 79
+(which loses it) and its GPU 0 overheated, and "stranger", which no inventory here names; every
+query of ``console.promview.QUERIES`` asked at one evaluation time. The same path runs against
+the live server in tests/integration/test_promsource.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from console.inventory import parse_inventory
+from console.prometheus import PromClient, PromError, Vector, decode_vector
+from console.promsource import NameIndex, PromSource
+from console.promview import MIB, QUERIES, nodes_from
+from console.source import SSH, SourceError, SourceSpec, parse_source
+from tests.fakes.prometheus import ANSWERS, Recorded
+
+URL = "http://prom.example:9090"
+#: gpu03: not in Prometheus.
+INVENTORY = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[01-03]"\n'
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def vectors() -> dict[str, Vector]:
+    return {k: decode_vector(json.dumps(v).encode(), k) for k, v in ANSWERS.items()}
+
+
+def source(client: Recorded, clock: Clock) -> PromSource:
+    nodes = parse_inventory(INVENTORY, "test").nodes
+    return PromSource(nodes, URL, client=client, monotonic=clock)
+
+
+def link_of(src: PromSource, node: str) -> str:
+    return src.fleet.nodes[node].link
+
+
+def test_sources_parse_and_bad_ones_are_named() -> None:
+    assert parse_source("ssh") == SSH
+    assert parse_source("prometheus=http://10.0.0.5:9090/") == SourceSpec(
+        "prometheus", "http://10.0.0.5:9090"
+    )
+    assert parse_source("prometheus=https://prom.site/sub").url == "https://prom.site/sub"
+    for bad, said in [
+        ("", "expected ssh or prometheus=http://HOST:PORT"),
+        ("ssh=x", "expected ssh or prometheus"),
+        ("prometheus", "prometheus needs a URL"),
+        ("prometheus=", "prometheus needs a URL"),
+        ("prometheus=10.0.0.5:9090", "expected ssh or prometheus=http://HOST:PORT"),
+        ("prometheus=http://h:port", "bad port in the URL"),
+        ("prometheus=http://h:9090/?q=1", "expected ssh"),
+    ]:
+        with pytest.raises(SourceError, match="--source") as caught:
+            parse_source(bad)
+        assert said in str(caught.value)
+
+
+def test_recorded_answers_become_the_frames_an_agent_would_send() -> None:
+    nodes = nodes_from(vectors())
+    assert set(nodes) == {"gpu01", "gpu02", "stranger"}
+    one, two = nodes["gpu01"], nodes["gpu02"]
+    assert one.agent == ("gpufleet-agent 0.1.0", "1.4")
+    assert one.interval == 0.5
+    inv = one.inventory
+    assert (inv.backend, inv.driver_version, inv.scheduler) == ("sim", "580.159.04", "none")
+    assert [g.uuid for g in inv.gpus] == [
+        "GPU-b879e1a0-3642-8ad3-af43-82b4df9659f0",
+        "GPU-6b90cc82-097d-007c-4e5c-a7b2d02d93fc",
+    ]
+    gpu0 = inv.gpus[0]
+    assert (gpu0.name, gpu0.pci_bus_id) == ("NVIDIA H100 80GB HBM3", "00000000:18:00.0")
+    assert (gpu0.memory_total, gpu0.power_limit_mw, gpu0.temp_slowdown_c) == (
+        81559 * MIB, 700_000, 89,
+    )  # fmt: skip
+    assert one.sample is not None
+    hot, lost = one.sample.gpus
+    assert lost.lost and lost.util_gpu is None, "a lost GPU reads nothing, never 0"
+    assert hot.temp_c == 92
+    assert {"hw_thermal_slowdown", "sw_thermal_slowdown"} <= set(hot.clock_reasons or ())
+    assert hot.power_mw is not None and hot.power_mw % 1 == 0 and hot.power_mw > 100_000
+    assert hot.mem_used is not None and hot.mem_used % MIB == 0
+    assert (hot.ecc_uncorrected_volatile, hot.remap_pending) == (0, False), "0 where known"
+    [xid] = one.xids
+    assert (xid.kind, xid.gpu, xid.xid, xid.replay) == ("xid", 1, 79, True)
+    assert two.inventory.state is not None
+    state = two.inventory.state
+    assert (state.state, state.reason, state.who) == ("drained", "HBM errors", "root")
+    assert state.since is not None
+    assert one.sample.host.mem_total > 0 and one.sample.host.load is not None
+
+
+async def test_the_model_fed_from_prometheus() -> None:
+    client, clock = Recorded(), Clock()
+    src = source(client, clock)
+    await src.poll()
+    fleet = src.fleet
+    one, two, three = (fleet.nodes[n] for n in ("gpu01", "gpu02", "gpu03"))
+    assert (one.link, two.link) == ("live", "live")
+    assert three.link == "no_data"
+    assert three.link_reason.startswith("not in Prometheus: no gpufleet series with Hostname=gpu03")
+    assert src.unknown == {"stranger"}, "not in the inventory: ignored, and counted"
+    kinds = {a.kind for a in one.alerts}
+    assert {"xid", "gpu_lost", "temperature", "slowdown"} <= kinds
+    assert two.state is not None and two.state.state == "drained"
+    # The age: since Prometheus scraped it, plus the sample's age then.
+    at = ANSWERS["sample_ts"]["data"]["result"][0]["value"][0]
+    scraped = {s["metric"]["Hostname"]: s["value"][1] for s in ANSWERS["scraped"]["data"]["result"]}
+    ts = {s["metric"]["Hostname"]: s["value"][1] for s in ANSWERS["sample_ts"]["data"]["result"]}
+    expect = at - float(ts["gpu01"])
+    assert float(scraped["gpu01"]) >= float(ts["gpu01"])
+    assert one.age(clock.now) == pytest.approx(expect, abs=1e-6)
+    status = src.status(clock.now)
+    assert status.fault is None
+    assert status.line() == (
+        f"source: prometheus {URL} (1 hosts not in the inventory, ignored) · "
+        f"data {max(one.age(clock.now) or 0, two.age(clock.now) or 0):.0f} s old · "
+        "polled 0 s ago"
+    )
+
+    # The same answer again: nothing new to apply (no second sample, no second XID).
+    events = len(one.events)
+    await src.poll()
+    assert len(one.history) == 1 and len(one.events) == events
+    assert one.link == "live"
+
+
+async def test_a_node_whose_series_leave_goes_stale_then_no_data() -> None:
+    client, clock = Recorded(), Clock()
+    src = source(client, clock)
+    await src.poll()
+    client.gone = {"gpu01"}
+    clock.now += 1
+    await src.poll()
+    view = src.fleet.nodes["gpu01"]
+    assert link_of(src, "gpu01") == "stale", "a restart's scrape or two missing does not page"
+    clock.now += 3 * view.interval + 1
+    src.fleet.tick(clock.now)
+    assert link_of(src, "gpu01") == "no_data"
+    assert "its series left Prometheus" in view.link_reason
+    client.gone = set()
+    await src.poll()  # the same old sample again: still nothing new from it
+    assert link_of(src, "gpu01") == "no_data"
+
+
+async def test_prometheus_failing_is_a_fault_of_the_source_shown_and_not_fatal() -> None:
+    client, clock = Recorded(), Clock()
+    src = source(client, clock)
+    await src.poll()
+    client.fault = f"cannot reach {URL}: connection refused"
+    clock.now += 2
+    await src.poll()
+    status = src.status(clock.now)
+    assert status.fault == client.fault
+    assert f"FAULT: cannot reach {URL}: connection refused" in status.line()
+    assert "polled 2 s ago" in status.line()
+    view = src.fleet.nodes["gpu02"]
+    assert link_of(src, "gpu02") == "stale"
+    clock.now += 3 * view.interval + 1
+    src.fleet.tick(clock.now)
+    assert link_of(src, "gpu02") == "unreachable"
+    assert view.link_reason == f"Prometheus: cannot reach {URL}: connection refused"
+    client.fault = None
+    await src.poll()
+    assert src.status(clock.now).fault is None
+
+
+def test_an_unreachable_server_is_one_line() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: refused
+        with pytest.raises(PromError) as caught:
+            PromClient(f"http://127.0.0.1:{port}", timeout=5).query("up")
+    assert str(caught.value) == f"cannot reach http://127.0.0.1:{port}: connection refused"
+
+
+def test_hostnames_match_inventory_names_with_or_without_the_domain() -> None:
+    nodes = parse_inventory(
+        '[[group]]\nname = "g"\nnodes = "gpu01.dc1,gpu02,gpu03.dc1,gpu03.dc2"\n', "t"
+    ).nodes
+    names = NameIndex(nodes)
+    assert names.get("gpu01.dc1") == "gpu01.dc1"
+    assert names.get("gpu01") == "gpu01.dc1"
+    assert names.get("gpu02.dc1") == "gpu02"
+    assert names.get("gpu03") is None, "two inventory nodes share the short name: no guess"
+    assert names.get("gpu04") is None
+
+
+def test_the_whole_fleet_is_read_with_one_query_per_metric(tmp_path: Path) -> None:
+    assert len(QUERIES) == len({q.key for q in QUERIES})
+    assert all("Hostname" in q.expr for q in QUERIES), "joined by node, never one per node"
