@@ -21,9 +21,11 @@ import msgspec
 
 from agents.commands import CommandFailed
 from agents.config import AgentConfig
+from agents.exporter import MetricsExporter
 from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
 from agents.kube import KubeScheduler
+from agents.metrics import MetricsCollector
 from agents.protocol import Event, EventKind, HostInfo, Inventory, NodeState, Sample
 from agents.requests import RequestHandler
 from agents.sampler import Sampler, inventory_frame
@@ -154,6 +156,19 @@ class Agent:
             handler=self.handler,
             interval=a.interval,
         )
+        self.metrics: MetricsExporter | None = None
+        listen = config.metrics_listen
+        if listen is not None:  # opt-in: /metrics from what the agent already holds
+            collector = MetricsCollector(
+                node=self.node,
+                latest=lambda: self.sampler.latest,
+                gpus=self.backend.inventory,
+                state=lambda: self.state,
+                interval=a.interval,
+                scheduler=self.scheduler.kind,
+                clock=clock,
+            )
+            self.metrics = MetricsExporter(listen, collector)
         self._worker = Worker("sample")
         self._reading_since: float | None = None  # loop time the current read began
         self._slow_stop = threading.Event()
@@ -292,6 +307,8 @@ class Agent:
     def _emit(self, event: Event) -> None:
         log.warning("event: %s", event.message)
         self.server.publish(event)
+        if self.metrics is not None:
+            self.metrics.collector.saw_event(event)
         if event.kind == "gpu_back":  # its static facts were re-read: let clients see them
             self.server.publish(self.inventory())
 
@@ -309,6 +326,8 @@ class Agent:
             # sample at once, and is the baseline later readings' events are measured from.
             await self._read(stop)
             await self.server.start()
+            if self.metrics is not None:
+                self.metrics.start()
             inv = self.backend.inventory()
             summary = (
                 f"{self.node}: {len(inv.gpus)} GPU(s) via {inv.backend}, on {self.server.path}"
@@ -351,6 +370,8 @@ class Agent:
             self.scheduler.close()
             self.notifier.stopping()
             await self.server.close()
+            if self.metrics is not None:
+                await asyncio.to_thread(self.metrics.close)
             self._slow_stop.set()
             if self._slow_thread.is_alive():  # let a slow read finish before NVML shuts down
                 await asyncio.to_thread(self._slow_thread.join, SLOW_JOIN_SECONDS)

@@ -65,6 +65,10 @@ class LinkOptions:
     connect_timeout: float = 10.0
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    #: While the node's sshd answers and only its agent does not (stopped, restarting), the
+    #: agent is asked again this often (x 0.5 to 1.5, jitter), on the SSH connection already
+    #: open, with no backoff: see ``NodeLink._session``.
+    agent_retry: float = 1.5
     #: The agent's buffered samples on connecting (the screen's sparklines). One-shot
     #: commands turn it off: at 200 nodes a full 15-minute buffer each is ~730 MB to decode.
     history: bool = True
@@ -123,6 +127,11 @@ class LinkFailure(Exception):
         super().__init__(reason)
         self.state = state
         self.reason = reason
+
+
+class AgentRefused(LinkFailure):
+    """The agent is there and ended the session itself, saying why (busy, too slow, a
+    refusal): the link backs off before asking again, rather than retrying at once."""
 
 
 class HostKeyPolicy(asyncssh.SSHClient):
@@ -336,73 +345,118 @@ class NodeLink:
             )
 
     async def _session(self) -> None:
-        name = self.entry.name
-        async with await self._connect() as conn:
-            frames, writer = await self._open(conn)
-            wait = self.options.connect_timeout
-            try:
-                async with asyncio.timeout(wait):  # a mute agent is as good as down
-                    first = await frames.next()
-            except TimeoutError:
-                raise LinkFailure("agent_down", f"the agent said nothing in {wait:g} s") from None
-            if not isinstance(first, Hello):
-                raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
-            check_version(first)
-            self.agent_proto = parse_version(first.proto)
-            self.fleet.set_agent(name, first.software, first.proto, first.interval_s)
-            hello = Hello(
-                proto=PROTOCOL_VERSION,
-                software=f"gpufleet {__version__}",
-                peer="console",
-                history=self.options.history,
-            )
-            writer.write(encode(hello))
-            self.sessions += 1
-            self._writer = writer
-            why = "the session ended"
-            pace = _Pace(first.interval_s)
-            try:
-                try:  # a stalled agent greets and then says nothing: that is down, not slow
-                    async with asyncio.timeout(wait):
-                        frame = await frames.next()
-                except TimeoutError:
-                    raise LinkFailure(
-                        "agent_down", f"the agent sent nothing after its hello in {wait:g} s"
-                    ) from None
-                while True:
-                    if isinstance(frame, Sample) and not frame.replay:
-                        await pace.one()  # a flooding agent is read at its own pace, no faster
-                    if isinstance(frame, Inventory | Sample | Event):
-                        self.fleet.apply(name, frame, self._now())
-                    elif isinstance(frame, Response):
-                        answer = self._pending.get(frame.id)
-                        if answer is not None and not answer.done():
-                            answer.set_result(frame)
-                    elif isinstance(frame, Error) and frame.fatal:
-                        # The agent refusing our version is a mismatch (one side to
-                        # upgrade), not an agent that is down.
-                        state: LinkState = (
-                            "protocol_mismatch" if frame.code == "version" else "agent_down"
-                        )
-                        raise LinkFailure(state, f"agent: {frame.message}")
-                    frame = await frames.next()
-            except BaseException as exc:
-                why = str(exc) or type(exc).__name__
-                raise
-            finally:
-                self._end_session(why)
+        """One SSH connection, and on it the agent's sessions one after another.
 
-    async def _open(self, conn: asyncssh.SSHClientConnection) -> tuple[_Frames, Any]:
+        While sshd answers but the agent does not (stopped, restarting under systemd), the
+        agent is asked again every ``agent_retry`` seconds on the connection already open,
+        without backing off: an agent back is live again within about that, not after a
+        backoff grown while it was away. A retry costs a channel open on that connection (no
+        handshake, no MaxStartups slot, no key exchange), and the jitter keeps the links of
+        a fleet whose agents went down together (an upgrade) from asking in step, so even
+        1,000 dead agents cost each node's sshd one small request every second or two.
+        Anything else (the connection lost, a version mismatch, an agent that is there and
+        hung up on us, busy or refusing) ends the connection, and ``run`` backs off."""
+        async with await self._connect() as conn:
+            streamlocal = False  # the agent's socket has answered on this connection
+            while True:
+                reached = self.sessions
+                try:
+                    await self._agent_session(conn, attach=not streamlocal)
+                except Exception as exc:
+                    down = None if conn.is_closed() else self._agent_down(exc)
+                    if down is None:
+                        raise
+                    self.fleet.set_link(self.entry.name, "agent_down", down, self._now())
+                    log.info("%s: agent_down: %s (asking again)", self.entry.name, down)
+                # Once streamlocal has worked here, a refusal means the socket is not there:
+                # no attach to run on the node every retry, only to be told the same.
+                streamlocal = streamlocal or (self.sessions > reached and not self.via_attach)
+                jitter = random.uniform(0.5, 1.5)  # noqa: S311
+                await asyncio.sleep(self.options.agent_retry * jitter)
+
+    def _agent_down(self, exc: Exception) -> str | None:
+        """Why the agent is not there (its socket refused, its stream ended, silent,
+        garbled), or None for anything else, an agent that hung up on us included. The
+        reason alone comes back: keeping ``exc`` while waiting would keep its traceback, and
+        the ended session in it."""
+        if isinstance(exc, AgentRefused):
+            return None
+        failure = classify(exc, self.entry)
+        return failure.reason if failure.state == "agent_down" else None
+
+    async def _agent_session(self, conn: asyncssh.SSHClientConnection, attach: bool) -> None:
+        """One session with the agent on an open SSH connection, until it ends (it raises)."""
+        name = self.entry.name
+        frames, writer = await self._open(conn, attach)
+        wait = self.options.connect_timeout
+        try:
+            async with asyncio.timeout(wait):  # a mute agent is as good as down
+                first = await frames.next()
+        except TimeoutError:
+            raise LinkFailure("agent_down", f"the agent said nothing in {wait:g} s") from None
+        if not isinstance(first, Hello):
+            raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
+        check_version(first)
+        self.agent_proto = parse_version(first.proto)
+        self.fleet.set_agent(name, first.software, first.proto, first.interval_s)
+        hello = Hello(
+            proto=PROTOCOL_VERSION,
+            software=f"gpufleet {__version__}",
+            peer="console",
+            history=self.options.history,
+        )
+        writer.write(encode(hello))
+        self.sessions += 1
+        self._writer = writer
+        why = "the session ended"
+        pace = _Pace(first.interval_s)
+        try:
+            try:  # a stalled agent greets and then says nothing: that is down, not slow
+                async with asyncio.timeout(wait):
+                    frame = await frames.next()
+            except TimeoutError:
+                raise LinkFailure(
+                    "agent_down", f"the agent sent nothing after its hello in {wait:g} s"
+                ) from None
+            while True:
+                if isinstance(frame, Sample) and not frame.replay:
+                    await pace.one()  # a flooding agent is read at its own pace, no faster
+                if isinstance(frame, Inventory | Sample | Event):
+                    self.fleet.apply(name, frame, self._now())
+                elif isinstance(frame, Response):
+                    answer = self._pending.get(frame.id)
+                    if answer is not None and not answer.done():
+                        answer.set_result(frame)
+                elif isinstance(frame, Error) and frame.fatal:
+                    # The agent refusing our version is a mismatch (one side to
+                    # upgrade), not an agent that is down.
+                    state: LinkState = (
+                        "protocol_mismatch" if frame.code == "version" else "agent_down"
+                    )
+                    raise AgentRefused(state, f"agent: {frame.message}")
+                frame = await frames.next()
+        except BaseException as exc:
+            why = str(exc) or type(exc).__name__
+            raise
+        finally:
+            self._end_session(why)
+
+    async def _open(
+        self, conn: asyncssh.SSHClientConnection, attach: bool = True
+    ) -> tuple[_Frames, Any]:
         """A direct-streamlocal channel to the agent's socket, or else ``gpufleet-agent
         attach`` run on the node, which bridges its stdin/stdout to the same socket (the agent
         sees the same peer either way). OpenSSH answers "open failed" alike for forwarding
         that is forbidden (AllowStreamLocalForwarding no) and for a socket that is not there,
-        so any refusal tries attach, and attach's own words say which it was."""
+        so any refusal tries attach (unless ``attach`` is off), and attach's own words say
+        which it was."""
         try:
             reader, writer = await conn.open_unix_connection(self.entry.socket)
             self.via_attach = False
             return _Frames(reader), writer
         except asyncssh.ChannelOpenError as exc:
+            if not attach:
+                raise
             refused = exc.reason
         # An SSH exec request is a string the remote shell parses: quote what we add to it.
         command = f"{self.options.attach_command} --socket {shlex.quote(self.entry.socket)}"

@@ -20,7 +20,7 @@ from agents.client import AgentClient
 from agents.protocol import Response, Sample
 from agents.store import AuditLog
 from console.actions import run_action
-from console.fleet import FleetState
+from console.fleet import FleetState, LinkState
 from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
 from console.link import PACE_BURST, PACE_FACTOR, LinkOptions, NodeLink, NotDelivered
@@ -487,6 +487,46 @@ async def test_accept_new_refuses_a_revoked_key(
     try:
         await until(lambda: run.view.link == "hostkey_changed", "refused")
         assert sshd.known_hosts.read_text() == f"@revoked * {key}\n"
+    finally:
+        await run.stop()
+
+
+async def test_an_agent_back_is_live_within_the_agent_retry_however_long_it_was_away(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the agent down, sshd answering: the link asks the agent again every
+    ``agent_retry`` seconds (jittered, x 0.5 to 1.5) on the SSH connection it has, without
+    backing off, so once the agent is back the node is live within the longest of those
+    waits plus a session's start, and no retry costs an SSH handshake. (Before, the retries
+    backed off from 1 s: after four failed tries the next came 8 to 24 s later.)"""
+    agent = agent_factory(*FAST).start()
+    opts = options(sshd, backoff_initial=1.0, backoff_max=60.0)  # the defaults
+    run = Running(entry(sshd, agent.socket), opts)
+    tries: list[str] = []
+    connects: list[int] = []
+    set_link, connect = run.fleet.set_link, run.link._connect
+
+    def noted(node: str, link: LinkState, reason: str, now: float) -> None:
+        if link == "agent_down":
+            tries.append(reason)
+        set_link(node, link, reason, now)
+
+    async def counted() -> asyncssh.SSHClientConnection:
+        connects.append(1)
+        return await connect()
+
+    monkeypatch.setattr(run.fleet, "set_link", noted)
+    monkeypatch.setattr(run.link, "_connect", counted)
+    try:
+        await until(lambda: run.view.link == "live", "live")
+        agent.stop(signal.SIGKILL)
+        await until(lambda: len(tries) >= 4, "four tries at the stopped agent", limit=30)
+        await asyncio.to_thread(agent.start)
+        # The longest wait between tries, then a channel, the hellos and a live sample.
+        bound = opts.agent_retry * 1.5 + 2.0
+        await until(lambda: run.view.link == "live", "live again", limit=bound)
+        assert len(connects) == 1, "every try rode the one SSH connection"
+        assert all("no agent at" in why for why in tries[1:]), tries
     finally:
         await run.stop()
 
