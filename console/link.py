@@ -242,6 +242,7 @@ class NodeLink:
         self._via = via
         self._now = monotonic
         self.sessions = 0  # sessions that reached the agent (for tests and the soak)
+        self.ended = 0  # ... and of those, the ones over (console.heap counts them)
         self.via_attach = False  # the last session used `gpufleet-agent attach`
         self._identity = os.path.expanduser(entry.identity) if entry.identity else None
         self._known_hosts = Path(entry.known_hosts or options.known_hosts).expanduser()
@@ -288,6 +289,7 @@ class NodeLink:
             self._pending.pop(ident, None)
 
     def _end_session(self, why: str) -> None:
+        self.ended += 1
         self._writer = None
         pending, self._pending = self._pending, {}
         for answer in pending.values():
@@ -310,13 +312,20 @@ class NodeLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is a link state, never a crash
-                failure = classify(exc, self.entry, self._policy.verdict if self._policy else None)
-                self.fleet.set_link(self.entry.name, failure.state, failure.reason, self._now())
-                log.info("%s: %s: %s", self.entry.name, failure.state, failure.reason)
+                self._failed(exc)
             if self.sessions > reached:
                 delay = self.options.backoff_initial  # this session worked: start over gently
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
             delay = min(self.options.backoff_max, delay * 2)
+
+    def _failed(self, exc: Exception) -> None:
+        """Report a session's end. A method of its own so that nothing in ``run`` keeps the
+        failure once reported: a ``LinkFailure`` raised inside the session carries its
+        traceback, whose frames hold the ended session's connection and channel, which a
+        local variable in ``run`` would keep alive until the next failure."""
+        failure = classify(exc, self.entry, self._policy.verdict if self._policy else None)
+        self.fleet.set_link(self.entry.name, failure.state, failure.reason, self._now())
+        log.info("%s: %s: %s", self.entry.name, failure.state, failure.reason)
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         e, o = self.entry, self.options
