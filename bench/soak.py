@@ -111,6 +111,7 @@ from console.actions import Verb, pools, run_action
 from console.demo import DemoFleet, demo_fleet
 from console.fleet import FleetState, LinkState
 from console.fleetlinks import FleetLinks
+from console.heap import HeapFreezer
 from console.inventory import NodeEntry, load_inventory
 from console.link import LinkOptions, NotDelivered
 from console.operate import build
@@ -595,6 +596,7 @@ class Soak:
         self.fleet = SoakFleet(entries)
         self.links = SoakLinks(entries, LinkOptions(ssh_config=[]), self.fleet)  # the screen's
         self.rows = RowCache(self.fleet)
+        self.freezer = HeapFreezer(self.fleet, self.links.links)  # as FleetApp's
         self.stopping = asyncio.Event()
         self.down: set[str] = set()  # agents stopped right now
         self.restarts: list[Restart] = []
@@ -607,7 +609,7 @@ class Soak:
         self.t0 = math.nan
         self.wall0 = math.nan
         self.blocks0 = 0
-        self.heap: dict[str, int] = {}
+        self.heap: dict[str, int | float] = {}
 
     def rng(self, what: str) -> random.Random:
         return random.Random(f"{self.plan.seed}/{what}")
@@ -624,10 +626,13 @@ class Soak:
     # -- the screen's refresh, without drawing ------------------------------------------------
 
     async def screen(self) -> None:
-        """What ``FleetApp.refresh_fleet`` and the fleet view do at 2 Hz: age the model, take
-        the changed nodes, recompute their rows, sort the table, total the fleet."""
+        """What ``FleetApp.refresh_fleet`` and the fleet view do at 2 Hz: freeze the heap when
+        it is time (``console.heap``), age the model, take the changed nodes, recompute their
+        rows, sort the table, total the fleet."""
+        self.rows.update(time.monotonic())  # every row once, as the fleet view does on mount
         while True:
             now = time.monotonic()
+            self.freezer.step()
             self.fleet.tick(now)
             changed = self.fleet.flush()
             self.rows.update(now, changed)
@@ -773,9 +778,8 @@ class Soak:
             if not_live:
                 raise RuntimeError(f"{len(not_live)} nodes never answered, e.g. {not_live[:3]}")
             connect_s = time.monotonic() - began
-            gc.collect()  # as the screen does once every node has answered
+            gc.collect()  # the screen's freezer has frozen the heap by now (once settled)
             self.blocks0 = sys.getallocatedblocks()
-            gc.freeze()
             self.t0, self.wall0 = time.monotonic(), time.time()
             self.fleet.start_window(self.t0)
             self.cpu0 = self._cpu()
@@ -808,6 +812,9 @@ class Soak:
             console_audit = await self.read_audit_over_links()
             await self.memory_row()
             self.heap_at_end()
+            if screen.done():  # it refreshes until cancelled, as the app's does, or says why not
+                screen.result()
+                raise RuntimeError("the screen's refresh stopped")
         finally:
             for task in helpers:
                 task.cancel()
@@ -831,8 +838,8 @@ class Soak:
     def heap_at_end(self) -> None:
         """The console's Python objects at the end, against the start (both after a full
         collection): what it keeps, and the garbage only ``gc.freeze()`` kept (objects frozen
-        at start-up, as the screen freezes them, that became garbage later: the cyclic
-        collector never looks at them again)."""
+        by the screen's freezer, ``console.heap``, that became garbage since its last freeze:
+        the cyclic collector does not look at them until it freezes again)."""
         gc.collect()
         kept = sys.getallocatedblocks()
         gc.unfreeze()
@@ -846,6 +853,8 @@ class Soak:
             "events_held": sum(len(v.events) for v in self.fleet.nodes.values()),
             "alerts_held": len(self.fleet.alert_log),
             "requests_noted_by_the_soak": len(self.links.calls),
+            "freezes": self.freezer.freezes,
+            "longest_freeze_ms": round(1000 * self.freezer.longest_s, 1),
         }
 
     def _cpu(self) -> tuple[float, float]:
@@ -1450,7 +1459,9 @@ def report(results: dict[str, Any]) -> str:
             f"{h['blocks_at_start']} at the start, {h['blocks_at_end']} at the end "
             f"({h['retained_growth']:+d}: {h['events_held']} events and {h['alerts_held']} "
             f"alert records held by the model, {h['requests_noted_by_the_soak']} requests noted "
-            f"by the soak); garbage kept only by gc.freeze(): {h['pinned_by_freeze']} blocks.",
+            f"by the soak); garbage kept only by gc.freeze(): {h['pinned_by_freeze']} blocks "
+            f"(the heap frozen {h.get('freezes', 1)} times, the longest full collection "
+            f"{h.get('longest_freeze_ms', math.nan):.0f} ms).",
         ]
     e = r["errors"]
     cpu = r["cpu_percent"]
