@@ -286,12 +286,19 @@ def render(families: Iterable[Metric]) -> bytes:
     and sorts labels, where dcgm-exporter keeps ``gpu, UUID, ...`` in order. A family without
     samples is left out."""
     out: list[str] = []
+    # The collector hands every series of one GPU the same labels dict: format it once. Keyed
+    # by id(), with the dict kept beside its text so that no other dict can take that id.
+    formatted: dict[int, tuple[dict[str, str], str]] = {}
     for metric in families:
         if not metric.samples:
             continue
         doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {metric.name} {doc}\n# TYPE {metric.name} {metric.type}\n")
         for s in metric.samples:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
+            seen = formatted.get(id(s.labels))
+            if seen is None:
+                text = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
+                seen = formatted[id(s.labels)] = (s.labels, text)
+            labels = seen[1]
             out.append(f"{s.name}{{{labels}}} {_number(s.value)}\n")
     return "".join(out).encode()
