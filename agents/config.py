@@ -40,7 +40,7 @@ class AgentSection(_Section):
     backend: Literal["auto", "nvml", "sim"] = "auto"
     interval: float = 1.0  # seconds between samples
     history: float = 900.0  # seconds of samples kept for new clients
-    slow_interval: float = 5.0  # seconds between the slow reads (energy, PCIe, HBM temp)
+    slow_interval: float = 15.0  # seconds between the slow reads (PCIe; energy at most 1/min)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -205,7 +205,8 @@ class Sampler:
         return event
 
     def slow_tick(self) -> None:
-        """The slow cadence: energy, PCIe and HBM per GPU; swap, disk and network rates."""
+        """The slow cadence: what each backend reads slowly per GPU (energy, PCIe; HBM on the
+        simulator); swap, disk and network rates."""
         self.host.read_slow()
         values = self.backend.read_slow()
         with self._slow_lock:
@@ -220,7 +221,7 @@ class Sampler:
         for r in readings:
             extra = slow.get(r.index)
             if extra and not r.lost:
-                r = msgspec.structs.replace(r, **{k: extra.get(k) for k in SLOW_FIELDS})
+                r = msgspec.structs.replace(r, **{k: extra[k] for k in SLOW_FIELDS if k in extra})
             merged.append(r)
         return merged
 

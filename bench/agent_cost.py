@@ -140,6 +140,7 @@ class AgentProcess:
     root: Path
     gpus: int  # sim only: with nvml the agent samples every GPU the machine has
     backend: str = "sim"
+    config_text: str = ""  # the agent's config file (--agent-config), empty by default
     proc: subprocess.Popen[bytes] | None = None
     served_at: float | None = None  # time.monotonic() when the log said "serving"
 
@@ -176,9 +177,10 @@ class AgentProcess:
             return ""
 
     def start(self, timeout: float = 20.0) -> None:
-        # An empty config file, so a /etc/gpufleet/agent.toml on this host cannot leak in.
+        # An empty config file unless --agent-config names one, so a /etc/gpufleet/agent.toml
+        # on this host cannot leak in.
         config = self.root / "agent.toml"
-        config.write_text("")
+        config.write_text(self.config_text)
         cmd = self.command()
         cmd[4:4] = ["--config", str(config)]
         with self.log_path.open("ab") as log:
@@ -773,6 +775,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--gpus", type=int, default=None, help="simulated GPUs (sim; default 8; nvml ignores it)"
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
+    p.add_argument(
+        "--agent-config",
+        type=Path,
+        default=None,
+        help="the measured agent's config file (default: an empty one, every key at its default)",
+    )
     args = p.parse_args(argv)
     if args.backend == "sim" and args.gpus is None:
         args.gpus = 8
@@ -834,7 +842,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="gf-bench-", dir="/tmp"))  # short: socket paths <= 108
-    agent = AgentProcess(tmp, args.gpus if not nvml else 0, args.backend)
+    config = args.agent_config.read_text() if args.agent_config else ""
+    agent = AgentProcess(tmp, args.gpus if not nvml else 0, args.backend, config)
     nvidia_smi = shutil.which("nvidia-smi") if nvml else None
     spawn: dict[str, dict[str, Any]] = {}
     inventory: Inventory | None = None
@@ -914,6 +923,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "interval": INTERVAL,
             "out": str(args.out),
             "backend": args.backend,
+            "agent_config": config,
         },
         "machine": machine_facts(),
         **({"gpu": _gpu_facts(inventory, nvidia_smi)} if nvml and inventory else {}),

@@ -103,5 +103,6 @@ class NoGpus:
         return None
 
 
-#: Fields of GpuReading that come from ``read_slow``, not from the tick.
+#: Fields of GpuReading that may come from ``read_slow`` rather than the tick: a backend's
+#: ``read_slow`` returns those it reads slowly (NVML reads HBM temperature on the tick).
 SLOW_FIELDS: tuple[str, ...] = ("energy_mj", "pcie_tx_kbs", "pcie_rx_kbs", "temp_mem_c")
