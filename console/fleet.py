@@ -185,9 +185,11 @@ class FleetState:
             if view.after_inventory:
                 view.after_inventory = False
                 if frame.replay:
-                    # A session's inventory is followed by the agent's whole buffer: it
-                    # replaces the history, rather than the console holding it twice.
-                    view.history.clear()
+                    # A session's inventory is followed by the agent's whole buffer: from its
+                    # first sample on it replaces what the console holds, rather than the
+                    # console holding it twice; what is older stays, so an agent restarted
+                    # (upgraded) with an empty buffer does not wipe the sparklines.
+                    view.history.drop_since(frame.ts)
             view.history.append(frame)
             if not frame.replay:
                 view.sample, view.sample_at, view.lost = frame, now, None

@@ -51,6 +51,13 @@ class History:
         self._head = self._count = 0
         self._gpus.clear()
 
+    def drop_since(self, ts: float) -> None:
+        """Forget the newest samples taken at or after ``ts`` (by the agent's clock): what an
+        agent's replay, starting at ``ts``, is about to tell again."""
+        while self._count and self._ts[(self._head - 1) % self.capacity] >= ts:
+            self._head = (self._head - 1) % self.capacity
+            self._count -= 1
+
     def keep_gpus(self, same: dict[int, int]) -> None:
         """Keep the readings of the GPUs in ``same`` (old index to new index), under their
         new index, and forget every other GPU's: an agent's re-read inventory must not wipe

@@ -237,6 +237,42 @@ def test_a_reconnect_replaces_the_history_instead_of_doubling_it(fleet: FleetSta
     assert fleet.nodes["gpu1"].history.seqs() == [s.seq for s in samples]
 
 
+def test_a_reconnect_with_a_longer_buffer_keeps_one_copy_of_each_sample(
+    fleet: FleetState,
+) -> None:
+    """The second session's replay starts inside what the console holds and runs past it."""
+    n = Node("gpu1")
+    samples = [n.tick()[0] for _ in range(6)]
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    for s in samples[:4]:
+        fleet.apply("gpu1", s, 0.0)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    for s in samples[2:]:
+        fleet.apply("gpu1", msgspec.structs.replace(s, replay=True), 0.0)
+    assert fleet.nodes["gpu1"].history.seqs() == [s.seq for s in samples]
+
+
+def test_an_agent_restarted_with_an_empty_buffer_keeps_the_sparklines(fleet: FleetState) -> None:
+    """Upgrading a pool restarts its agents: the new agent's buffer starts at its start, so
+    the console keeps what it held from the old one and the replay follows it (the new
+    agent numbers from 1 again, its clock goes on)."""
+    old = Node("gpu1")
+    fleet.apply("gpu1", old.inventory(), 0.0)
+    before = [old.tick()[0] for _ in range(5)]
+    for s in before:
+        fleet.apply("gpu1", s, 0.0)
+    new = Node("gpu1")
+    new.clock.now = old.clock.now + 2.0  # the same host's clock: the restart took 2 s
+    after = [new.tick()[0] for _ in range(3)]
+    fleet.apply("gpu1", new.inventory(), 0.0)
+    for s in after:
+        fleet.apply("gpu1", msgspec.structs.replace(s, replay=True), 0.0)
+    history = fleet.nodes["gpu1"].history
+    assert history.timestamps() == [s.ts for s in before + after]
+    assert history.seqs() == [1, 2, 3, 4, 5, 1, 2, 3]
+    assert all(v is not None for v in history.gpu(0, "util"))
+
+
 def test_a_broken_stream_is_stale_first_and_down_after_the_stale_window(
     fleet: FleetState,
 ) -> None:
