@@ -478,6 +478,13 @@ def encode(frame: Frame) -> bytes:
     return data + b"\n"
 
 
+#: ``ProtocolError.code`` of a well-formed frame of a type, or holding a named value, that this
+#: side does not know. From a peer of a newer minor that is an addition to skip (older peers
+#: must ignore what they do not know); from a peer of the same minor or older it is an error.
+UNKNOWN_KIND: Final = "unknown_kind"
+_NEWER_RE: Final = re.compile(r"^Invalid (value '.*' - at `\$\.t`|enum value )")
+
+
 def decode(line: bytes) -> Frame:
     """Parse one line (with or without its newline) into a frame, or raise ProtocolError."""
     if len(line) > MAX_FRAME_BYTES:
@@ -485,7 +492,11 @@ def decode(line: bytes) -> Frame:
     try:
         frame: Frame = _decoder.decode(line)
     except msgspec.ValidationError as exc:
-        raise ProtocolError("invalid", f"invalid frame: {clip(str(exc))}") from None
+        text = str(exc)
+        # A frame type or a named value (event kind, ops state...) that this side does not
+        # know: maybe a newer minor's addition, which an older reader skips (``UNKNOWN_KIND``).
+        code = UNKNOWN_KIND if _NEWER_RE.search(text) else "invalid"
+        raise ProtocolError(code, f"invalid frame: {clip(text)}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("malformed", f"malformed frame: {clip(str(exc))}") from None
     except RecursionError:  # a small frame can nest deep enough to exhaust the stack

@@ -30,7 +30,9 @@ from typing import Any, Final, Literal
 import asyncssh
 
 from agents.protocol import (
+    PROTOCOL_MINOR,
     PROTOCOL_VERSION,
+    UNKNOWN_KIND,
     Error,
     Event,
     FrameSplitter,
@@ -251,6 +253,7 @@ class NodeLink:
         self._pending: dict[int, asyncio.Future[Response]] = {}
         self._ids = 0
         self.agent_proto: tuple[int, int] | None = None  # from the live session's hello
+        self._skipped_newer = False
 
     async def request(self, op: str, args: dict[str, Any], wait: float = 30.0) -> Response:
         """Send one request on the live session and wait for the agent's answer.
@@ -407,6 +410,7 @@ class NodeLink:
             raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
         check_version(first)
         self.agent_proto = parse_version(first.proto)
+        self._skipped_newer = False  # logged once a session
         self.fleet.set_agent(name, first.software, first.proto, first.interval_s)
         hello = Hello(
             proto=PROTOCOL_VERSION,
@@ -443,12 +447,27 @@ class NodeLink:
                         "protocol_mismatch" if frame.code == "version" else "agent_down"
                     )
                     raise AgentRefused(state, f"agent: {frame.message}")
-                frame = await frames.next()
+                frame = await self._next_known(frames)
         except BaseException as exc:
             why = str(exc) or type(exc).__name__
             raise
         finally:
             self._end_session(why)
+
+    async def _next_known(self, frames: _Frames) -> Any:
+        """The next frame this console can read. A newer agent's frame of a type (or holding
+        a value) this version does not know is its protocol's addition: skipped, logged once
+        per session, so that upgrading agents first never cuts older consoles off."""
+        while True:
+            try:
+                return await frames.next()
+            except ProtocolError as exc:
+                newer = self.agent_proto is not None and self.agent_proto[1] > PROTOCOL_MINOR
+                if exc.code != UNKNOWN_KIND or not newer:
+                    raise
+                if not self._skipped_newer:
+                    log.info("%s: skipping frames a newer agent sent: %s", self.entry.name, exc)
+                self._skipped_newer = True
 
     async def _open(
         self, conn: asyncssh.SSHClientConnection, attach: bool = True

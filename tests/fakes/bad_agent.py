@@ -8,6 +8,9 @@ python -m tests.fakes.bad_agent mute SOCKET
     accepts connections and never sends a byte
 python -m tests.fakes.bad_agent greet SOCKET
     greets like an agent, reads the console's hello, then says nothing more
+python -m tests.fakes.bad_agent future SOCKET PROTO
+    an agent speaking protocol PROTO (say the next minor) that sends, every 0.1 s, a frame type
+    and an event kind no version knows yet, each followed by a real sample
 """
 
 from __future__ import annotations
@@ -21,8 +24,14 @@ import msgspec
 from agents.protocol import PROTOCOL_VERSION, Hello, encode
 from tests.fakes.simnode import Node
 
+#: What a later minor might add: a frame type, and an event of a kind nobody knows yet.
+FUTURE_FRAMES: tuple[bytes, ...] = (
+    b'{"t":"forecast","horizon_s":60}\n',
+    b'{"t":"event","seq":1,"ts":1.0,"kind":"fan_fault","message":"a kind from later"}\n',
+)
 
-async def serve(mode: str, path: str, count_file: Path | None) -> None:
+
+async def serve(mode: str, path: str, count_file: Path | None, proto: str) -> None:
     node = Node("flood", gpus=8)
     sample, _ = node.tick()
     sent = 0
@@ -32,9 +41,7 @@ async def serve(mode: str, path: str, count_file: Path | None) -> None:
         if mode == "mute":
             await reader.read()  # until the console gives up and closes
             return
-        hello = Hello(
-            proto=PROTOCOL_VERSION, software="flooder", peer="agent", node="flood", interval_s=0.1
-        )
+        hello = Hello(proto=proto, software=mode, peer="agent", node="flood", interval_s=0.1)
         writer.write(encode(hello))
         await reader.readline()  # the console's hello
         if mode == "greet":
@@ -42,6 +49,11 @@ async def serve(mode: str, path: str, count_file: Path | None) -> None:
             return
         writer.write(encode(node.inventory()))
         seq = sample.seq
+        while mode == "future":
+            for frame in FUTURE_FRAMES:
+                seq += 1
+                writer.write(frame + encode(msgspec.structs.replace(sample, seq=seq)))
+                await asyncio.sleep(0.1)
         while True:
             seq += 1
             writer.write(encode(msgspec.structs.replace(sample, seq=seq)))
@@ -60,5 +72,7 @@ async def serve(mode: str, path: str, count_file: Path | None) -> None:
 
 
 if __name__ == "__main__":
-    count = Path(sys.argv[3]) if len(sys.argv) > 3 else None
-    asyncio.run(serve(sys.argv[1], sys.argv[2], count))
+    mode, path, extra = sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None
+    count = Path(extra) if extra is not None and mode == "flood" else None
+    proto = extra if extra is not None and mode == "future" else PROTOCOL_VERSION
+    asyncio.run(serve(mode, path, count, proto))

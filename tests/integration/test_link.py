@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from agents.client import AgentClient
-from agents.protocol import Response, Sample
+from agents.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Response, Sample
 from agents.store import AuditLog
 from console.actions import run_action
 from console.fleet import FleetState, LinkState
@@ -738,3 +738,38 @@ async def test_a_stalled_agent_is_down_and_the_others_stay_live(
     finally:
         stalled.kill()
         stalled.wait()
+
+
+@pytest.mark.parametrize(
+    ("minor", "skipped"), [(PROTOCOL_MINOR + 1, True), (PROTOCOL_MINOR, False)]
+)
+async def test_what_a_newer_agent_adds_is_skipped_and_nothing_else(
+    sshd: Sshd, short_tmp: Path, minor: int, skipped: bool
+) -> None:
+    """A frame type and an event kind from a later minor: an older console skips them and
+    stays live (so agents can be upgraded first); from an agent of our own minor the same
+    frames are an error, and the session ends with it."""
+    sock = short_tmp / "future.sock"
+    proto = f"{PROTOCOL_MAJOR}.{minor}"
+    agent = subprocess.Popen(  # noqa: ASYNC220 started once, before the link
+        [sys.executable, "-m", "tests.fakes.bad_agent", "future", str(sock), proto], cwd=REPO
+    )
+    try:
+        await until(sock.exists, "the agent's socket")
+        node = dataclasses.replace(entry(sshd, str(sock)), name="n1", hostname="127.0.0.1")
+        links = FleetLinks([node], options(sshd, connect_timeout=2.0))
+        view = links.fleet.nodes["n1"]
+        async with links:
+            if skipped:
+                await until(
+                    lambda: (s := view.sample) is not None and s.seq >= 10 and view.link == "live",
+                    "samples past the unknown frames",
+                )
+                assert links.links["n1"].sessions == 1
+                assert [e.kind for e in view.events] == []
+            else:
+                await until(lambda: view.link == "agent_down", "the session ended")
+                assert "Invalid value 'forecast'" in view.link_reason
+    finally:
+        agent.kill()
+        agent.wait()

@@ -20,6 +20,7 @@ from agents.protocol import (
     PROTOCOL_MAJOR,
     PROTOCOL_VERSION,
     REQUEST_SPECS,
+    UNKNOWN_KIND,
     AuditEntry,
     Error,
     Event,
@@ -328,7 +329,7 @@ def _decode_or_protocol_error(data: bytes) -> Frame | None:
         except ProtocolError as exc:
             error = exc
     if error is not None:
-        assert error.code in {"malformed", "invalid", "too_large"}
+        assert error.code in {"malformed", "invalid", "too_large", UNKNOWN_KIND}
         assert error.message
         return None
     assert isinstance(frame, Hello | Inventory | Sample | Event | Request | Response | Error)
@@ -391,11 +392,11 @@ def test_decode_near_miss_json_raises_only_protocol_error(data: bytes) -> None:
         (b"[]", "invalid"),
         (b"42", "invalid"),
         (b"{}", "invalid"),  # no tag
-        (b'{"t": "bogus"}', "invalid"),  # unknown tag
+        (b'{"t": "bogus"}', UNKNOWN_KIND),  # unknown tag: maybe a later minor's frame
         (b'{"t": 1}', "invalid"),
         (b'{"t": "hello", "software": "x", "peer": "agent"}', "invalid"),  # missing proto
         (b'{"t": "hello", "proto": 1, "software": "x", "peer": "agent"}', "invalid"),
-        (b'{"t": "hello", "proto": "1.0", "software": "x", "peer": "martian"}', "invalid"),
+        (b'{"t": "hello", "proto": "1.0", "software": "x", "peer": "martian"}', UNKNOWN_KIND),
         (b'{"t": "request", "id": "1", "op": "ping"}', "invalid"),
         (b'{"t": "request", "id": 1, "op": "ping", "args": []}', "invalid"),
         (b'{"t": "response", "id": 1, "ok": "yes"}', "invalid"),
@@ -410,6 +411,27 @@ def test_decode_names_the_problem(data: bytes, code: str) -> None:
 def test_decode_ignores_unknown_fields_from_newer_minor_versions() -> None:
     frame = decode(b'{"t": "error", "code": "x", "message": "m", "added_in_1_9": [1, 2]}')
     assert frame == Error(code="x", message="m")
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b'{"t": "forecast", "horizon_s": 60}', UNKNOWN_KIND),  # a frame type from later
+        (b'{"t": "event", "seq": 1, "ts": 1.0, "kind": "fan", "message": "m"}', UNKNOWN_KIND),
+        (
+            b'{"t": "inventory", "node": "n", "backend": "sim", "state": {"state": "m"}}',
+            UNKNOWN_KIND,
+        ),
+        (b'{"t": "event", "seq": "1", "ts": 1.0, "kind": "xid", "message": "m"}', "invalid"),
+        (b'{"t": 7}', "invalid"),
+    ],
+)
+def test_a_type_or_value_from_a_newer_minor_is_told_apart(data: bytes, code: str) -> None:
+    """Only what a later minor may add (a frame type, a named value) is ``UNKNOWN_KIND``, which a
+    console skips when its agent is newer; a wrong type is a broken frame whoever sent it."""
+    with pytest.raises(ProtocolError) as info:
+        decode(data)
+    assert info.value.code == code
 
 
 @pytest.mark.parametrize(
