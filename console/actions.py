@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
+import hostlist
+
 from agents.protocol import GpufleetError, Response
 from console.fleet import DOWN_STATES, FleetState
 from console.link import AgentTooOld, NotDelivered
@@ -80,6 +82,23 @@ def restart_targets(fleet: FleetState, nodes: Sequence[str]) -> list[str]:
         allowed = inv.restart_targets if inv else []
         common = list(allowed) if common is None else [t for t in common if t in allowed]
     return common or []
+
+
+def why_no_restart_targets(fleet: FleetState, nodes: Sequence[str]) -> str | None:
+    """Why ``restart_targets`` offers nothing for these nodes, in words for the dialog; None
+    when it offers something. An empty list alone reads as a bug."""
+    if restart_targets(fleet, nodes):
+        return None
+    silent = [n for n in nodes if fleet.nodes[n].inventory is None]
+    none = [n for n in nodes if (inv := fleet.nodes[n].inventory) and not inv.restart_targets]
+    if silent:
+        return f"no restart targets: {hostlist.collect_hostlist(silent)} not heard from yet"
+    if none:
+        return (
+            f"no restart targets: {hostlist.collect_hostlist(none)} list none (an agent older than "
+            f"protocol 1.4, or nothing allowed in its [restart])"
+        )
+    return "no restart target is allowed on every one of these nodes: choose fewer"
 
 
 def pools(fleet: FleetState) -> list[str]:

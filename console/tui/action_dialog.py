@@ -33,6 +33,7 @@ from console.actions import (
     request_args,
     restart_targets,
     run_action,
+    why_no_restart_targets,
 )
 from console.tui.key_bar import KeyBar
 from console.tui.style import toned
@@ -91,6 +92,8 @@ class ActionDialog(ModalScreen[Confirmed | None]):
             yield Static(hostlist.collect_hostlist(self.nodes), id="nodes")
             yield Static(self._affected_text(), id="affected")
             warnings = guard_warnings(fleet, self.nodes, self.verb)
+            if spec.choice == "target" and (why := why_no_restart_targets(fleet, self.nodes)):
+                warnings.append(why)
             hidden = busy_without_processes(fleet, self.nodes)
             if hidden:
                 warnings.append(

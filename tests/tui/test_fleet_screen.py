@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 from textual.widgets import Button, DataTable, Input, Select
 
@@ -219,6 +220,20 @@ async def test_each_verb_confirmed_sends_what_it_needs(
         results = app.screen
         assert isinstance(results, ActionResults)
         assert results.results["gpu01"].outcome == "ok"
+
+
+async def test_restart_on_an_agent_with_no_targets_says_why() -> None:
+    sim = SimFleet()
+    inv = sim.fleet.nodes["gpu01"].inventory
+    assert inv is not None
+    sim.fleet.apply("gpu01", msgspec.structs.replace(inv, restart_targets=[]), sim.clock.now)
+    app = make(sim)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        dialog = app.screen
+        assert isinstance(dialog, ActionDialog)
+        warnings = str(dialog.query_one("#warnings").render())
+        assert "no restart targets: gpu01 list none (an agent older than protocol 1.4" in warnings
 
 
 async def test_readonly_has_no_action_keys() -> None:

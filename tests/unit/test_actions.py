@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 
 from agents.protocol import GpuProcess, NodeState, Response
@@ -18,6 +19,7 @@ from console.actions import (
     request_args,
     restart_targets,
     run_action,
+    why_no_restart_targets,
 )
 from console.fleet import FleetState
 from console.inventory import parse_inventory
@@ -64,6 +66,24 @@ def test_restart_targets_are_those_every_node_allows(fleet: FleetState) -> None:
     assert restart_targets(fleet, ["gpu1"])[-1] == "slurmd.service", "the node's own list"
     assert restart_targets(fleet, ["gpu1", "gpu2"]) == ["agent", "node", "gpu0", "slurmd.service"]
     assert restart_targets(fleet, ["gpu1", "gpu3"]) == ["agent", "node", "gpu0", "gpu1"]
+
+
+def test_an_empty_target_list_says_why(fleet: FleetState) -> None:
+    assert why_no_restart_targets(fleet, ["gpu1"]) is None
+    old_agent = msgspec.structs.replace(Node("gpu1").inventory(), restart_targets=[])
+    fleet.apply("gpu1", old_agent, 2.0)  # what a 1.3 agent's inventory decodes to
+    fleet.apply("gpu2", old_agent, 2.0)
+    assert why_no_restart_targets(fleet, ["gpu1", "gpu2", "gpu3"]) == (
+        "no restart targets: gpu[1-2] list none (an agent older than protocol 1.4, or nothing "
+        "allowed in its [restart])"
+    )
+    fleet.nodes["gpu4"].inventory = None
+    assert "gpu4 not heard from yet" in (why_no_restart_targets(fleet, ["gpu3", "gpu4"]) or "")
+    only_agent = msgspec.structs.replace(Node("gpu5").inventory(), restart_targets=["agent"])
+    only_node = msgspec.structs.replace(Node("gpu6").inventory(), restart_targets=["node"])
+    fleet.apply("gpu5", only_agent, 2.0)
+    fleet.apply("gpu6", only_node, 2.0)
+    assert "choose fewer" in (why_no_restart_targets(fleet, ["gpu5", "gpu6"]) or "")
 
 
 def test_affected_lists_gpu_processes(fleet: FleetState) -> None:
