@@ -84,6 +84,8 @@ class PromClient:
     def __init__(self, url: str, timeout: float = QUERY_TIMEOUT_S) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        #: Bytes of every answer read so far (what a poll costs the network and the decoder).
+        self.bytes_read = 0
 
     def query(self, expr: str, at: float | None = None) -> Vector:
         """One instant query (blocking: call it on a worker thread). ``at``: evaluate at
@@ -109,6 +111,7 @@ class PromClient:
             raise PromError(f"{self.url}: no answer in {self.timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise PromError(f"{self.url}: {_why(exc)}") from None
+        self.bytes_read += len(body)
         return decode_vector(body, expr)
 
 

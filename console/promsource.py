@@ -36,7 +36,16 @@ from agents.protocol import Event, Inventory, NodeState
 from console.fleet import FleetState
 from console.inventory import NodeEntry
 from console.prometheus import PromClient, PromError, Querier, Vector
-from console.promview import QUERIES, SLOW_EVERY, PromNode, PromQuery, nodes_from
+from console.promview import (
+    HEAD_KEYS,
+    QUERIES,
+    SLOW_EVERY,
+    FleetIndex,
+    PromNode,
+    PromQuery,
+    nodes_of,
+    only,
+)
 from console.source import FeedStatus, SourceSpec, data_age
 
 log = logging.getLogger("gpufleet.console.prometheus")
@@ -104,7 +113,7 @@ class PromSource:
         self._names = NameIndex(entries)
         self._now = monotonic
         self._answered_at: float | None = None
-        self._vectors: dict[str, Vector] = {}  # the latest answer to each query
+        self._index = FleetIndex()  # the latest answer to each query, by host
         self._seen: dict[str, _Seen] = {}
         self._told_unknown: set[str] = set()
         self._tries = 0
@@ -153,39 +162,71 @@ class PromSource:
             await asyncio.sleep(max(0.0, self.poll_s - (self._now() - started)))
 
     async def poll(self) -> None:
-        """One poll: query, convert (both off the event loop), apply to the model."""
-        due = [q for q in QUERIES if q.cadence == "fast" or self.polls % SLOW_EVERY == 0]
+        """One poll: query, convert (both off the event loop), apply to the model.
+
+        Prometheus scrapes a node every 15 s or so, the console polls every 5 s: most polls
+        find most nodes as they were. So the head queries (``HEAD_KEYS``: when each node was
+        last scraped, its ops state) go to every node, and the rest only to the nodes scraped
+        since the last poll, whose frames alone are rebuilt; the slow set, and every query
+        when most nodes have news, go to the whole fleet."""
+        slow = self.polls % SLOW_EVERY == 0
         self._tries += 1
         try:
-            at, answers = await self._query(due)
+            at, answers, news = await self._query(slow)
         except PromError as exc:
             self._failed(str(exc))
             return
         finally:
             self._done_one.set()
-        self._vectors.update(answers)
-        vectors = dict(self._vectors)
-        nodes = await asyncio.to_thread(nodes_from, vectors)
+        present, nodes = await asyncio.to_thread(self._convert, answers, news)
         self.polls += 1
         self.fault = None
         now = self._now()
         self._answered_at = now
-        self._apply(nodes, at, now)
+        self._apply(present, nodes, at, now)
 
-    async def _query(self, due: list[PromQuery]) -> tuple[float, dict[str, Vector]]:
-        """Every due query at one moment of Prometheus' clock: the first sets it."""
-        first, rest = due[0], due[1:]
+    async def _query(self, slow: bool) -> tuple[float, dict[str, Vector], set[str] | None]:
+        """Every due query at one moment of Prometheus' clock (the first sets it), and the
+        hosts the narrowed ones were asked for (None: all)."""
+        heads = [q for q in QUERIES if q.key in HEAD_KEYS]
+        first = heads[0]
         vec = await asyncio.to_thread(self.client.query, first.expr)
         at = vec.at if vec.series else time.time()
         gate = asyncio.Semaphore(QUERIES_AT_ONCE)
 
-        async def one(q: PromQuery) -> tuple[str, Vector]:
+        async def one(q: PromQuery, expr: str) -> tuple[str, Vector]:
             async with gate:
-                return q.key, await asyncio.to_thread(self.client.query, q.expr, at)
+                return q.key, await asyncio.to_thread(self.client.query, expr, at)
 
-        answers = dict(await asyncio.gather(*(one(q) for q in rest)))
+        answers = dict(await asyncio.gather(*(one(q, q.expr) for q in heads[1:])))
         answers[first.key] = vec
-        return at, answers
+        scraped = {labels.get("Hostname", ""): v for labels, v in answers["scraped"].series}
+        news: set[str] | None = None
+        if not slow:
+            news = {h for h, v in scraped.items() if self._index.value("scraped", h) != v}
+        rest = [
+            q
+            for q in QUERIES
+            if q.key not in HEAD_KEYS and (slow or q.cadence == "fast") and news != set()
+        ]
+        if news is not None and 2 * len(news) > len(scraped):
+            news = None  # most nodes: the whole fleet costs less than a long selector
+        answers.update(
+            await asyncio.gather(
+                *(one(q, q.expr if news is None else only(q.expr, news)) for q in rest)
+            )
+        )
+        return at, answers, news
+
+    def _convert(
+        self, answers: dict[str, Vector], news: set[str] | None
+    ) -> tuple[list[str], dict[str, PromNode]]:
+        """Into the index, then the frames of the nodes with news (all, if ``news`` is None);
+        and every host Prometheus has a sample time for. On a worker thread, one at a time."""
+        for key, vec in answers.items():
+            self._index.update(key, vec, None if key in HEAD_KEYS else news)
+        present = self._index.hosts("scraped")
+        return present, nodes_of(self._index, present if news is None else news)
 
     def _failed(self, why: str) -> None:
         if self.fault != why:
@@ -196,16 +237,20 @@ class PromSource:
             self.fleet.set_link(name, "unreachable", f"Prometheus: {why}", now)
         self.fleet.tick(now)
 
-    def _apply(self, nodes: dict[str, PromNode], at: float, now: float) -> None:
+    def _apply(self, present: list[str], nodes: dict[str, PromNode], at: float, now: float) -> None:
+        """``present``: every host Prometheus has; ``nodes``: those with news (the others are
+        as the model already has them)."""
         found: set[str] = set()
         unknown: set[str] = set()
-        for host, node in nodes.items():
+        for host in present:
             name = self._names.get(host)
             if name is None or name in found:
                 unknown.add(host)
                 continue
             found.add(name)
-            self._node(name, node, at, now)
+            node = nodes.get(host)
+            if node is not None:
+                self._node(name, node, at, now)
         for name in self.fleet.nodes.keys() - found:
             seen = self._seen.get(name)
             if seen is None:

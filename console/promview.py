@@ -16,8 +16,10 @@ metric says which GPUs have it at all, so that "absent" still means "not known",
 
 from __future__ import annotations
 
+import json
+import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -139,7 +141,8 @@ def _queries() -> tuple[PromQuery, ...]:
         PromQuery("fresh", _node("gpufleet_sample_fresh"), "fast"),
         PromQuery("state", f"max by ({_STATE_LABELS}) (gpufleet_node_state_info)", "fast"),
         PromQuery("since", _node("gpufleet_node_state_since_timestamp_seconds"), "fast"),
-        PromQuery("lost", _gpu("gpufleet_gpu_lost"), "fast"),
+        # Lost GPUs only: the slow ``ids`` says which GPUs a node has.
+        PromQuery("lost", _gpu("gpufleet_gpu_lost", " > 0"), "fast"),
         PromQuery(
             "reasons",
             "max by (Hostname, gpu, reason) (gpufleet_gpu_clock_event_active) > 0",
@@ -161,6 +164,22 @@ def _queries() -> tuple[PromQuery, ...]:
 
 
 QUERIES: Final = _queries()
+#: Asked of every node on every poll: when Prometheus last scraped each (which says which
+#: nodes have news), and the ops state the table shows. Every other query may be narrowed to
+#: the nodes with news (``only``).
+HEAD_KEYS: Final = frozenset({"sample_ts", "scraped", "fresh", "state", "since"})
+_METRIC_NAME: Final = re.compile(r"\b(?:DCGM_FI_|gpufleet_)\w+")
+
+
+def only(expr: str, hosts: Iterable[str]) -> str:
+    """``expr`` narrowed to ``hosts`` (by the Hostname label), so that Prometheus selects,
+    evaluates and sends only their series."""
+    pattern = "|".join(re.escape(h) for h in sorted(hosts))
+    matcher = "{Hostname=~" + json.dumps(pattern) + "}"
+    narrowed, found = _METRIC_NAME.subn(lambda m: m.group(0) + matcher, expr, count=1)
+    if not found:
+        raise AssertionError(f"no metric to narrow in {expr!r}")
+    return narrowed
 
 
 @dataclass(slots=True)
@@ -178,20 +197,73 @@ class PromNode:
     xids: list[Event] = field(default_factory=list)
 
 
-def _series(vec: Vector | None) -> list[tuple[dict[str, str], float]]:
-    return [] if vec is None else vec.series
+#: One series of an answer: its labels and value.
+Series = tuple[dict[str, str], float]
 
 
-def _by_node(vec: Vector | None) -> dict[str, float]:
-    return {} if vec is None else {m.get("Hostname", ""): v for m, v in vec.series}
+class FleetIndex:
+    """The latest answer to every query, grouped by host and kept between polls, so that a
+    poll converts only the nodes it has news of (and may ask only for those): at 5,000 nodes
+    re-indexing every answer on every poll was most of a poll's CPU."""
+
+    def __init__(self) -> None:
+        self._by: dict[str, dict[str, list[Series]]] = {}
+
+    def update(self, key: str, vec: Vector, hosts: Collection[str] | None = None) -> None:
+        """``vec`` is the answer for ``hosts`` only (None: for every host); a host it names
+        without series has none now."""
+        grouped: dict[str, list[Series]] = {}
+        for labels, value in vec.series:
+            name = labels.get("Hostname", "")
+            if name in grouped:
+                grouped[name].append((labels, value))
+            else:
+                grouped[name] = [(labels, value)]
+        if hosts is None:
+            self._by[key] = grouped
+            return
+        table = self._by.setdefault(key, {})
+        for name in hosts:
+            table.pop(name, None)
+        table.update(grouped)
+
+    def hosts(self, key: str) -> list[str]:
+        return list(self._by.get(key, ()))
+
+    def series(self, key: str, host: str) -> list[Series]:
+        return self._by.get(key, {}).get(host, [])
+
+    def value(self, key: str, host: str) -> float | None:
+        found = self._by.get(key, {}).get(host)
+        return found[0][1] if found else None
+
+    def by_gpu(self, key: str, host: str) -> dict[int, float]:
+        out = {}
+        for labels, value in self._by.get(key, {}).get(host, ()):
+            gpu = labels.get("gpu", "")
+            if gpu.isdigit():
+                out[int(gpu)] = value
+        return out
 
 
-def _by_gpu(vec: Vector | None) -> dict[tuple[str, int], float]:
-    out: dict[tuple[str, int], float] = {}
-    for labels, value in vec.series if vec is not None else ():
-        gpu = labels.get("gpu", "")
-        if gpu.isdigit():
-            out[labels.get("Hostname", ""), int(gpu)] = value
+#: (field, scale) by metric: the readings and the limits, as ``_fields_by_gpu`` reads them.
+GPU_READINGS_BY_METRIC: Final = {m: (f, scale) for f, m, scale, _ in GPU_READINGS}
+GPU_LIMITS_BY_METRIC: Final = {m: (f, scale) for f, m, scale in GPU_LIMITS}
+
+
+def _fields_by_gpu(
+    index: FleetIndex, host: str, table: Mapping[str, tuple[str, float]]
+) -> dict[int, dict[str, Any]]:
+    """GPU index -> {field: value in the protocol's unit} for one host."""
+    out: dict[int, dict[str, Any]] = {}
+    for metric, (field_name, scale) in table.items():
+        for labels, value in index.series(metric, host):
+            gpu = labels.get("gpu", "")
+            if gpu.isdigit():
+                g = int(gpu)
+                if g not in out:
+                    out[g] = {}
+                out[g][field_name] = round(value * scale)
     return out
 
 
@@ -201,124 +273,126 @@ def _int(value: float | None, scale: float = 1) -> int | None:
 
 def nodes_from(vectors: Mapping[str, Vector]) -> dict[str, PromNode]:
     """Every node Prometheus has a sample time for, by its Hostname label."""
-    scraped = _by_node(vectors.get("scraped"))
-    sample_ts = _by_node(vectors.get("sample_ts"))
-    fresh = _by_node(vectors.get("fresh"))
-    since = _by_node(vectors.get("since"))
-    interval = _by_node(vectors.get("interval"))
-    states = _states(vectors.get("state"), since)
-    agents = _agents(vectors.get("agent"))
-    host = {key: _by_node(vectors.get(m)) for key, m, _ in HOST_READINGS}
+    index = FleetIndex()
+    for key, vec in vectors.items():
+        index.update(key, vec)
+    return nodes_of(index, index.hosts("scraped"))
 
-    # Per GPU, every reading keyed by (host, gpu); the GPUs a node has are those with any.
-    readings = {f: (_by_gpu(vectors.get(m)), scale) for f, m, scale, _ in GPU_READINGS}
-    limits = {f: (_by_gpu(vectors.get(m)), scale) for f, m, scale in GPU_LIMITS}
-    alerting = {
-        f: (_by_gpu(vectors.get(f"{m}>0")), _by_gpu(vectors.get(m))) for f, m in GPU_ALERTING
-    }
-    lost = _by_gpu(vectors.get("lost"))
-    xid_ts = _by_gpu(vectors.get("xid_ts"))
-    reasons: dict[tuple[str, int], list[str]] = defaultdict(list)
-    for labels, _ in _series(vectors.get("reasons")):
-        gpu = labels.get("gpu", "")
-        if gpu.isdigit() and labels.get("reason"):
-            reasons[labels.get("Hostname", ""), int(gpu)].append(labels["reason"])
-    ids: dict[tuple[str, int], dict[str, str]] = {}
-    for labels, _ in _series(vectors.get("ids")):
-        gpu = labels.get("gpu", "")
-        if gpu.isdigit():
-            ids[labels.get("Hostname", ""), int(gpu)] = labels
-    gpus: dict[str, set[int]] = defaultdict(set)
-    keys: list[Iterable[tuple[str, int]]] = [lost, ids, *(r for r, _ in readings.values())]
-    for source in keys:
-        for name, index in source:
-            gpus[name].add(index)
 
+def nodes_of(index: FleetIndex, hosts: Iterable[str]) -> dict[str, PromNode]:
+    """Those of ``hosts`` that Prometheus has a sample time for."""
     out = {}
-    for name, at in scraped.items():
-        ts = sample_ts.get(name)
-        infos, gpu_readings, xids = [], [], []
-        for index in sorted(gpus.get(name, ())):
-            key = (name, index)
-            labels = ids.get(key, {})
-            limit: dict[str, Any] = {
-                f: _int(vals.get(key), scale) for f, (vals, scale) in limits.items()
-            }
-            infos.append(
-                GpuInfo(
-                    index=index,
-                    uuid=labels.get("UUID") or None,
-                    name=labels.get("modelName") or None,
-                    pci_bus_id=labels.get("pci_bus_id") or None,
-                    memory_total=_int(readings["mem_total"][0].get(key), MIB),
-                    **limit,
-                )
-            )
-            alerts: dict[str, int | None] = {}
-            for f, (nonzero, every) in alerting.items():
-                alerts[f] = _int(nonzero[key]) if key in nonzero else 0 if key in every else None
-            xid, when = alerts["xid"], xid_ts.get(key)
-            if xid and when is not None:
-                xids.append(
-                    Event(seq=0, ts=when, kind="xid", gpu=index, xid=xid,
-                          message=f"GPU {index}: XID {xid}", replay=True)
-                )  # fmt: skip
-            if lost.get(key):
-                gpu_readings.append(GpuReading(index=index, lost=True))
-                continue
-            values: dict[str, Any] = {
-                f: _int(vals.get(key), scale) for f, (vals, scale) in readings.items()
-            }
-            pending, failure = alerts["remap_pending"], values.pop("remap_failure")
-            gpu_readings.append(
-                GpuReading(
-                    index=index,
-                    clock_reasons=sorted(reasons.get(key, [])),
-                    ecc_uncorrected_volatile=alerts["ecc_uncorrected_volatile"],
-                    remap_pending=None if pending is None else bool(pending),
-                    remap_failure=None if failure is None else bool(failure),
-                    **values,
-                )
-            )
-        h = {k: v.get(name) for k, v in host.items()}
-        agent = agents.get(name, {})
-        inventory = Inventory(
-            node=name,
-            backend=_backend(agent.get("backend")),
-            driver_version=agent.get("driver_version") or None,
-            cuda_version=agent.get("cuda_version") or None,
-            # Kernel, CPUs and boot id are not exported; nothing on screen reads them.
-            host=HostInfo(
-                hostname=name,
-                kernel="",
-                cpu_count=0,
-                memory_total=_int(h["mem_total"]) or 0,
-                boot_id=None,
-            ),
-            gpus=infos,
-            state=states.get(name),
-            scheduler=agent.get("scheduler") or None,
-        )
-        sample = None
-        if ts is not None and fresh.get(name, 0) >= 1:
-            sample = Sample(seq=0, ts=ts, host=_host(h), gpus=gpu_readings)
-        software = agent.get("version")
-        out[name] = PromNode(
-            hostname=name,
-            scraped=at,
-            sample_ts=ts,
-            inventory=inventory,
-            sample=sample,
-            interval=interval.get(name),
-            agent=(f"gpufleet-agent {software}", agent.get("protocol", "?")) if software else None,
-            xids=xids,
-        )
+    for name in hosts:
+        node = node_from(index, name)
+        if node is not None:
+            out[name] = node
     return out
 
 
-def _states(vec: Vector | None, since: Mapping[str, float]) -> dict[str, NodeState]:
+def node_from(index: FleetIndex, name: str) -> PromNode | None:
+    """One node as the index has it; None without a sample time."""
+    at = index.value("scraped", name)
+    if at is None:
+        return None
+    ts = index.value("sample_ts", name)
+    since = index.value("since", name)
+    states = _states(index.series("state", name), {name: since} if since is not None else {})
+    agents = _agents(index.series("agent", name))
+    h = {key: index.value(m, name) for key, m, _ in HOST_READINGS}
+
+    # Per GPU, its readings and limits (absent: not known), each series read once.
+    readings = _fields_by_gpu(index, name, GPU_READINGS_BY_METRIC)
+    limits = _fields_by_gpu(index, name, GPU_LIMITS_BY_METRIC)
+    alerting = {f: (index.by_gpu(f"{m}>0", name), index.by_gpu(m, name)) for f, m in GPU_ALERTING}
+    lost = index.by_gpu("lost", name)
+    xid_ts = index.by_gpu("xid_ts", name)
+    reasons: dict[int, list[str]] = defaultdict(list)
+    for labels, _ in index.series("reasons", name):
+        gpu = labels.get("gpu", "")
+        if gpu.isdigit() and labels.get("reason"):
+            reasons[int(gpu)].append(labels["reason"])
+    ids: dict[int, dict[str, str]] = {}
+    for labels, _ in index.series("ids", name):
+        gpu = labels.get("gpu", "")
+        if gpu.isdigit():
+            ids[int(gpu)] = labels
+    gpus: set[int] = set(lost) | set(ids) | set(readings)
+
+    infos, gpu_readings, xids = [], [], []
+    for key in sorted(gpus):
+        labels = ids.get(key, {})
+        values = readings.get(key, {})
+        infos.append(
+            GpuInfo(
+                index=key,
+                uuid=labels.get("UUID") or None,
+                name=labels.get("modelName") or None,
+                pci_bus_id=labels.get("pci_bus_id") or None,
+                memory_total=values.get("mem_total"),
+                **limits.get(key, {}),
+            )
+        )
+        alerts: dict[str, int | None] = {}
+        for f, (nonzero, every) in alerting.items():
+            alerts[f] = _int(nonzero[key]) if key in nonzero else 0 if key in every else None
+        xid, when = alerts["xid"], xid_ts.get(key)
+        if xid and when is not None:
+            xids.append(
+                Event(seq=0, ts=when, kind="xid", gpu=key, xid=xid,
+                      message=f"GPU {key}: XID {xid}", replay=True)
+            )  # fmt: skip
+        if lost.get(key):
+            gpu_readings.append(GpuReading(index=key, lost=True))
+            continue
+        values = dict(values)
+        pending, failure = alerts["remap_pending"], values.pop("remap_failure", None)
+        gpu_readings.append(
+            GpuReading(
+                index=key,
+                clock_reasons=sorted(reasons.get(key, [])),
+                ecc_uncorrected_volatile=alerts["ecc_uncorrected_volatile"],
+                remap_pending=None if pending is None else bool(pending),
+                remap_failure=None if failure is None else bool(failure),
+                **values,
+            )
+        )
+    agent = agents.get(name, {})
+    inventory = Inventory(
+        node=name,
+        backend=_backend(agent.get("backend")),
+        driver_version=agent.get("driver_version") or None,
+        cuda_version=agent.get("cuda_version") or None,
+        # Kernel, CPUs and boot id are not exported; nothing on screen reads them.
+        host=HostInfo(
+            hostname=name,
+            kernel="",
+            cpu_count=0,
+            memory_total=_int(h["mem_total"]) or 0,
+            boot_id=None,
+        ),
+        gpus=infos,
+        state=states.get(name),
+        scheduler=agent.get("scheduler") or None,
+    )
+    sample = None
+    if ts is not None and (index.value("fresh", name) or 0) >= 1:
+        sample = Sample(seq=0, ts=ts, host=_host(h), gpus=gpu_readings)
+    software = agent.get("version")
+    return PromNode(
+        hostname=name,
+        scraped=at,
+        sample_ts=ts,
+        inventory=inventory,
+        sample=sample,
+        interval=index.value("interval", name),
+        agent=(f"gpufleet-agent {software}", agent.get("protocol", "?")) if software else None,
+        xids=xids,
+    )
+
+
+def _states(series: Iterable[Series], since: Mapping[str, float]) -> dict[str, NodeState]:
     out = {}
-    for labels, _ in vec.series if vec is not None else ():
+    for labels, _ in series:
         name, ops = labels.get("Hostname", ""), _OPS.get(labels.get("state", ""))
         if ops is None:
             continue
@@ -332,8 +406,8 @@ def _states(vec: Vector | None, since: Mapping[str, float]) -> dict[str, NodeSta
     return out
 
 
-def _agents(vec: Vector | None) -> dict[str, dict[str, str]]:
-    return {m.get("Hostname", ""): m for m, _ in (vec.series if vec is not None else ())}
+def _agents(series: Iterable[Series]) -> dict[str, dict[str, str]]:
+    return {m.get("Hostname", ""): m for m, _ in series}
 
 
 def _backend(text: str | None) -> Literal["nvml", "sim", "none"]:

@@ -5,6 +5,7 @@ console's Prometheus source that are about the console, not the server."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from console.prometheus import PromError, Vector, decode_vector
@@ -13,6 +14,7 @@ from tests.conftest import FIXTURES
 
 ANSWERS: dict[str, Any] = json.loads((FIXTURES / "prometheus" / "answers.json").read_text())
 KEYS = {q.expr: q.key for q in QUERIES}
+_NARROWED = re.compile(r'\{Hostname=~("(?:[^"\\]|\\.)*")\}')
 
 
 class Recorded:
@@ -27,7 +29,15 @@ class Recorded:
         self.asked += 1
         if self.fault is not None:
             raise PromError(self.fault)
-        doc = json.loads(json.dumps(ANSWERS[KEYS[expr]]))
-        result = doc["data"]["result"]
-        doc["data"]["result"] = [s for s in result if s["metric"]["Hostname"] not in self.gone]
+        # A query narrowed to some hosts (console.promview.only): the recorded answer to the
+        # whole query, less the other hosts' series.
+        narrowed = _NARROWED.search(expr)
+        hosts = re.compile(json.loads(narrowed.group(1))) if narrowed else None
+        doc = json.loads(json.dumps(ANSWERS[KEYS[_NARROWED.sub("", expr)]]))
+        doc["data"]["result"] = [
+            s
+            for s in doc["data"]["result"]
+            if s["metric"]["Hostname"] not in self.gone
+            and (hosts is None or hosts.fullmatch(s["metric"]["Hostname"]))
+        ]
         return decode_vector(json.dumps(doc).encode(), expr)
