@@ -124,16 +124,22 @@ class PrometheusServer:
 
 
 def start_prometheus(
-    root: Path, targets: Sequence[Target], *, scrape_interval: str = "1s"
+    root: Path,
+    targets: Sequence[Target],
+    *,
+    scrape_interval: str = "1s",
+    scrape_timeout: str | None = None,
 ) -> PrometheusServer:
-    """Start Prometheus scraping ``targets``' ``/metrics``; returns once it answers ready."""
+    """Start Prometheus scraping ``targets``' ``/metrics``; returns once it answers ready.
+    A target's labels may set ``__metrics_path__`` (bench/prom_scale.py serves many nodes
+    from one address, a path each) and ``instance``."""
     binary = ensure_tool("prometheus", "prometheus")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (root / "prometheus.yml").write_text(
         "global:\n"
         f"  scrape_interval: {scrape_interval}\n"
-        f"  scrape_timeout: {scrape_interval}\n"
+        f"  scrape_timeout: {scrape_timeout or scrape_interval}\n"
         f"  evaluation_interval: {scrape_interval}\n"
         "scrape_configs:\n"
         "  - job_name: gpufleet\n"
