@@ -11,10 +11,11 @@ console.
 
 So the heap is frozen once the fleet has answered (or after a minute), and frozen again
 (unfreeze, collect, freeze) once enough of the nodes have ended the session they had then:
-one full pass per that many reconnections, at most one a minute, instead of keeping them. The
-garbage kept is bounded by a tenth of the fleet's sessions (at least ``REFREEZE_MIN_NODES``)
-plus what ends in the minute between two freezes. Headless: the screen and the soak bench
-call ``step`` at their refresh rate.
+one full pass per that many reconnections, at most one a minute and never while the operator
+is typing, instead of keeping them. The garbage kept is bounded by a tenth of the fleet's
+sessions (at least ``REFREEZE_MIN_NODES``) plus what ends in the minute between two freezes,
+and never more than the one session per node a single freeze could keep. Headless: the screen
+and the soak bench call ``step`` at their refresh rate.
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ class HeapFreezer:
         freeze keeps that is no longer used (a node counts once however often it flaps)."""
         return sum(1 for n, link in self.links.items() if link.ended != self._ended.get(n))
 
-    def step(self) -> bool:
-        """Freeze or freeze again if it is time (called at the refresh rate); whether it did."""
+    def step(self, busy: bool = False) -> bool:
+        """Freeze or freeze again if it is time (called at the refresh rate); whether it did.
+        ``busy``: the operator is at the keys, so the full collection waits for a pause in
+        their typing rather than delay what they see."""
         now = self._clock()
+        if busy:
+            return False
         if self.frozen_at is None:
             settled = all(v.link != "connecting" for v in self.fleet.nodes.values())
             if not settled and now - self._started <= self._freeze_after:

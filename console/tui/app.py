@@ -8,11 +8,13 @@ whatever the rate of frames, so 1,000 nodes streaming cost one redraw of what ch
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
+from textual import events
 from textual.app import App
 from textual.binding import Binding, BindingType
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 
 #: Seconds between screen refreshes (about 2 Hz, design.md §4).
 REFRESH_S = 0.5
+#: The operator is typing if a key or click came within this many seconds: the heap is not
+#: frozen (a full collection) until they pause.
+TYPING_S = 2.0
 
 
 @runtime_checkable
@@ -85,6 +90,7 @@ class FleetApp(App[None]):
         self.sub_title = source + ("  [read-only]" if readonly else "")
         #: Keeps full collections short (40 to 80 ms at 1,000 nodes otherwise), see heap.py.
         self.heap = HeapFreezer(fleet, links.links if links is not None else None)
+        self._last_input = -math.inf  # by ``clock``
 
     def on_mount(self) -> None:
         from console.tui.fleet_view import FleetScreen
@@ -94,6 +100,11 @@ class FleetApp(App[None]):
         self.push_screen(FleetScreen())
         if self._refresh_s is not None:
             self.set_interval(self._refresh_s, self.refresh_fleet)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key | events.MouseDown) and not event.is_forwarded:
+            self._last_input = self.clock()
+        await super().on_event(event)
 
     async def on_unmount(self) -> None:
         if self.feed is not None:
@@ -105,7 +116,7 @@ class FleetApp(App[None]):
     def refresh_fleet(self) -> None:
         """Age the model and show what changed (called at the steady rate, or by tests)."""
         now = self.clock()
-        self.heap.step()
+        self.heap.step(busy=now - self._last_input < TYPING_S)
         self.fleet.tick(now)
         changed = self.fleet.flush()
         top = self.screen
