@@ -6,6 +6,7 @@ under CI (CI=true) that skip is a failure instead, so a green CI run means it re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -65,6 +66,16 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.02)
+
+
+async def until(cond: Callable[[], object], what: str, limit: float = 30.0) -> None:
+    """``wait_for`` for a test running on the event loop: polls without blocking it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def agent_command() -> list[str]:

@@ -39,10 +39,10 @@ from agents.store import AuditLog
 from console.actions import restart_targets, run_action
 from console.fleetlinks import FleetLinks
 from console.link import REQUEST_SINCE
-from tests.conftest import FIXTURES, REPO, AgentProc, skip_or_fail
+from tests.conftest import FIXTURES, REPO, AgentProc, skip_or_fail, until
 from tests.fakes.simnode import Node
 from tests.integration.sshd import Sshd
-from tests.integration.test_link import entry, options, until
+from tests.integration.test_link import entry, options
 from tests.integration.test_status_cli import write_fleet
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ import pytest
 
 from console.heap import HeapFreezer
 from console.link import NodeLink
-from tests.conftest import AgentProc
+from tests.conftest import AgentProc, until
 from tests.integration.sshd import Sshd
-from tests.integration.test_link import FAST, Running, entry, options, until
+from tests.integration.test_link import FAST, Running, entry, options
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
 from console.link import PACE_BURST, PACE_FACTOR, LinkOptions, NodeLink, NotDelivered
 from console.status import snapshot
-from tests.conftest import REPO, AgentProc, wait_for
+from tests.conftest import REPO, AgentProc, until, wait_for
 from tests.integration.netns import netns
 from tests.integration.sshd import Sshd, start_sshd
 
@@ -52,14 +52,6 @@ def options(sshd: Sshd, **kw: object) -> LinkOptions:
         "attach_command": f"{sys.executable} -m agents attach",
     }
     return LinkOptions(**{**base, **kw})  # type: ignore[arg-type]
-
-
-async def until(cond: Callable[[], object], what: str, limit: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class Rereading:

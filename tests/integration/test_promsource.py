@@ -6,7 +6,6 @@ Prometheus that is down must be said, not hidden."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from console.tui.action_dialog import ActionDialog, ActionResults
 from console.tui.app import FleetApp
 from console.tui.fleet_view import FleetScreen
 from console.tui.text_line import TextLine
-from tests.conftest import AgentProc, wait_for
+from tests.conftest import AgentProc, until, wait_for
 from tests.integration.prometheus import PrometheusServer, prometheus_factory
 from tests.integration.sshd import Sshd, free_port
 
@@ -164,15 +163,6 @@ def test_bad_sources_are_one_line_usage_errors(site: Site) -> None:
         assert why in out.stderr
         assert len(out.stderr.splitlines()) == 1
         assert out.stdout == ""
-
-
-async def until(cond: Callable[[], object], what: str, limit: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_the_screen_on_prometheus_acts_over_ssh_on_the_chosen_node_only(site: Site) -> None:

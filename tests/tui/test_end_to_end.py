@@ -4,9 +4,7 @@ GPUs are simulated (no GPU exists here)."""
 
 from __future__ import annotations
 
-import asyncio
 import getpass
-from collections.abc import Callable
 
 import pytest
 from textual.widgets import DataTable, Input
@@ -18,19 +16,11 @@ from console.link import LinkOptions
 from console.tui.action_dialog import ActionDialog, ActionResults
 from console.tui.app import FleetApp
 from console.tui.fleet_view import FleetScreen
+from tests.conftest import until
 
 pytestmark = [pytest.mark.tui, pytest.mark.integration]
 #: Shell metacharacters and non-ASCII: stored, sent and shown as typed, never interpreted.
 TRICKY = 'XID 79 "g1"; $(reboot) ü'
-
-
-async def until(cond: Callable[[], object], what: str, limit: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
