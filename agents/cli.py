@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -372,6 +372,16 @@ def demo(gpus: int, seed: int, seconds: float | None, fault_every: float) -> Non
     run_demo(gpus=gpus, seed=seed, seconds=seconds, fault_every=fault_every)
 
 
+def _root_option(verb: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--root",
+        "root",
+        type=click.Path(path_type=Path),
+        default=None,
+        help=f"{verb} this directory as a system root (image builds, tests).",
+    )
+
+
 @main.command()
 @click.option(
     "--user",
@@ -386,13 +396,7 @@ def demo(gpus: int, seed: int, seconds: float | None, fault_every: float) -> Non
     help="The socket group: its members may connect (created as a system group if missing).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the files and commands; change nothing.")
-@click.option(
-    "--root",
-    "root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Install into this directory as a system root (image builds, tests).",
-)
+@_root_option("Install into")
 def install(user: str | None, group: str, dry_run: bool, root: Path | None) -> None:
     """Install the systemd unit, the socket group and a default config, and enable the unit.
 
@@ -409,13 +413,7 @@ def install(user: str | None, group: str, dry_run: bool, root: Path | None) -> N
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
-@click.option(
-    "--root",
-    "root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Uninstall from this directory as a system root.",
-)
+@_root_option("Uninstall from")
 def uninstall(dry_run: bool, root: Path | None) -> None:
     """Disable and remove the unit and its drop-in. The config, the ops state and the audit
     log, the group and the user stay (each is named)."""
