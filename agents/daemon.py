@@ -166,6 +166,7 @@ class Agent:
                 state=lambda: self.state,
                 interval=a.interval,
                 scheduler=self.scheduler.kind,
+                restart_targets=self.handler.restart_targets(),
                 clock=clock,
             )
             self.metrics = MetricsExporter(listen, collector)

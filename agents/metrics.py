@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final
 
 from prometheus_client.metrics_core import Metric
@@ -133,6 +133,7 @@ class MetricsCollector(Collector):
         state: Callable[[], NodeState | None],
         interval: float,
         scheduler: str,
+        restart_targets: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
@@ -141,7 +142,11 @@ class MetricsCollector(Collector):
         self._state = state
         self.interval = interval
         self.scheduler = scheduler
+        self.restart_targets = ",".join(restart_targets)
         self._clock = clock
+        #: The inventory last served and since when (the agent's clock): a console reads the
+        #: static facts again only when this time moves, instead of on every slow poll.
+        self._inventory: tuple[GpuInventory | None, float] = (None, clock())
         #: GPU index -> (newest XID, its unix time); replaced whole, never changed in place.
         self._xids: dict[int, tuple[int, float]] = {}
 
@@ -161,6 +166,11 @@ class MetricsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         sample, inv, state = self._latest(), self._gpus(), self._state()
         xids = self._xids
+        served, since = self._inventory
+        if inv is not served:
+            if served is not None and inv != served:  # a GPU came back: its facts re-read
+                since = self._clock()
+            self._inventory = (inv, since)  # one reference, swapped whole (see above)
         fresh = self.fresh(sample, self._clock())
         out = _Families()
         node = {
@@ -201,8 +211,10 @@ class MetricsCollector(Collector):
             "driver_version": inv.driver_version or "",
             "cuda_version": inv.cuda_version or "",
             "scheduler": self.scheduler,
+            "restart_targets": self.restart_targets,
         }
         out.add("gpufleet_agent_info", agent, 1)
+        out.add("gpufleet_inventory_timestamp_seconds", node, since)
         if sample is not None and fresh:
             _host(out, node, sample.host)
         return iter(out)

@@ -131,6 +131,8 @@ def test_prometheus_stores_dcgm_names_labels_and_the_agents_values(
     series(prom, "gpufleet_sample_fresh == 1", 3)
     info = series(prom, 'gpufleet_agent_info{Hostname="node0"}', 1)[0]["metric"]
     assert info["backend"] == "sim" and info["protocol"]
+    assert info["restart_targets"] == "gpu0,gpu1", "a simulated node offers its GPU resets"
+    series(prom, "gpufleet_inventory_timestamp_seconds", 3)
 
 
 def test_pool_and_state_labels_follow_a_drain_and_a_move(

@@ -288,3 +288,28 @@ def test_label_values_escaped(reason: str) -> None:
     series, _, _ = parse(page.decode())
     info = next(dict(k[1]) for k in series if k[0] == "gpufleet_node_state_info")
     assert info["reason"] == reason
+
+
+def test_agent_info_names_the_restart_targets_and_the_inventory_has_a_time() -> None:
+    """The console's Prometheus source offers the restart targets the agent allows, and reads
+    the static facts again only when the inventory's time moves: at start, and when the
+    backend hands back another inventory (a GPU came back), never on a scrape alone."""
+    clock = [NOW]
+    inv = [GpuInventory(backend="nvml", gpus=INFOS, driver_version="580.159.04")]
+    c = MetricsCollector(
+        node="gpu01", latest=lambda: sample(BUSY), gpus=lambda: inv[0], state=lambda: DRAINED,
+        interval=1.0, scheduler="slurm", restart_targets=["agent", "gpu0", "slurmd.service"],
+        clock=lambda: clock[0],
+    )  # fmt: skip
+    series, _, _ = scrape(c)
+    info = next(dict(k[1]) for k in series if k[0] == "gpufleet_agent_info")
+    assert info["restart_targets"] == "agent,gpu0,slurmd.service"
+    assert one(series, "gpufleet_inventory_timestamp_seconds") == NOW
+    clock[0] += 30
+    inv[0] = GpuInventory(backend="nvml", gpus=list(INFOS), driver_version="580.159.04")
+    assert one(scrape(c)[0], "gpufleet_inventory_timestamp_seconds") == NOW, "equal: same time"
+    clock[0] += 30
+    inv[0] = GpuInventory(backend="nvml", gpus=INFOS[:1], driver_version="580.159.04")
+    assert one(scrape(c)[0], "gpufleet_inventory_timestamp_seconds") == NOW + 60
+    none = scrape(collector(sample(BUSY)))[0]
+    assert next(dict(k[1]) for k in none if k[0] == "gpufleet_agent_info")["restart_targets"] == ""
