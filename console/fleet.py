@@ -219,6 +219,15 @@ class FleetState:
                 view.inventory = _with_state(view.inventory, frame.state)
         self._judge(view, now)
 
+    def amend(self, node: str, frame: Sample, now: float) -> None:
+        """The newest sample again, with readings the source read later (Prometheus' slow
+        set): it replaces the one shown without counting as a new one; any other is ignored."""
+        view = self.nodes[node]
+        if view.sample is None or view.sample.ts != frame.ts or view.sample == frame:
+            return
+        view.sample = frame
+        self._judge(view, now)
+
     def set_agent(self, node: str, software: str, proto: str, interval: float | None) -> None:
         """What the agent said in its hello."""
         view = self.nodes[node]

@@ -77,7 +77,7 @@ def decode_vector(body: bytes, query: str) -> Vector:
 
 
 class Querier(Protocol):
-    def query(self, expr: str, at: float | None = None) -> Vector: ...
+    def query(self, expr: str, at: float | None = None, timeout: float | None = None) -> Vector: ...
 
 
 class PromClient:
@@ -87,9 +87,11 @@ class PromClient:
         #: Bytes of every answer read so far (what a poll costs the network and the decoder).
         self.bytes_read = 0
 
-    def query(self, expr: str, at: float | None = None) -> Vector:
+    def query(self, expr: str, at: float | None = None, timeout: float | None = None) -> Vector:
         """One instant query (blocking: call it on a worker thread). ``at``: evaluate at
-        that unix time, so that several queries read one moment of the fleet."""
+        that unix time, so that several queries read one moment of the fleet; ``timeout``:
+        this query's, instead of the client's."""
+        wait = self.timeout if timeout is None else timeout
         form = {"query": expr}
         if at is not None:
             form["time"] = f"{at:.3f}"
@@ -99,7 +101,7 @@ class PromClient:
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=wait) as reply:  # noqa: S310
                 body = reply.read(MAX_ANSWER)
         except urllib.error.HTTPError as exc:
             body = exc.read(MAX_ANSWER)  # the API says why in JSON (400 bad query, 503 ...)
@@ -108,7 +110,7 @@ class PromClient:
         except urllib.error.URLError as exc:
             raise PromError(f"cannot reach {self.url}: {_why(exc.reason)}") from None
         except TimeoutError:
-            raise PromError(f"{self.url}: no answer in {self.timeout:g} s") from None
+            raise PromError(f"{self.url}: no answer in {wait:g} s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise PromError(f"{self.url}: {_why(exc)}") from None
         self.bytes_read += len(body)

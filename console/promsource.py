@@ -40,6 +40,7 @@ from console.promview import (
     HEAD_KEYS,
     QUERIES,
     SLOW_EVERY,
+    Cadence,
     FleetIndex,
     PromNode,
     PromQuery,
@@ -57,6 +58,13 @@ POLL_S: Final = 5.0
 FIRST_SCRAPE_GUESS_S: Final = 15.0
 #: Queries in flight at once (Prometheus evaluates them in parallel).
 QUERIES_AT_ONCE: Final = 8
+#: Seconds a whole-fleet query of what was never read may take (the first poll's, the first
+#: static and slow reads): sized for the largest fleets on a busy Prometheus, not for a
+#: steady poll's narrowed queries (``QUERY_TIMEOUT_S``).
+FIRST_QUERY_TIMEOUT_S: Final = 90.0
+
+#: An answer and the hosts it was asked for (None: every host).
+_Answer = tuple[Vector, set[str] | None]
 
 
 @dataclass(slots=True)
@@ -100,12 +108,14 @@ class PromSource:
         poll_s: float = POLL_S,
         client: Querier | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        first_timeout: float = FIRST_QUERY_TIMEOUT_S,
     ) -> None:
         entries = list(entries)
         self.fleet = fleet if fleet is not None else FleetState(entries)
         self.spec = SourceSpec("prometheus", url)
         self.client = client or PromClient(url)
         self.poll_s = poll_s
+        self.first_timeout = first_timeout
         self.polls = 0  # polls Prometheus answered
         self.fault: str | None = None
         #: Hostnames Prometheus has that the inventory does not (ignored), at the last poll.
@@ -114,6 +124,13 @@ class PromSource:
         self._now = monotonic
         self._answered_at: float | None = None
         self._index = FleetIndex()  # the latest answer to each query, by host
+        self._read: set[str] = set()  # the queries answered at least once
+        #: By host: its static set's read (its inventory time then, its scrape time then,
+        #: whether its sample was fresh), and the scrape time at its last slow read.
+        self._static: dict[str, tuple[float | None, float, bool]] = {}
+        self._slow: dict[str, float] = {}
+        #: The hosts each cadence was asked for in the poll being converted (None: all).
+        self._asked: dict[Cadence, set[str] | None] = {}
         self._seen: dict[str, _Seen] = {}
         self._told_unknown: set[str] = set()
         self._tries = 0
@@ -166,67 +183,119 @@ class PromSource:
 
         Prometheus scrapes a node every 15 s or so, the console polls every 5 s: most polls
         find most nodes as they were. So the head queries (``HEAD_KEYS``: when each node was
-        last scraped, its ops state) go to every node, and the rest only to the nodes scraped
-        since the last poll, whose frames alone are rebuilt; the slow set, and every query
-        when most nodes have news, go to the whole fleet."""
-        slow = self.polls % SLOW_EVERY == 0
+        last scraped, its ops state) go to every node, the fast ones only to the nodes scraped
+        since the last poll, and the static and slow sets only to the nodes they are due for
+        (``_plan``); only those nodes' frames are rebuilt. The first poll reads only what
+        the table needs, so the screen shows every node before the rest is read."""
         self._tries += 1
         try:
-            at, answers, news = await self._query(slow)
+            at, answers, rebuild = await self._query()
         except PromError as exc:
             self._failed(str(exc))
             return
         finally:
             self._done_one.set()
-        present, nodes = await asyncio.to_thread(self._convert, answers, news)
+        present, nodes = await asyncio.to_thread(self._convert, answers, rebuild)
         self.polls += 1
         self.fault = None
         now = self._now()
         self._answered_at = now
         self._apply(present, nodes, at, now)
 
-    async def _query(self, slow: bool) -> tuple[float, dict[str, Vector], set[str] | None]:
-        """Every due query at one moment of Prometheus' clock (the first sets it), and the
-        hosts the narrowed ones were asked for (None: all)."""
+    def _timeout(self, key: str, hosts: set[str] | None) -> float | None:
+        """A whole-fleet read of what was never read (the first poll, the first static and
+        slow reads) may take far longer than a steady poll's narrowed one: at 5,000 nodes the
+        first answers took 10 to 40 s on a busy Prometheus. None: the client's own."""
+        return self.first_timeout if hosts is None and key not in self._read else None
+
+    async def _query(self) -> tuple[float, dict[str, _Answer], set[str] | None]:
+        """Every due query at one moment of Prometheus' clock (the first sets it); each answer
+        with the hosts it was asked for (None: all), and the hosts to rebuild (None: all)."""
         heads = [q for q in QUERIES if q.key in HEAD_KEYS]
         first = heads[0]
-        vec = await asyncio.to_thread(self.client.query, first.expr)
+        vec = await asyncio.to_thread(
+            self.client.query, first.expr, None, self._timeout(first.key, None)
+        )
         at = vec.at if vec.series else time.time()
         gate = asyncio.Semaphore(QUERIES_AT_ONCE)
 
-        async def one(q: PromQuery, expr: str) -> tuple[str, Vector]:
+        async def one(q: PromQuery, hosts: set[str] | None) -> tuple[str, _Answer]:
+            expr = q.expr if hosts is None else only(q.expr, hosts)
             async with gate:
-                return q.key, await asyncio.to_thread(self.client.query, expr, at)
+                got = await asyncio.to_thread(
+                    self.client.query, expr, at, self._timeout(q.key, hosts)
+                )
+            return q.key, (got, hosts)
 
-        answers = dict(await asyncio.gather(*(one(q, q.expr) for q in heads[1:])))
-        answers[first.key] = vec
-        scraped = {labels.get("Hostname", ""): v for labels, v in answers["scraped"].series}
-        news: set[str] | None = None
-        if not slow:
-            news = {h for h, v in scraped.items() if self._index.value("scraped", h) != v}
-        rest = [
-            q
-            for q in QUERIES
-            if q.key not in HEAD_KEYS and (slow or q.cadence == "fast") and news != set()
-        ]
-        if news is not None and 2 * len(news) > len(scraped):
-            news = None  # most nodes: the whole fleet costs less than a long selector
-        answers.update(
-            await asyncio.gather(
-                *(one(q, q.expr if news is None else only(q.expr, news)) for q in rest)
-            )
-        )
-        return at, answers, news
+        answers = dict(await asyncio.gather(*(one(q, None) for q in heads[1:])))
+        answers[first.key] = (vec, None)
+        scraped = {labels.get("Hostname", ""): v for labels, v in answers["scraped"][0].series}
+        plan = self._plan(scraped)
+        asked: list[tuple[PromQuery, set[str] | None]]
+        if not self.polls:  # the first: what the table needs, of every node
+            asked = [(q, None) for q in QUERIES if q.first and q.key not in HEAD_KEYS]
+            plan = {"fast": None, "static": set(), "slow": set()}
+        else:
+            asked = [
+                (q, plan[q.cadence])
+                for q in QUERIES
+                if q.key not in HEAD_KEYS and plan[q.cadence] != set()
+            ]
+        answers.update(await asyncio.gather(*(one(q, hosts) for q, hosts in asked)))
+        self._asked = plan
+        rebuild: set[str] | None = set()
+        for hosts in plan.values():
+            rebuild = None if hosts is None or rebuild is None else rebuild | hosts
+        return at, answers, rebuild
+
+    def _plan(self, scraped: dict[str, float]) -> dict[Cadence, set[str] | None]:
+        """For each cadence, the hosts to ask this poll (None: the whole fleet, which costs
+        less than a selector naming most of it)."""
+        window = 0.9 * SLOW_EVERY * self.poll_s  # on Prometheus' clock: scrape times jitter
+        fast, static, slow = set(), set(), set()
+        for host, at in scraped.items():
+            if self._index.value("scraped", host) != at:
+                fast.add(host)  # scraped since the last poll: news
+            read = self._static.get(host)
+            stamp = self._index.value("stamp", host)
+            if (
+                read is None
+                or (stamp is not None and stamp != read[0])
+                # An agent without the stamp (older), or not fresh at the read (its readings,
+                # the memory size among them, were withheld): again once a window.
+                or ((stamp is None or not read[2]) and at - read[1] >= window)
+            ):
+                static.add(host)
+            slow_at = self._slow.get(host)
+            if slow_at is None or at - slow_at >= window:
+                slow.add(host)
+        plan: dict[Cadence, set[str] | None] = {"fast": fast, "static": static, "slow": slow}
+        for cadence, hosts in plan.items():
+            if hosts is not None and 2 * len(hosts) > len(scraped):
+                plan[cadence] = None
+        return plan
 
     def _convert(
-        self, answers: dict[str, Vector], news: set[str] | None
+        self, answers: dict[str, _Answer], rebuild: set[str] | None
     ) -> tuple[list[str], dict[str, PromNode]]:
-        """Into the index, then the frames of the nodes with news (all, if ``news`` is None);
-        and every host Prometheus has a sample time for. On a worker thread, one at a time."""
-        for key, vec in answers.items():
-            self._index.update(key, vec, None if key in HEAD_KEYS else news)
+        """Into the index, then the frames of the nodes to rebuild (all, if None); and every
+        host Prometheus has a sample time for. On a worker thread, one at a time."""
+        for key, (vec, hosts) in answers.items():
+            self._index.update(key, vec, hosts)
+            self._read.add(key)
         present = self._index.hosts("scraped")
-        return present, nodes_of(self._index, present if news is None else news)
+        for cadence in ("static", "slow"):
+            hosts = self._asked[cadence]
+            for host in present if hosts is None else hosts:
+                at = self._index.value("scraped", host)
+                if at is None:
+                    continue
+                if cadence == "slow":
+                    self._slow[host] = at
+                else:
+                    fresh = (self._index.value("fresh", host) or 0) >= 1
+                    self._static[host] = (self._index.value("stamp", host), at, fresh)
+        return present, nodes_of(self._index, present if rebuild is None else rebuild)
 
     def _failed(self, why: str) -> None:
         if self.fault != why:
@@ -300,6 +369,10 @@ class PromSource:
             # sample was then (the agent's clock against Prometheus', never below zero).
             age = max(0.0, at - node.scraped) + max(0.0, node.scraped - sample.ts)
             fleet.apply(name, msgspec.structs.replace(sample, seq=seen.seq), now - age)
+        elif sample is not None and node.sample_ts == seen.sample_ts:
+            # The same sample with readings read since (the static and slow sets come after
+            # the first screen): shown, without counting as a new sample.
+            fleet.amend(name, msgspec.structs.replace(sample, seq=seen.seq), now)
         elif sample is None and view.sample_at is None:
             why = "its agent has no current sample (sampling stalled, or just started)"
             fleet.set_link(name, "no_data", why, now)
@@ -319,8 +392,12 @@ def _state_event(state: NodeState, at: float) -> Event:
 async def prom_snapshot(
     entries: list[NodeEntry], url: str, *, wait: float
 ) -> tuple[FleetState, str | None]:
-    """One poll of Prometheus for ``status``: the fleet as it has it, and the source's fault
-    (None when it answered). ``wait`` bounds each query."""
-    source = PromSource(entries, url, client=PromClient(url, timeout=max(1.0, wait)))
+    """The fleet as Prometheus has it for ``status``, and the source's fault (None when it
+    answered): the first poll, then the one that reads the static and slow sets. ``wait``
+    bounds each query."""
+    wait = max(1.0, wait)
+    source = PromSource(entries, url, client=PromClient(url, timeout=wait), first_timeout=wait)
     await source.poll()
+    if source.fault is None:
+        await source.poll()
     return source.fleet, source.fault

@@ -95,7 +95,12 @@ class ActionDialog(ModalScreen[Confirmed | None]):
             if spec.choice == "target" and (why := why_no_restart_targets(fleet, self.nodes)):
                 warnings.append(why)
             hidden = busy_without_processes(fleet, self.nodes)
-            if hidden:
+            if hidden and not self._processes_carried():
+                warnings.append(
+                    f"process lists are not in Prometheus: busy GPUs on "
+                    f"{hostlist.collect_hostlist(hidden)} may be running someone's work"
+                )
+            elif hidden:
                 warnings.append(
                     f"busy GPUs with no process listed (containers?) on "
                     f"{hostlist.collect_hostlist(hidden)}"
@@ -114,7 +119,18 @@ class ActionDialog(ModalScreen[Confirmed | None]):
                 yield Button("Cancel", id="cancel")
                 yield Button(spec.title, id="confirm", variant="error")
 
+    def _processes_carried(self) -> bool:
+        """Whether the live view's source carries GPU process lists: the agents' own streams
+        do, Prometheus does not (an empty list there says nothing about the GPUs)."""
+        feed = self.fleet_app.feed
+        return feed is None or feed.status(self.fleet_app.clock()).source.kind != "prometheus"
+
     def _affected_text(self) -> str:
+        if not self._processes_carried():
+            return (
+                "GPU processes: not known here (process lists are not in Prometheus; the "
+                "SSH source, gpufleet --source ssh, lists them)."
+            )
         procs = affected(self.fleet_app.fleet, self.nodes)
         if not procs:
             return "No GPU processes listed on these nodes."

@@ -14,6 +14,7 @@ from tests.conftest import FIXTURES
 
 ANSWERS: dict[str, Any] = json.loads((FIXTURES / "prometheus" / "answers.json").read_text())
 KEYS = {q.expr: q.key for q in QUERIES}
+NOT_EXPORTED: dict[str, Any] = {"status": "success", "data": {"resultType": "vector", "result": []}}
 _NARROWED = re.compile(r'\{Hostname=~("(?:[^"\\]|\\.)*")\}')
 
 
@@ -24,8 +25,13 @@ class Recorded:
         self.gone: set[str] = set()
         self.fault: str | None = None
         self.asked = 0
+        self.keys: list[str] = []  # every query's key, in the order asked
+        #: Every query's key and the hosts it was narrowed to (a regex; None: all).
+        self.asked_for: list[tuple[str, str | None]] = []
+        #: Answers a test changed (by key), instead of the recorded ones.
+        self.changed: dict[str, dict[str, Any]] = {}
 
-    def query(self, expr: str, at: float | None = None) -> Vector:
+    def query(self, expr: str, at: float | None = None, timeout: float | None = None) -> Vector:
         self.asked += 1
         if self.fault is not None:
             raise PromError(self.fault)
@@ -33,7 +39,13 @@ class Recorded:
         # whole query, less the other hosts' series.
         narrowed = _NARROWED.search(expr)
         hosts = re.compile(json.loads(narrowed.group(1))) if narrowed else None
-        doc = json.loads(json.dumps(ANSWERS[KEYS[_NARROWED.sub("", expr)]]))
+        key = KEYS[_NARROWED.sub("", expr)]
+        self.keys.append(key)
+        self.asked_for.append((key, narrowed and json.loads(narrowed.group(1))))
+        # A query added after the recording (the inventory's time): the recorded agents did
+        # not export it, as an older agent does not; nothing is made up for it unless a test
+        # says so (``changed``).
+        doc = json.loads(json.dumps(self.changed.get(key) or ANSWERS.get(key, NOT_EXPORTED)))
         doc["data"]["result"] = [
             s
             for s in doc["data"]["result"]

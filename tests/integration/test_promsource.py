@@ -18,6 +18,7 @@ import pytest
 from textual.widgets import Input
 
 from console.actionlinks import ActionLinks
+from console.actions import restart_targets
 from console.inventory import load_inventory
 from console.link import LinkOptions
 from console.promsource import PromSource
@@ -204,6 +205,19 @@ async def test_the_screen_on_prometheus_acts_over_ssh_on_the_chosen_node_only(si
             "the drain, scraped, in the Prometheus view",
         )
         await pilot.press("escape")
+
+        # Restart: the targets each agent allows, as Prometheus carries them (agent info).
+        await until(lambda: restart_targets(fleet, ["gpu02"]) != [], "the static set read")
+        assert restart_targets(fleet, ["gpu01", "gpu02"]) == ["gpu0", "gpu1"]
+        await pilot.press("r")
+        dialog = app.screen
+        assert isinstance(dialog, ActionDialog) and dialog.nodes == ["gpu02"]
+        said = str(dialog.query_one("#affected").render())
+        assert "process lists are not in Prometheus" in said
+        warned = dialog.query("#warnings")
+        assert not warned or "no restart targets" not in str(warned.first().render())
+        await pilot.press("escape")
+        assert set(actions.links) == {"gpu02"}, "opening the dialog connects nowhere"
 
         site.prom.stop()
         await until(lambda: line.has_class("fault"), "the source's fault shown")

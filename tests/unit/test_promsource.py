@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from console.fleet import NodeView
 from console.inventory import parse_inventory
 from console.prometheus import PromClient, PromError, Vector, decode_vector
 from console.promsource import NameIndex, PromSource
-from console.promview import MIB, QUERIES, nodes_from
+from console.promview import HEAD_KEYS, MIB, QUERIES, nodes_from
+from console.rows import node_row
 from console.source import SSH, SourceError, SourceSpec, parse_source
 from tests.fakes.prometheus import ANSWERS, Recorded
 
@@ -203,3 +206,92 @@ def test_hostnames_match_inventory_names_with_or_without_the_domain() -> None:
 def test_the_whole_fleet_is_read_with_one_query_per_metric(tmp_path: Path) -> None:
     assert len(QUERIES) == len({q.key for q in QUERIES})
     assert all("Hostname" in q.expr for q in QUERIES), "joined by node, never one per node"
+
+
+def gpu0(view: NodeView) -> tuple[str | None, int | None, int | None]:
+    """GPU 0's UUID and power limit (static set) and SM clock (slow set) as the model has it."""
+    info = view.inventory.gpus[0] if view.inventory else None
+    reading = view.sample.gpus[0] if view.sample else None
+    return (
+        info.uuid if info else None,
+        info.power_limit_mw if info else None,
+        reading.sm_clock_mhz if reading else None,
+    )
+
+
+def _changed(key: str, values: dict[str, float]) -> dict[str, Any]:
+    """The recorded answer to ``key`` with some hosts' values changed (or, for a query the
+    recorded agents did not export, those hosts' series made from the scrape times')."""
+    doc: dict[str, Any] = json.loads(json.dumps(ANSWERS.get(key) or ANSWERS["scraped"]))
+    for s in doc["data"]["result"]:
+        host = s["metric"]["Hostname"]
+        s["metric"] = {"Hostname": host}
+        if host in values:
+            s["value"][1] = repr(values[host])
+    doc["data"]["result"] = [s for s in doc["data"]["result"] if s["metric"]["Hostname"] in values]
+    return doc
+
+
+async def test_the_first_poll_shows_every_node_before_the_static_and_slow_sets() -> None:
+    """Issue 7: the screen shows each node from its fast readings (and the memory size and
+    slowdown limit they are shown against); identities, limits, clocks and the slow readings
+    come with the next poll, into the same rows, without a second sample in the history."""
+    client, clock = Recorded(), Clock()
+    src = source(client, clock)
+    await src.poll()
+    first = {q.key for q in QUERIES if q.first}
+    assert set(client.keys) == first
+    assert {q.cadence for q in QUERIES if q.key in first} == {"fast", "static"}
+    assert {q.key for q in QUERIES if q.first and q.cadence == "static"} == {
+        "DCGM_FI_DEV_FB_TOTAL", "gpufleet_gpu_temperature_slowdown_celsius"
+    }  # fmt: skip
+    one = src.fleet.nodes["gpu01"]
+    assert (one.link, src.fleet.nodes["gpu02"].link) == ("live", "live")
+    row = node_row(one, clock.now)
+    assert row.mem_total is not None and row.temp is not None and row.power_w is not None
+    assert {"xid", "gpu_lost", "temperature", "slowdown"} <= {a.kind for a in one.alerts}
+    assert gpu0(one) == (None, None, None), "identities, limits, clocks: not read yet"
+
+    client.keys.clear()
+    clock.now += 5
+    await src.poll()
+    assert {q.cadence for q in QUERIES if q.key in client.keys} == {"fast", "static", "slow"}
+    uuid, power_limit, sm_clock = gpu0(one)
+    assert (uuid, power_limit) == ("GPU-b879e1a0-3642-8ad3-af43-82b4df9659f0", 700_000)
+    assert sm_clock is not None
+    assert len(one.history) == 1, "the same sample, completed: not a second one"
+    assert one.link == "live"
+
+    client.keys.clear()
+    await src.poll()  # nothing scraped since: the head queries alone
+    assert set(client.keys) == HEAD_KEYS
+
+
+async def test_static_facts_are_read_again_only_where_the_inventory_time_moved() -> None:
+    client, clock = Recorded(), Clock()
+    scraped = {
+        s["metric"]["Hostname"]: float(s["value"][1]) for s in ANSWERS["scraped"]["data"]["result"]
+    }
+    client.changed["stamp"] = _changed("stamp", {"gpu01": 100.0, "gpu02": 100.0})
+    src = source(client, clock)
+    await src.poll()
+    await src.poll()
+    static = {q.key for q in QUERIES if q.cadence == "static"}
+    # gpu01 scraped again, its agent restarted (a new inventory time); gpu02 scraped again.
+    client.changed["scraped"] = _changed(
+        "scraped", {h: scraped[h] + 15 for h in ("gpu01", "gpu02", "stranger")}
+    )
+    client.changed["stamp"] = _changed("stamp", {"gpu01": 200.0, "gpu02": 100.0})
+    client.asked_for.clear()
+    await src.poll()  # the news: fast readings (the inventory time among them)
+    asked = {k: hosts for k, hosts in client.asked_for}
+    assert not static & asked.keys()
+    assert asked["stamp"] is None, "most nodes have news: the whole fleet, one query"
+    client.asked_for.clear()
+    await src.poll()  # the static set again, for gpu01 alone
+    asked = {k: hosts for k, hosts in client.asked_for}
+    assert static <= asked.keys()
+    assert {asked[k] for k in static} == {"gpu01"}
+    client.asked_for.clear()
+    await src.poll()
+    assert not static & {k for k, _ in client.asked_for}
