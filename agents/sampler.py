@@ -172,6 +172,17 @@ class Sampler:
         newest = [encode(self.latest)] if self.latest is not None else []
         return [*newest, *self.event_replay]
 
+    def release(self) -> None:
+        """Let go of the buffers: the agent has stopped for good. For a process that goes on
+        hosting other agents (the demo fleet, the soak's node hosts): a stopped agent is
+        cyclic garbage (its handler, server and scheduler call back into it), and what it
+        buffered (up to 4 MB of bytes at 8 GPUs) is invisible to the collector's thresholds,
+        which count only objects that can be in cycles; it stayed until a rare full
+        collection, a node host growing by every agent it had restarted."""
+        self.replay.clear()
+        self.event_replay.clear()
+        self.latest = None
+
     def buffered_seqs(self) -> range:
         """The numbers of the samples in the replay buffer (consecutive, as samples are)."""
         return range(self._seq - len(self.replay) + 1, self._seq + 1)

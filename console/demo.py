@@ -80,6 +80,10 @@ class DemoFleet:
         )
 
     async def start_agent(self, name: str, seed: int) -> None:
+        """Start the node's agent, or a new one in place of its stopped one, whose buffers
+        are released then (``Sampler.release``), once whoever drives the fleet has read
+        them after the stop (the soak notes what the stopped agent buffered)."""
+        before = self.agents.get(name)
         agent = Agent(self.node_config(name), SimBackend(self.gpus, seed=seed, node=name))
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
@@ -89,6 +93,8 @@ class DemoFleet:
         if task.done():
             await task  # its error, as one line from the CLI
         self.agents[name], self.tasks[name], self.stops[name] = agent, task, stop
+        if before is not None:
+            before.sampler.release()
 
     async def stop_agent(self, name: str) -> None:
         self.stops[name].set()

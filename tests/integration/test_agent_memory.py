@@ -1,0 +1,160 @@
+"""The agent's memory across clients and restarts: a client that leaves, and a stopped agent
+in a process that hosts others (the demo fleet, the soak's node hosts), must be freed by
+reference counting alone. What they hold is mostly bytes (the encoded history, up to 4 MB at
+8 GPUs), which the cyclic collector's thresholds do not count, so left to that collector it
+stayed until a rare full collection: the soak's node hosts grew 265 to 420 MB/h.
+
+The agents are the real daemon on simulated GPUs, in this process (the assertions are about
+its objects), behind their real unix sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.config import AgentConfig, AgentSection
+from agents.daemon import Agent
+from agents.gpu.sim import SimBackend
+from agents.protocol import PROTOCOL_VERSION, FrameSplitter, Hello, Sample, decode, encode
+from agents.server import ClientConn
+from console.demo import demo_fleet
+from tests.conftest import until
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 0.05
+HISTORY = 1.0  # 20 samples: the ring turns over in a second
+
+
+@pytest.fixture
+def no_cyclic_collector() -> Iterator[None]:
+    """Only reference counting frees anything while the test runs."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+@pytest.fixture
+async def agent(short_tmp: Path) -> AsyncIterator[Agent]:
+    config = AgentConfig(
+        agent=AgentSection(
+            node_name="n1",
+            socket=str(short_tmp / "agent.sock"),
+            state_dir=str(short_tmp / "state"),
+            backend="sim",
+            interval=INTERVAL,
+            history=HISTORY,
+        )
+    )
+    agent = Agent(config, SimBackend(8, seed=1, node="n1"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await until(lambda: agent.serving.is_set() or task.done(), "the agent serving")
+    await until(lambda: len(agent.sampler.replay) == agent.sampler.replay.maxlen, "a full ring")
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await task
+
+
+class Viewer:
+    """A console's side of the socket: hello, then frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.splitter = FrameSplitter()
+        self.pending: list[bytes | None] = []
+
+    @classmethod
+    async def connect(cls, agent: Agent) -> Viewer:
+        reader, writer = await asyncio.open_unix_connection(str(agent.server.path))
+        writer.write(encode(Hello(proto=PROTOCOL_VERSION, software="test", peer="console")))
+        return cls(reader, writer)
+
+    async def until_live(self) -> None:
+        """Read the hello, the inventory and the replay, up to the first live sample."""
+        while True:
+            while not self.pending:
+                data = await self.reader.read(65536)
+                assert data, "the agent closed the stream"
+                self.pending.extend(self.splitter.feed(data))
+            line = self.pending.pop(0)
+            assert line is not None
+            frame = decode(line)
+            if isinstance(frame, Sample) and not frame.replay:
+                return
+
+    async def leave(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def only_client(agent: Agent) -> weakref.ref[ClientConn]:
+    (client,) = agent.server._clients
+    return weakref.ref(client)
+
+
+async def test_a_client_that_leaves_is_freed_without_the_cyclic_collector(
+    agent: Agent, no_cyclic_collector: None
+) -> None:
+    """The agent cancels a leaving client's writer, and the cancelled task keeps its
+    CancelledError, whose traceback holds the writer's frame: the client must not hold the
+    task too. Once a streaming client and once one that left before reading anything."""
+    viewer = await Viewer.connect(agent)
+    await viewer.until_live()
+    streaming = only_client(agent)
+    await viewer.leave()
+    await until(lambda: not agent.server._clients, "the agent noticing the client left")
+    await until(lambda: streaming() is None, "the client that left freed", 10)
+
+    silent = await Viewer.connect(agent)
+    await until(lambda: len(agent.server._clients) == 1, "the second client connected")
+    early = only_client(agent)
+    await silent.leave()
+    await until(lambda: early() is None, "the client that left before reading freed", 10)
+
+
+async def test_a_client_keeps_nothing_of_the_history_it_was_sent(agent: Agent) -> None:
+    """A console stays connected for days: once its replay is written, a sample that leaves
+    the ring must be freed, not kept for it by the snapshot it was sent from."""
+    oldest = agent.sampler.replay[0]
+    viewer = await Viewer.connect(agent)
+    try:
+        await viewer.until_live()  # the replay, ``oldest`` first, has been written
+        await until(
+            lambda: all(frame is not oldest for frame in agent.sampler.replay),
+            "the ring moving past the oldest sample sent",
+        )
+        assert sys.getrefcount(oldest) == 2, "something still holds a sample the ring let go"
+    finally:
+        await viewer.leave()
+
+
+async def test_an_agent_restarted_in_a_demo_fleet_leaves_nothing_of_its_buffers(
+    no_cyclic_collector: None,
+) -> None:
+    """A stopped agent is cyclic garbage (its handler, server and scheduler call back into
+    it); its buffered history must be released once another agent takes its place."""
+    async with demo_fleet(1, 8) as fleet:
+        name = fleet.names[0]
+        await until(lambda: fleet.agents[name].sampler.latest is not None, "a first sample")
+        before = fleet.agents[name]
+        newest = before.sampler.replay[-1]
+        await fleet.stop_agent(name)
+        assert newest in before.sampler.replay, "read after the stop, as the soak reads it"
+        await fleet.start_agent(name, seed=0)
+        assert fleet.agents[name] is not before
+        del before
+        assert sys.getrefcount(newest) == 2, "the stopped agent's history is still held"
