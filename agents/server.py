@@ -396,6 +396,11 @@ class AgentServer:
                 await writer.drain()
         except (ConnectionError, OSError):
             self._disconnect(client, None)
+        finally:
+            # A write to a peer that had gone fails inside the transport, which keeps the
+            # error; its traceback holds this frame, the client and its reader (which keeps the
+            # error too): cyclic garbage, left to a full collection. Not the history with it.
+            first.clear()
 
     def _disconnect(self, client: ClientConn, error: Error | None) -> None:
         self._clients.discard(client)  # even if already closing: never leak its place
