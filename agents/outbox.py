@@ -43,8 +43,17 @@ class Outbox:
         self._taken = asyncio.Event()
         self.dropped = 0  # samples dropped for this client, in all
         self._dropping_since: float | None = None
+        self._held_since: float | None = None  # a history is being written before us
         self.overflowed: str | None = None
         self.closed = False
+
+    def hold(self) -> None:
+        """The client is sent its history first (written apart, paced by its reading): keep
+        every sample queued meanwhile, until the first ``take``. Dropping the oldest of them,
+        as past ``max_samples`` otherwise, would lose the very sample that joins the history
+        to the live stream, a gap no reader can tell from the end of the history. Bounded by
+        time: a history still unread after ``max_behind`` overflows the client."""
+        self._held_since = self._monotonic()
 
     def close(self) -> list[bytes]:
         """The client is being closed: release anyone waiting in ``room`` or ``take``, and
@@ -68,7 +77,10 @@ class Outbox:
             return
         self._items.append((True, frame))
         self._samples += 1
-        if self._samples > self._max_samples:
+        if self._held_since is not None:
+            if self._monotonic() - self._held_since > self._max_behind:
+                self.overflowed = f"history unread for more than {self._max_behind:g} s"
+        elif self._samples > self._max_samples:
             self._drop_oldest_sample()
         self._ready.set()
 
@@ -116,5 +128,6 @@ class Outbox:
         self._samples = 0
         self._other_bytes = 0
         self._dropping_since = None  # the client has caught up with what we had
+        self._held_since = None
         self._taken.set()
         return frames

@@ -380,6 +380,7 @@ class AgentServer:
             first.append(encode(self._inventory()))
             first.extend(self._history(hello.history))
             client.wants_stream = True
+            client.outbox.hold()  # no live sample dropped before the history is out
         client.writer_task = self._spawn(self._write(client, first))
 
     async def _write(self, client: ClientConn, first: deque[bytes]) -> None:
