@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ QUERIES_AT_ONCE: Final = 8
 #: static and slow reads): sized for the largest fleets on a busy Prometheus, not for a
 #: steady poll's narrowed queries (``QUERY_TIMEOUT_S``).
 FIRST_QUERY_TIMEOUT_S: Final = 90.0
+#: Most nodes whose static or slow set one poll reads: at 5,000 nodes reading all of them at
+#: once (~70 MB) ran the poll's small queries past their timeout; this spreads the first
+#: read of a large fleet over a few polls and keeps every poll about one size.
+CATCH_UP_NODES: Final = 1000
 
 #: An answer and the hosts it was asked for (None: every host).
 _Answer = tuple[Vector, set[str] | None]
@@ -241,7 +246,21 @@ class PromSource:
                 for q in QUERIES
                 if q.key not in HEAD_KEYS and plan[q.cadence] != set()
             ]
-        answers.update(await asyncio.gather(*(one(q, hosts) for q, hosts in asked)))
+        got = await asyncio.gather(*(one(q, hosts) for q, hosts in asked), return_exceptions=True)
+        failed: set[Cadence] = set()
+        for (q, _), answer in zip(asked, got, strict=True):
+            if isinstance(answer, PromError) and self.polls and q.cadence != "fast":
+                failed.add(q.cadence)  # the fast view stands; these stay due for the next poll
+                log.warning("prometheus: the %s set was not read: %s", q.cadence, answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                answers[answer[0]] = answer[1]
+        for cadence in failed:
+            plan[cadence] = set()
+            for q in QUERIES:
+                if q.cadence == cadence:
+                    answers.pop(q.key, None)
         self._asked = plan
         rebuild: set[str] | None = set()
         for hosts in plan.values():
@@ -269,11 +288,26 @@ class PromSource:
             slow_at = self._slow.get(host)
             if slow_at is None or at - slow_at >= window:
                 slow.add(host)
-        plan: dict[Cadence, set[str] | None] = {"fast": fast, "static": static, "slow": slow}
-        for cadence, hosts in plan.items():
-            if hosts is not None and 2 * len(hosts) > len(scraped):
+        due: dict[Cadence, set[str]] = {"fast": fast, "static": static, "slow": slow}
+        plan: dict[Cadence, set[str] | None] = dict(due)
+        for cadence, hosts in due.items():
+            if cadence != "fast" and len(hosts) > CATCH_UP_NODES:
+                # Those read longest ago first; the rest on the next polls.
+                table = (
+                    self._slow if cadence == "slow" else {h: r[1] for h, r in self._static.items()}
+                )
+                plan[cadence] = set(
+                    sorted(hosts, key=lambda h: (table.get(h, -math.inf), h))[:CATCH_UP_NODES]
+                )
+            elif 2 * len(hosts) > len(scraped):
                 plan[cadence] = None
         return plan
+
+    @property
+    def behind(self) -> int:
+        """Nodes in Prometheus whose static or slow set was never read yet."""
+        present = self._index.hosts("scraped")
+        return sum(h not in self._static or h not in self._slow for h in present)
 
     def _convert(
         self, answers: dict[str, _Answer], rebuild: set[str] | None

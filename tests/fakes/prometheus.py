@@ -30,11 +30,14 @@ class Recorded:
         self.asked_for: list[tuple[str, str | None]] = []
         #: Answers a test changed (by key), instead of the recorded ones.
         self.changed: dict[str, dict[str, Any]] = {}
+        self.failing: set[str] = set()  # queries (their expressions) that time out
 
     def query(self, expr: str, at: float | None = None, timeout: float | None = None) -> Vector:
         self.asked += 1
         if self.fault is not None:
             raise PromError(self.fault)
+        if _NARROWED.sub("", expr) in self.failing:
+            raise PromError(f"no answer to {KEYS[_NARROWED.sub('', expr)]}")
         # A query narrowed to some hosts (console.promview.only): the recorded answer to the
         # whole query, less the other hosts' series.
         narrowed = _NARROWED.search(expr)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from console import promsource
 from console.fleet import NodeView
 from console.inventory import parse_inventory
 from console.prometheus import PromClient, PromError, Vector, decode_vector
@@ -295,3 +296,31 @@ async def test_static_facts_are_read_again_only_where_the_inventory_time_moved()
     client.asked_for.clear()
     await src.poll()
     assert not static & {k for k, _ in client.asked_for}
+
+
+async def test_a_large_catch_up_is_spread_and_a_failed_one_leaves_the_fast_view(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The static and slow sets of a large fleet are read a share of the nodes per poll, and
+    when they cannot be read the poll still shows the fast readings; they stay due."""
+    monkeypatch.setattr(promsource, "CATCH_UP_NODES", 1)
+    client, clock = Recorded(), Clock()
+    src = source(client, clock)
+    await src.poll()
+    assert src.behind == 3
+    static = {q.expr for q in QUERIES if q.cadence == "static"}
+    client.failing = static
+    client.asked_for.clear()
+    clock.now += 5
+    await src.poll()
+    assert src.fault is None and src.fleet.nodes["gpu01"].link == "live"
+    assert src.behind == 3, "the slow set of one node read, its static set not"
+    client.failing = set()
+    hosts = []
+    for _ in range(3):
+        client.asked_for.clear()
+        await src.poll()
+        hosts.append({h for k, h in client.asked_for if k == "ids"})
+    assert [len(h) for h in hosts] == [1, 1, 1] and len(set.union(*hosts)) == 3
+    assert src.behind == 0
+    assert gpu0(src.fleet.nodes["gpu01"])[0] is not None
