@@ -81,6 +81,7 @@ POOL_NODES = 250  # nodes per pool (node0001-0250 in pool00, ...)
 SIZE = (200, 60)
 POLL_S = 5.0
 FIRST_LIMIT_S = 180.0  # for the first full view, polls failing included
+FRESH_LIMIT_S = 300.0  # the same, with Prometheus started at the same time
 MB = 1_000_000
 
 
@@ -192,11 +193,21 @@ class TimedApp(FleetApp):
         super().__init__(fleet, refresh_s=0.5, **kw)
         self.full_refresh: float | None = None
         self.full_screen: float | None = None
+        self.complete: float | None = None  # every node's GPU identities known too
 
     def refresh_fleet(self) -> None:
         super().refresh_fleet()
         if self.full_refresh is None and all(v.link == "live" for v in self.fleet.nodes.values()):
             self.full_refresh = time.perf_counter()
+        if (
+            self.complete is None
+            and self.full_refresh is not None
+            and all(
+                v.inventory is not None and all(g.uuid for g in v.inventory.gpus)
+                for v in self.fleet.nodes.values()
+            )
+        ):
+            self.complete = time.perf_counter()
 
     def _display(self, screen: Screen[Any], renderable: RenderableType | None) -> None:
         super()._display(screen, renderable)
@@ -229,6 +240,11 @@ async def _screen(
                 raise RuntimeError(f"no full screen in {limit:g} s ({live} nodes live)")
             await asyncio.sleep(0.05)
         first = app.full_screen - started
+        while app.complete is None:  # the static set too (GPU identities, limits)
+            if time.perf_counter() - started > limit:
+                break
+            await asyncio.sleep(0.05)
+        complete = None if app.complete is None else app.complete - started
         await asyncio.sleep(window / 4)  # past the burst of the first screen
         cpu0, wall0 = _cpu(me), time.perf_counter()
         others0 = [_cpu(p) for p in others]
@@ -242,6 +258,7 @@ async def _screen(
         await asyncio.gather(runner, return_exceptions=True)
     return {
         "first_full_screen_s": first,
+        "complete_s": complete,
         "window_s": wall,
         "console_cpu_percent": 100 * cpu / wall,
         "others_cpu_percent": [100 * c / wall for c in others_cpu],
@@ -265,7 +282,6 @@ async def prom_console(
     k = 0
     while len(rows) < polls:
         cpu0, wall0, bytes0 = time.process_time(), time.perf_counter(), client.bytes_read
-        slow = source.polls % SLOW_EVERY == 0
         await source.poll()
         wall = time.perf_counter() - wall0
         k += 1
@@ -279,7 +295,7 @@ async def prom_console(
                 first_full = time.perf_counter() - started
             if first_full is not None:
                 rows.append({
-                    "slow": slow,
+                    "behind": source.behind,
                     "cpu_s": time.process_time() - cpu0,
                     "wall_s": wall,
                     "bytes": client.bytes_read - bytes0,
@@ -295,15 +311,20 @@ async def prom_console(
     app = TimedApp(fleet_source.fleet, feed=fleet_source, source=f"prometheus {url}")
     screen = await _screen(app, time.perf_counter(), window, FIRST_LIMIT_S, [prom])
     screen["faults"] = fleet_source.fault
-    steady = rows[1:]  # after the first full view: news only
-    fast = [r for r in steady if not r["slow"]] or steady
-    slow_rows = [r for r in steady if r["slow"]] or rows[:1]
+    # rows[0]: the poll that gave the first full view (the fast set); then the catch-up polls
+    # (static and slow sets, CATCH_UP_NODES nodes a poll) until no node is behind; then
+    # steady polls, news only.
+    caught = next((i for i, r in enumerate(rows) if r["behind"] == 0), len(rows) - 1)
+    catch_up, steady = rows[1 : caught + 1], rows[caught + 1 :] or rows[-1:]
     return {
         "first_full_model_s": first_full,
         "faults": faults,
         "polls": rows,
-        "fast": _mean_poll(fast),
-        "slow": _mean_poll(slow_rows),
+        "first_poll": rows[0],
+        "catch_up_polls": len(catch_up),
+        "catch_up_poll": _mean_poll(catch_up or rows[:1]),
+        "steady": _mean_poll(steady),
+        "steady_max": {k: max(r[k] for r in steady) for k in ("cpu_s", "wall_s", "bytes")},
         "mean_cpu_s_per_poll": sum(r["cpu_s"] for r in steady) / len(steady),
         "mean_bytes_per_poll": sum(r["bytes"] for r in steady) / len(steady),
         "model_rss_mb": model_rss,
@@ -314,6 +335,23 @@ async def prom_console(
 
 def _mean_poll(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) / len(rows) for k in ("cpu_s", "wall_s", "bytes")}
+
+
+async def fresh_console(
+    url: str, entries: list[NodeEntry], prom_started: float, window: float
+) -> dict[str, Any]:
+    """The screen started with Prometheus (``prom_started``, unix time): what an operator
+    sees after both restarted; bounded by how fast Prometheus itself gets every node."""
+    source = PromSource(entries, url, poll_s=POLL_S)
+    app = TimedApp(source.fleet, feed=source, source=f"prometheus {url}")
+    started = time.perf_counter()
+    late = time.time() - prom_started  # this process's start, after Prometheus'
+    screen = await _screen(app, started, window, FRESH_LIMIT_S, [])
+    screen["started_after_prometheus_s"] = late
+    screen["first_full_screen_from_prometheus_start_s"] = late + screen["first_full_screen_s"]
+    if screen["complete_s"] is not None:
+        screen["complete_from_prometheus_start_s"] = late + screen["complete_s"]
+    return screen
 
 
 async def ssh_console(nodes: int, window: float) -> dict[str, Any]:
@@ -359,6 +397,10 @@ def _child(mode: str, argv: list[str]) -> None:
             entries = parse_inventory(inventory_text(int(nodes)), "bench").nodes
             prom = psutil.Process(int(pid))
             said = asyncio.run(prom_console(url, entries, int(polls), float(window), prom))
+        elif mode == "_fresh":
+            url, nodes, prom_started, window = argv
+            entries = parse_inventory(inventory_text(int(nodes)), "bench").nodes
+            said = asyncio.run(fresh_console(url, entries, float(prom_started), float(window)))
         else:
             said = asyncio.run(ssh_console(int(argv[0]), float(argv[1])))
     except (RuntimeError, OSError) as exc:
@@ -425,6 +467,7 @@ def prom_size(nodes: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
             for i in range(said["first"], said["first"] + said["count"])
         ]  # fmt: skip
         root = tmp / f"prometheus-{nodes}"
+        prom_started = time.time()
         prom = start_prometheus(
             root,
             targets,
@@ -432,7 +475,20 @@ def prom_size(nodes: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
             scrape_timeout=f"{min(10.0, args.scrape):g}s",
         )
         pp = psutil.Process(prom.proc.pid)
-        scraped_s = _wait_scraped(prom, nodes, 4 * args.scrape + 60)
+        # Scenario 1: the console started with Prometheus (both just restarted), while this
+        # process watches for Prometheus itself to hold every node.
+        child = subprocess.Popen(
+            [sys.executable, str(HERE), "_fresh", prom.base_url, str(nodes), repr(prom_started),
+             str(args.window / 3)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            _wait_scraped(prom, nodes, 4 * args.scrape + 60)
+            scraped_s = time.time() - prom_started
+        finally:
+            out, _ = child.communicate()
+        said = out.strip().splitlines()[-1] if out.strip() else ""
+        fresh: dict[str, Any] = json.loads(said) if said else {"error": f"rc {child.returncode}"}
         time.sleep(args.scrape)  # a full round of scrapes more, so every node has two
         health = _scrape_health(prom)
         hosts_cpu0 = [_cpu(psutil.Process(p.pid)) for p in procs]
@@ -453,6 +509,7 @@ def prom_size(nodes: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
             "node_hosts": hosts_n,
             "node_hosts_ready_s": hosts_up,
             "prometheus_all_scraped_s": scraped_s,
+            "prometheus_just_started": fresh,
             "scrape": health,
             "scrape_after": health_after,
             "prometheus_rss_mb": pp.memory_info().rss / MB,
@@ -476,7 +533,8 @@ def report(results: dict[str, Any]) -> str:
     p = results["parameters"]
     rows = [
         f"Prometheus {p['scrape']:g} s scrape, console polls every {POLL_S:g} s "
-        f"(slow set every {SLOW_EVERY}th); load average at start {results['loadavg_start']}.",
+        f"(a node's slow readings every {SLOW_EVERY}th); load average at start "
+        f"{results['loadavg_start']}, at the end {results.get('loadavg_end')}.",
         "",
     ]
     for a in results["attempts"]:
@@ -497,28 +555,57 @@ def report(results: dict[str, Any]) -> str:
             )
     rows += [
         "",
-        "| source | nodes | GPUs | first full screen s | console CPU % of a core | "
-        "CPU s per poll (fast / slow) | wall s per poll (fast / slow) | MB per poll "
-        "(fast / slow) | console RSS MB | Prometheus RSS MB / CPU % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| source | nodes | GPUs | first full screen s | every node complete s | console CPU % "
+        "of a core | console RSS MB | Prometheus RSS MB / CPU % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    polls = [
+        "",
+        "The source alone (Prometheus holding the fleet), per poll: the first (the fast set of "
+        "every node), the catch-up (static and slow sets, mean of the polls until every node "
+        "has them), then steady (news only; mean / max), and steady per 30 s (6 polls):",
+        "",
+        "| nodes | CPU s first / catch-up / steady mean / max | wall s first / catch-up / "
+        "steady mean / max | MB first / catch-up / steady mean / max | steady per 30 s: CPU s,"
+        " MB |",
+        "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for a in results["attempts"]:
         if "error" in a:
             continue
         c, s = a["console"], a["console"]["screen"]
-        f, w = c["fast"], c["slow"]
+        f, k, m, x = c["first_poll"], c["catch_up_poll"], c["steady"], c["steady_max"]
+        fresh = a.get("prometheus_just_started", {})
         rows.append(
-            f"| prometheus | {a['nodes']} | {a['gpus']} | {s['first_full_screen_s']:.1f} | "
-            f"{s['console_cpu_percent']:.0f} | {f['cpu_s']:.2f} / {w['cpu_s']:.2f} | "
-            f"{f['wall_s']:.2f} / {w['wall_s']:.2f} | {f['bytes'] / MB:.1f} / "
-            f"{w['bytes'] / MB:.1f} | {s['console_rss_mb']:.0f} | "
+            f"| prometheus, holding the fleet | {a['nodes']} | {a['gpus']} | "
+            f"{s['first_full_screen_s']:.1f} | {_opt(s.get('complete_s'))} | "
+            f"{s['console_cpu_percent']:.0f} | {s['console_rss_mb']:.0f} | "
             f"{a['prometheus_rss_mb']:.0f} / {a['prometheus_cpu_percent']:.0f} |"
+        )
+        if "error" in fresh:
+            rows.append(f"| prometheus, just started | {a['nodes']} | {fresh['error']} |")
+        elif fresh:
+            rows.append(
+                f"| prometheus, just started (from its start; it held every node after "
+                f"{a['prometheus_all_scraped_s']:.0f} s) | {a['nodes']} | {a['gpus']} | "
+                f"{fresh['first_full_screen_from_prometheus_start_s']:.1f} | "
+                f"{_opt(fresh.get('complete_from_prometheus_start_s'))} | "
+                f"{fresh['console_cpu_percent']:.0f} | {fresh['console_rss_mb']:.0f} | |"
+            )
+        polls.append(
+            f"| {a['nodes']} ({c['catch_up_polls']} catch-up polls) | {f['cpu_s']:.2f} / "
+            f"{k['cpu_s']:.2f} / {m['cpu_s']:.2f} / "
+            f"{x['cpu_s']:.2f} | {f['wall_s']:.2f} / {k['wall_s']:.2f} / {m['wall_s']:.2f} / "
+            f"{x['wall_s']:.2f} | {f['bytes'] / MB:.1f} / {k['bytes'] / MB:.1f} / "
+            f"{m['bytes'] / MB:.1f} / {x['bytes'] / MB:.1f} | {6 * m['cpu_s']:.1f}, "
+            f"{6 * m['bytes'] / MB:.0f} |"
         )
     ssh = results.get("ssh")
     if ssh and "error" not in ssh:
         rows.append(
             f"| ssh | {ssh['nodes']} | {ssh['nodes'] * GPUS} | {ssh['first_full_screen_s']:.1f}"
-            f" | {ssh['console_cpu_percent']:.0f} | | | | {ssh['console_rss_mb']:.0f} | |"
+            f" | {_opt(ssh.get('complete_s'))} | {ssh['console_cpu_percent']:.0f} | "
+            f"{ssh['console_rss_mb']:.0f} | |"
         )
     elif ssh:
         rows.append(f"ssh at {ssh['nodes']} nodes: {ssh['error']}")
@@ -532,7 +619,11 @@ def report(results: dict[str, Any]) -> str:
             f"({r['prom_cpu_ms_per_node_s']:.3f} against {r['ssh_cpu_ms_per_node_s']:.3f} "
             "ms of CPU per node per second).",
         ]
-    return "\n".join(rows)
+    return "\n".join(rows + polls)
+
+
+def _opt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def _ratios(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -611,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("_prom", "_ssh"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("_prom", "_ssh", "_fresh"):
         logging.getLogger("gpufleet").setLevel(logging.ERROR)
         _child(sys.argv[1], sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_nodes":
