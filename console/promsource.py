@@ -36,7 +36,7 @@ import msgspec
 from agents.protocol import Event, Inventory, NodeState
 from console.fleet import FleetState
 from console.inventory import NodeEntry
-from console.prometheus import PromClient, PromError, Querier, Vector
+from console.prometheus import QUERY_TIMEOUT_S, PromClient, PromError, Querier, Vector
 from console.promview import (
     HEAD_KEYS,
     QUERIES,
@@ -121,6 +121,7 @@ class PromSource:
         self.client = client or PromClient(url)
         self.poll_s = poll_s
         self.first_timeout = first_timeout
+        self._patience = min(first_timeout, QUERY_TIMEOUT_S)  # see _timeout
         self.polls = 0  # polls Prometheus answered
         self.fault: str | None = None
         #: Hostnames Prometheus has that the inventory does not (ignored), at the last poll.
@@ -207,16 +208,35 @@ class PromSource:
         self._answered_at = now
         self._apply(present, nodes, at, now)
 
-    def _timeout(self, key: str, hosts: set[str] | None) -> float | None:
-        """A whole-fleet read of what was never read (the first poll, the first static and
-        slow reads) may take far longer than a steady poll's narrowed one: at 5,000 nodes the
-        first answers took 10 to 40 s on a busy Prometheus. None: the client's own."""
-        return self.first_timeout if hosts is None and key not in self._read else None
+    def _timeout(self, key: str, hosts: set[str] | None) -> float:
+        """A whole-fleet read of what was never read (the first poll) may take far longer
+        than a steady poll's narrowed one: at 5,000 nodes the first answers took 10 to 40 s
+        on a busy Prometheus. Past that, the patience the last polls earned: three times the
+        slowest answer of the last poll, doubled after a poll that got no answer in time
+        (a busy Prometheus is slow, not gone), never below ``QUERY_TIMEOUT_S`` nor above
+        ``first_timeout``."""
+        if hosts is None and key not in self._read:
+            return self.first_timeout
+        return self._patience
 
     async def _query(self) -> tuple[float, dict[str, _Answer], set[str] | None]:
         """Every due query at one moment of Prometheus' clock (the first sets it); each answer
         with the hosts it was asked for (None: all), and the hosts to rebuild (None: all)."""
         heads = [q for q in QUERIES if q.key in HEAD_KEYS]
+        slowest = [0.0]  # the longest answer this poll, s
+        try:
+            done = await self._query_all(heads, slowest)
+        except PromError as exc:
+            if "no answer in" in str(exc):
+                self._patience = min(self.first_timeout, 2 * self._patience)
+            raise
+        earned = max(QUERY_TIMEOUT_S, 3 * slowest[0])
+        self._patience = min(self.first_timeout, earned)
+        return done
+
+    async def _query_all(
+        self, heads: list[PromQuery], slowest: list[float]
+    ) -> tuple[float, dict[str, _Answer], set[str] | None]:
         first = heads[0]
         vec = await asyncio.to_thread(
             self.client.query, first.expr, None, self._timeout(first.key, None)
@@ -227,9 +247,11 @@ class PromSource:
         async def one(q: PromQuery, hosts: set[str] | None) -> tuple[str, _Answer]:
             expr = q.expr if hosts is None else only(q.expr, hosts)
             async with gate:
+                t0 = time.perf_counter()
                 got = await asyncio.to_thread(
                     self.client.query, expr, at, self._timeout(q.key, hosts)
                 )
+                slowest[0] = max(slowest[0], time.perf_counter() - t0)
             return q.key, (got, hosts)
 
         answers = dict(await asyncio.gather(*(one(q, None) for q in heads[1:])))

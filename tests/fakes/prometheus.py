@@ -31,13 +31,15 @@ class Recorded:
         #: Answers a test changed (by key), instead of the recorded ones.
         self.changed: dict[str, dict[str, Any]] = {}
         self.failing: set[str] = set()  # queries (their expressions) that time out
+        self.timeouts: list[float | None] = []  # each query's timeout, as asked
 
     def query(self, expr: str, at: float | None = None, timeout: float | None = None) -> Vector:
         self.asked += 1
+        self.timeouts.append(timeout)
         if self.fault is not None:
             raise PromError(self.fault)
         if _NARROWED.sub("", expr) in self.failing:
-            raise PromError(f"no answer to {KEYS[_NARROWED.sub('', expr)]}")
+            raise PromError(f"http://prom.example:9090: no answer in {timeout:g} s")
         # A query narrowed to some hosts (console.promview.only): the recorded answer to the
         # whole query, less the other hosts' series.
         narrowed = _NARROWED.search(expr)

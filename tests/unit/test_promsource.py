@@ -21,8 +21,8 @@ import pytest
 from console import promsource
 from console.fleet import NodeView
 from console.inventory import parse_inventory
-from console.prometheus import PromClient, PromError, Vector, decode_vector
-from console.promsource import NameIndex, PromSource
+from console.prometheus import QUERY_TIMEOUT_S, PromClient, PromError, Vector, decode_vector
+from console.promsource import FIRST_QUERY_TIMEOUT_S, NameIndex, PromSource
 from console.promview import HEAD_KEYS, MIB, QUERIES, nodes_from
 from console.rows import node_row
 from console.source import SSH, SourceError, SourceSpec, parse_source
@@ -324,3 +324,25 @@ async def test_a_large_catch_up_is_spread_and_a_failed_one_leaves_the_fast_view(
     assert [len(h) for h in hosts] == [1, 1, 1] and len(set.union(*hosts)) == 3
     assert src.behind == 0
     assert gpu0(src.fleet.nodes["gpu01"])[0] is not None
+
+
+async def test_the_first_poll_waits_longer_and_a_busy_prometheus_earns_patience() -> None:
+    """Issue 7: at 5,000 nodes the first whole-fleet answers took longer than a steady
+    poll's timeout, and a busy Prometheus ran every later poll past it: no view at all. The
+    first read gets the long timeout; a poll that got no answer in time doubles the next."""
+    client, clock = Recorded(), Clock()
+    src = source(client, clock)
+    await src.poll()
+    assert set(client.timeouts) == {FIRST_QUERY_TIMEOUT_S}
+    await src.poll()  # the static and slow sets' first reads: long too
+    client.timeouts.clear()
+    await src.poll()
+    assert set(client.timeouts) == {QUERY_TIMEOUT_S}, "steady: a steady poll's timeout"
+    client.failing = {q.expr for q in QUERIES if q.key == "scraped"}
+    await src.poll()
+    assert src.fault is not None and "no answer in" in src.fault
+    client.failing = set()
+    client.timeouts.clear()
+    await src.poll()
+    assert src.fault is None
+    assert min(t or 0 for t in client.timeouts) == 2 * QUERY_TIMEOUT_S
