@@ -55,13 +55,14 @@ class Outbox:
         time: a history still unread after ``max_behind`` overflows the client."""
         self._held_since = self._monotonic()
 
-    def close(self) -> list[bytes]:
+    def close(self, *, samples: bool = True) -> list[bytes]:
         """The client is being closed: release anyone waiting in ``room`` or ``take``, and
-        hand back what was still queued (responses it should still get before the goodbye)."""
+        hand back what was still queued (responses it should still get before the goodbye),
+        its samples only if ``samples``."""
         self.closed = True
         self._taken.set()
         self._ready.set()
-        frames = [frame for _, frame in self._items]
+        frames = [frame for is_sample, frame in self._items if samples or not is_sample]
         self._items.clear()
         return frames
 

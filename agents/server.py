@@ -17,7 +17,7 @@ import socket
 import stat
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,8 @@ class ClientConn:
     closing: bool = False
     writer_task: asyncio.Task[None] | None = None
     greeted: bool = False
+    #: What is left to write of the inventory, history and events it was sent at subscribing.
+    history: deque[bytes] = field(default_factory=deque)
     bad_frames: int = 0  # consecutive
     refusals: int = 0  # requests refused for role, in all
 
@@ -375,19 +377,18 @@ class AgentServer:
         """Start the client's writer. Runs without awaiting, so the inventory and history
         snapshot and the live subscription join with no gap and no duplicate: whatever is
         published from here on lands in the outbox, written only after the snapshot."""
-        first: deque[bytes] = deque()
         if hello.stream:
-            first.append(encode(self._inventory()))
-            first.extend(self._history(hello.history))
+            client.history.append(encode(self._inventory()))
+            client.history.extend(self._history(hello.history))
             client.wants_stream = True
             client.outbox.hold()  # no live sample dropped before the history is out
-        client.writer_task = self._spawn(self._write(client, first))
+        client.writer_task = self._spawn(self._write(client))
 
-    async def _write(self, client: ClientConn, first: deque[bytes]) -> None:
+    async def _write(self, client: ClientConn) -> None:
         """Write the snapshot, then the outbox. Each snapshot frame is let go once written:
         a client connected for hours must not keep the history it was sent (up to 900
         samples, 4 MB at 8 GPUs) after the ring has moved on."""
-        writer = client.writer
+        writer, first = client.writer, client.history
         try:
             while first:  # paced by the client, while live frames collect in its outbox
                 writer.write(first.popleft())
@@ -408,7 +409,11 @@ class AgentServer:
         if client.closing:
             return
         client.closing = True
-        pending = client.outbox.close()
+        # Cut off in the middle of its history, the client gets the responses and events
+        # still queued, not the live samples: those follow the end of the history, and after
+        # a part of it they would read as a stream that went on with samples missing.
+        pending = client.outbox.close(samples=not client.history)
+        client.history.clear()
         task, client.writer_task = client.writer_task, None
         if task is not None and task is not asyncio.current_task():
             # The cancelled task keeps its CancelledError, whose traceback holds the writer's
