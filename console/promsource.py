@@ -1,9 +1,13 @@
 """The fleet model fed from a Prometheus server that scrapes every node's agent, instead of
 one SSH stream per node: for fleets too large for one console's fan-out.
 
-Every ``poll_s`` seconds one instant query per metric reads the whole fleet (``promview``);
-the answers become the same frames the SSH links deliver and go through ``FleetState.apply``,
-so the screen, ``status`` and the alerts work unchanged. What is particular to this source:
+Every ``poll_s`` seconds a few instant queries for the whole fleet (``promview``): every node's
+scrape time and ops state, then what the table and alerts need only of the nodes scraped since
+the last poll; static facts once per node (again when its inventory time moves) and slow
+readings every few polls, a bounded number of nodes at a time, so the first poll already shows
+every node. The answers become the same frames the SSH links deliver and go through
+``FleetState.apply``, so the screen, ``status`` and the alerts work unchanged. What is
+particular to this source:
 
 - The inventory still decides which nodes exist. A node Prometheus has and the inventory does
   not is ignored (counted, and named once in the log); an inventory node Prometheus has no
