@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import AgentConfig, AgentSection
 from agents.daemon import Agent
-from agents.gpu.sim import SimBackend
 from agents.protocol import PROTOCOL_VERSION, FrameSplitter, Hello, Sample, decode, encode
 from agents.server import ClientConn
 from console.demo import demo_fleet
 from tests.conftest import until
+from tests.integration.inproc import running_agent
 
 pytestmark = pytest.mark.integration
 
@@ -47,26 +46,8 @@ def no_cyclic_collector() -> Iterator[None]:
 
 @pytest.fixture
 async def agent(short_tmp: Path) -> AsyncIterator[Agent]:
-    config = AgentConfig(
-        agent=AgentSection(
-            node_name="n1",
-            socket=str(short_tmp / "agent.sock"),
-            state_dir=str(short_tmp / "state"),
-            backend="sim",
-            interval=INTERVAL,
-            history=HISTORY,
-        )
-    )
-    agent = Agent(config, SimBackend(8, seed=1, node="n1"))
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await until(lambda: agent.serving.is_set() or task.done(), "the agent serving")
-    await until(lambda: len(agent.sampler.replay) == agent.sampler.replay.maxlen, "a full ring")
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await task
+    async with running_agent(short_tmp, interval=INTERVAL, history=HISTORY) as running:
+        yield running.agent
 
 
 class Viewer:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import AgentConfig, AgentSection, ClientsSection
+from agents.config import ClientsSection
 from agents.daemon import Agent
-from agents.gpu.sim import SimBackend
 from agents.protocol import PROTOCOL_VERSION, FrameSplitter, Hello, Sample, decode, encode
 from tests.conftest import until
+from tests.integration.inproc import Running, running_agent
 
 pytestmark = pytest.mark.integration
 
@@ -35,36 +35,11 @@ HISTORY = 45.0
 QUEUED = 2  # live samples a client may have queued before the oldest is dropped
 
 
-class Running:
-    def __init__(self, agent: Agent, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
-        self.agent, self.stop, self.task = agent, stop, task
-
-
 @pytest.fixture
 async def running(short_tmp: Path) -> AsyncIterator[Running]:
-    config = AgentConfig(
-        agent=AgentSection(
-            node_name="n1",
-            socket=str(short_tmp / "agent.sock"),
-            state_dir=str(short_tmp / "state"),
-            backend="sim",
-            interval=INTERVAL,
-            history=HISTORY,
-        ),
-        clients=ClientsSection(max_queued_samples=QUEUED),
-    )
-    agent = Agent(config, SimBackend(8, seed=1, node="n1"))
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await until(lambda: agent.serving.is_set() or task.done(), "the agent serving")
-    sampler = agent.sampler
-    while len(sampler.replay) < (sampler.replay.maxlen or 0):  # up for a while: a full ring
-        sampler.record(sampler.read())
-    try:
-        yield Running(agent, stop, task)
-    finally:
-        stop.set()
-        await task
+    clients = ClientsSection(max_queued_samples=QUEUED)
+    async with running_agent(short_tmp, interval=INTERVAL, history=HISTORY, clients=clients) as r:
+        yield r
 
 
 @pytest.fixture
