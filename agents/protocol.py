@@ -482,7 +482,7 @@ def encode(frame: Frame) -> bytes:
 #: side does not know. From a peer of a newer minor that is an addition to skip (older peers
 #: must ignore what they do not know); from a peer of the same minor or older it is an error.
 UNKNOWN_KIND: Final = "unknown_kind"
-_NEWER_RE: Final = re.compile(r"^Invalid (value '.*' - at `\$\.t`|enum value )")
+_UNKNOWN_KIND_RE: Final = re.compile(r"^Invalid (value '.*' - at `\$\.t`|enum value )")
 
 
 def decode(line: bytes) -> Frame:
@@ -495,7 +495,7 @@ def decode(line: bytes) -> Frame:
         text = str(exc)
         # A frame type or a named value (event kind, ops state...) that this side does not
         # know: maybe a newer minor's addition, which an older reader skips (``UNKNOWN_KIND``).
-        code = UNKNOWN_KIND if _NEWER_RE.search(text) else "invalid"
+        code = UNKNOWN_KIND if _UNKNOWN_KIND_RE.search(text) else "invalid"
         raise ProtocolError(code, f"invalid frame: {clip(text)}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("malformed", f"malformed frame: {clip(str(exc))}") from None
