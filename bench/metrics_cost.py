@@ -5,7 +5,7 @@ connected, so the exporter's share is not hidden under a stream's), in four mode
 the other so they never compete for the CPU:
 
 - ``off``: no ``[metrics]`` section (the baseline);
-- ``on, idle``: the exporter listening, never scraped (its server thread's own wake-ups);
+- ``on idle``: the exporter listening, never scraped (its server thread's own wake-ups);
 - ``15 s`` and ``1 s``: scraped as Prometheus scrapes: ``GET /metrics`` with
   ``Accept-Encoding: gzip`` on a kept-alive connection, reconnecting when the agent closed it.
 
@@ -48,7 +48,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "metrics_cost.json"
 GPUS = 8
 MODES: tuple[tuple[str, float | None, bool], ...] = (
     ("off", None, False),
-    ("on, idle", None, True),
+    ("on idle", None, True),
     ("15 s", 15.0, True),
     ("1 s", 1.0, True),
 )
@@ -262,6 +262,10 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def args_help() -> str:
+    return ", ".join(name for name, _, _ in MODES)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--seconds", type=float, default=60.0, help="measured window per mode")
@@ -274,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     chosen = [m.strip() for m in args.modes.split(",")]
+    unknown = [m for m in chosen if m not in {name for name, _, _ in MODES}]
+    if unknown:  # a mode not measured must not pass for one measured
+        ap.error(f"--modes: unknown {', '.join(map(repr, unknown))} (known: {args_help()})")
     modes = [measure(m, i, on, args.warmup, args.seconds) for m, i, on in MODES if m in chosen]
     results: dict[str, Any] = {
         **run_header("metrics_cost", started),
