@@ -189,6 +189,9 @@ def test_a_node_restarted_through_the_agent_is_back_in_service_on_its_new_boot(
             return str(answer.result["state"]) if answer.result else ""
 
         wait_for(lambda: state() == "schedulable", 10, "the node back in service")
+        # The state is saved, then the entry appended (under one lock, before any reply);
+        # a reader of the state alone can come between the two.
+        wait_for(lambda: AuditLog(agent.state_dir).entries(), 10, "the resume audited")
     [entry] = AuditLog(agent.state_dir).entries()
     assert (entry.op, entry.who, entry.result) == ("resume", "gpufleet-agent", "ok")
     assert entry.args["reason"] == "back after the reboot asked by olga"
