@@ -15,6 +15,8 @@ import logging
 import os
 import socket
 import stat
+import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,20 @@ CLOSE_GRACE = 5.0  # seconds a closing client has to read its last frame
 
 def _fatal(code: str, message: str) -> Error:
     return Error(code=code, message=message, fatal=True)
+
+
+def _forget_frames(exc: BaseException | None) -> None:
+    """Let go of what a connection error's frames hold. The transport keeps the error it met
+    for the reader, the writer's next drain and its closed future (which keeps the traceback
+    apart, so dropping ``__traceback__`` does not free it); those frames lead back through
+    their callers to the frame that wrote or read. So no frame that writes to a client's
+    socket holds the client (only the writer task, by a weak reference), and here the finished
+    frames' locals are cleared (the bytes that failed to go, up to a history) and the
+    re-raised part of the traceback, which names our frames, is dropped. What is left is a
+    small cycle of the transport's objects, which the collector's counts do see."""
+    if exc is not None:
+        traceback.clear_frames(exc.__traceback__)
+        exc.__traceback__ = None
 
 
 class SocketError(GpufleetError):
@@ -241,10 +257,41 @@ class AgentServer:
         return None
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Greet, admit or refuse. No frame that writes to the socket may hold the client
+        (see _forget_frames), so the greeting is written here, before there is one."""
         sock: socket.socket = writer.get_extra_info("socket")
         # Off the loop: with LDAP or sssd behind it, a user lookup can take a while.
         peer = await asyncio.to_thread(peer_of, sock)
-        caller = Caller(peer, role_of(peer, self._config.roles))
+        writer.write(
+            encode(
+                Hello(
+                    proto=PROTOCOL_VERSION,
+                    software=f"gpufleet-agent {__version__}",
+                    peer="agent",
+                    node=self._node,
+                    interval_s=self._interval,
+                )
+            )
+        )
+        refusal = self._admit(peer)
+        if refusal is None:
+            await self._session(peer, reader, writer)
+            return
+        log.warning("client %s pid=%s refused: %s", peer, peer.pid, refusal)
+        writer.write(encode(_fatal("busy", refusal)))
+        # Half-close and read what the client sends (its hello) before closing: closing with
+        # its bytes unread would reset the connection, and the client would lose the reason
+        # we just gave it.
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            writer.write_eof()
+            async with asyncio.timeout(CLOSE_GRACE):
+                while await reader.read(65536):
+                    pass
+        await self._close_writer(writer, None)
+
+    async def _session(
+        self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         c = self._config.clients
         outbox = Outbox(
             max_samples=c.max_queued_samples,
@@ -252,32 +299,10 @@ class AgentServer:
             max_bytes=c.max_queued_bytes,
             max_behind=c.max_behind,
         )
+        caller = Caller(peer, role_of(peer, self._config.roles))
         client = ClientConn(peer, caller, reader, writer, outbox)
-        hello = Hello(
-            proto=PROTOCOL_VERSION,
-            software=f"gpufleet-agent {__version__}",
-            peer="agent",
-            node=self._node,
-            interval_s=self._interval,
-        )
-        refusal = self._admit(peer)
-        if refusal is not None:
-            log.warning("%s refused: %s", client, refusal)
-            writer.write(encode(hello))
-            writer.write(encode(_fatal("busy", refusal)))
-            # Half-close and read what the client sends (its hello) before closing: closing
-            # with its bytes unread would reset the connection, and the client would lose the
-            # reason we just gave it.
-            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-                writer.write_eof()
-                async with asyncio.timeout(CLOSE_GRACE):
-                    while await reader.read(65536):
-                        pass
-            await self._close_writer(writer, None)
-            return
         self._clients.add(client)
         log.info("%s connected as %s", client, caller.role)
-        writer.write(encode(hello))
         try:
             await self._serve(client)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -287,6 +312,9 @@ class AgentServer:
             self._disconnect(client, _fatal("internal", "internal error in the agent; see its log"))
         finally:
             self._disconnect(client, None)
+            # A read that failed re-raised the transport's error here: its traceback now
+            # holds this frame and so the client.
+            _forget_frames(reader.exception())
             log.info("%s disconnected", client)
 
     async def _serve(self, client: ClientConn) -> None:
@@ -382,27 +410,41 @@ class AgentServer:
             client.history.extend(self._history(hello.history))
             client.wants_stream = True
             client.outbox.hold()  # no live sample dropped before the history is out
-        client.writer_task = self._spawn(self._write(client))
+        client.writer_task = self._spawn(
+            self._write(client.writer, client.history, client.outbox, weakref.ref(client))
+        )
 
-    async def _write(self, client: ClientConn) -> None:
+    async def _write(
+        self,
+        writer: asyncio.StreamWriter,
+        first: deque[bytes],
+        outbox: Outbox,
+        client: weakref.ref[ClientConn],
+    ) -> None:
         """Write the snapshot, then the outbox. Each snapshot frame is let go once written:
         a client connected for hours must not keep the history it was sent (up to 900
-        samples, 4 MB at 8 GPUs) after the ring has moved on."""
-        writer, first = client.writer, client.history
+        samples, 4 MB at 8 GPUs) after the ring has moved on.
+
+        Holds the client only by a weak reference: a write that fails leaves frames that lead
+        back here in the transport's keeping (see _forget_frames)."""
         try:
             while first:  # paced by the client, while live frames collect in its outbox
                 writer.write(first.popleft())
                 await writer.drain()
-            while not client.closing:
-                writer.writelines(await client.outbox.take())
+            while not outbox.closed:
+                writer.writelines(await outbox.take())
                 await writer.drain()
-        except (ConnectionError, OSError):
-            self._disconnect(client, None)
+        except (ConnectionError, OSError) as exc:
+            _forget_frames(exc)
+            self._cut(client)
         finally:
-            # A write to a peer that had gone fails inside the transport, which keeps the
-            # error; its traceback holds this frame, the client and its reader (which keeps the
-            # error too): cyclic garbage, left to a full collection. Not the history with it.
             first.clear()
+
+    def _cut(self, client: weakref.ref[ClientConn]) -> None:
+        """Disconnect a client whose writes failed, if it is still about."""
+        conn = client()
+        if conn is not None:
+            self._disconnect(conn, None)
 
     def _disconnect(self, client: ClientConn, error: Error | None) -> None:
         self._clients.discard(client)  # even if already closing: never leak its place
@@ -416,11 +458,7 @@ class AgentServer:
         client.history.clear()
         task, client.writer_task = client.writer_task, None
         if task is not None and task is not asyncio.current_task():
-            # The cancelled task keeps its CancelledError, whose traceback holds the writer's
-            # frame and so this client: were the client to hold the task too, every client
-            # that left would be cyclic garbage, its snapshot with it, until a full collection
-            # (a node host of the soak kept hundreds).
-            task.cancel()
+            task.cancel()  # its frame holds the client weakly: nothing here is cyclic
         self._spawn(self._close_writer(client.writer, error, pending))
 
     async def _close_writer(
