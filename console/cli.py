@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import logging.handlers
 import math
 import os
 import random
@@ -157,6 +158,12 @@ def main(
     asyncio.run(_screen(inv, options, readonly, source=f"{inv.source}  (log: {log})", live=live))
 
 
+#: The screen's log file rotates at this size, keeping LOG_BACKUPS older files: a console
+#: left open for weeks on a flapping fleet writes a line per link failure.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+
+
 def _log_to_file() -> str:
     """On the screen, log lines go to a file: written to the terminal they would tear it."""
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
@@ -167,7 +174,9 @@ def _log_to_file() -> str:
     handler: logging.Handler
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path)
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS
+        )
     except OSError:
         handler, path = logging.NullHandler(), Path("/dev/null")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
