@@ -1,13 +1,13 @@
 """The fleet model fed from a Prometheus server that scrapes every node's agent, instead of
 one SSH stream per node: for fleets too large for one console's fan-out.
 
-Every ``poll_s`` seconds a few instant queries for the whole fleet (``promview``): every node's
-scrape time and ops state, then what the table and alerts need only of the nodes scraped since
-the last poll; static facts once per node (again when its inventory time moves) and slow
-readings every few polls, a bounded number of nodes at a time, so the first poll already shows
-every node. The answers become the same frames the SSH links deliver and go through
-``FleetState.apply``, so the screen, ``status`` and the alerts work unchanged. What is
-particular to this source:
+Every ``poll_s`` seconds (longer while polls run long: ``MAX_BUSY``) a few instant queries
+for the whole fleet (``promview``): every node's scrape time and ops state, then what the
+table and alerts need only of the nodes scraped since the last poll; static facts once per
+node (again when its inventory time moves) and slow readings every few polls, a bounded number
+of nodes at a time, so the first poll already shows every node. The answers become the same
+frames the SSH links deliver and go through ``FleetState.apply``, so the screen, ``status``
+and the alerts work unchanged. What is particular to this source:
 
 - The inventory still decides which nodes exist. A node Prometheus has and the inventory does
   not is ignored (counted, and named once in the log); an inventory node Prometheus has no
@@ -72,6 +72,12 @@ FIRST_QUERY_TIMEOUT_S: Final = 90.0
 #: read of a large fleet over a few polls and keeps every poll about one size.
 CATCH_UP_NODES: Final = 1000
 
+#: The most of its time the source spends polling. A poll that takes longer than this share
+#: of ``poll_s`` (a large fleet, a busy Prometheus) stretches the period to as long again as
+#: it took: polls run back to back would each find every node scraped anew and cost the most,
+#: and hold a core of the console for a view that cannot be newer than the scrapes anyway.
+MAX_BUSY: Final = 0.5
+
 #: An answer and the hosts it was asked for (None: every host).
 _Answer = tuple[Vector, set[str] | None]
 
@@ -124,6 +130,10 @@ class PromSource:
         self.spec = SourceSpec("prometheus", url)
         self.client = client or PromClient(url)
         self.poll_s = poll_s
+        #: Seconds from one poll's start to the next's: ``poll_s``, or longer while polls
+        #: run long (``_paced``). Staleness and the slow reads' window go by it.
+        self.period = poll_s
+        self.took: float | None = None  # seconds the last poll took
         self.first_timeout = first_timeout
         self._patience = min(first_timeout, QUERY_TIMEOUT_S)  # see _timeout
         self.polls = 0  # polls Prometheus answered
@@ -177,6 +187,8 @@ class PromSource:
         where = self.spec.url or ""
         if self.unknown:
             where += f" ({len(self.unknown)} hosts not in the inventory, ignored)"
+        if self.period > self.poll_s and self.took is not None:
+            where += f" (polling every {self.period:.0f} s: a poll takes {self.took:.1f} s)"
         answered = None if self._answered_at is None else max(0.0, now - self._answered_at)
         return FeedStatus(self.spec, where, self.fault, data_age(self.fleet, now), answered)
 
@@ -186,7 +198,15 @@ class PromSource:
         while True:
             started = self._now()
             await self.poll()
-            await asyncio.sleep(max(0.0, self.poll_s - (self._now() - started)))
+            await asyncio.sleep(self._paced(self._now() - started))
+
+    def _paced(self, took: float) -> float:
+        """The wait before the next poll, after one that took ``took`` seconds."""
+        self.took = took
+        self.period = max(self.poll_s, took / MAX_BUSY)
+        if self.period > self.poll_s:
+            log.info("prometheus: a poll took %.1f s: polling every %.0f s", took, self.period)
+        return self.period - took
 
     async def poll(self) -> None:
         """One poll: query, convert (both off the event loop), apply to the model.
@@ -296,7 +316,7 @@ class PromSource:
     def _plan(self, scraped: dict[str, float]) -> dict[Cadence, set[str] | None]:
         """For each cadence, the hosts to ask this poll (None: the whole fleet, which costs
         less than a selector naming most of it)."""
-        window = 0.9 * SLOW_EVERY * self.poll_s  # on Prometheus' clock: scrape times jitter
+        window = 0.9 * SLOW_EVERY * self.period  # on Prometheus' clock: scrape times jitter
         fast, static, slow = set(), set(), set()
         for host, at in scraped.items():
             if self._index.value("scraped", host) != at:
@@ -406,7 +426,7 @@ class PromSource:
         if seen.scraped is not None and node.scraped > seen.scraped:
             seen.gap = node.scraped - seen.scraped
         seen.scraped = node.scraped
-        interval = max(node.interval or 1.0, seen.gap or FIRST_SCRAPE_GUESS_S, self.poll_s)
+        interval = max(node.interval or 1.0, seen.gap or FIRST_SCRAPE_GUESS_S, self.period)
         agent = node.agent or ("gpufleet-agent (version not exported)", "?")
         if seen.agent != (*agent, interval):
             seen.agent = (*agent, interval)

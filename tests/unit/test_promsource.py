@@ -346,3 +346,29 @@ async def test_the_first_poll_waits_longer_and_a_busy_prometheus_earns_patience(
     await src.poll()
     assert src.status(clock.now).fault is None  # (read anew: mypy narrowed src.fault above)
     assert min(t or 0 for t in client.timeouts) == 2 * QUERY_TIMEOUT_S
+
+
+async def test_polls_that_run_long_stretch_the_period_and_the_stale_window() -> None:
+    """At 5,000 nodes on a busy Prometheus polls took 9 to 16 s against the 5 s interval and
+    ran back to back, each finding every node scraped anew. A poll that takes more than half
+    the interval is now followed by a wait as long as it took; the nodes' stale window follows
+    the period, so a slow source does not call live nodes stale, and the line says why."""
+    client, clock = Recorded(), Clock()
+    src = source(client, clock)
+    await src.poll()
+    assert src._paced(1.0) == pytest.approx(4.0), "a quick poll: every poll_s"
+    assert "polling every" not in src.status(clock.now).line()
+    assert src._paced(12.0) == pytest.approx(12.0), "busy at most half the time"
+    assert src.period == pytest.approx(24.0)
+    assert "(polling every 24 s: a poll takes 12.0 s)" in src.status(clock.now).line()
+    clock.now += 24
+    await src.poll()
+    view = src.fleet.nodes["gpu01"]
+    assert view.interval == pytest.approx(24.0)
+    assert view.sample_at is not None
+    src.fleet.tick(view.sample_at + 3 * 15 + 5)  # past a 15 s scrape interval's window
+    assert link_of(src, "gpu01") == "live", "a node is not stale for the source's own pace"
+    src.fleet.tick(view.sample_at + 3 * 24 + 1)
+    assert link_of(src, "gpu01") == "stale"
+    assert src._paced(1.0) == pytest.approx(4.0), "quick again: back to poll_s"
+    assert src.period == src.poll_s
