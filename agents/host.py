@@ -1,16 +1,20 @@
 """The host's side of a sample, from psutil.
 
-Two cadences, like the GPU reads. Every tick: CPU (total and per core), load and memory, what
-an operator watches move second by second. On the slow cadence (its own thread): swap, disk and
-network counters, which cost more to read (about 1.2 ms together against 0.6 ms for the rest,
-measured by bench/agent_cost.py) and whose rates read better averaged over a few seconds anyway.
+Two cadences, like the GPU reads. Every tick: CPU (all cores together), load and memory, what
+an operator watches move second by second. On the slow cadence (its own thread): CPU per core,
+swap, disk and network counters, which cost more to read and read better averaged over a few
+seconds anyway. Per core is there because its cost grows with the node: psutil parses a
+/proc/stat line per logical CPU, ~10 us each (181 us a read on the H100's 16-CPU host, ~2 ms on
+a 224-thread DGX H100: a 1 Hz agent's whole CPU budget), where the total is one line.
 
 Rates need two readings, so the first reading after start reports ``None`` for them rather than
-a made-up zero.
+a made-up zero. Each sampler keeps its own previous CPU times (psutil.cpu_percent keeps one
+per process, which the agents of a demo fleet, one process, would share and reset).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import socket
@@ -51,8 +55,33 @@ def _rate(now: float, before: float, seconds: float) -> float:
     return max(0.0, (now - before) / seconds)
 
 
+def _busy_percent(before: Any, now: Any) -> float:
+    """The share of the time between two psutil ``cpu_times`` readings the CPU was busy,
+    counted as psutil's ``cpu_percent`` counts it: guest time is already inside user on Linux,
+    idle and iowait are not busy."""
+    total = _total(now) - _total(before)
+    if total <= 0:
+        return 0.0
+    idle = _idle(now) - _idle(before)
+    return round(min(100.0, max(0.0, 100.0 * (total - idle) / total)), 1)
+
+
+def _idle(times: Any) -> float:
+    return float(times.idle) + float(getattr(times, "iowait", 0))
+
+
+def _total(times: Any) -> float:
+    guest = float(getattr(times, "guest", 0)) + float(getattr(times, "guest_nice", 0))
+    return float(sum(times)) - guest
+
+
+#: The shortest time between slow reads that gives rates: CPU time moves in 10 ms ticks.
+MIN_RATE_WINDOW_S = 0.1
+
+
 @dataclass(frozen=True, slots=True)
 class _SlowHost:
+    cpu_per_core: list[float] | None = None
     swap_total: int = 0
     swap_used: int = 0
     disk_read_bps: float | None = None
@@ -74,16 +103,33 @@ class HostSampler:
         self._prev_t: float | None = None
         self._prev_disk: Any = None
         self._prev_net: Any = None
+        self._prev_cpu: Any = None  # read's, on the tick
+        self._prev_cores: list[Any] | None = None  # read_slow's
 
     def prime(self) -> None:
         """Take the baselines now, so the next readings have rates."""
-        psutil.cpu_percent(percpu=True)  # the first call only sets psutil's baseline
+        self._prev_cpu = psutil.cpu_times()
         self._primed = True
         self.read_slow()
 
     def read_slow(self) -> None:
         t = self._monotonic()
         sw = psutil.swap_memory()
+        with self._slow_lock:
+            last = self._slow
+        if self._prev_t is not None and t - self._prev_t < MIN_RATE_WINDOW_S:
+            # Read again at once (the slow thread's first read, just after ``prime``): rates
+            # over microseconds would be noise (CPU time moves in 10 ms ticks). Keep the
+            # baselines for the next read, and what was read before.
+            slow = dataclasses.replace(last, swap_total=sw.total, swap_used=sw.used)
+        else:
+            slow = self._rates(t, sw)
+        with self._slow_lock:
+            self._slow = slow
+
+    def _rates(self, t: float, sw: Any) -> _SlowHost:
+        """The slow readings since the last baselines, which become these."""
+        cores = psutil.cpu_times(percpu=True)
         disk = psutil.disk_io_counters()
         net = psutil.net_io_counters()
         dt = t - self._prev_t if self._prev_t is not None else 0.0
@@ -93,7 +139,15 @@ class HostSampler:
                 return None
             return _rate(getattr(now, attr), getattr(before, attr), dt)
 
+        before = self._prev_cores
+        # A CPU taken offline or brought back changes the list: no rates until the next read.
+        per_core = (
+            [_busy_percent(b, n) for b, n in zip(before, cores, strict=True)]
+            if before is not None and len(before) == len(cores) and dt > 0
+            else None
+        )
         slow = _SlowHost(
+            cpu_per_core=per_core,
             swap_total=sw.total,
             swap_used=sw.used,
             disk_read_bps=rate(disk, self._prev_disk, "read_bytes"),
@@ -102,15 +156,17 @@ class HostSampler:
             net_tx_bps=rate(net, self._prev_net, "bytes_sent"),
         )
         self._prev_t, self._prev_disk, self._prev_net = t, disk, net
-        with self._slow_lock:
-            self._slow = slow
+        self._prev_cores = cores
+        return slow
 
     def read(self) -> HostReading:
+        cpu: float | None = None
         if self._primed:
-            per_core: list[float] | None = psutil.cpu_percent(percpu=True)
+            now = psutil.cpu_times()
+            cpu = _busy_percent(self._prev_cpu, now)
+            self._prev_cpu = now
         else:
             self.prime()
-            per_core = None
         vm = psutil.virtual_memory()
         try:
             load: tuple[float, float, float] | None = os.getloadavg()
@@ -119,8 +175,8 @@ class HostSampler:
         with self._slow_lock:
             slow = self._slow
         return HostReading(
-            cpu_percent=round(sum(per_core) / len(per_core), 1) if per_core else None,
-            cpu_per_core=per_core,
+            cpu_percent=cpu,
+            cpu_per_core=slow.cpu_per_core,
             load=load,
             mem_total=vm.total,
             mem_used=vm.total - vm.available,

@@ -159,10 +159,11 @@ class GpuReading(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class HostReading(msgspec.Struct, kw_only=True, frozen=True):
-    """The host at one tick. Rates are per second since the previous tick (None on the first)."""
+    """The host at one tick. Rates are per second since the previous tick (None on the first);
+    the slow cadence's fields (per core, swap, disk, network) since the previous slow read."""
 
     cpu_percent: float | None
-    cpu_per_core: list[float] | None
+    cpu_per_core: list[float] | None  # slow cadence
     load: tuple[float, float, float] | None
     mem_total: int
     mem_used: int
