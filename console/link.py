@@ -71,6 +71,9 @@ class LinkOptions:
     #: agent is asked again this often (x 0.5 to 1.5, jitter), on the SSH connection already
     #: open, with no backoff: see ``NodeLink._session``.
     agent_retry: float = 1.5
+    #: The same on the attach fallback, where each try starts a process on the node
+    #: (``attach_command``), not only a channel in its sshd: at least this, jittered too.
+    attach_retry: float = 5.0
     #: The agent's buffered samples on connecting (the screen's sparklines). One-shot
     #: commands turn it off: at 200 nodes a full 15-minute buffer each is ~730 MB to decode.
     history: bool = True
@@ -365,9 +368,11 @@ class NodeLink:
         backoff grown while it was away. A retry costs a channel open on that connection (no
         handshake, no MaxStartups slot, no key exchange), and the jitter keeps the links of
         a fleet whose agents went down together (an upgrade) from asking in step, so even
-        1,000 dead agents cost each node's sshd one small request every second or two.
-        Anything else (the connection lost, a version mismatch, an agent that is there and
-        hung up on us, busy or refusing) ends the connection, and ``run`` backs off."""
+        1,000 dead agents cost each node's sshd one small request every second or two. On
+        the attach fallback a retry runs ``gpufleet-agent attach`` there, so it comes every
+        ``attach_retry`` seconds instead. Anything else (the connection lost, a version
+        mismatch, an agent that is there and hung up on us, busy or refusing) ends the
+        connection, and ``run`` backs off."""
         async with await self._connect() as conn:
             streamlocal = False  # the agent's socket has answered on this connection
             while True:
@@ -383,8 +388,16 @@ class NodeLink:
                 # Once streamlocal has worked here, a refusal means the socket is not there:
                 # no attach to run on the node every retry, only to be told the same.
                 streamlocal = streamlocal or (self.sessions > reached and not self.via_attach)
-                jitter = random.uniform(0.5, 1.5)  # noqa: S311
-                await asyncio.sleep(self.options.agent_retry * jitter)
+                await asyncio.sleep(self._agent_retry_wait())
+
+    def _agent_retry_wait(self) -> float:
+        """Seconds until the agent is asked again on the open connection. Jittered (x 0.5 to
+        1.5) so the links of agents that went down together do not ask in step; longer on
+        the attach fallback, where a try runs a process on the node, not only a channel."""
+        wait = self.options.agent_retry
+        if self.via_attach:
+            wait = max(wait, self.options.attach_retry)
+        return wait * random.uniform(0.5, 1.5)  # noqa: S311
 
     def _agent_down(self, exc: Exception) -> str | None:
         """Why the agent is not there (its socket refused, its stream ended, silent,

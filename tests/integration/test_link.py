@@ -269,6 +269,39 @@ async def test_attach_fallback_when_sshd_forbids_streamlocal(
         server.stop()
 
 
+async def test_on_the_attach_fallback_a_down_agent_is_asked_less_often(
+    short_tmp: Path, agent_factory: Callable[..., AgentProc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each try on the attach fallback runs `gpufleet-agent attach` on the node: while the
+    agent is down the link waits attach_retry (x 0.5 to 1.5) between them, not agent_retry,
+    and still comes back by itself on the same connection."""
+    server = start_sshd(short_tmp / "sshd-nofwd", streamlocal=False)
+    try:
+        agent = agent_factory(*FAST).start()
+        opts = options(server, agent_retry=0.2, attach_retry=1.0)
+        run = Running(entry(server, agent.socket), opts)
+        waits: list[float] = []
+        wait = run.link._agent_retry_wait
+
+        def noted() -> float:
+            waits.append(wait())
+            return waits[-1]
+
+        monkeypatch.setattr(run.link, "_agent_retry_wait", noted)
+        try:
+            await until(lambda: run.view.link == "live", "live through attach")
+            agent.stop(signal.SIGKILL)
+            await until(lambda: len(waits) >= 3, "three tries at the stopped agent")
+            assert all(0.5 <= w <= 1.5 for w in waits), waits
+            await asyncio.to_thread(agent.start)
+            await until(lambda: run.view.link == "live", "live again through attach")
+            assert run.link.via_attach
+        finally:
+            await run.stop()
+    finally:
+        server.stop()
+
+
 async def test_several_agents_through_sshd_history_first(
     sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
 ) -> None:
