@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import inspect
 import logging
 import os
 import socket
@@ -18,7 +19,7 @@ import stat
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,18 +57,43 @@ def _fatal(code: str, message: str) -> Error:
     return Error(code=code, message=message, fatal=True)
 
 
+#: Frames that may be suspended rather than finished or running: never cleared here, since
+#: clearing a suspended one would close its coroutine.
+_SUSPENDABLE = (
+    inspect.CO_COROUTINE
+    | inspect.CO_GENERATOR
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
+
+
 def _forget_frames(exc: BaseException | None) -> None:
     """Let go of what a connection error's frames hold. The transport keeps the error it met
     for the reader, the writer's next drain and its closed future (which keeps the traceback
-    apart, so dropping ``__traceback__`` does not free it); those frames lead back through
-    their callers to the frame that wrote or read. So no frame that writes to a client's
-    socket holds the client (only the writer task, by a weak reference), and here the finished
-    frames' locals are cleared (the bytes that failed to go, up to a history) and the
-    re-raised part of the traceback, which names our frames, is dropped. What is left is a
-    small cycle of the transport's objects, which the collector's counts do see."""
-    if exc is not None:
-        traceback.clear_frames(exc.__traceback__)
-        exc.__traceback__ = None
+    apart, so dropping ``__traceback__`` does not free it), in a cycle with the transport.
+    Those frames lead back through their callers (``f_back``) to the frame that wrote or
+    read; so no such frame holds a client (the writer task holds it by a weak reference), and
+    here the finished frames are cleared: those in the traceback, and their callers up to the
+    first coroutine's (the bytes that failed to go: a whole outbox, or a history). What is
+    left is a small cycle of the transport's objects, which the collector's counts do see.
+
+    Call it in the frame that caught the error, with no await between: every other frame of
+    the traceback has finished then, and the one running is skipped."""
+    if exc is None:
+        return
+    tb = exc.__traceback__
+    traceback.clear_frames(tb)
+    deepest = None
+    while tb is not None:
+        deepest, tb = tb.tb_frame, tb.tb_next
+    caller = deepest.f_back if deepest is not None else None
+    while caller is not None and not caller.f_code.co_flags & _SUSPENDABLE:
+        try:
+            caller.clear()
+        except RuntimeError:  # still running, and so are its callers
+            break
+        caller = caller.f_back
+    exc.__traceback__ = None
 
 
 class SocketError(GpufleetError):
@@ -462,15 +488,23 @@ class AgentServer:
         self._spawn(self._close_writer(client.writer, error, pending))
 
     async def _close_writer(
-        self, writer: asyncio.StreamWriter, error: Error | None, pending: Sequence[bytes] = ()
+        self, writer: asyncio.StreamWriter, error: Error | None, pending: list[bytes] | None = None
     ) -> None:
         """Send what was still queued and why we close (when there is a why), then close; a
-        client that will not read gets cut after a grace period."""
+        client that will not read gets cut after a grace period.
+
+        Frame by frame, and the list emptied: a write that fails keeps its frames (see
+        _forget_frames), which would otherwise hold the whole batch."""
+        frames = pending if pending is not None else []
+        if error is not None:
+            frames.append(encode(error))
         with contextlib.suppress(ConnectionError, OSError):
-            writer.writelines(pending)
-            if error is not None:
-                writer.write(encode(error))
+            for data in frames:
+                if writer.is_closing():  # a write failed: the rest cannot go
+                    break
+                writer.write(data)
             writer.close()
+        frames.clear()
         try:
             await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
         except (TimeoutError, ConnectionError, OSError):

@@ -14,6 +14,7 @@ import asyncio
 import gc
 import socket
 import sys
+import types
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -127,6 +128,16 @@ async def test_a_client_cut_by_a_failed_write_is_freed_without_the_cyclic_collec
     await until(lambda: not agent.server._clients, "the agent's write failing")
     await viewer.leave()
     await until(lambda: cut() is None, "the client cut by a failed write freed", 10)
+    # The transport keeps the error and its frames, and those frames' callers held the batch
+    # that failed to go (up to a whole outbox): cleared, though the frames themselves stay.
+    holding = [
+        f
+        for f in gc.get_objects()
+        if isinstance(f, types.FrameType)
+        and f.f_code.co_name in ("write", "writelines")
+        and f.f_locals
+    ]
+    assert not holding, [(f.f_code.co_filename, f.f_code.co_name) for f in holding]
 
 
 async def test_a_client_keeps_nothing_of_the_history_it_was_sent(agent: Agent) -> None:
