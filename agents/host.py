@@ -8,8 +8,8 @@ seconds anyway. Per core is there because its cost grows with the node: psutil p
 a 224-thread DGX H100: a 1 Hz agent's whole CPU budget), where the total is one line.
 
 Rates need two readings, so the first reading after start reports ``None`` for them rather than
-a made-up zero. Each sampler keeps its own previous CPU times (psutil.cpu_percent keeps one
-per process, which the agents of a demo fleet, one process, would share and reset).
+a made-up zero. Each sampler keeps its own previous CPU times (psutil.cpu_percent keeps one per
+calling thread: two samplers read from one thread would reset each other's).
 """
 
 from __future__ import annotations
@@ -57,22 +57,15 @@ def _rate(now: float, before: float, seconds: float) -> float:
 
 def _busy_percent(before: Any, now: Any) -> float:
     """The share of the time between two psutil ``cpu_times`` readings the CPU was busy,
-    counted as psutil's ``cpu_percent`` counts it: guest time is already inside user on Linux,
-    idle and iowait are not busy."""
-    total = _total(now) - _total(before)
+    counted as psutil's ``cpu_percent`` counts it: each field's change at least 0 (iowait may
+    go backwards, proc(5)), guest time already inside user on Linux, idle and iowait not
+    busy."""
+    delta = {f: max(0.0, float(getattr(now, f)) - float(getattr(before, f))) for f in now._fields}
+    total = sum(delta.values()) - delta.get("guest", 0.0) - delta.get("guest_nice", 0.0)
     if total <= 0:
         return 0.0
-    idle = _idle(now) - _idle(before)
-    return round(min(100.0, max(0.0, 100.0 * (total - idle) / total)), 1)
-
-
-def _idle(times: Any) -> float:
-    return float(times.idle) + float(getattr(times, "iowait", 0))
-
-
-def _total(times: Any) -> float:
-    guest = float(getattr(times, "guest", 0)) + float(getattr(times, "guest_nice", 0))
-    return float(sum(times)) - guest
+    busy = total - delta["idle"] - delta.get("iowait", 0.0)
+    return round(min(100.0, max(0.0, 100.0 * busy / total)), 1)
 
 
 #: The shortest time between slow reads that gives rates: CPU time moves in 10 ms ticks.

@@ -6,39 +6,46 @@ H100's 16-CPU host (tests/fixtures/h100/nvml_timing.json, "psutil"). GPU nodes h
 with N CPU lines (psutil.PROCFS_PATH pointed at a copy of this machine's /proc files with the
 stat file rewritten; the counters move between reads as a busy node's do):
 
-- before: per core on every tick (``psutil.cpu_percent(percpu=True)``), how the agent read it
-  until this change, and how psutil-based samplers usually do;
-- now: the total on the tick (one line), per core on the slow cadence (``HostSampler``).
+- before: the agent's ``HostSampler`` as it was at ``BEFORE`` (read from git): per core on
+  every tick (``psutil.cpu_percent(percpu=True)``), as psutil-based samplers usually read it;
+- now: this checkout's ``HostSampler``: the total on the tick (one line), per core on the slow
+  cadence.
 
 Each figure is CPU time (``time.process_time``) per call, the median of ``--rounds`` rounds of
-``--calls`` calls; "per second at 1 Hz" adds the slow read once per ``--slow-interval`` s.
-No root and no GPU needed.
+``--calls`` calls of ``read`` (the tick) and ``read_slow``; "per second at 1 Hz" adds one slow
+read per ``--slow-interval`` s (the agent's default, 15). Needs this git checkout; no root and
+no GPU.
 
     python bench/host_cost.py
-    python bench/host_cost.py --cpus 2,16,224 --rounds 5
+    python bench/host_cost.py --cpus 2,16,224 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import itertools
-import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from benchlib import machine_facts, publish, run_header
 
 from agents.host import HostSampler
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "host_cost.json"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "bench" / "results" / "host_cost.json"
+#: The commit whose HostSampler is "before": the last with per core on every tick.
+BEFORE = "7179359"
 #: The /proc files the host reads open besides stat (copied as they are).
 COPIED = ("meminfo", "vmstat", "diskstats", "loadavg", "uptime")
 
@@ -81,15 +88,25 @@ def per_call_us(fn: Callable[[], Any], advance: Callable[[], None], calls: int) 
     return spent / calls * 1e6
 
 
-def before_tick() -> None:
-    """The agent's tick before: per core, the mean of it, memory, load."""
-    per_core = psutil.cpu_percent(percpu=True)
-    _ = sum(per_core) / len(per_core)
-    psutil.virtual_memory()
-    os.getloadavg()
+def sampler_before() -> type[Any]:
+    """``HostSampler`` as it was at ``BEFORE``, loaded from git as a module of its own."""
+    git = shutil.which("git")
+    if git is None:
+        sys.exit("host_cost: git is not installed: the 'before' sampler comes from history")
+    out = subprocess.run(
+        [git, "-C", str(REPO), "show", f"{BEFORE}:agents/host.py"], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        sys.exit(f"host_cost: git show {BEFORE}: {out.stderr.strip()} (a shallow clone?)")
+    module = types.ModuleType("host_before")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(out.stdout, f"{BEFORE}:agents/host.py", "exec"), module.__dict__)  # noqa: S102
+    return cast(type[Any], module.HostSampler)
 
 
-def measure(cpus: int, calls: int, rounds: int, slow_interval: float) -> dict[str, Any]:
+def measure(
+    cpus: int, calls: int, rounds: int, slow_interval: float, before: type[Any]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gf-proc-") as tmp:
         root = Path(tmp)
         for name in COPIED:
@@ -101,46 +118,50 @@ def measure(cpus: int, calls: int, rounds: int, slow_interval: float) -> dict[st
         psutil.PROCFS_PATH = str(root)
         try:
             assert len(psutil.cpu_times(percpu=True)) == cpus
-            psutil.cpu_percent(percpu=True)
-            # Each slow read 15 s after the last, as the agent's are (a read sooner keeps the
-            # last rates and reads nothing but swap).
-            clock = itertools.count(step=slow_interval)
-            sampler = HostSampler(monotonic=lambda: float(next(clock)))
-            sampler.prime()
-            figures: dict[str, list[float]] = {"before": [], "now_tick": [], "now_slow": []}
-            for _ in range(rounds):
-                figures["before"].append(per_call_us(before_tick, stat.advance, calls))
-                figures["now_tick"].append(per_call_us(sampler.read, stat.advance, calls))
-                figures["now_slow"].append(per_call_us(sampler.read_slow, stat.advance, calls))
-            assert sampler.read().cpu_per_core is not None
+            figures: dict[str, list[float]] = {}
+            for name, cls in (("before", before), ("now", HostSampler)):
+                # Each slow read 15 s after the last, as the agent's are (the new sampler
+                # reads nothing but swap when asked again sooner).
+                clock = itertools.count(step=slow_interval)
+                sampler = cls(monotonic=functools.partial(next, clock))
+                sampler.prime()
+                tick: list[float] = figures.setdefault(f"{name}_tick", [])
+                slow: list[float] = figures.setdefault(f"{name}_slow", [])
+                for _ in range(rounds):
+                    tick.append(per_call_us(sampler.read, stat.advance, calls))
+                    slow.append(per_call_us(sampler.read_slow, stat.advance, calls))
+                assert sampler.read().cpu_per_core is not None
         finally:
             psutil.PROCFS_PATH = old
     median = {k: statistics.median(v) for k, v in figures.items()}
-    now_per_s = median["now_tick"] + median["now_slow"] / slow_interval
+    per_s = {
+        name: median[f"{name}_tick"] + median[f"{name}_slow"] / slow_interval
+        for name in ("before", "now")
+    }
     return {
         "cpus": cpus,
         "raw_us": figures,
-        "before_tick_us": median["before"],
-        "now_tick_us": median["now_tick"],
-        "now_slow_us": median["now_slow"],
-        "before_per_s_us": median["before"],
-        "now_per_s_us": now_per_s,
-        "ratio": now_per_s / median["before"],
+        **{f"{k}_us": v for k, v in median.items()},
+        "before_per_s_us": per_s["before"],
+        "now_per_s_us": per_s["now"],
+        "ratio": per_s["now"] / per_s["before"],
     }
 
 
 def table(rows: list[dict[str, Any]], slow_interval: float) -> str:
-    head = (
-        "| logical CPUs | before: per tick us (% of a core at 1 Hz) | now: tick us | "
-        f"now: slow read us (every {slow_interval:g} s) | now per second us (% of a core) "
-        "| now / before |\n| ---: | ---: | ---: | ---: | ---: | ---: |"
-    )
-    lines = [head]
+    every = f"every {slow_interval:g} s"
+    lines = [
+        f"| logical CPUs | before: tick us | before: slow read us ({every}) | now: tick us "
+        f"| now: slow read us ({every}) | before, per second at 1 Hz: us (% of a core) "
+        "| now, per second | now / before |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
+        b, n = r["before_per_s_us"], r["now_per_s_us"]
         lines.append(
-            f"| {r['cpus']} | {r['before_tick_us']:.0f} ({r['before_tick_us'] / 1e4:.3f} %) "
-            f"| {r['now_tick_us']:.0f} | {r['now_slow_us']:.0f} "
-            f"| {r['now_per_s_us']:.0f} ({r['now_per_s_us'] / 1e4:.3f} %) | {r['ratio']:.2f}x |"
+            f"| {r['cpus']} | {r['before_tick_us']:.0f} | {r['before_slow_us']:.0f} "
+            f"| {r['now_tick_us']:.0f} | {r['now_slow_us']:.0f} | {b:.0f} ({b / 1e4:.3f} %) "
+            f"| {n:.0f} ({n / 1e4:.3f} %) | {r['ratio']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -162,8 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         parser.error("Linux only: it rewrites a copy of /proc")
     started = dt.datetime.now(dt.UTC)
-    rows = [measure(n, args.calls, args.rounds, args.slow_interval) for n in counts]
-    results = {**run_header("host_cost", started), "machine": machine_facts(), "rows": rows}
+    before = sampler_before()
+    rows = [measure(n, args.calls, args.rounds, args.slow_interval, before) for n in counts]
+    results = {
+        **run_header("host_cost", started),
+        "before": BEFORE,
+        "machine": machine_facts(),
+        "rows": rows,
+    }
     publish(results, table(rows, args.slow_interval), args.out)
     return 0
 

@@ -35,6 +35,10 @@ def test_busy_is_counted_as_psutil_counts_it() -> None:
     if "guest" in Times._fields:  # Linux: guest time is inside user, counted once
         assert _busy_percent(zero, times(user=100, guest=50, idle=100)) == 50.0
     assert _busy_percent(zero, zero) == 0.0, "no time passed: nothing busy, no division"
+    went_back = times(user=100, idle=300, iowait=50)
+    assert _busy_percent(went_back, times(user=200, idle=400, iowait=0)) == 50.0, (
+        "iowait going backwards (proc(5)) counts as 0, as psutil counts it"
+    )
 
 
 def test_the_tick_reads_one_cpu_line_and_the_slow_read_every_core(
@@ -113,8 +117,8 @@ def test_a_slow_read_right_after_the_baseline_keeps_it_for_the_next(
 
 
 def test_two_samplers_in_one_process_keep_their_own_baselines() -> None:
-    """The demo fleet runs many agents in one process: psutil.cpu_percent's one baseline per
-    process was reset by each, leaving the others a window of microseconds (0 % busy)."""
+    """psutil.cpu_percent keeps one baseline per calling thread: two samplers read from one
+    thread reset each other's, leaving a window of microseconds (0 % busy)."""
     a, b = HostSampler(), HostSampler()
     a.read()
     b.read()
@@ -123,4 +127,5 @@ def test_two_samplers_in_one_process_keep_their_own_baselines() -> None:
         pass
     b.read()
     busy = a.read().cpu_percent
-    assert busy is not None and busy >= 10.0, f"a's window was cut by b's read: {busy}"
+    share = 100.0 / (psutil.cpu_count() or 1)  # one CPU busy, of the machine's
+    assert busy is not None and busy >= share / 2, f"a's window was cut by b's read: {busy}"
