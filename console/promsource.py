@@ -131,7 +131,7 @@ class PromSource:
         self.client = client or PromClient(url)
         self.poll_s = poll_s
         #: Seconds from one poll's start to the next's: ``poll_s``, or longer while polls
-        #: run long (``_paced``). Staleness and the slow reads' window go by it.
+        #: run long (``_next_wait``). Staleness and the slow reads' window go by it.
         self.period = poll_s
         self.took: float | None = None  # seconds the last poll took
         self.first_timeout = first_timeout
@@ -188,7 +188,7 @@ class PromSource:
         if self.unknown:
             where += f" ({len(self.unknown)} hosts not in the inventory, ignored)"
         if self.period > self.poll_s and self.took is not None:
-            where += f" (polling every {self.period:.0f} s: a poll takes {self.took:.1f} s)"
+            where += f" (polling every {self.period:.1f} s: a poll takes {self.took:.1f} s)"
         answered = None if self._answered_at is None else max(0.0, now - self._answered_at)
         return FeedStatus(self.spec, where, self.fault, data_age(self.fleet, now), answered)
 
@@ -198,14 +198,18 @@ class PromSource:
         while True:
             started = self._now()
             await self.poll()
-            await asyncio.sleep(self._paced(self._now() - started))
+            await asyncio.sleep(self._next_wait(self._now() - started))
 
-    def _paced(self, took: float) -> float:
-        """The wait before the next poll, after one that took ``took`` seconds."""
+    def _next_wait(self, took: float) -> float:
+        """The wait before the next poll, after one that took ``took`` seconds. Only an
+        answered poll sets the pace: one that waited out a hung Prometheus says nothing of
+        the work a poll takes, and must not delay the next try."""
+        if self.fault is not None:
+            return max(0.0, self.poll_s - took)
         self.took = took
         self.period = max(self.poll_s, took / MAX_BUSY)
         if self.period > self.poll_s:
-            log.info("prometheus: a poll took %.1f s: polling every %.0f s", took, self.period)
+            log.info("prometheus: a poll took %.1f s: polling every %.1f s", took, self.period)
         return self.period - took
 
     async def poll(self) -> None:

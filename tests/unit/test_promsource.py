@@ -356,11 +356,11 @@ async def test_polls_that_run_long_stretch_the_period_and_the_stale_window() -> 
     client, clock = Recorded(), Clock()
     src = source(client, clock)
     await src.poll()
-    assert src._paced(1.0) == pytest.approx(4.0), "a quick poll: every poll_s"
+    assert src._next_wait(1.0) == pytest.approx(4.0), "a quick poll: every poll_s"
     assert "polling every" not in src.status(clock.now).line()
-    assert src._paced(12.0) == pytest.approx(12.0), "busy at most half the time"
+    assert src._next_wait(12.0) == pytest.approx(12.0), "busy at most half the time"
     assert src.period == pytest.approx(24.0)
-    assert "(polling every 24 s: a poll takes 12.0 s)" in src.status(clock.now).line()
+    assert "(polling every 24.0 s: a poll takes 12.0 s)" in src.status(clock.now).line()
     clock.now += 24
     await src.poll()
     view = src.fleet.nodes["gpu01"]
@@ -370,5 +370,9 @@ async def test_polls_that_run_long_stretch_the_period_and_the_stale_window() -> 
     assert link_of(src, "gpu01") == "live", "a node is not stale for the source's own pace"
     src.fleet.tick(view.sample_at + 3 * 24 + 1)
     assert link_of(src, "gpu01") == "stale"
-    assert src._paced(1.0) == pytest.approx(4.0), "quick again: back to poll_s"
+    src.fault = "no answer in 20 s"
+    assert src._next_wait(30.0) == 0.0, "a poll that got no answer: the next try at once"
+    assert src.period == pytest.approx(24.0), "and it sets no pace"
+    src.fault = None
+    assert src._next_wait(1.0) == pytest.approx(4.0), "quick again: back to poll_s"
     assert src.period == src.poll_s
