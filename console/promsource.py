@@ -275,11 +275,11 @@ class PromSource:
         async def one(q: PromQuery, hosts: set[str] | None) -> tuple[str, _Answer]:
             expr = q.expr if hosts is None else only(q.expr, hosts)
             async with gate:
-                t0 = time.perf_counter()
+                t0 = self._now()
                 got = await asyncio.to_thread(
                     self.client.query, expr, at, self._timeout(q.key, hosts)
                 )
-                slowest[0] = max(slowest[0], time.perf_counter() - t0)
+                slowest[0] = max(slowest[0], self._now() - t0)
             return q.key, (got, hosts)
 
         answers = dict(await asyncio.gather(*(one(q, None) for q in heads[1:])))
