@@ -19,7 +19,7 @@ from agents.protocol import Response
 from console.fleet import DOWN_STATES, AlertRules, FleetState
 from console.fleetlinks import CONNECTING_AT_ONCE
 from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink, NotDelivered
+from console.link import LinkOptions, NodeLink, NotDelivered, one_shot
 
 #: Seconds a request waits for its node's link to come up before it is not delivered.
 CONNECT_WAIT_S: Final = 15.0
@@ -34,7 +34,7 @@ class ActionLinks:
         connect_wait: float = CONNECT_WAIT_S,
     ) -> None:
         self._entries = {e.name: e for e in entries}
-        self._options = options
+        self._options = one_shot(options)  # nothing here draws the agent's buffered samples
         self._connect_wait = connect_wait
         self._gate: asyncio.Semaphore | None = None
         self.links: dict[str, NodeLink] = {}
