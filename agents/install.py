@@ -21,7 +21,6 @@ import shlex
 import shutil
 import subprocess
 import sysconfig
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
@@ -30,6 +29,7 @@ from typing import Final
 
 from agents.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, parse_config
 from agents.protocol import GpufleetError, clip
+from agents.store import atomic_write
 
 UNIT: Final = "gpufleet-agent.service"
 UNIT_DIR: Final = Path("/etc/systemd/system")
@@ -193,16 +193,9 @@ class Write:
     def apply(self, target: Target) -> str:
         dest = target.path(self.path)
         _makedirs(dest.parent)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.text)
-                f.flush()
-                os.fchmod(f.fileno(), self.mode)
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
+            atomic_write(dest, self.text.encode(), self.mode)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise InstallError(f"cannot write {dest}: {exc.strerror}") from None
         return f"{self.path}: written ({self.what})"
 
