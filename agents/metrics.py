@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from agents import __version__
 from agents.gpu.base import GpuInventory
-from agents.gpu.clocks import CLOCK_REASON_BITS
+from agents.gpu.clocks import encode_clock_reasons
 from agents.protocol import (
     GPU_LABELS,
     METRIC_SPECS,
@@ -41,7 +41,6 @@ from agents.protocol import (
 )
 
 MIB: Final = 1 << 20
-_BITS_BY_NAME: Final = {name: bit for bit, name in CLOCK_REASON_BITS.items()}
 
 #: Per-GPU readings taken straight from a field (value as is, or scaled to the exported unit).
 _GPU_FIELDS: Final[tuple[tuple[str, str, float], ...]] = (
@@ -87,17 +86,6 @@ _HOST_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("gpufleet_host_network_transmit_bytes_per_second", "net_tx_bps"),
     ("gpufleet_host_uptime_seconds", "uptime_s"),
 )
-
-
-def clock_reason_mask(names: Iterable[str]) -> int:
-    """NVML's bit mask back from the decoded names (``bit_0x...`` for bits without one)."""
-    mask = 0
-    for name in names:
-        bit = _BITS_BY_NAME.get(name)
-        if bit is None and name.startswith("bit_0x"):
-            bit = int(name[4:], 16)
-        mask |= bit or 0
-    return mask
 
 
 class _Families:
@@ -254,7 +242,7 @@ def _gpu_reading(out: _Families, labels: dict[str, str], r: GpuReading) -> None:
         free = r.mem_total - r.mem_used - (r.mem_reserved or 0)
         out.add("DCGM_FI_DEV_FB_FREE", labels, free / MIB)
     if r.clock_reasons is not None:
-        out.add("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", labels, clock_reason_mask(r.clock_reasons))
+        out.add("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", labels, encode_clock_reasons(r.clock_reasons))
         for reason in r.clock_reasons:
             out.add("gpufleet_gpu_clock_event_active", {**labels, "reason": reason}, 1)
     if r.processes is not None:

@@ -7,6 +7,7 @@ simulator and the tests need no driver. ``sw_power_cap`` is the normal state of 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 CLOCK_REASON_BITS: Final[dict[int, str]] = {
@@ -37,7 +38,16 @@ def decode_clock_reasons(mask: int) -> list[str]:
     return names
 
 
-def encode_clock_reasons(names: list[str]) -> int:
-    """The mask for a list of known names (the simulator builds readings this way)."""
-    by_name = {name: bit for bit, name in CLOCK_REASON_BITS.items()}
-    return sum(by_name[name] for name in names)
+_BITS_BY_NAME: Final = {name: bit for bit, name in CLOCK_REASON_BITS.items()}
+
+
+def encode_clock_reasons(names: Iterable[str]) -> int:
+    """The mask back from ``decode_clock_reasons``' names, ``bit_0x...`` ones included (the
+    simulator builds its readings this way; the exporter serves NVML's mask from a sample)."""
+    mask = 0
+    for name in names:
+        bit = _BITS_BY_NAME.get(name)
+        if bit is None and name.startswith("bit_0x"):
+            bit = int(name[4:], 16)
+        mask |= bit or 0
+    return mask

@@ -10,10 +10,11 @@ import re
 import pytest
 
 from agents.gpu.base import GpuInventory
+from agents.gpu.clocks import encode_clock_reasons
 from agents.gpu.nvml import NvmlBackend
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
-from agents.metrics import MIB, MetricsCollector, clock_reason_mask, render
+from agents.metrics import MIB, MetricsCollector, render
 from agents.protocol import (
     GPU_LABELS,
     METRIC_SPECS,
@@ -226,8 +227,8 @@ def test_no_state_no_pool() -> None:
 
 
 def test_clock_reason_mask_round_trips_unknown_bits() -> None:
-    assert clock_reason_mask(["gpu_idle", "bit_0x200"]) == 0x201
-    assert clock_reason_mask([]) == 0
+    assert encode_clock_reasons(["gpu_idle", "bit_0x200"]) == 0x201
+    assert encode_clock_reasons([]) == 0
 
 
 def test_simulated_node_through_the_sampler() -> None:
