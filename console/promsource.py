@@ -153,8 +153,6 @@ class PromSource:
         self._asked: dict[Cadence, set[str] | None] = {}
         self._seen: dict[str, _Seen] = {}
         self._told_unknown: set[str] = set()
-        self._tries = 0
-        self._done_one = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # -- FleetFeed --------------------------------------------------------------------------
@@ -168,20 +166,6 @@ class PromSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    async def __aenter__(self) -> PromSource:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def settle(self, wait: float) -> list[str]:
-        """After the first poll, answered or failed, every node is decided."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await self._done_one.wait()
-        return [v.name for v in self.fleet.nodes.values() if v.link == "connecting"]
 
     def status(self, now: float) -> FeedStatus:
         where = self.spec.url or ""
@@ -221,14 +205,11 @@ class PromSource:
         since the last poll, and the static and slow sets only to the nodes they are due for
         (``_plan``); only those nodes' frames are rebuilt. The first poll reads only what
         the table needs, so the screen shows every node before the rest is read."""
-        self._tries += 1
         try:
             at, answers, rebuild = await self._query()
         except PromError as exc:
             self._failed(str(exc))
             return
-        finally:
-            self._done_one.set()
         present, nodes = await asyncio.to_thread(self._convert, answers, rebuild)
         self.polls += 1
         self.fault = None

@@ -209,7 +209,6 @@ def only(expr: str, hosts: Iterable[str]) -> str:
 class PromNode:
     """One node as Prometheus has it, in the model's frames."""
 
-    hostname: str  # the exporter's Hostname label: the agent's node name
     scraped: float  # Prometheus' clock: when it last scraped the node
     sample_ts: float | None  # the agent's clock: when it took the newest sample
     inventory: Inventory
@@ -403,7 +402,6 @@ def node_from(index: FleetIndex, name: str) -> PromNode | None:
         sample = Sample(seq=0, ts=ts, host=_host(h), gpus=gpu_readings)
     software = agent.get("version")
     return PromNode(
-        hostname=name,
         scraped=at,
         sample_ts=ts,
         inventory=inventory,

@@ -91,11 +91,6 @@ class FleetFeed(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def settle(self, wait: float) -> list[str]:
-        """Wait until every node has data or is known not to (at most ``wait`` s); return
-        the nodes still undecided."""
-        ...
-
     def status(self, now: float) -> FeedStatus: ...
 
 

@@ -79,7 +79,6 @@ class FleetApp(App[None]):
     ) -> None:
         super().__init__()
         self.fleet = fleet
-        self.links = links
         #: What keeps the model current: the links, or another source (Prometheus), whose
         #: state the fleet view shows above the table.
         self.feed: FleetFeed | None = feed if feed is not None else links
