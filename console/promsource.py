@@ -49,6 +49,7 @@ from console.promview import (
     FleetIndex,
     PromNode,
     PromQuery,
+    host_matcher,
     nodes_of,
     only,
 )
@@ -254,7 +255,7 @@ class PromSource:
         gate = asyncio.Semaphore(QUERIES_AT_ONCE)
 
         async def one(q: PromQuery, hosts: set[str] | None) -> tuple[str, _Answer]:
-            expr = q.expr if hosts is None else only(q.expr, hosts)
+            expr = q.expr if hosts is None else only(q.expr, matchers[q.cadence])
             async with gate:
                 t0 = self._now()
                 got = await asyncio.to_thread(
@@ -277,6 +278,7 @@ class PromSource:
                 for q in QUERIES
                 if q.key not in HEAD_KEYS and plan[q.cadence] != set()
             ]
+        matchers = {c: host_matcher(hosts) for c, hosts in plan.items() if hosts}
         got = await asyncio.gather(*(one(q, hosts) for q, hosts in asked), return_exceptions=True)
         failed: set[Cadence] = set()
         for (q, _), answer in zip(asked, got, strict=True):
