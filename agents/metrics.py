@@ -29,6 +29,7 @@ from agents.protocol import (
     GPU_LABELS,
     METRIC_SPECS,
     METRICS,
+    MIB,
     NODE_LABELS,
     PROTOCOL_VERSION,
     STALE_INTERVALS,
@@ -39,8 +40,6 @@ from agents.protocol import (
     NodeState,
     Sample,
 )
-
-MIB: Final = 1 << 20
 
 #: Per-GPU readings taken straight from a field (value as is, or scaled to the exported unit).
 _GPU_FIELDS: Final[tuple[tuple[str, str, float], ...]] = (

@@ -635,6 +635,8 @@ METRICS_PORT: Final = 9401
 #: Sampling intervals after which the newest sample no longer counts as current (the console's
 #: stale rule, design.md §4).
 STALE_INTERVALS: Final = 3.0
+#: Bytes in a mebibyte: dcgm-exporter's framebuffer unit, and the screen's.
+MIB: Final = 1 << 20
 
 
 class MetricSpec(msgspec.Struct, kw_only=True, frozen=True):

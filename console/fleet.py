@@ -21,6 +21,7 @@ import msgspec
 
 from agents.protocol import (
     ALARMING_REASONS,
+    STALE_INTERVALS,
     Event,
     Inventory,
     NodeState,
@@ -62,7 +63,7 @@ class AlertRules:
     #: An XID stays an active alert this long after it was seen.
     xid_window_s: float = 3600.0
     #: Samples missing for this many intervals make a live node stale.
-    stale_intervals: float = 3.0
+    stale_intervals: float = STALE_INTERVALS
     #: History kept per node for sparklines (samples).
     history: int = 300
 

@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 
 from agents.protocol import (
     METRIC_SPECS,
+    MIB,
     Event,
     GpuInfo,
     GpuReading,
@@ -48,7 +49,6 @@ from agents.protocol import (
 )
 from console.prometheus import Vector
 
-MIB: Final = 1 << 20
 #: Polls between two reads of one node's slow readings.
 SLOW_EVERY: Final = 6
 

@@ -17,7 +17,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Header, Static
 
-from agents.protocol import ALARMING_REASONS, AuditEntry, GpufleetError
+from agents.protocol import ALARMING_REASONS, MIB, AuditEntry, GpufleetError
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
@@ -48,7 +48,6 @@ REASON_WORDS: Final = {
     "hw_power_brake_slowdown": "power brake (HW)",
     "display_clock_setting": "display clocks",
 }
-MIB: Final = 1 << 20
 EVENTS_SHOWN: Final = 20
 AUDIT_SHOWN: Final = 20
 

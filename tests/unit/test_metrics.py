@@ -14,10 +14,11 @@ from agents.gpu.clocks import encode_clock_reasons
 from agents.gpu.nvml import NvmlBackend
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
-from agents.metrics import MIB, MetricsCollector, render
+from agents.metrics import MetricsCollector, render
 from agents.protocol import (
     GPU_LABELS,
     METRIC_SPECS,
+    MIB,
     Event,
     GpuInfo,
     GpuProcess,

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
+from agents.protocol import MIB
 from console import promsource
 from console.fleet import NodeView
 from console.inventory import parse_inventory
 from console.prometheus import QUERY_TIMEOUT_S, PromClient, PromError, Vector, decode_vector
 from console.promsource import FIRST_QUERY_TIMEOUT_S, NameIndex, PromSource
-from console.promview import HEAD_KEYS, MIB, QUERIES, nodes_from
+from console.promview import HEAD_KEYS, QUERIES, nodes_from
 from console.rows import node_row
 from console.source import SSH, SourceError, SourceSpec, parse_source
 from tests.fakes.prometheus import ANSWERS, Recorded
