@@ -113,13 +113,10 @@ class ListenAddress(msgspec.Struct, frozen=True):
     host: str  # an IP literal, without brackets
     port: int
 
-    def with_port(self, port: int | None) -> str:
+    def __str__(self) -> str:
         """``host:port`` as a URL writes it (brackets around IPv6)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port if port is None else port}"
-
-    def __str__(self) -> str:
-        return self.with_port(None)
+        return f"{host}:{self.port}"
 
 
 _LISTEN_RE: Final = re.compile(r"\[(?P<v6>[^\]]*)\]:(?P<p6>[^:]*)|(?P<v4>[^:\[\]]*):(?P<p4>[^:]*)")

@@ -80,6 +80,10 @@ class _Server(http.server.ThreadingHTTPServer):
         return render(self.registry.collect())
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class MetricsExporter:
     """Binds ``listen`` and serves the collector's metrics until ``close``."""
 
@@ -98,7 +102,7 @@ class MetricsExporter:
 
     @property
     def port(self) -> int | None:
-        """The port bound (the configured one, or the kernel's pick for port 0)."""
+        """The port bound, once it is."""
         return None if self._server is None else int(self._server.server_address[1])
 
     def start(self) -> None:
@@ -106,14 +110,9 @@ class MetricsExporter:
         self._thread.start()
 
     def _bind(self) -> _Server:
-        family, _, _, _, addr = socket.getaddrinfo(
-            self.listen.host,
-            self.listen.port,
-            type=socket.SOCK_STREAM,
-            flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE,
-        )[0]
-        server_class = type("_BoundServer", (_Server,), {"address_family": family})
-        server: _Server = server_class(addr[:2] if family == socket.AF_INET else addr, _Handler)
+        # The host is an IP literal (config.parse_listen): its family is in its spelling.
+        server_class = _Server6 if ":" in self.listen.host else _Server
+        server = server_class((self.listen.host, self.listen.port), _Handler)
         server.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         server.registry = self.registry
         return server
@@ -140,7 +139,7 @@ class MetricsExporter:
                     server.server_close()
                     return
                 self._server = server
-            log.info("metrics: serving http://%s/metrics", self.listen.with_port(self.port))
+            log.info("metrics: serving http://%s/metrics", self.listen)
             self.bound.set()
             server.serve_forever(poll_interval=0.5)  # a shutdown() before this still ends it
             return
