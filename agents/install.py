@@ -412,7 +412,7 @@ def plan_install(target: Target, user: str | None, group: str) -> list[Step]:
 
     if target.booted and units_changed:
         plan.append(Run(tuple(target.systemctl("daemon-reload")), "systemd: reloaded"))
-    if _query(target.systemctl("is-enabled", UNIT)) == "enabled" and not units_changed:
+    if not units_changed and _query(target.systemctl("is-enabled", UNIT)) == "enabled":
         plan.append(Note(f"{UNIT}: already enabled"))
     else:  # enable again after a change: [Install] may have changed with the unit
         plan.append(Run(tuple(target.systemctl("enable", UNIT)), f"{UNIT}: enabled"))
