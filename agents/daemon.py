@@ -26,7 +26,7 @@ from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
 from agents.kube import KubeScheduler
 from agents.metrics import MetricsCollector
-from agents.protocol import Event, EventKind, HostInfo, Inventory, NodeState, Sample
+from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample
 from agents.requests import RequestHandler
 from agents.sampler import Sampler, inventory_frame
 from agents.scheduler import NoScheduler, Scheduler
@@ -255,12 +255,7 @@ class Agent:
 
     def _tell(self, message: str) -> None:
         """A line for every operator watching (a reboot that failed after its reply)."""
-        self._emit(self._event("notice", message))
-
-    def _event(self, kind: EventKind, message: str, state: NodeState | None = None) -> Event:
-        """Made by the sampler, which numbers it and keeps it for consoles that connect
-        later: a drain or a failed reboot is news to them too."""
-        return self.sampler.event(kind, message, state=state)
+        self._emit(self.sampler.event("notice", message))
 
     def _told_by_scheduler(self, message: str) -> None:
         """The scheduler finished something in the background (Kubernetes evicted the pods):
@@ -285,7 +280,7 @@ class Agent:
         """A new ops state (already saved): kept, and told to every client as an event."""
         self.state = state
         said = f"{state.state}" + (f": {state.reason}" if state.reason else "")
-        self._emit(self._event("state", said, state))
+        self._emit(self.sampler.event("state", said, state=state))
 
     async def _advance_drain(self) -> None:
         """DRAINING becomes DRAINED when the GPUs are free or the drain's deadline passes."""

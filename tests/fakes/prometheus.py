@@ -24,7 +24,6 @@ class Recorded:
     def __init__(self) -> None:
         self.gone: set[str] = set()
         self.fault: str | None = None
-        self.asked = 0
         self.keys: list[str] = []  # every query's key, in the order asked
         #: Every query's key and the hosts it was narrowed to (a regex; None: all).
         self.asked_for: list[tuple[str, str | None]] = []
@@ -34,7 +33,6 @@ class Recorded:
         self.timeouts: list[float | None] = []  # each query's timeout, as asked
 
     def query(self, expr: str, at: float | None = None, timeout: float | None = None) -> Vector:
-        self.asked += 1
         self.timeouts.append(timeout)
         if self.fault is not None:
             raise PromError(self.fault)
