@@ -29,6 +29,8 @@ CONNECTING_PER_JUMP = 10
 
 
 class FleetLinks:
+    spec = SSH
+
     def __init__(
         self,
         entries: Iterable[NodeEntry],
@@ -84,7 +86,7 @@ class FleetLinks:
             await asyncio.sleep(0.05)
 
     def status(self, now: float) -> FeedStatus:
-        return FeedStatus(SSH, f"({len(self.links)} links)", None, data_age(self.fleet, now))
+        return FeedStatus(self.spec, f"({len(self.links)} links)", None, data_age(self.fleet, now))
 
     async def request(
         self, node: str, op: str, args: dict[str, Any], wait: float = 30.0

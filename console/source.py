@@ -86,6 +86,7 @@ class FleetFeed(Protocol):
     """What keeps a ``FleetState`` current: the SSH links, or the Prometheus poller."""
 
     fleet: FleetState
+    spec: SourceSpec  # which source this is
 
     def start(self) -> None: ...
 

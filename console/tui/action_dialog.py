@@ -123,7 +123,7 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         """Whether the live view's source carries GPU process lists: the agents' own streams
         do, Prometheus does not (an empty list there says nothing about the GPUs)."""
         feed = self.fleet_app.feed
-        return feed is None or feed.status(self.fleet_app.clock()).source.kind != "prometheus"
+        return feed is None or feed.spec.kind != "prometheus"
 
     def _affected_text(self) -> str:
         if not self._processes_carried():
