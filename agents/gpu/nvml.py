@@ -407,9 +407,11 @@ class NvmlBackend:
             if not isinstance(exc, self._quiet_errors):
                 self._warn_failing(gpu, name, type(exc).__name__, _error_text(exc))
             return (None, "unsupported" if isinstance(exc, self._unsupported_errors) else "error")
-        if self._failing and gpu is not None and (gpu, name) in self._failing:
-            del self._failing[gpu, name]
-            log.info("GPU %d: %s answers again", gpu, name)
+        # The tick and the slow thread may both get here: pop, so only one says it.
+        if self._failing and gpu is not None:
+            kinds: set[str] | None = self._failing.pop((gpu, name), None)
+            if kinds is not None:
+                log.info("GPU %d: %s answers again", gpu, name)
         return (value, None)
 
     def _call(
