@@ -395,19 +395,28 @@ def _root_option(verb: str) -> Callable[[Callable[..., None]], Callable[..., Non
     show_default=True,
     help="The socket group: its members may connect (created as a system group if missing).",
 )
+@click.option(
+    "--program",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The gpufleet-agent the unit runs, as the installed system has it [default: this one].",
+)
 @click.option("--dry-run", is_flag=True, help="Print the files and commands; change nothing.")
 @_root_option("Install into")
-def install(user: str | None, group: str, dry_run: bool, root: Path | None) -> None:
+def install(
+    user: str | None, group: str, program: Path | None, dry_run: bool, root: Path | None
+) -> None:
     """Install the systemd unit, the socket group and a default config, and enable the unit.
 
     Idempotent: a second run finds nothing to do. An operator's agent.toml is never
-    overwritten; its socket_group must name --group.
+    overwritten; its socket_group must name --group. A program the unit's sandbox would hide
+    (under /home, /root or /tmp) is refused.
     """
     from agents import install as inst
 
     with _install_errors():
         target = inst.make_target(root, dry_run=dry_run)
-        plan = inst.plan_install(target, user, group)
+        plan = inst.plan_install(target, user, group, program)
         inst.carry_out(plan, target, dry_run=dry_run, echo=click.echo)
 
 

@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,6 +71,112 @@ def agent_program() -> Path:
     if not os.access(program, os.X_OK):
         raise InstallError(f"{program} is missing: install the gpufleet package first")
     return program
+
+
+# ---------------------------------------------------------------------------------------------
+# What the unit's sandbox hides: a program there cannot be started by the unit.
+
+_TRUE: Final = ("yes", "true", "on", "1")
+
+
+def unit_settings(text: str) -> Iterator[tuple[str, str]]:
+    """``(key, value)`` of every assignment in a unit file, in order (comments skipped)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            yield key.strip(), value.strip()
+
+
+def hidden_paths(unit: str) -> list[tuple[Path, str]]:
+    """The directories the unit's sandbox hides from the agent (or forbids it to run
+    programs from), each with the setting that does it. Read from the unit itself, so that a
+    setting added to it is checked too. ``ProtectSystem`` only makes paths read-only, and
+    ``ProtectHome=read-only`` too: programs there still run."""
+    out: list[tuple[Path, str]] = []
+    for key, value in unit_settings(unit):
+        v = value.lower()
+        if key == "ProtectHome" and (v in _TRUE or v == "tmpfs"):
+            out += [(Path(p), f"{key}={value}") for p in ("/home", "/root", "/run/user")]
+        elif key == "PrivateTmp" and v in _TRUE:
+            tmp = ("/tmp", "/var/tmp")  # noqa: S108  (what PrivateTmp hides, not a file we use)
+            out += [(Path(p), f"{key}={value}") for p in tmp]
+        elif key in ("InaccessiblePaths", "TemporaryFileSystem", "NoExecPaths"):
+            for word in value.split():
+                path = word.lstrip("-+").split(":")[0]
+                if path.startswith("/"):
+                    out.append((Path(path), f"{key}={path}"))
+    return out
+
+
+def _hidden_by(path: Path, hidden: list[tuple[Path, str]]) -> tuple[Path, str] | None:
+    return next((h for h in hidden if path == h[0] or h[0] in path.parents), None)
+
+
+def _resolved(target: Target, path: Path) -> Path:
+    """``path`` on the target with its links followed, as the target sees it."""
+    real = Path(os.path.realpath(target.path(path)))
+    if target.live:
+        return real
+    try:
+        return Path("/") / real.relative_to(target.root)
+    except ValueError:  # an absolute link out of the root: the path it names
+        return real
+
+
+def _interpreter(target: Target, program: Path) -> Path | None:
+    """The program's ``#!`` interpreter, when it names one by path (not through env)."""
+    try:
+        with target.path(program).open("rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return None
+    words = first[2:].decode(errors="replace").split() if first.startswith(b"#!") else []
+    if not words or not words[0].startswith("/") or Path(words[0]).name == "env":
+        return None
+    return Path(words[0])
+
+
+def _what_the_unit_runs(target: Target, program: Path, ours: bool) -> Iterator[tuple[str, Path]]:
+    """Every path the agent needs at start, each named: the program, its interpreter, their
+    targets through links; for this installation also its Python and the gpufleet package
+    (an editable install runs from the clone)."""
+    yield "the agent program", program
+    yield "the agent program", _resolved(target, program)
+    interpreter = _interpreter(target, program)
+    if interpreter is not None:
+        yield f"the interpreter of {program}", interpreter
+        yield f"the interpreter of {program}", _resolved(target, interpreter)
+    if ours and target.live:
+        yield f"the Python {program} was installed with", Path(sys.base_prefix).resolve()
+        yield "the gpufleet package", Path(__file__).resolve().parent
+
+
+def check_program(target: Target, program: Path, *, ours: bool) -> None:
+    """Refuse a program the installed unit could not start: one its sandbox hides (a virtual
+    environment under /home or /tmp, a pyenv Python under /root), or one that is not there."""
+    if not program.is_absolute():
+        raise BadFlag(f"--program {program}: not an absolute path")
+    real = target.path(program)
+    if not (real.is_file() and os.access(real, os.X_OK)):
+        whose = " (this installation's gpufleet-agent)" if ours else ""
+        raise InstallError(
+            f"{program}{whose}: no such executable in {target.root}: pass --program with the "
+            "path of gpufleet-agent as the installed system has it; nothing was changed"
+        )
+    hidden = hidden_paths(packaged_unit())
+    for what, path in _what_the_unit_runs(target, program, ours):
+        found = _hidden_by(path, hidden)
+        if found is None:
+            continue
+        prefix, setting = found
+        hides = sorted({str(p) for p, _ in hidden})
+        raise InstallError(
+            f"{what}, {path}, is under {prefix}, which the unit hides from the agent ({setting}), "
+            "so the unit could not start it: install gpufleet outside "
+            f"{', '.join(hides)} (a virtual environment such as /opt/gpufleet/venv, made with a "
+            "Python outside them too) and run that gpufleet-agent install; nothing was changed"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,13 +473,17 @@ def _config_steps(target: Target, group: str) -> Step:
     )
 
 
-def plan_install(target: Target, user: str | None, group: str) -> list[Step]:
+def plan_install(
+    target: Target, user: str | None, group: str, program: Path | None = None
+) -> list[Step]:
     check_name("--group", group)
     if user is not None:
         check_name("--user", user)
         if user == "root":
             user = None  # the unit's own User=root
-    program = agent_program()
+    ours = program is None
+    program = agent_program() if program is None else program
+    check_program(target, program, ours=ours)
     plan: list[Step] = []
 
     existing = target.group(group)

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import stat
+import time
 import traceback
 import weakref
 from collections import deque
@@ -51,6 +52,7 @@ from agents.requests import Caller, RequestHandler
 log = logging.getLogger("gpufleet.agent")
 
 CLOSE_GRACE = 5.0  # seconds a closing client has to read its last frame
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between summaries of refused connections, per user
 
 
 def _fatal(code: str, message: str) -> Error:
@@ -174,6 +176,79 @@ def bind_socket(path: Path, mode: int, group: str | None) -> socket.socket:
     return sock
 
 
+@dataclass
+class _Refusals:
+    """Refusals of one (reason, uid) since its first was logged in full."""
+
+    since: float
+    user: str
+    count: int = 0
+
+
+class RefusalLog:
+    """Logs refused connections without letting a flood of them flood the log.
+
+    One user opening a thousand connections past their limit would otherwise write a thousand
+    warnings in under a second (and a log that big is a way to fill the disk). The first
+    refusal per (reason, uid) is logged in full; further ones are counted, and once per
+    ``interval`` one line says how many there were. A quiet interval ends the run, so the
+    next refusal is logged in full again. ``flush(final=True)`` says what is still counted,
+    so no refusal is missing from the log's totals when the agent stops.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = REFUSAL_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self.interval = interval
+        self._clock = clock
+        self._runs: dict[tuple[str, int], _Refusals] = {}
+
+    def refused(self, peer: Peer, reason: str) -> None:
+        key = (reason, peer.uid)
+        run = self._runs.get(key)
+        if run is None:
+            self._runs[key] = _Refusals(since=self._clock(), user=peer.user)
+            self._log.warning(
+                "client %s pid=%s refused: %s (further refusals of it summarised every %g s)",
+                peer,
+                peer.pid,
+                reason,
+                self.interval,
+            )
+        else:
+            run.count += 1
+
+    def flush(self, final: bool = False) -> float | None:
+        """Summarise every run whose interval is over (every run, if ``final``); a run with
+        nothing new in its interval is closed. Returns the seconds until the next run is due,
+        or None when no run is open."""
+        now = self._clock()
+        for key, run in list(self._runs.items()):
+            if not final and now - run.since < self.interval:
+                continue
+            reason, uid = key
+            if run.count:
+                self._log.warning(
+                    "refused %d more connections from uid %d (%s) in the last %.0f s: %s",
+                    run.count,
+                    uid,
+                    run.user,
+                    now - run.since,
+                    reason,
+                )
+            if run.count and not final:
+                self._runs[key] = _Refusals(since=now, user=run.user)
+            else:
+                del self._runs[key]
+        if not self._runs:
+            return None
+        return max(0.0, min(run.since for run in self._runs.values()) + self.interval - now)
+
+
 @dataclass(eq=False)
 class ClientConn:
     """One connected client: who it is, what it asked for, and its queue."""
@@ -219,6 +294,8 @@ class AgentServer:
         self._clients: set[ClientConn] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._refusals = RefusalLog(log)
+        self._refusal_timer: asyncio.TimerHandle | None = None
         self.path = Path(config.agent.socket)
 
     async def start(self) -> None:
@@ -235,6 +312,9 @@ class AgentServer:
             await asyncio.wait(self._tasks, timeout=CLOSE_GRACE + 1)
         for task in self._tasks:
             task.cancel()
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+        self._refusals.flush(final=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -303,7 +383,7 @@ class AgentServer:
         if refusal is None:
             await self._session(peer, reader, writer)
             return
-        log.warning("client %s pid=%s refused: %s", peer, peer.pid, refusal)
+        self._refused(peer, refusal)
         writer.write(encode(_fatal("busy", refusal)))
         # Half-close and read what the client sends (its hello) before closing: closing with
         # its bytes unread would reset the connection, and the client would lose the reason
@@ -314,6 +394,19 @@ class AgentServer:
                 while await reader.read(65536):
                     pass
         await self._close_writer(writer, None)
+
+    def _refused(self, peer: Peer, reason: str) -> None:
+        self._refusals.refused(peer, reason)
+        if self._refusal_timer is None:
+            loop = asyncio.get_running_loop()
+            self._refusal_timer = loop.call_later(self._refusals.interval, self._flush_refusals)
+
+    def _flush_refusals(self) -> None:
+        self._refusal_timer = None
+        due = self._refusals.flush()
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            self._refusal_timer = loop.call_later(due, self._flush_refusals)
 
     async def _session(
         self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -15,6 +15,7 @@ import logging
 import logging.handlers
 import math
 import os
+import pwd
 import random
 import shutil
 import sys
@@ -134,6 +135,11 @@ _SOURCE_OPTION = click.option(
 @_READONLY_OPTION
 @_SOURCE_OPTION
 @_ssh_options
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Log every library's lines to the screen's log too (SSH, Textual), at debug level.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -144,6 +150,7 @@ def main(
     accept_new: bool,
     identity: Path | None,
     ssh_config: Path | None,
+    debug: bool,
 ) -> None:
     """Watch a GPU fleet live and act on it. With no command, on a terminal: the fleet screen
     for the configured inventory."""
@@ -154,7 +161,7 @@ def main(
         _fail("no terminal for the screen: use a command (gpufleet --help)", EXIT_USAGE)
     inv = load_inventory(find_inventory(inventory))
     options = _link_options(known_hosts, accept_new, identity, ssh_config)
-    log = _log_to_file()
+    log = _log_to_file(debug)
     asyncio.run(_screen(inv, options, readonly, source=f"{inv.source}  (log: {log})", live=live))
 
 
@@ -164,16 +171,80 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 
 
-def _log_to_file() -> str:
-    """On the screen, log lines go to a file: written to the terminal they would tear it."""
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    path = state / "gpufleet" / "console.log"
+def _home_of(uid: int) -> Path | None:
+    """The user's home as the account database has it (not $HOME, which sudo may keep)."""
+    try:
+        return Path(pwd.getpwuid(uid).pw_dir)
+    except KeyError:
+        return None
+
+
+def _own_dir(path: Path, uid: int) -> bool:
+    """Whether ``path`` is, or can be made, a directory that is ``uid``'s alone.
+
+    A log in a directory another user owns or may write could be theirs, or be swapped for a
+    link by them; and a directory made in another user's tree (root under ``sudo`` with the
+    caller's $HOME) would be root's there, and lock the caller out of their own log. So the
+    nearest existing ancestor must be ``uid``'s too."""
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        if ancestor != path and ancestor.stat().st_uid != uid:
+            return False
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.lstat()
+    except OSError:
+        return False
+    return st.st_uid == uid and path.is_dir() and not path.is_symlink() and not st.st_mode & 0o022
+
+
+def _log_path(uid: int) -> Path | None:
+    """One log per user: ``$XDG_STATE_HOME/gpufleet/console.log`` (``~/.local/state`` by
+    default) when that directory is this user's alone; otherwise (a state directory shared
+    between users, or ``sudo`` keeping the caller's $HOME) the same place under the home the
+    account database gives this user. None when neither is usable."""
+    env_home = Path(os.environ.get("HOME") or "/nonexistent")
+    state = os.environ.get("XDG_STATE_HOME")
+    candidates = [Path(state) if state else env_home / ".local" / "state"]
+    home = _home_of(uid)
+    if home is not None:
+        candidates.append(home / ".local" / "state")
+    for base in candidates:
+        folder = base / "gpufleet"
+        if not _own_dir(folder, uid):
+            continue
+        path = folder / "console.log"
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return path
+        except OSError:
+            continue
+        if st.st_uid == uid and not path.is_symlink():
+            return path
+    return None
+
+
+#: The loggers logged at INFO. Every other library's INFO lines would bury ours (asyncssh logs
+#: each step of every connection: 98 % of a day's log), so only their warnings reach the log,
+#: unless ``--debug``.
+OUR_LOGGERS = "gpufleet"
+
+
+def _log_to_file(debug: bool = False) -> str:
+    """On the screen, log lines go to a file: written to the terminal they would tear it.
+
+    Our own lines at INFO; every other library's (asyncssh, Textual) only at WARNING, or
+    everything at DEBUG with ``--debug``."""
+    path = _log_path(os.geteuid())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     handler: logging.Handler
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path is None:
+            raise OSError("no directory of this user's own for the log")
         handler = logging.handlers.RotatingFileHandler(
             path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS
         )
@@ -181,7 +252,8 @@ def _log_to_file() -> str:
         handler, path = logging.NullHandler(), Path("/dev/null")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger(OUR_LOGGERS).setLevel(logging.DEBUG if debug else logging.INFO)
     return str(path)
 
 
@@ -484,6 +556,12 @@ def demo(
         asyncio.run(_demo(nodes, gpus, faults, headless, inventory_out, seconds, readonly))
 
 
+def _debug() -> bool:
+    """``gpufleet --debug`` given before a command."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug"))
+
+
 async def _demo(
     nodes: int,
     gpus: int,
@@ -495,7 +573,7 @@ async def _demo(
 ) -> None:
     from console.demo import demo_fleet, run_incidents
 
-    log = None if headless else _log_to_file()
+    log = None if headless else _log_to_file(_debug())
     # Headless, the nodes' own logs would bury the demo's lines; it announces its incidents.
     logging.getLogger("gpufleet.agent").setLevel(logging.ERROR)
     async with demo_fleet(nodes, gpus) as fleet:

@@ -6,8 +6,11 @@ What the H100 capture taught us (design.md §2) shapes this module:
   every query goes through ``_attempt``, the one place where NVML errors become "no value" (None,
   never 0) or a lost GPU. No other code here catches NVML errors from a read.
 - A GPU is lost when NVML says the card is gone or needs a reset (``_LOST_ERRORS``), or when
-  temperature, power and memory all fail with errors in one tick: a card that answers only
-  errors is not healthy. It is back only when a re-probe gets real answers, not just a handle.
+  every core reading (temperature, power, memory) fails with an error in one read: a card that
+  answers only errors is not healthy. ``_read_core`` is the one place that rule lives, for the
+  first probe, every tick and every re-probe alike. One failing query is only "no value" (n/a),
+  logged once per GPU and query until it answers again. A GPU is back only when a re-probe gets
+  real answers, not just a handle.
 - The cheap queries cost microseconds and run on every tick (``read``); energy, HBM temperature
   (field values, ~3 ms) and PCIe throughput (~21 ms, it blocks for its sample window) would
   stall the tick, so they live in ``read_slow``, which the sampler runs on its own thread.
@@ -22,6 +25,7 @@ only reports ``lost`` per reading and the sampler turns flag transitions into ev
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -174,6 +178,8 @@ class NvmlBackend:
             else "nvmlDeviceGetCurrentClocksThrottleReasons"
         )
         self._warned: set[tuple[str, str]] = set()
+        #: (GPU, query) -> the error kinds logged for it while it fails; cleared when it answers.
+        self._failing: dict[tuple[int, str], set[str]] = {}
         self._lock = threading.Lock()
         self._events: deque[XidEvent] = deque(maxlen=MAX_QUEUED_EVENTS)
         self._events_lock = threading.Lock()
@@ -375,13 +381,16 @@ class NvmlBackend:
     # -----------------------------------------------------------------------------------------
     # The one NVML error mapping
 
-    def _attempt(self, fn: str | Callable[..., Any], *args: Any, **kwargs: Any) -> _Answer:
+    def _attempt(
+        self, fn: str | Callable[..., Any], *args: Any, gpu: int | None = None, **kwargs: Any
+    ) -> _Answer:
         """Run one NVML query: ``(value, None)``, ``(None, why)``, or raise ``_GpuLost``.
 
         ``why`` is "unsupported" (the card, driver or pynvml cannot do it: see
         ``_UNSUPPORTED_ERRORS``) or "error" (it failed). ``fn`` is a pynvml function name,
         looked up late so that a pynvml without it reads as "unsupported" (logged once), or a
-        callable that itself calls NVML.
+        callable that itself calls NVML. ``gpu`` names the GPU a device query is about, so
+        that its failures are logged once per GPU and query, and again after it recovers.
         """
         if isinstance(fn, str):
             name, func = fn, getattr(self._nvml, fn, None)
@@ -391,17 +400,46 @@ class NvmlBackend:
         else:
             name, func = getattr(fn, "__name__", repr(fn)), fn
         try:
-            return (func(*args, **kwargs), None)
+            value = func(*args, **kwargs)
         except self._lost_errors as exc:
             raise _GpuLost(f"{name} raised {type(exc).__name__}") from None
         except self._no_value_errors as exc:
             if not isinstance(exc, self._quiet_errors):
-                self._warn_once(name, type(exc).__name__, _error_text(exc))
+                self._warn_failing(gpu, name, type(exc).__name__, _error_text(exc))
             return (None, "unsupported" if isinstance(exc, self._unsupported_errors) else "error")
+        # The tick and the slow thread may both get here: pop, so only one says it.
+        if self._failing and gpu is not None:
+            kinds: set[str] | None = self._failing.pop((gpu, name), None)
+            if kinds is not None:
+                log.info("GPU %d: %s answers again", gpu, name)
+        return (value, None)
 
-    def _call(self, fn: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(
+        self, fn: str | Callable[..., Any], *args: Any, gpu: int | None = None, **kwargs: Any
+    ) -> Any:
         """``_attempt`` for callers that only need the value (None for "no value")."""
-        return self._attempt(fn, *args, **kwargs)[0]
+        return self._attempt(fn, *args, gpu=gpu, **kwargs)[0]
+
+    def _warn_failing(self, gpu: int | None, name: str, kind: str, detail: str) -> None:
+        """A failing query of one GPU is logged once while it fails, not once per tick; once
+        it answers again, a new failure is news and is logged again."""
+        if gpu is None:
+            self._warn_once(name, kind, detail)
+            return
+        kinds = self._failing.setdefault((gpu, name), set())
+        if kind in kinds:
+            return
+        kinds.add(kind)
+        log.warning(
+            "GPU %d: %s: %s (reads as no value; not logged again until it answers)",
+            gpu,
+            name,
+            detail,
+        )
+
+    def _query(self, gpu: int) -> Callable[..., Any]:
+        """``_call`` bound to one GPU's failures."""
+        return functools.partial(self._call, gpu=gpu)
 
     def _warn_once(
         self, name: str, kind: str, detail: str, exc_info: BaseException | None = None
@@ -443,21 +481,19 @@ class NvmlBackend:
         """A handle and the static facts of a GPU that really answers, else ``_GpuLost``.
 
         A handle alone proves little: NVML can hand one out for a card that then fails every
-        query. So the card must also give its UUID and a temperature (or say it has no sensor).
+        query. So the card must also pass the rule every tick applies (``_read_core``): one of
+        its core readings answers. A single failing query (a UUID, a temperature) is no value,
+        not a lost GPU.
         """
-        handle = self._call("nvmlDeviceGetHandleByIndex", gpu.index)
+        handle = self._call("nvmlDeviceGetHandleByIndex", gpu.index, gpu=gpu.index)
         if handle is None:
             raise _GpuLost("nvmlDeviceGetHandleByIndex gave no handle")
-        uuid = _text(self._call("nvmlDeviceGetUUID", handle))
-        if uuid is None:
-            raise _GpuLost("nvmlDeviceGetUUID gave no value")
-        _, failed = self._temperature(gpu, handle)
-        if failed == "error":
-            raise _GpuLost("the temperature read failed")
+        self._read_core(gpu, handle)
+        uuid = _text(self._call("nvmlDeviceGetUUID", handle, gpu=gpu.index))
         return handle, self._read_info(gpu.index, handle, uuid)
 
-    def _read_info(self, index: int, handle: Any, uuid: str) -> GpuInfo:
-        nvml, q = self._nvml, self._call
+    def _read_info(self, index: int, handle: Any, uuid: str | None) -> GpuInfo:
+        nvml, q = self._nvml, self._query(index)
         pci = q("nvmlDeviceGetPciInfo", handle)
         memory = q("nvmlDeviceGetMemoryInfo", handle)
         return GpuInfo(
@@ -468,9 +504,9 @@ class NvmlBackend:
             pci_bus_id=_text(getattr(pci, "busId", None)),
             memory_total=_int(getattr(memory, "total", None)),
             power_limit_mw=_int(q("nvmlDeviceGetEnforcedPowerLimit", handle)),
-            temp_slowdown_c=self._threshold(handle, "NVML_TEMPERATURE_THRESHOLD_SLOWDOWN"),
-            temp_shutdown_c=self._threshold(handle, "NVML_TEMPERATURE_THRESHOLD_SHUTDOWN"),
-            temp_mem_max_c=self._threshold(handle, "NVML_TEMPERATURE_THRESHOLD_MEM_MAX"),
+            temp_slowdown_c=self._threshold(q, handle, "NVML_TEMPERATURE_THRESHOLD_SLOWDOWN"),
+            temp_shutdown_c=self._threshold(q, handle, "NVML_TEMPERATURE_THRESHOLD_SHUTDOWN"),
+            temp_mem_max_c=self._threshold(q, handle, "NVML_TEMPERATURE_THRESHOLD_MEM_MAX"),
             mig_enabled=_flag(
                 _first(q("nvmlDeviceGetMigMode", handle)), nvml.NVML_DEVICE_MIG_ENABLE
             ),
@@ -483,10 +519,8 @@ class NvmlBackend:
             sm_clock_max_mhz=_int(q("nvmlDeviceGetMaxClockInfo", handle, nvml.NVML_CLOCK_SM)),
         )
 
-    def _threshold(self, handle: Any, which: str) -> int | None:
-        return _int(
-            self._call("nvmlDeviceGetTemperatureThreshold", handle, getattr(self._nvml, which))
-        )
+    def _threshold(self, q: Callable[..., Any], handle: Any, which: str) -> int | None:
+        return _int(q("nvmlDeviceGetTemperatureThreshold", handle, getattr(self._nvml, which)))
 
     def _read_gpu(self, gpu: _Gpu, now: float, live: set[int]) -> GpuReading:
         generation = gpu.generation
@@ -504,13 +538,20 @@ class NvmlBackend:
             self._warn_unexpected(gpu.index, "read", exc)
             return GpuReading(index=gpu.index, lost=gpu.lost)
 
-    def _sample(self, gpu: _Gpu, live: set[int]) -> GpuReading:
-        nvml, q, handle = self._nvml, self._call, gpu.handle
+    def _read_core(self, gpu: _Gpu, handle: Any) -> tuple[Any, Any, _Memory]:
+        """Temperature, power and memory: ``_GpuLost`` when every one of them fails with an
+        error. This is the one place a GPU that NVML has not called lost is judged lost; a
+        core reading the card does not support never counts towards it."""
         temp, temp_failed = self._temperature(gpu, handle)
-        power, power_failed = self._attempt("nvmlDeviceGetPowerUsage", handle)
-        (mem_used, mem_total, mem_reserved), mem_failed = self._memory(gpu)
+        power, power_failed = self._attempt("nvmlDeviceGetPowerUsage", handle, gpu=gpu.index)
+        memory, mem_failed = self._memory(gpu, handle)
         if temp_failed == power_failed == mem_failed == "error":
             raise _GpuLost("temperature, power and memory reads all failed")
+        return temp, power, memory
+
+    def _sample(self, gpu: _Gpu, live: set[int]) -> GpuReading:
+        nvml, q, handle = self._nvml, self._query(gpu.index), gpu.handle
+        temp, power, (mem_used, mem_total, mem_reserved) = self._read_core(gpu, handle)
         util = q("nvmlDeviceGetUtilizationRates", handle)
         reasons = _int(q(self._clock_reasons_query, handle))
         pstate = _int(q("nvmlDeviceGetPerformanceState", handle))
@@ -549,7 +590,7 @@ class NvmlBackend:
             pcie_width=_int(q("nvmlDeviceGetCurrPcieLinkWidth", handle)),
             # HBM temperature: a field value, 7 us on the H100, so on every tick.
             temp_mem_c=q(self._field_value, handle, nvml.NVML_FI_DEV_MEMORY_TEMP),
-            processes=self._gpu_processes(handle, live),
+            processes=self._gpu_processes(q, handle, live),
         )
 
     def _temperature(self, gpu: _Gpu, handle: Any) -> _Answer:
@@ -558,39 +599,43 @@ class NvmlBackend:
         sensor = self._nvml.NVML_TEMPERATURE_GPU
         if gpu.temperature_v and self._has_temperature_v:
             # pynvml 13 fills a c_nvmlTemperature_v1_t for us (version defaults to v1).
-            answer = self._attempt("nvmlDeviceGetTemperatureV", handle, sensor)
+            answer = self._attempt("nvmlDeviceGetTemperatureV", handle, sensor, gpu=gpu.index)
             if answer[1] != "unsupported":
                 return answer
             gpu.temperature_v = False  # one failed call per GPU, not one per tick
-        return self._attempt("nvmlDeviceGetTemperature", handle, sensor)
+        return self._attempt("nvmlDeviceGetTemperature", handle, sensor, gpu=gpu.index)
 
-    def _memory(self, gpu: _Gpu) -> tuple[_Memory, _Failure]:
+    def _memory(self, gpu: _Gpu, handle: Any) -> tuple[_Memory, _Failure]:
         """(used, total, reserved) and why not; v2 splits out what the driver reserves, v1
         cannot. Only a driver that lacks v2 switches the GPU to v1: a one-off error does not."""
         version = getattr(self._nvml, "nvmlMemory_v2", None)
         if gpu.memory_v2 and version is not None:
-            mem, failed = self._attempt("nvmlDeviceGetMemoryInfo", gpu.handle, version=version)
+            mem, failed = self._attempt(
+                "nvmlDeviceGetMemoryInfo", handle, version=version, gpu=gpu.index
+            )
             if failed is None:
                 return (_int(mem.used), _int(mem.total), _int(mem.reserved)), None
             if failed == "error":
                 return _NO_MEMORY, failed
             gpu.memory_v2 = False  # one failed v2 call per GPU, not one per tick
-        mem, failed = self._attempt("nvmlDeviceGetMemoryInfo", gpu.handle)
+        mem, failed = self._attempt("nvmlDeviceGetMemoryInfo", handle, gpu=gpu.index)
         if failed is not None:
             return _NO_MEMORY, failed
         return (_int(mem.used), _int(mem.total), None), None
 
-    def _gpu_processes(self, handle: Any, live: set[int]) -> list[GpuProcess] | None:
+    def _gpu_processes(
+        self, q: Callable[..., Any], handle: Any, live: set[int]
+    ) -> list[GpuProcess] | None:
         """Compute and graphics processes, one entry per pid (compute wins when in both).
 
         None (unknown) whenever the compute query failed: the compute list is the one that
         matters on a GPU node, and a partial list would read as "these are all of them". An
         empty list is not "idle" either: a workload in another PID namespace is not listed.
         """
-        compute = self._call("nvmlDeviceGetComputeRunningProcesses", handle)
+        compute = q("nvmlDeviceGetComputeRunningProcesses", handle)
         if compute is None:
             return None
-        graphics = self._call("nvmlDeviceGetGraphicsRunningProcesses", handle)
+        graphics = q("nvmlDeviceGetGraphicsRunningProcesses", handle)
         found: dict[int, GpuProcess] = {}
         lists: tuple[tuple[ProcessKind, Any], ...] = (("compute", compute), ("graphics", graphics))
         for kind, procs in lists:
@@ -612,7 +657,7 @@ class NvmlBackend:
     def _sample_slow(self, gpu: _Gpu, handle: Any) -> dict[str, int | None]:
         """PCIe throughput (each call blocks ~21 ms for its sample window and cost ~0.9 ms of
         CPU on the H100), and the energy counter when ``ENERGY_EVERY_S`` has passed."""
-        nvml, q = self._nvml, self._call
+        nvml, q = self._nvml, self._query(gpu.index)
         now = self._clock()
         if not 0 <= now - gpu.energy_at < ENERGY_EVERY_S:  # due, or the clock went back
             gpu.energy_mj = _int(q("nvmlDeviceGetTotalEnergyConsumption", handle))
@@ -715,9 +760,10 @@ def _keep_known(old: GpuInfo, new: GpuInfo) -> GpuInfo:
     """``new``, with each fact it could not read (None) kept from ``old``.
 
     A card just back from a reset may not answer every static query yet, and None would erase
-    what we knew; a different card in the slot (new UUID) shares nothing with the old one.
+    what we knew; a different card in the slot (new UUID) shares nothing with the old one. A
+    UUID that could not be read is unknown, not a different card.
     """
-    if old.uuid is not None and old.uuid != new.uuid:
+    if old.uuid is not None and new.uuid is not None and old.uuid != new.uuid:
         return new
     kept = {
         f.name: getattr(old, f.name)

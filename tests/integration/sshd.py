@@ -81,10 +81,17 @@ class Sshd:
 
 
 def start_sshd(
-    root: Path, *, streamlocal: bool = True, address: str = "127.0.0.1", prefix: Sequence[str] = ()
+    root: Path,
+    *,
+    streamlocal: bool = True,
+    address: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
+    config: str = "",
+    key_options: str = "",
 ) -> Sshd:
     """``prefix`` runs sshd through another command (``ip netns exec NS``), listening on
-    ``address`` there."""
+    ``address`` there. ``config`` is appended to sshd_config (a site's settings);
+    ``key_options`` go before the client's key in authorized_keys (``restrict``, say)."""
     if os.geteuid() != 0:
         skip_or_fail("a private sshd on loopback needs root here (privilege separation)")
     sshd = ensure_tool("sshd", "openssh-server")
@@ -94,14 +101,15 @@ def start_sshd(
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     write_key(root / "host_key", host_key)
     write_key(root / "client_key", client_key)
-    (root / "authorized_keys").write_bytes(client_key.export_public_key("openssh"))
+    prefix_key = f"{key_options} ".encode() if key_options else b""
+    (root / "authorized_keys").write_bytes(prefix_key + client_key.export_public_key("openssh"))
     port = free_port()
     (root / "sshd_config").write_text(
         f"ListenAddress {address}\nPort {port}\nHostKey {root / 'host_key'}\n"
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nPidFile none\nMaxStartups 100\nLogLevel ERROR\n"
-        f"AllowStreamLocalForwarding {'yes' if streamlocal else 'no'}\n"
+        f"AllowStreamLocalForwarding {'yes' if streamlocal else 'no'}\n{config}"
     )
     server = Sshd(root, port, host_key, root / "client_key", root / "known_hosts", address)
     server.known_hosts.write_text(server.known_hosts_line())

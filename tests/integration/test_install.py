@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +27,19 @@ pytestmark = pytest.mark.integration
 UNIT = Path("etc/systemd/system/gpufleet-agent.service")
 DROPIN = Path("etc/systemd/system/gpufleet-agent.service.d/10-install.conf")
 CONFIG = Path("etc/gpufleet/agent.toml")
+#: The agent program as the installed system has it: in a system path the unit can reach.
+PROGRAM = Path("/opt/gpufleet/venv/bin/gpufleet-agent")
 
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*agent_command(), *args], capture_output=True, text=True, timeout=120, cwd=REPO
     )
+
+
+def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``install --root`` with the program the root has (this machine's venv is not in it)."""
+    return agent("install", "--root", str(root), "--program", str(PROGRAM), *args)
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
@@ -60,7 +69,19 @@ def root(tmp_path: Path) -> Path:
     (r / "etc/group").write_text("root:x:0:\n")
     (r / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
     (r / "etc/gshadow").write_text("root:*::\n")
+    put_program(r, PROGRAM, "#!/usr/bin/python3")
+    # The host's targets, for systemd-analyze verify --root (multi-user.target, ...).
+    systemd = Path("/usr/lib/systemd/system")
+    if systemd.is_dir():
+        shutil.copytree(systemd, r / "usr/lib/systemd/system", symlinks=True)
     return r
+
+
+def put_program(root: Path, program: Path, shebang: str) -> None:
+    real = root / program.relative_to("/")
+    real.parent.mkdir(parents=True, exist_ok=True)
+    real.write_text(f"{shebang}\nfrom agents.cli import main\nmain()\n")
+    real.chmod(0o755)
 
 
 def is_enabled(root: Path) -> str:
@@ -74,16 +95,15 @@ def is_enabled(root: Path) -> str:
 
 
 def verify(root: Path) -> str:
-    """systemd-analyze verify on the installed unit with its drop-in (found through the unit
-    path, which verify searches for drop-ins); the default path after it supplies the targets
-    the unit names. verify only warns on errors, so its whole output is returned."""
+    """systemd-analyze verify on the installed unit with its drop-in, inside the root (so
+    that the program it checks for is the root's). verify only warns on errors, so its whole
+    output is returned."""
     tool = ensure_tool("systemd-analyze", "systemd")
     out = subprocess.run(
-        [tool, "verify", str(root / UNIT)],
+        [tool, "verify", f"--root={root}", f"/{UNIT}"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{root / 'etc/systemd/system'}:"},
     )
     return f"{out.stdout}{out.stderr}".strip() + ("" if out.returncode == 0 else " (exit != 0)")
 
@@ -98,7 +118,7 @@ def group_line(root: Path, name: str) -> str | None:
 
 def test_dry_run_prints_files_and_commands_and_changes_nothing(root: Path) -> None:
     before = snapshot(root)
-    out = agent("install", "--dry-run", "--root", str(root))
+    out = install(root, "--dry-run")
     assert out.returncode == 0, out.stderr
     assert snapshot(root) == before
     text = out.stdout
@@ -119,7 +139,7 @@ def test_dry_run_prints_files_and_commands_and_changes_nothing(root: Path) -> No
 
 
 def test_install_into_a_root_is_verified_enabled_and_idempotent(root: Path) -> None:
-    out = agent("install", "--root", str(root))
+    out = install(root)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("group gpufleet: created (")
@@ -128,8 +148,7 @@ def test_install_into_a_root_is_verified_enabled_and_idempotent(root: Path) -> N
 
     assert (root / UNIT).read_text() == packaged_unit()  # installed as shipped
     dropin = (root / DROPIN).read_text()
-    program = Path(sys.executable).parent / "gpufleet-agent"
-    assert f"ExecStart={program} serve" in dropin
+    assert f"ExecStart={PROGRAM} serve" in dropin
     assert "User=" not in dropin  # the unit's own User=root
     assert (root / CONFIG).read_text() == config_template()
     assert group_line(root, DEFAULT_GROUP) is not None
@@ -137,17 +156,17 @@ def test_install_into_a_root_is_verified_enabled_and_idempotent(root: Path) -> N
     assert verify(root) == ""
 
     before = snapshot(root)
-    again = agent("install", "--root", str(root))
+    again = install(root)
     assert again.returncode == 0, again.stderr
     assert snapshot(root) == before
     assert again.stdout.splitlines()[-1] == "nothing changed"
     assert "written" not in again.stdout and "created" not in again.stdout
-    dry = agent("install", "--root", str(root), "--dry-run")
+    dry = install(root, "--dry-run")
     assert "would" not in dry.stdout.replace("nothing would change", "")
 
 
 def test_install_with_a_user_creates_it_in_the_socket_group(root: Path) -> None:
-    out = agent("install", "--root", str(root), "--user", "gfagent", "--group", "gpuview")
+    out = install(root, "--user", "gfagent", "--group", "gpuview")
     assert out.returncode == 0, out.stderr
     assert "user gfagent: created, in group gpuview" in out.stdout
     passwd = (root / "etc/passwd").read_text()
@@ -160,7 +179,7 @@ def test_install_with_a_user_creates_it_in_the_socket_group(root: Path) -> None:
     with pytest.raises(KeyError):
         pwd.getpwnam("gfagent")  # the host's own accounts are untouched
 
-    again = agent("install", "--root", str(root), "--user", "gfagent", "--group", "gpuview")
+    again = install(root, "--user", "gfagent", "--group", "gpuview")
     assert "user gfagent: already there, in group gpuview" in again.stdout
     assert again.stdout.splitlines()[-1] == "nothing changed"
 
@@ -174,7 +193,7 @@ def test_an_existing_user_is_added_to_the_socket_group(root: Path) -> None:
         f.write("svc:!:19000::::::\n")
     with (root / "etc/gshadow").open("a") as f:
         f.write("svc:!::\n")
-    out = agent("install", "--root", str(root), "--user", "svc")
+    out = install(root, "--user", "svc")
     assert out.returncode == 0, out.stderr
     assert "user svc: added to group gpufleet" in out.stdout
     line = group_line(root, "gpufleet")
@@ -185,7 +204,7 @@ def test_the_operators_config_is_kept(root: Path) -> None:
     mine = '[agent]\nsocket_group = "gpufleet"\ninterval = 2.0   # mine\n'
     (root / "etc/gpufleet").mkdir(parents=True)
     (root / CONFIG).write_text(mine)
-    out = agent("install", "--root", str(root))
+    out = install(root)
     assert out.returncode == 0, out.stderr
     assert (root / CONFIG).read_text() == mine
     assert "/etc/gpufleet/agent.toml: kept (the operator's; its socket_group is gpufleet)" in (
@@ -206,7 +225,7 @@ def test_a_config_naming_another_group_is_refused_before_any_change(
     (root / "etc/gpufleet").mkdir(parents=True)
     (root / CONFIG).write_text(config)
     before = snapshot(root)
-    out = agent("install", "--root", str(root))
+    out = install(root)
     assert out.returncode == 1
     assert out.stdout == ""
     assert len(out.stderr.splitlines()) == 1, out.stderr
@@ -215,7 +234,7 @@ def test_a_config_naming_another_group_is_refused_before_any_change(
 
 
 def test_uninstall_removes_the_unit_and_keeps_state_audit_and_config(root: Path) -> None:
-    assert agent("install", "--root", str(root), "--user", "gfagent").returncode == 0
+    assert install(root, "--user", "gfagent").returncode == 0
     state = root / "var/lib/gpufleet"
     state.mkdir(parents=True)
     (state / "audit.jsonl").write_text('{"op":"drain"}\n')
@@ -316,3 +335,87 @@ def test_without_root_on_the_live_system_it_is_one_line() -> None:
     assert result["out"] == ""
     assert result["err"].count("\n") == 1
     assert "needs root: run it with sudo" in result["err"]
+
+
+# -- a program the unit's sandbox would hide ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("program", "shebang", "link", "said"),
+    [
+        ("/home/alice/gpufleet/.venv/bin/gpufleet-agent", "#!/usr/bin/python3", None,
+         "the agent program, /home/alice/gpufleet/.venv/bin/gpufleet-agent, is under /home, "
+         "which the unit hides from the agent (ProtectHome=yes)"),
+        ("/tmp/venv/bin/gpufleet-agent", "#!/usr/bin/python3", None,
+         "is under /tmp, which the unit hides from the agent (PrivateTmp=yes)"),
+        ("/var/tmp/venv/bin/gpufleet-agent", "#!/usr/bin/python3", None,
+         "is under /var/tmp, which the unit hides from the agent (PrivateTmp=yes)"),
+        ("/opt/gf/bin/gpufleet-agent", "#!/root/.pyenv/versions/3.11.7/bin/python3", None,
+         "the interpreter of /opt/gf/bin/gpufleet-agent, /root/.pyenv/versions/3.11.7/bin/"
+         "python3, is under /root"),
+        # A venv in /opt whose python is a link to a pyenv Python under /root.
+        ("/opt/gf/bin/gpufleet-agent", "#!/opt/gf/bin/python3",
+         ("/opt/gf/bin/python3", "../../../root/.pyenv/versions/3.11.7/bin/python3"),
+         "the interpreter of /opt/gf/bin/gpufleet-agent, /root/.pyenv/versions/3.11.7/bin/"
+         "python3, is under /root, which the unit hides from the agent (ProtectHome=yes)"),
+    ],
+)  # fmt: skip
+def test_a_program_the_unit_would_hide_is_refused_before_any_change(
+    root: Path, program: str, shebang: str, link: tuple[str, str] | None, said: str
+) -> None:
+    put_program(root, Path(program), shebang)
+    if link is not None:
+        interpreter = root / "root/.pyenv/versions/3.11.7/bin/python3"
+        interpreter.parent.mkdir(parents=True)
+        interpreter.write_text("")
+        interpreter.chmod(0o755)
+        (root / link[0].lstrip("/")).symlink_to(link[1])
+    before = snapshot(root)
+    for dry in ([], ["--dry-run"]):  # the dry run says what the real run would: no
+        out = agent("install", "--root", str(root), "--program", program, *dry)
+        assert out.returncode == 1, out
+        assert out.stdout == ""
+        assert len(out.stderr.splitlines()) == 1, out.stderr
+        assert said in out.stderr
+        assert "install gpufleet outside /home, /root, /run/user, /tmp, /var/tmp" in out.stderr
+        assert out.stderr.rstrip().endswith("nothing was changed")
+    assert snapshot(root) == before
+
+
+def test_a_program_the_root_does_not_have_is_refused(root: Path) -> None:
+    before = snapshot(root)
+    out = agent("install", "--root", str(root))  # this installation's: not in the root
+    assert out.returncode == 1
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert "(this installation's gpufleet-agent): no such executable in" in out.stderr
+    assert "pass --program" in out.stderr
+    assert snapshot(root) == before
+
+
+def test_installing_from_a_venv_under_tmp_is_refused(tmp_path: Path) -> None:
+    """What a new user does: a virtual environment in /tmp (or a clone under /home), then
+    install. The unit's PrivateTmp=yes would hide the program: refused, on the live system."""
+    if os.geteuid() != 0:
+        skip_or_fail("install on the live system needs root")
+    ensure_tool("systemctl", "systemd")
+    venv = Path(tempfile.mkdtemp(prefix="gpufleet-venv-", dir="/tmp"))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+        )
+        put_program(Path("/"), venv / "bin" / "gpufleet-agent", f"#!{venv}/bin/python")
+        out = subprocess.run(
+            [venv / "bin" / "python", "-m", "agents", "install", "--dry-run"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    finally:
+        shutil.rmtree(venv)
+    assert out.returncode == 1, out
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [out.stderr.rstrip()]
+    assert f"the agent program, {venv}/bin/gpufleet-agent, is under /tmp" in out.stderr
+    assert "(PrivateTmp=yes)" in out.stderr

@@ -269,6 +269,36 @@ async def test_attach_fallback_when_sshd_forbids_streamlocal(
         server.stop()
 
 
+@pytest.mark.parametrize(
+    ("config", "key_options"),
+    [
+        # OpenSSH opens direct-streamlocal channels under the same local-forwarding permission
+        # as TCP: these forbid it too, with AllowStreamLocalForwarding left at yes.
+        ("AllowTcpForwarding no\n", ""),
+        ("AllowTcpForwarding remote\n", ""),
+        ("DisableForwarding yes\n", ""),
+        ("", "restrict"),
+        ("", "no-port-forwarding"),
+    ],
+)
+async def test_attach_fallback_when_sshd_forbids_forwarding_otherwise(
+    short_tmp: Path, agent_factory: Callable[..., AgentProc], config: str, key_options: str
+) -> None:
+    """What the README says about sshd on the nodes: every setting that refuses the
+    streamlocal channel leaves the console live through `gpufleet-agent attach`."""
+    server = start_sshd(short_tmp / "sshd-fwd", config=config, key_options=key_options)
+    try:
+        agent = agent_factory(*FAST).start()
+        run = Running(entry(server, agent.socket), options(server))
+        try:
+            await until(lambda: run.view.link == "live" and len(run.view.history) > 3, "live")
+            assert run.link.via_attach
+        finally:
+            await run.stop()
+    finally:
+        server.stop()
+
+
 async def test_on_the_attach_fallback_a_down_agent_is_asked_less_often(
     short_tmp: Path, agent_factory: Callable[..., AgentProc], monkeypatch: pytest.MonkeyPatch
 ) -> None:

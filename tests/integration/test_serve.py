@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import pwd
+import re
 import socket
 import stat
 import subprocess
@@ -555,6 +556,43 @@ def test_connection_limits_spare_root(agent_factory: Callable[..., AgentProc]) -
     finally:
         for c in holders:
             c.close()
+
+
+def test_a_flood_of_refused_connections_logs_a_bounded_summary(
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    """One user opening hundreds of connections past their limit: the log gets their first
+    refusal and a count, not a line each, and the count misses none of them."""
+    agent, nobody = _agent_for_nobody(
+        agent_factory, *FAST, config="[clients]\nmax_clients_per_user = 2\n"
+    )
+    flood = 300
+
+    def refused() -> int:
+        held = [AgentClient(agent.socket, stream=False) for _ in range(2)]
+        assert all(c.request("ping").ok for c in held)  # both places taken
+        n = 0
+        for _ in range(flood):
+            raw = RawClient(agent.socket)
+            raw.frame()  # the agent's hello
+            err = raw.frame()
+            n += isinstance(err, Error) and err.code == "busy"
+            raw.sock.close()
+        return n
+
+    assert _as_user(nobody.pw_uid, nobody.pw_gid, refused) == {"ok": flood}
+    assert agent.stop() == 0  # stopping says what is still counted
+    reason = "too many connections from nobody (2)"
+    lines = [line for line in agent.log().splitlines() if "refused" in line]
+    assert len(lines) <= 3, lines  # the first, and a summary per 10 s at most
+    assert f"refused: {reason}" in lines[0]
+    summary = re.compile(
+        rf"refused (\d+) more connections from uid {nobody.pw_uid} \(nobody\) "
+        rf"in the last [\d.]+ s: {re.escape(reason)}$"
+    )
+    counted = [summary.search(line) for line in lines[1:]]
+    assert all(counted), lines
+    assert 1 + sum(int(m[1]) for m in counted if m) == flood
 
 
 def test_dead_streaming_clients_free_their_places(agent_factory: Callable[..., AgentProc]) -> None:

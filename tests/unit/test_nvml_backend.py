@@ -219,13 +219,14 @@ def test_read_leaves_slow_fields_alone(open_backend: Any) -> None:
 
 def test_memory_falls_back_to_v1_once(open_backend: Any) -> None:
     backend, fake = open_backend()
+    probed = fake.calls["nvmlDeviceGetMemoryInfo_v2"]  # the probe at start reads memory too
     fake.set_error("nvmlDeviceGetMemoryInfo_v2", pynvml.NVMLError_FunctionNotFound)
     [r] = backend.read()
     assert r.mem_total == 85520809984
     assert r.mem_used == 503316480  # v1 counts the reserved part as used
     assert r.mem_reserved is None
     backend.read()
-    assert fake.calls["nvmlDeviceGetMemoryInfo_v2"] == 1
+    assert fake.calls["nvmlDeviceGetMemoryInfo_v2"] == probed + 1
 
 
 def test_not_supported_reads_none_not_zero(open_backend: Any) -> None:
@@ -311,11 +312,12 @@ def test_memory_switches_to_v1_when_the_driver_lacks_v2(
     open_backend: Any, error: type[Exception]
 ) -> None:
     backend, fake = open_backend()
+    probed = fake.calls["nvmlDeviceGetMemoryInfo_v2"]  # the probe at start reads memory too
     fake.set_error("nvmlDeviceGetMemoryInfo_v2", error)
     assert backend.read()[0].mem_used == 503316480
     fake.clear()
     assert backend.read()[0].mem_reserved is None  # stays on v1
-    assert fake.calls["nvmlDeviceGetMemoryInfo_v2"] == 1
+    assert fake.calls["nvmlDeviceGetMemoryInfo_v2"] == probed + 1
 
 
 def test_memory_stays_v2_after_a_transient_error(open_backend: Any) -> None:
@@ -682,6 +684,80 @@ def test_gpu_lost_at_start_is_probed_later(clock: FakeClock) -> None:
         assert backend.inventory().gpus[1].name == "NVIDIA H100 80GB HBM3"
     finally:
         backend.close()
+
+
+def test_one_failed_temperature_read_at_start_is_no_value_not_a_lost_gpu(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mock GPU (the fake replays the captured H100): the driver answers "Unknown" to the
+    first temperature read only. The GPU is not lost (no lost event, no critical alert): its
+    temperature is n/a for that read, with one warning naming the GPU and the query."""
+    fake = make(2)
+    fake.set_error("nvmlDeviceGetTemperatureV", pynvml.NVMLError_Unknown, gpu=1)
+    with caplog.at_level(logging.INFO, logger="gpufleet.agent.nvml"):
+        backend = NvmlBackend(fake, clock=clock)
+        try:
+            assert backend.inventory().gpus[1].uuid is not None
+            first = backend.read()[1]
+            assert first.lost is False and first.temp_c is None
+            assert first.power_mw is not None and first.mem_total == 85520809984
+            fake.clear("nvmlDeviceGetTemperatureV", gpu=1)
+            assert backend.read()[1].temp_c == 39
+        finally:
+            backend.close()
+    said = [r.getMessage() for r in caplog.records if "nvmlDeviceGetTemperatureV" in r.getMessage()]
+    assert len(said) == 2, said  # the failure once (start and first tick), then its recovery
+    assert said[0].startswith("GPU 1: nvmlDeviceGetTemperatureV:")
+    assert said[1] == "GPU 1: nvmlDeviceGetTemperatureV answers again"
+    assert not [r for r in caplog.records if "lost" in r.getMessage()]
+
+
+def test_a_gpu_whose_every_core_reading_fails_at_start_is_lost(clock: FakeClock) -> None:
+    fake = make(2)
+    for query in (
+        "nvmlDeviceGetTemperatureV",
+        "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetMemoryInfo",
+    ):
+        fake.set_error(query, pynvml.NVMLError_Unknown, gpu=0)
+    fake.set_error("nvmlDeviceGetMemoryInfo_v2", pynvml.NVMLError_Unknown, gpu=0)
+    backend = NvmlBackend(fake, clock=clock)
+    try:
+        assert backend.read()[0] == GpuReading(index=0, lost=True)
+        assert backend.read()[1].lost is False
+        fake.clear()
+        clock.advance(5.0)
+        assert backend.read()[0].lost is False
+    finally:
+        backend.close()
+
+
+def test_a_uuid_that_fails_at_start_is_unknown_not_a_lost_gpu(clock: FakeClock) -> None:
+    fake = make(1)
+    fake.set_error("nvmlDeviceGetUUID", pynvml.NVMLError_Unknown)
+    backend = NvmlBackend(fake, clock=clock)
+    try:
+        info = backend.inventory().gpus[0]
+        assert info.uuid is None and info.name == "NVIDIA H100 80GB HBM3"
+        assert backend.read()[0].lost is False
+    finally:
+        backend.close()
+
+
+def test_a_failing_query_is_logged_once_per_gpu_and_again_after_it_recovers(
+    open_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, fake = open_backend(gpus=2)
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+        fake.set_error("nvmlDeviceGetPowerUsage", pynvml.NVMLError_Unknown)
+        for _ in range(3):
+            assert [r.power_mw for r in backend.read()] == [None, None]
+        fake.clear("nvmlDeviceGetPowerUsage")
+        assert None not in [r.power_mw for r in backend.read()]
+        fake.set_error("nvmlDeviceGetPowerUsage", pynvml.NVMLError_Unknown, gpu=0)
+        backend.read()
+    said = [r.getMessage() for r in caplog.records if "nvmlDeviceGetPowerUsage" in r.getMessage()]
+    assert [m.split(":")[0] for m in said] == ["GPU 0", "GPU 1", "GPU 0"], said
 
 
 # ---------------------------------------------------------------------------------------------
