@@ -222,7 +222,7 @@ class FleetScreen(Screen[None]):
             (row.pool, "plain"),
             (row.state, "warn" if row.state in ("draining", "drained") else "plain"),
             (row.link_text, tone),
-            (str(row.gpus), "plain"),
+            (na(row.gpus), "plain"),
             *numbers,
             alerts,
             (row.state_detail, "plain"),

@@ -126,7 +126,7 @@ def test_inventory_check_says_what_is_wrong_per_node(
     one, two = json.loads(out.stdout)
     assert one["ok"] is True
     assert f"protocol {PROTOCOL_VERSION}" in one["detail"]
-    assert "2 GPU(s) via sim" in one["detail"]
+    assert "2 GPUs via sim" in one["detail"]
     assert (two["ok"], two["problem"]) == (False, "agent_down")
     assert "no.sock" in two["detail"]
 
