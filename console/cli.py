@@ -43,7 +43,7 @@ from console.operate import (
     result_lines,
 )
 from console.operate import fleet_audit as gather_audit
-from console.selector import parse_selector, select
+from console.selector import check_pools, known_pools, parse_selector, select
 from console.source import SSH, SourceSpec, parse_source
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
 
@@ -264,7 +264,8 @@ class Reach:
         Prometheus (whose fault, if it has one, is said on stderr)."""
         inv = load_inventory(find_inventory(self.inventory))
         selector = parse_selector(self.selector)
-        chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact())
+        pools = {e.pool for e in inv.nodes}
+        chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact(pools))
         if not self.as_json:
             click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
         entries = [v.entry for v in chosen]
@@ -276,7 +277,12 @@ class Reach:
                 click.echo(f"gpufleet: prometheus: {fault}", err=True)
         else:
             fleet = asyncio.run(snapshot(entries, self.options, wait=self.wait))
-        return select(fleet.nodes.values(), selector)  # state=, link=, alert: now known
+        # state=, link=, alert and a pool only an agent has: now known. Hosts were checked.
+        check_pools(selector, known_pools(fleet.nodes.values()) | pools)
+        views = [v for v in fleet.nodes.values() if selector.matches(v)]
+        if not views and self.selector:
+            click.echo(f"gpufleet: no node matches {' '.join(self.selector)!r}", err=True)
+        return views
 
 
 def _reaching(fn: Callable[..., None]) -> Callable[..., None]:

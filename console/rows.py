@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from console.fleet import DOWN_STATES, FleetState, NodeView
-from console.selector import Selector, SelectorError, parse_selector
+from console.selector import Selector, SelectorError, check_pools, known_pools, parse_selector
 from console.words import age
 
 Column = Literal[
@@ -205,15 +205,25 @@ class RowFilter:
         return all(w in text for w in self.words)
 
 
-def parse_filter(text: str) -> RowFilter:
-    """Raises SelectorError for a malformed term (an unknown ``key=``, a bad hostlist)."""
+def parse_filter(text: str, views: Iterable[NodeView] | None = None) -> RowFilter:
+    """Raises SelectorError for a malformed term (an unknown ``key=``, a bad hostlist), an
+    unknown state or link, or (given the fleet's ``views``) a pool no node is in."""
     terms, words = [], []
     for term in text.split():
         if "=" in term or term == "alert" or "[" in term or "*" in term or "?" in term:
             terms.append(term)
         else:
             words.append(term.lower())
-    return RowFilter(parse_selector(terms), tuple(words))
+    selector = parse_selector(terms)
+    if views is not None:
+        check_pools(selector, known_pools(views))
+    return RowFilter(selector, tuple(words))
+
+
+def filter_note(shown: int, text: str) -> str:
+    """What the filter line says: how many rows it shows, or that it matches no node (an
+    empty table alone reads as a fleet gone)."""
+    return f"showing {shown} ({text})" if shown else f"no node matches ({text})"
 
 
 def sort_rows(rows: list[NodeRow], column: Column, reverse: bool) -> list[NodeRow]:
@@ -255,6 +265,7 @@ __all__ = [
     "RowFilter",
     "SelectorError",
     "Totals",
+    "filter_note",
     "fleet_totals",
     "node_row",
     "parse_filter",

@@ -5,8 +5,10 @@ readings (held by the model for the node view's history) must not print as its p
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from console.status import node_doc, table
 from tests.conftest import AgentProc, until
 from tests.integration.sshd import Sshd
 from tests.integration.test_link import FAST, Running, entry, options
+from tests.integration.test_status_cli import gpufleet, write_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -41,3 +44,22 @@ async def test_a_stopped_agents_last_readings_are_not_printed_as_current(
         assert cells[2:8] == ["agent_down", "schedulable", "2", "n/a", "n/a", "n/a"], row
     finally:
         await run.stop()
+
+
+def test_an_unknown_state_or_pool_is_a_usage_error_and_no_match_is_said(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    a = agent_factory(*FAST, name="a").start()
+    inventory, config = write_fleet(short_tmp, sshd, {"node1": a.socket})
+    for term, says in [
+        ("state=bogus", "unknown state 'bogus' in 'state=bogus' (known: schedulable, draining, "
+                        "drained, unknown)"),
+        ("pool=nope", "unknown pool 'nope' (known: train)"),
+    ]:  # fmt: skip
+        out = gpufleet(sshd, inventory, config, term)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.splitlines()[-1] == f"gpufleet: error: {says}"
+        assert out.stdout == ""
+    none = gpufleet(sshd, inventory, config, "state=draining", "--json")
+    assert (none.returncode, json.loads(none.stdout)) == (0, [])
+    assert "gpufleet: no node matches 'state=draining'" in none.stderr

@@ -12,6 +12,7 @@ from console.rows import (
     NodeRow,
     RowCache,
     RowFilter,
+    filter_note,
     fleet_totals,
     node_row,
     parse_filter,
@@ -137,3 +138,12 @@ def test_a_node_never_heard_of_has_gpus_unknown_not_0() -> None:
     f.set_link("inf1", "unreachable", "connection refused", 1.0)
     row = node_row(f.nodes["inf1"], 1.0)
     assert (row.gpus, row.util, row.power_w) == (None, None, None)
+
+
+def test_the_filter_line_says_when_nothing_matches(fleet: FleetState) -> None:
+    assert filter_note(2, "pool=train") == "showing 2 (pool=train)"
+    assert filter_note(0, "state=draining") == "no node matches (state=draining)"
+    with pytest.raises(SelectorError, match="unknown pool 'nope'"):
+        parse_filter("pool=nope", fleet.nodes.values())
+    with pytest.raises(SelectorError, match="unknown state 'bogus'"):
+        parse_filter("state=bogus")
