@@ -206,15 +206,19 @@ class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
     after: NodeState | None = None
     request_id: int | None = None
 
-    def line(self) -> str:
-        """One line for a person (both sides print the log this way): when (UTC), who,
-        what, the result, and why: the reason given, then what the agent said."""
+    def columns(self) -> tuple[str, str, str, str, str]:
+        """When (UTC), who, what, the result, and why: the reason given, then what the agent
+        said; each clipped (escaped, bounded), as text from a peer must be."""
         import datetime as dt
 
         at = dt.datetime.fromtimestamp(self.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         reason = self.args.get("reason")
         why = "; ".join(str(x) for x in (reason, self.message) if x)
-        return clip(f"{at}  {self.who}  {self.op}  {self.result}  {why}".rstrip(), 400)
+        return at, clip(self.who, 64), clip(self.op, 64), clip(self.result, 64), clip(why, 400)
+
+    def line(self) -> str:
+        """One line for a person (both sides print the log this way)."""
+        return clip("  ".join(self.columns()).rstrip(), 400)
 
 
 # ---------------------------------------------------------------------------------------------

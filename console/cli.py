@@ -46,9 +46,14 @@ from console.operate import fleet_audit as gather_audit
 from console.selector import check_pools, known_pools, parse_selector, select
 from console.source import SSH, SourceSpec, parse_source
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
+from console.words import aligned
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
+
+
+#: ``gpufleet audit``'s columns: ``AuditEntry.columns`` and the node it came from.
+AUDIT_HEADER = ("NODE", "TIME (UTC)", "WHO", "OP", "RESULT", "WHY")
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -335,9 +340,10 @@ def inventory_check(reach: Reach) -> None:
     results = [check_result(v) for v in views]
     if reach.as_json:
         click.echo(json.dumps(results))
-    else:
-        for r in results:
-            click.echo(f"{r['name']:<24} {'ok' if r['ok'] else r['problem']:<18} {r['detail']}")
+    elif results:
+        rows = [[r["name"], "ok" if r["ok"] else r["problem"], r["detail"]] for r in results]
+        for line in aligned(("NODE", "CHECK", "DETAIL"), rows):
+            click.echo(line)
     sys.exit(exit_code(views))
 
 
@@ -433,20 +439,21 @@ def reassign(reach: Reach, pool: str, reason: str, **flags: bool) -> None:
 @click.option("--since", default=None, help="Only entries since: 30m, 12h, 7d or a date.")
 @_reaching
 def fleet_audit(reach: Reach, since: str | None) -> None:
-    """The audit logs of the selected nodes, merged, oldest first (asked of each agent)."""
+    """The audit logs of the selected nodes (all, with no SELECTOR, as status), merged,
+    oldest first (asked of each agent)."""
     try:
         start = None if since is None else parse_since(since, time.time())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     inv = load_inventory(find_inventory(reach.inventory))
-    nodes = chosen_nodes(inv, reach.selector)
+    nodes = chosen_nodes(inv, reach.selector or ("all",))  # reading acts on nothing
     code, got, missing = asyncio.run(gather_audit(inv, nodes, start, reach.options, reach.wait))
     if reach.as_json:
         click.echo(json.dumps([{"node": n, **to_builtins(e)} for n, e in got]))
-    else:
-        width = max((len(n) for n, _ in got), default=4)
-        for node, entry in got:
-            click.echo(f"{node:<{width}}  {entry.line()}")
+    elif got:
+        rows = [[node, *entry.columns()] for node, entry in got]
+        for line in aligned(AUDIT_HEADER, rows):
+            click.echo(line)
     for line in missing:
         click.echo(f"no audit log from {line}", err=True)
     sys.exit(code)
