@@ -25,10 +25,10 @@ def na(value: object, fmt: str = "{}") -> str:
 
 def age(seconds: float | None) -> str:
     """A duration as an operator reads it at a glance: ``45s``, ``1m43s``, ``12m``, ``2h5m``,
-    ``3d``. Whole seconds, rounded down (a sample 0.9 s old is ``0s``); n/a when unknown."""
+    ``3d``. Whole seconds, to the nearest (a sample 3.5 s old is ``4s``); n/a when unknown."""
     if seconds is None:
         return NA
-    s = max(0, int(seconds))
+    s = max(0, round(seconds))
     for unit, size, small, small_size in _SCALES:
         if s >= size:
             big, rest = divmod(s, size)

@@ -13,8 +13,10 @@ from console.words import age, ago, aligned, na, plural
     [
         (None, "n/a"),
         (-3.0, "0s"),
-        (0.9, "0s"),
-        (59.9, "59s"),
+        (0.4, "0s"),
+        (3.5, "4s"),
+        (59.4, "59s"),
+        (59.6, "1m"),
         (60, "1m"),
         (103, "1m43s"),  # never "103s" beside "2m"
         (120, "2m"),
