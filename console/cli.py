@@ -46,7 +46,7 @@ from console.operate import fleet_audit as gather_audit
 from console.selector import check_pools, known_pools, parse_selector, select
 from console.source import SSH, SourceSpec, parse_source
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
-from console.words import aligned
+from console.words import aligned, plural
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -272,7 +272,7 @@ class Reach:
         pools = {e.pool for e in inv.nodes}
         chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact(pools))
         if not self.as_json:
-            click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
+            click.echo(f"{plural(len(chosen), 'node')} from {inv.source}", err=True)
         entries = [v.entry for v in chosen]
         if source.url is not None:
             from console.promsource import prom_snapshot

@@ -39,7 +39,7 @@ async def test_the_screen_shows_the_source_and_the_age_of_its_data() -> None:
         line = screen.query_one("#source", TextLine)
         age = feed.fleet.nodes["gpu01"].age(clock.now) or 0.0
         assert line.display
-        assert line.text.startswith(f"source: prometheus {URL} (1 hosts not in the inventory")
+        assert line.text.startswith(f"source: prometheus {URL} (1 host not in the inventory")
         assert f"data {words.age(max(age, feed.fleet.nodes['gpu02'].age(clock.now) or 0))} old" in (
             line.text
         )

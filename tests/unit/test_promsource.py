@@ -132,7 +132,7 @@ async def test_the_model_fed_from_prometheus() -> None:
     status = src.status(clock.now)
     assert status.fault is None
     assert status.line() == (
-        f"source: prometheus {URL} (1 hosts not in the inventory, ignored) · "
+        f"source: prometheus {URL} (1 host not in the inventory, ignored) · "
         f"data {words.age(max(one.age(clock.now) or 0, two.age(clock.now) or 0))} old · "
         "polled 0s ago"
     )
