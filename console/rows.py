@@ -157,8 +157,10 @@ class Totals:
         """Every GPU is counted once, so the parts add up to the whole (the lost and unknown
         said only when there are any)."""
         gpus = [f"{self.gpus_busy} busy", f"{self.gpus_idle} idle"]
-        gpus += [f"{n} {what}" for n, what in ((self.gpus_lost, "lost"),
-                                                (self.gpus_unknown, "unknown")) if n]  # fmt: skip
+        if self.gpus_lost:
+            gpus.append(f"{self.gpus_lost} lost")
+        if self.gpus_unknown:
+            gpus.append(f"{self.gpus_unknown} unknown")
         return (
             f"nodes {self.nodes}: {self.live} live, {self.stale} stale, {self.down} down, "
             f"{self.connecting} connecting, {self.drained} drained  |  GPUs {self.gpus}: "
