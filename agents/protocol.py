@@ -19,6 +19,7 @@ never 0, never a sentinel string, so a reader can always tell "zero" from "unkno
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, Final, Literal
 from unicodedata import category as _category
 
@@ -43,6 +44,32 @@ Role = Literal["viewer", "operator"]
 EventKind = Literal[
     "xid", "ecc", "remap_pending", "slowdown", "gpu_lost", "gpu_back", "state", "notice"
 ]
+
+
+#: Clocks-event ("throttle") reasons, the one table of them: the name a reason has in the
+#: protocol, in ``GpuReading.clock_reasons`` and in the metrics' ``reason`` label (NVML's
+#: ``nvmlClocksEventReason*``, decoded by ``agents.gpu.clocks``), its NVML bit, and the words an
+#: operator reads wherever it is shown (node view, alerts, events, ``status``, the agent's own
+#: table): one vocabulary, so a reason reads the same in every view.
+CLOCK_REASONS: Final[dict[str, tuple[int, str]]] = {
+    "gpu_idle": (0x001, "idle"),
+    "applications_clocks_setting": (0x002, "application clocks"),
+    "sw_power_cap": (0x004, "power cap"),
+    "hw_slowdown": (0x008, "HW slowdown"),
+    "sync_boost": (0x010, "sync boost"),
+    "sw_thermal_slowdown": (0x020, "thermal (SW)"),
+    "hw_thermal_slowdown": (0x040, "thermal (HW)"),
+    "hw_power_brake_slowdown": (0x080, "power brake (HW)"),
+    "display_clock_setting": (0x100, "display clocks"),
+}
+
+
+def clock_reason_words(names: Iterable[str]) -> str:
+    """Reasons as an operator says them, in NVML's bit order; a name not in the table (a newer
+    driver's, ``bit_0x...``) as it came, last, so none is hidden."""
+    unknown = 1 << 62
+    ordered = sorted(names, key=lambda n: CLOCK_REASONS.get(n, (unknown, ""))[0])
+    return ", ".join(CLOCK_REASONS[n][1] if n in CLOCK_REASONS else n for n in ordered)
 
 
 #: Clocks-event reasons (``GpuReading.clock_reasons``) that mean heat or an external brake is
@@ -206,15 +233,19 @@ class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
     after: NodeState | None = None
     request_id: int | None = None
 
-    def line(self) -> str:
-        """One line for a person (both sides print the log this way): when (UTC), who,
-        what, the result, and why: the reason given, then what the agent said."""
+    def columns(self) -> tuple[str, str, str, str, str]:
+        """When (UTC), who, what, the result, and why: the reason given, then what the agent
+        said; each clipped (escaped, bounded), as text from a peer must be."""
         import datetime as dt
 
         at = dt.datetime.fromtimestamp(self.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         reason = self.args.get("reason")
         why = "; ".join(str(x) for x in (reason, self.message) if x)
-        return clip(f"{at}  {self.who}  {self.op}  {self.result}  {why}".rstrip(), 400)
+        return at, clip(self.who, 64), clip(self.op, 64), clip(self.result, 64), clip(why, 400)
+
+    def line(self) -> str:
+        """One line for a person (both sides print the log this way)."""
+        return clip("  ".join(self.columns()).rstrip(), 400)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from agents.protocol import (
     Inventory,
     Response,
     Sample,
+    clock_reason_words,
 )
 
 NA = "n/a"
@@ -43,7 +44,7 @@ def _rate(bps: float | None) -> str:
 def _reasons(r: GpuReading) -> str:
     if r.clock_reasons is None:
         return NA
-    return ",".join(r.clock_reasons) or "-"
+    return clock_reason_words(r.clock_reasons) or "-"
 
 
 def _remap(r: GpuReading) -> str:

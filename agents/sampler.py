@@ -29,6 +29,7 @@ from agents.protocol import (
     Inventory,
     NodeState,
     Sample,
+    clock_reason_words,
     encode,
 )
 
@@ -109,8 +110,8 @@ def derive_findings(prev: GpuReading | None, cur: GpuReading) -> list[Finding]:
         out.append(Finding("remap_pending", i, f"GPU {i}: row remapping pending, needs a reset"))
     slowed, was = _slowed(cur), _slowed(before)
     if slowed and not was:
-        names = ", ".join(sorted(slowed))
-        out.append(Finding("slowdown", i, f"GPU {i}: clocks slowed down ({names})"))
+        words = clock_reason_words(slowed)
+        out.append(Finding("slowdown", i, f"GPU {i}: clocks slowed down by {words}"))
     elif prev is not None and was and not slowed:
         out.append(Finding("slowdown", i, f"GPU {i}: slowdown ended"))
     return out

@@ -44,12 +44,17 @@ from console.operate import (
     result_lines,
 )
 from console.operate import fleet_audit as gather_audit
-from console.selector import parse_selector, select
+from console.selector import check_pools, known_pools, parse_selector, select
 from console.source import SSH, SourceSpec, parse_source
 from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
+from console.words import aligned, plural
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
+
+
+#: ``gpufleet audit``'s columns: ``AuditEntry.columns`` and the node it came from.
+AUDIT_HEADER = ("NODE", "TIME (UTC)", "WHO", "OP", "RESULT", "WHY")
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -336,9 +341,10 @@ class Reach:
         Prometheus (whose fault, if it has one, is said on stderr)."""
         inv = load_inventory(find_inventory(self.inventory))
         selector = parse_selector(self.selector)
-        chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact())
+        pools = {e.pool for e in inv.nodes}
+        chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact(pools))
         if not self.as_json:
-            click.echo(f"{len(chosen)} node(s) from {inv.source}", err=True)
+            click.echo(f"{plural(len(chosen), 'node')} from {inv.source}", err=True)
         entries = [v.entry for v in chosen]
         if source.url is not None:
             from console.promsource import prom_snapshot
@@ -348,7 +354,12 @@ class Reach:
                 click.echo(f"gpufleet: prometheus: {fault}", err=True)
         else:
             fleet = asyncio.run(snapshot(entries, self.options, wait=self.wait))
-        return select(fleet.nodes.values(), selector)  # state=, link=, alert: now known
+        # state=, link=, alert and a pool only an agent has: now known. Hosts were checked.
+        check_pools(selector, known_pools(fleet.nodes.values()) | pools)
+        views = [v for v in fleet.nodes.values() if selector.matches(v)]
+        if not views and self.selector:
+            click.echo(f"gpufleet: no node matches {' '.join(self.selector)!r}", err=True)
+        return views
 
 
 def _reaching(fn: Callable[..., None]) -> Callable[..., None]:
@@ -401,9 +412,10 @@ def inventory_check(reach: Reach) -> None:
     results = [check_result(v) for v in views]
     if reach.as_json:
         click.echo(json.dumps(results))
-    else:
-        for r in results:
-            click.echo(f"{r['name']:<24} {'ok' if r['ok'] else r['problem']:<18} {r['detail']}")
+    elif results:
+        rows = [[r["name"], "ok" if r["ok"] else r["problem"], r["detail"]] for r in results]
+        for line in aligned(("NODE", "CHECK", "DETAIL"), rows):
+            click.echo(line)
     sys.exit(exit_code(views))
 
 
@@ -499,20 +511,21 @@ def reassign(reach: Reach, pool: str, reason: str, **flags: bool) -> None:
 @click.option("--since", default=None, help="Only entries since: 30m, 12h, 7d or a date.")
 @_reaching
 def fleet_audit(reach: Reach, since: str | None) -> None:
-    """The audit logs of the selected nodes, merged, oldest first (asked of each agent)."""
+    """The audit logs of the selected nodes (all, with no SELECTOR, as status), merged,
+    oldest first (asked of each agent)."""
     try:
         start = None if since is None else parse_since(since, time.time())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     inv = load_inventory(find_inventory(reach.inventory))
-    nodes = chosen_nodes(inv, reach.selector)
+    nodes = chosen_nodes(inv, reach.selector or ("all",))  # reading acts on nothing
     code, got, missing = asyncio.run(gather_audit(inv, nodes, start, reach.options, reach.wait))
     if reach.as_json:
         click.echo(json.dumps([{"node": n, **to_builtins(e)} for n, e in got]))
-    else:
-        width = max((len(n) for n, _ in got), default=4)
-        for node, entry in got:
-            click.echo(f"{node:<{width}}  {entry.line()}")
+    elif got:
+        rows = [[node, *entry.columns()] for node, entry in got]
+        for line in aligned(AUDIT_HEADER, rows):
+            click.echo(line)
     for line in missing:
         click.echo(f"no audit log from {line}", err=True)
     sys.exit(code)

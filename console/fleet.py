@@ -26,9 +26,11 @@ from agents.protocol import (
     Inventory,
     NodeState,
     Sample,
+    clock_reason_words,
 )
 from console.history import History
 from console.inventory import NodeEntry
+from console.words import age, plural
 
 LinkState = Literal[
     "connecting",  # only until the first answer: a retry keeps the data, or the node down
@@ -167,7 +169,7 @@ class FleetState:
 
     @staticmethod
     def _stale_reason(view: NodeView, now: float) -> str:
-        said = f"no sample for {view.age(now) or 0:.0f} s"
+        said = f"no sample for {age(view.age(now) or 0)}"
         if view.lost is None:
             return said
         return f"{said}; {view.lost[1]}; reconnecting"
@@ -303,10 +305,11 @@ class FleetState:
                 yield hot
             slowed = ALARMING_REASONS.intersection(r.clock_reasons or ())
             if slowed:
-                msg = f"GPU {i}: clocks slowed ({', '.join(sorted(slowed))})"
+                msg = f"GPU {i}: clocks slowed down by {clock_reason_words(slowed)}"
                 yield Alert(name, "slowdown", "warning", msg, i)
             if r.ecc_uncorrected_volatile:
-                msg = f"GPU {i}: {r.ecc_uncorrected_volatile} uncorrected ECC errors"
+                errors = plural(r.ecc_uncorrected_volatile, "uncorrected ECC error")
+                msg = f"GPU {i}: {errors}"
                 yield Alert(name, "ecc", "critical", msg, i)
             if r.remap_pending:
                 msg = f"GPU {i}: row remapping pending, needs a reset"

@@ -54,6 +54,7 @@ from console.promview import (
     only,
 )
 from console.source import FeedStatus, SourceSpec, data_age
+from console.words import plural
 
 log = logging.getLogger("gpufleet.console.prometheus")
 
@@ -171,7 +172,7 @@ class PromSource:
     def status(self, now: float) -> FeedStatus:
         where = self.spec.url or ""
         if self.unknown:
-            where += f" ({len(self.unknown)} hosts not in the inventory, ignored)"
+            where += f" ({plural(len(self.unknown), 'host')} not in the inventory, ignored)"
         if self.period > self.poll_s and self.took is not None:
             where += f" (polling every {self.period:.1f} s: a poll takes {self.took:.1f} s)"
         answered = None if self._answered_at is None else max(0.0, now - self._answered_at)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from console.fleet import DOWN_STATES, FleetState, NodeView
-from console.selector import Selector, SelectorError, parse_selector
+from console.selector import Selector, SelectorError, check_pools, known_pools, parse_selector
+from console.words import age
 
 Column = Literal[
     "name", "pool", "state", "link", "gpus", "util", "util_max", "mem", "temp", "power", "alerts"
@@ -33,7 +34,7 @@ class NodeRow:
     state_detail: str  # "reason (who@when)" when not schedulable
     link: str
     link_text: str  # "live", "stale 12s", "agent_down: why"
-    gpus: int
+    gpus: int | None  # from the node's inventory (or its sample); None: never heard of
     util: float | None  # mean over GPUs that answered
     util_max: int | None
     mem_used: int | None
@@ -45,6 +46,10 @@ class NodeRow:
     live_data: bool  # numbers are from a live stream (not stale, not down)
     gpus_busy: int = 0  # live GPUs above BUSY_UTIL
     gpus_idle: int = 0  # live GPUs at or below it
+    gpus_lost: int = 0  # live node's GPUs the driver lost
+    #: The rest of ``gpus``: on a node not live, or without a utilization reading, so that
+    #: busy + idle + lost + unknown is always ``gpus``.
+    gpus_unknown: int = 0
 
     def key(self, column: Column) -> tuple[Any, ...]:
         """Sort key: unknown values sort last whichever way, names break ties."""
@@ -81,14 +86,17 @@ def node_row(view: NodeView, now: float) -> NodeRow:
         detail = f"{state.reason or 'no reason'} ({who})"
     link_text: str = view.link
     if view.link == "stale":
-        link_text = f"stale {view.age(now) or 0:.0f}s"
+        link_text = f"stale {age(view.age(now) or 0)}"
     elif view.link in DOWN_STATES:
         link_text = f"{view.link}: {view.link_reason}"
-    sample = None if view.link in DOWN_STATES else view.sample
-    n_util = util_sum = busy = 0
+    # Numbers only from a live stream, or a stale one (said so, with its age): a node down or
+    # still connecting may hold a replayed or last sample, which is not its present.
+    sample = view.sample if view.link in ("live", "stale") else None
+    n_util = util_sum = busy = lost = 0
     util_max = temp = power = used = total = None
     for r in sample.gpus if sample else ():  # one pass: this runs for every row, twice a second
         if r.lost:
+            lost += 1
             continue
         u = r.util_gpu
         if u is not None:
@@ -104,8 +112,9 @@ def node_row(view: NodeView, now: float) -> NodeRow:
             used = r.mem_used + (used or 0)
         if r.mem_total is not None:
             total = r.mem_total + (total or 0)
-    gpus = len(view.inventory.gpus) if view.inventory else len(sample.gpus) if sample else 0
+    gpus = len(view.inventory.gpus) if view.inventory else len(sample.gpus) if sample else None
     live = view.link == "live"
+    counted = (busy, n_util - busy, lost) if live else (0, 0, 0)  # the totals: live GPUs only
     alerts = view.alerts
     return NodeRow(
         view.name,
@@ -124,8 +133,8 @@ def node_row(view: NodeView, now: float) -> NodeRow:
         len(alerts),
         any(a.severity == "critical" for a in alerts),
         live,
-        busy if live else 0,
-        n_util - busy if live else 0,
+        *counted,
+        max(0, (gpus or 0) - sum(counted)),
     )
 
 
@@ -141,12 +150,21 @@ class Totals:
     gpus_busy: int
     gpus_idle: int
     alerts: int
+    gpus_lost: int = 0
+    gpus_unknown: int = 0  # on nodes not live, or not reading utilization
 
     def line(self) -> str:
+        """Every GPU is counted once, so the parts add up to the whole (the lost and unknown
+        said only when there are any)."""
+        gpus = [f"{self.gpus_busy} busy", f"{self.gpus_idle} idle"]
+        if self.gpus_lost:
+            gpus.append(f"{self.gpus_lost} lost")
+        if self.gpus_unknown:
+            gpus.append(f"{self.gpus_unknown} unknown")
         return (
             f"nodes {self.nodes}: {self.live} live, {self.stale} stale, {self.down} down, "
             f"{self.connecting} connecting, {self.drained} drained  |  GPUs {self.gpus}: "
-            f"{self.gpus_busy} busy, {self.gpus_idle} idle  |  alerts {self.alerts}"
+            f"{', '.join(gpus)}  |  alerts {self.alerts}"
         )
 
 
@@ -160,10 +178,12 @@ def fleet_totals(rows: Iterable[NodeRow]) -> Totals:
         down=sum(r.link in DOWN_STATES for r in rows),
         connecting=sum(r.link == "connecting" for r in rows),
         drained=sum(r.state in ("draining", "drained") for r in rows),
-        gpus=sum(r.gpus for r in rows),
+        gpus=sum(r.gpus or 0 for r in rows),
         gpus_busy=sum(r.gpus_busy for r in rows),
         gpus_idle=sum(r.gpus_idle for r in rows),
         alerts=sum(r.alerts for r in rows),
+        gpus_lost=sum(r.gpus_lost for r in rows),
+        gpus_unknown=sum(r.gpus_unknown for r in rows),
     )
 
 
@@ -187,15 +207,25 @@ class RowFilter:
         return all(w in text for w in self.words)
 
 
-def parse_filter(text: str) -> RowFilter:
-    """Raises SelectorError for a malformed term (an unknown ``key=``, a bad hostlist)."""
+def parse_filter(text: str, views: Iterable[NodeView] | None = None) -> RowFilter:
+    """Raises SelectorError for a malformed term (an unknown ``key=``, a bad hostlist), an
+    unknown state or link, or (given the fleet's ``views``) a pool no node is in."""
     terms, words = [], []
     for term in text.split():
         if "=" in term or term == "alert" or "[" in term or "*" in term or "?" in term:
             terms.append(term)
         else:
             words.append(term.lower())
-    return RowFilter(parse_selector(terms), tuple(words))
+    selector = parse_selector(terms)
+    if views is not None:
+        check_pools(selector, known_pools(views))
+    return RowFilter(selector, tuple(words))
+
+
+def filter_note(shown: int, text: str) -> str:
+    """What the filter line says: how many rows it shows, or that it matches no node (an
+    empty table alone reads as a fleet gone)."""
+    return f"showing {shown} ({text})" if shown else f"no node matches ({text})"
 
 
 def sort_rows(rows: list[NodeRow], column: Column, reverse: bool) -> list[NodeRow]:
@@ -237,6 +267,7 @@ __all__ = [
     "RowFilter",
     "SelectorError",
     "Totals",
+    "filter_note",
     "fleet_totals",
     "node_row",
     "parse_filter",

@@ -10,16 +10,22 @@ typed ``gpu[01-80]`` into a 64-node fleet should hear about it before anything i
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, get_args
 
 import hostlist
 
-from agents.protocol import GpufleetError
-from console.fleet import NodeView
+from agents.protocol import GpufleetError, OpsState
+from console.fleet import LinkState, NodeView
 
 FILTER_KEYS: Final = ("pool", "state", "link")
+#: What ``state=`` and ``link=`` may name: a value outside these can match no node ever, so it
+#: is a typo to say, not an empty answer. ``unknown``: no agent has said yet.
+KNOWN_VALUES: Final[dict[str, tuple[str, ...]]] = {
+    "state": (*get_args(OpsState), "unknown"),
+    "link": get_args(LinkState),
+}
 _GLOB_CHARS: Final = frozenset("*?")
 
 
@@ -34,11 +40,23 @@ class Selector:
     filters: dict[str, frozenset[str]] = field(default_factory=dict)
     alerting: bool = False
 
-    def before_contact(self) -> Selector:
+    def before_contact(self, inventory_pools: Collection[str] | None = None) -> Selector:
         """The part that can be judged from the inventory alone (hosts, pools): what to
-        connect to. State, link and alerts are known only after, so they are applied then."""
+        connect to. State, link and alerts are known only after, so they are applied then;
+        so is a pool the inventory does not name (given ``inventory_pools``), which only an
+        agent can have."""
         pools = {k: v for k, v in self.filters.items() if k == "pool"}
+        if inventory_pools is not None and not pools.get("pool", frozenset()) <= set(
+            inventory_pools
+        ):
+            pools = {}
         return Selector(hosts=self.hosts, globs=self.globs, filters=pools)
+
+    def describe(self) -> str:
+        """The selector as the operator typed it, near enough to recognise."""
+        terms = [*self.hosts, *self.globs]
+        terms += [f"{k}={','.join(sorted(v))}" for k, v in self.filters.items()]
+        return " ".join(terms + (["alert"] if self.alerting else [])) or "all"
 
     def matches(self, view: NodeView) -> bool:
         if (self.hosts or self.globs) and not (
@@ -69,7 +87,14 @@ def parse_selector(text: str | Iterable[str]) -> Selector:
                 raise SelectorError(f"unknown filter {key!r} in {term!r} (known: {known}, alert)")
             if not value:
                 raise SelectorError(f"{term!r}: {key}= needs a value")
-            filters.setdefault(key, set()).update(value.split(","))
+            values = value.split(",")
+            valid = KNOWN_VALUES.get(key)
+            bad = [v for v in values if valid is not None and v not in valid]
+            if bad:
+                raise SelectorError(
+                    f"unknown {key} {bad[0]!r} in {term!r} (known: {', '.join(valid or ())})"
+                )
+            filters.setdefault(key, set()).update(values)
         elif term == "alert":
             alerting = True
         elif _GLOB_CHARS & set(term):
@@ -87,12 +112,36 @@ def parse_selector(text: str | Iterable[str]) -> Selector:
     )
 
 
-def select(views: Iterable[NodeView], selector: Selector) -> list[NodeView]:
-    """The matching nodes in inventory order; SelectorError if a named host is unknown."""
+def known_pools(views: Iterable[NodeView]) -> set[str]:
+    """Pools the inventory names for these nodes, and those their agents said they are in."""
+    pools: set[str] = set()
+    for v in views:
+        pools.add(v.entry.pool)
+        if v.state is not None and v.state.pool:
+            pools.add(v.state.pool)
+    return pools
+
+
+def check_pools(selector: Selector, pools: Collection[str]) -> None:
+    """SelectorError for a ``pool=`` that names no pool anyone knows: a typo, not a pool
+    with nothing in it."""
+    unknown = sorted(set(selector.filters.get("pool", ())) - set(pools))
+    if unknown:
+        raise SelectorError(
+            f"unknown pool {unknown[0]!r} (known: {', '.join(sorted(pools)) or 'none'})"
+        )
+
+
+def select(
+    views: Iterable[NodeView], selector: Selector, pools: Collection[str] = ()
+) -> list[NodeView]:
+    """The matching nodes in inventory order; SelectorError if a named host is unknown, or a
+    pool neither these nodes (inventory or agent) nor ``pools`` know."""
     views = list(views)
     known = {v.name for v in views}
     unknown = [h for h in selector.hosts if h not in known]
     if unknown:
         shown = hostlist.collect_hostlist(unknown)
         raise SelectorError(f"not in the inventory: {shown}")
+    check_pools(selector, known_pools(views) | set(pools))
     return [v for v in views if selector.matches(v)]

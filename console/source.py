@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 
 from agents.protocol import GpufleetError, clip
 from console.fleet import FleetState
+from console.words import age, ago
 
 SourceKind = Literal["ssh", "prometheus"]
 
@@ -76,9 +77,9 @@ class FeedStatus:
         parts = [f"source: {self.source.kind} {self.where}"]
         if self.fault is not None:
             parts.append(f"FAULT: {self.fault}")
-        parts.append("no live data" if self.data_age is None else f"data {self.data_age:.0f} s old")
+        parts.append("no live data" if self.data_age is None else f"data {age(self.data_age)} old")
         if self.answered_age is not None:
-            parts.append(f"polled {self.answered_age:.0f} s ago")
+            parts.append(f"polled {ago(self.answered_age)}")
         return " · ".join(parts)
 
 

@@ -2,7 +2,8 @@
 
 This shape is a public contract (issue 3): an array of nodes, each with at least ``name``,
 ``pool``, ``link``, ``link_reason``, ``state``, ``reason``, ``alerts``, ``gpus`` and ``host``.
-Fields are added, never renamed or removed; a value not known is ``null``, never 0.
+Fields are added, never renamed or removed; a value not known is ``null``, never 0; readings
+are current (``gpus``, ``host``) or marked old (``last_seen``), never old as if current.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from console.fleet import FleetState, NodeView
 from console.fleetlinks import CONNECTING_AT_ONCE, FleetLinks
 from console.inventory import NodeEntry
 from console.link import LinkOptions, one_shot
+from console.rows import node_row
+from console.words import aligned, na, plural
 
 EXIT_ALL: Final = 0
 EXIT_SOME_MISSING: Final = 1
@@ -30,8 +33,8 @@ def exit_code(views: Iterable[NodeView]) -> int:
     return EXIT_SOME_MISSING if any(got) else EXIT_NONE
 
 
-def node_doc(view: NodeView, now: float) -> dict[str, Any]:
-    state = view.state
+def _readings(view: NodeView) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The GPUs' and the host's readings in the node's sample."""
     infos = {g.index: g for g in view.inventory.gpus} if view.inventory else {}
     sample = view.sample
     gpus = []
@@ -58,6 +61,21 @@ def node_doc(view: NodeView, now: float) -> dict[str, Any]:
             "load": list(h.load) if h.load else None,
             "memory": {"used": h.mem_used, "total": h.mem_total},
         }
+    return gpus, host
+
+
+def node_doc(view: NodeView, now: float) -> dict[str, Any]:
+    """``gpus`` and ``host`` hold current readings only: a live node's. A stale node's last
+    readings are under ``last_seen``, with their age; a node down or never reached has
+    none (its last readings are not its present, and a script must not take them for it)."""
+    state = view.state
+    gpus: list[dict[str, Any]] = []
+    host = last_seen = None
+    if view.link == "live":
+        gpus, host = _readings(view)
+    elif view.link == "stale" and view.sample is not None:
+        old, old_host = _readings(view)
+        last_seen = {"age_s": view.age(now), "gpus": old, "host": old_host}
     return {
         "name": view.name,
         "pool": view.entry.pool,
@@ -74,6 +92,7 @@ def node_doc(view: NodeView, now: float) -> dict[str, Any]:
         ],
         "gpus": gpus,
         "host": host,
+        "last_seen": last_seen,
     }
 
 
@@ -98,28 +117,30 @@ async def snapshot(
     return links.fleet
 
 
+TABLE_HEADER: Final = ("NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "ALERTS")
+
+
 def table(views: Iterable[NodeView], now: float) -> str:
-    """The human view of a snapshot: one line per node, n/a where nothing is known."""
-    rows = [
-        f"{'NODE':<20}{'POOL':<10}{'LINK':<18}{'STATE':<12}{'GPUS':>5}{'UTIL':>6}"
-        f"{'HOTTEST':>8}{'POWER W':>9}  ALERTS"
-    ]
+    """The human view of a snapshot: a row per node, as the screen computes it (``node_row``).
+    n/a where nothing is known; numbers only from a live node, or a stale one whose LINK
+    says how old they are; a node down shows none, its reason is under ALERTS."""
+    rows = []
     for v in views:
-        doc = node_doc(v, now)
-        gpus = [g for g in doc["gpus"] if not g["lost"]]
-        utils = [g["util"] for g in gpus if g["util"] is not None]
-        temps = [g["temp"] for g in gpus if g["temp"] is not None]
-        power = sum(g["power"] for g in gpus if g["power"] is not None)
-        link = v.link if v.link == "live" else f"{v.link}"
+        r = node_row(v, now)
         rows.append(
-            f"{v.name:<20.19}{v.entry.pool:<10.9}{link:<18.17}{doc['state'] or 'n/a':<12}"
-            f"{len(doc['gpus']):>5}"
-            f"{(f'{sum(utils) / len(utils):.0f}%' if utils else 'n/a'):>6}"
-            f"{(f'{max(temps)}C' if temps else 'n/a'):>8}"
-            f"{(f'{power:.0f}' if gpus else 'n/a'):>9}  "
-            + ("; ".join(a["message"] for a in doc["alerts"]) or "-")
+            [
+                r.name,
+                r.pool,
+                r.link_text if r.link == "stale" else r.link,
+                r.state,
+                na(r.gpus),
+                na(r.util, "{:.0f}%"),
+                na(r.temp, "{}C"),
+                na(r.power_w, "{:.0f}"),
+                "; ".join(a.message for a in v.alerts) or "-",
+            ]
         )
-    return "\n".join(rows)
+    return "\n".join(aligned(TABLE_HEADER, rows))
 
 
 def check_result(view: NodeView) -> dict[str, Any]:
@@ -127,6 +148,6 @@ def check_result(view: NodeView) -> dict[str, Any]:
     the remedy the link's reason already carries."""
     if view.answered:
         inv = view.inventory
-        gpus = f"{len(inv.gpus)} GPU(s) via {inv.backend}" if inv else "no inventory"
+        gpus = f"{plural(len(inv.gpus), 'GPU')} via {inv.backend}" if inv else "no inventory"
         return {"name": view.name, "ok": True, "problem": None, "detail": f"{view.agent}; {gpus}"}
     return {"name": view.name, "ok": False, "problem": view.link, "detail": view.link_reason}

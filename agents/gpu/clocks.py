@@ -1,7 +1,8 @@
 """Clocks-event ("throttle") reason bits, decoded to the names operators read.
 
-The bit values are NVML's ``nvmlClocksEventReason*`` constants; they are spelled out here so the
-simulator and the tests need no driver. ``sw_power_cap`` is the normal state of a busy GPU
+The bit values are NVML's ``nvmlClocksEventReason*`` constants; they are spelled out (in
+``agents.protocol.CLOCK_REASONS``, beside the words shown for them) so the simulator and the
+tests need no driver. ``sw_power_cap`` is the normal state of a busy GPU
 (design.md §2); the thermal ones are what an operator should be alarmed by.
 """
 
@@ -10,17 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-CLOCK_REASON_BITS: Final[dict[int, str]] = {
-    0x001: "gpu_idle",
-    0x002: "applications_clocks_setting",
-    0x004: "sw_power_cap",
-    0x008: "hw_slowdown",
-    0x010: "sync_boost",
-    0x020: "sw_thermal_slowdown",
-    0x040: "hw_thermal_slowdown",
-    0x080: "hw_power_brake_slowdown",
-    0x100: "display_clock_setting",
-}
+from agents.protocol import CLOCK_REASONS
+
+#: NVML's bits, from the one table of reasons (``agents.protocol.CLOCK_REASONS``).
+CLOCK_REASON_BITS: Final[dict[int, str]] = {bit: name for name, (bit, _) in CLOCK_REASONS.items()}
 
 THERMAL_REASONS: Final = frozenset({"sw_thermal_slowdown", "hw_thermal_slowdown"})
 

@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Header, Static
 from console.fleet import AlertRecord
 from console.tui.key_bar import KeyBar
 from console.tui.style import toned
+from console.words import ago
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -21,15 +22,6 @@ if TYPE_CHECKING:
 
 #: Seconds between redraws for the ages alone ("12s ago") when no alert came or went.
 AGES_EVERY_S = 5.0
-
-
-def ago(seconds: float) -> str:
-    s = max(0, int(seconds))
-    if s < 120:
-        return f"{s}s ago"
-    if s < 7200:
-        return f"{s // 60}m ago"
-    return f"{s // 3600}h ago"
 
 
 class AlertsScreen(Screen[None]):

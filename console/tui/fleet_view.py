@@ -22,6 +22,7 @@ from console.rows import (
     RowCache,
     RowFilter,
     SelectorError,
+    filter_note,
     fleet_totals,
     parse_filter,
 )
@@ -170,7 +171,7 @@ class FleetScreen(Screen[None]):
     def _draw_head(self, now: float) -> None:
         totals = fleet_totals(self.rows.all())
         shown = (
-            f"  |  showing {self.table.row_count} ({self.filter_text})" if self.row_filter else ""
+            f"  |  {filter_note(self.table.row_count, self.filter_text)}" if self.row_filter else ""
         )
         marks = f"  |  {len(self.marked)} marked" if self.marked else ""
         sort = f"  |  sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
@@ -222,7 +223,7 @@ class FleetScreen(Screen[None]):
             (row.pool, "plain"),
             (row.state, "warn" if row.state in ("draining", "drained") else "plain"),
             (row.link_text, tone),
-            (str(row.gpus), "plain"),
+            (na(row.gpus), "plain"),
             *numbers,
             alerts,
             (row.state_detail, "plain"),
@@ -286,7 +287,9 @@ class FleetScreen(Screen[None]):
             return
         text = event.value.strip()
         try:
-            self.row_filter = parse_filter(text) if text else None
+            self.row_filter = (
+                parse_filter(text, self.fleet_app.fleet.nodes.values()) if text else None
+            )
         except SelectorError as exc:
             self.notify(str(exc), title="filter", severity="error")
             return

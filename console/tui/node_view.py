@@ -17,13 +17,20 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Header, Static
 
-from agents.protocol import ALARMING_REASONS, MIB, AuditEntry, GpufleetError
+from agents.protocol import (
+    ALARMING_REASONS,
+    MIB,
+    AuditEntry,
+    GpufleetError,
+    clock_reason_words,
+)
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
 from console.tui.key_bar import KeyBar
 from console.tui.style import na, tone_style
 from console.tui.text_table import Cell, text_table
+from console.words import age
 
 if TYPE_CHECKING:
     from console.fleet import NodeView
@@ -35,19 +42,6 @@ GPU_HEADERS: Final = (
     "ECC UNCORR", "REMAPPED",
 )  # fmt: skip
 PROC_HEADERS: Final = ("GPU", "PID", "USER", "MEM MiB", "COMMAND")
-#: Clocks-event reasons as an operator says them (names from agents/gpu/clocks.py); a name
-#: not here is shown as it came, so a new driver's reason is never hidden.
-REASON_WORDS: Final = {
-    "gpu_idle": "idle",
-    "applications_clocks_setting": "application clocks",
-    "sw_power_cap": "power cap",
-    "hw_slowdown": "HW slowdown",
-    "sync_boost": "sync boost",
-    "sw_thermal_slowdown": "thermal (SW)",
-    "hw_thermal_slowdown": "thermal (HW)",
-    "hw_power_brake_slowdown": "power brake (HW)",
-    "display_clock_setting": "display clocks",
-}
 EVENTS_SHOWN: Final = 20
 AUDIT_SHOWN: Final = 20
 
@@ -120,7 +114,7 @@ class NodeScreen(Screen[None]):
             ops += f" ({state.reason or 'no reason'}, {state.who or '?'}@{when(state.since)})"
         head = [
             f"{view.name}  pool {view.entry.pool}  state {ops}",
-            f"link {link}" + (f"  (sample {view.age(now):.0f} s old)" if view.age(now) else ""),
+            f"link {link}" + (f"  (sample {age(view.age(now))} old)" if view.age(now) else ""),
         ]
         if inv is not None:
             head.append(
@@ -155,7 +149,7 @@ class NodeScreen(Screen[None]):
             mem_hi = info.memory_total / MIB if info and info.memory_total else None
             power_hi = info.power_limit_mw / 1000 if info and info.power_limit_mw else None
             temp_hi = float(info.temp_shutdown_c) if info and info.temp_shutdown_c else None
-            reasons = ", ".join(REASON_WORDS.get(c, c) for c in r.clock_reasons or []) or "none"
+            reasons = clock_reason_words(r.clock_reasons or []) or "none"
             hot = (
                 info is not None
                 and info.temp_slowdown_c is not None

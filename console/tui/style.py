@@ -7,6 +7,10 @@ from typing import Any, Literal
 from rich.text import Text
 from textual.app import App
 
+from console.words import na
+
+__all__ = ["Tone", "na", "tone_style", "toned"]
+
 Tone = Literal["bad", "warn", "good", "dim", "plain"]
 
 
@@ -23,8 +27,3 @@ def tone_style(app: App[Any], tone: Tone) -> str:
 
 def toned(app: App[Any], text: str, tone: Tone) -> Text:
     return Text(text, style=tone_style(app, tone), no_wrap=True, overflow="ellipsis")
-
-
-def na(value: object, fmt: str = "{}") -> str:
-    """``n/a`` for a value not known, never 0."""
-    return "n/a" if value is None else fmt.format(value)

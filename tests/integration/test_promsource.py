@@ -185,7 +185,7 @@ async def test_the_screen_on_prometheus_acts_over_ssh_on_the_chosen_node_only(si
         await until(lambda: all(fleet.nodes[n].link == "live" for n in live), "three live")
         await until(lambda: "data" in line.text and "s old" in line.text, "the data's age")
         assert line.text.startswith(f"source: prometheus {site.prom.base_url}")
-        assert "(1 hosts not in the inventory, ignored)" in line.text
+        assert "(1 host not in the inventory, ignored)" in line.text
         assert not line.has_class("fault")
         assert screen.table.cell_text("gpu04", "link").startswith("no_data")
 

@@ -106,7 +106,7 @@ def test_status_table_for_people(
     header, row = out.stdout.splitlines()
     assert header.split()[:4] == ["NODE", "POOL", "LINK", "STATE"]
     assert row.split()[:5] == ["node1", "train", "live", "schedulable", "2"]
-    assert "1 node(s) from" in out.stderr
+    assert "1 node from" in out.stderr
 
 
 def test_inventory_check_says_what_is_wrong_per_node(
@@ -126,7 +126,7 @@ def test_inventory_check_says_what_is_wrong_per_node(
     one, two = json.loads(out.stdout)
     assert one["ok"] is True
     assert f"protocol {PROTOCOL_VERSION}" in one["detail"]
-    assert "2 GPU(s) via sim" in one["detail"]
+    assert "2 GPUs via sim" in one["detail"]
     assert (two["ok"], two["problem"]) == (False, "agent_down")
     assert "no.sock" in two["detail"]
 
@@ -138,7 +138,9 @@ def test_inventory_check_says_what_is_wrong_per_node(
         capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert out.returncode == 3
-    lines = out.stdout.splitlines()
+    header, *lines = out.stdout.splitlines()
+    assert header.split() == ["NODE", "CHECK", "DETAIL"]
+    assert len(lines) == 2
     assert all("hostkey_unknown" in line for line in lines)
     assert all("ssh to it once, or use accept-new" in line for line in lines)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from console import words
 from console.inventory import parse_inventory
 from console.promsource import PromSource
 from console.tui.app import FleetApp
@@ -38,8 +39,8 @@ async def test_the_screen_shows_the_source_and_the_age_of_its_data() -> None:
         line = screen.query_one("#source", TextLine)
         age = feed.fleet.nodes["gpu01"].age(clock.now) or 0.0
         assert line.display
-        assert line.text.startswith(f"source: prometheus {URL} (1 hosts not in the inventory")
-        assert f"data {max(age, feed.fleet.nodes['gpu02'].age(clock.now) or 0):.0f} s old" in (
+        assert line.text.startswith(f"source: prometheus {URL} (1 host not in the inventory")
+        assert f"data {words.age(max(age, feed.fleet.nodes['gpu02'].age(clock.now) or 0))} old" in (
             line.text
         )
         assert screen.table.cell_text("gpu03", "link").startswith("no_data: not in Prometheus")
@@ -47,7 +48,7 @@ async def test_the_screen_shows_the_source_and_the_age_of_its_data() -> None:
         clock.now += 1.0  # a second later, without a new poll: the data is a second older
         app.refresh_fleet()
         await pilot.pause()
-        assert "polled 1 s ago" in line.text
+        assert "polled 1s ago" in line.text
 
         client.fault = f"cannot reach {URL}: connection refused"
         await feed.poll()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from agents.protocol import Event, NodeState
+from agents.gpu.clocks import CLOCK_REASON_BITS
+from agents.protocol import CLOCK_REASONS, Event, NodeState, clock_reason_words
+from agents.sampler import derive_findings
 from console.fleet import AlertRules, FleetState
 from console.inventory import parse_inventory
 from tests.fakes.simnode import Node, feed
@@ -47,7 +49,7 @@ def test_stale_after_missing_intervals_and_live_again(fleet: FleetState) -> None
     assert fleet.nodes["gpu1"].link == "live"
     fleet.tick(13.5)
     view = fleet.nodes["gpu1"]
-    assert (view.link, view.link_reason) == ("stale", "no sample for 4 s")
+    assert (view.link, view.link_reason) == ("stale", "no sample for 4s")
     assert kinds(fleet, "gpu1") == ["stale"]
     feed(fleet, n, 14.0)
     assert view.link == "live"
@@ -305,7 +307,7 @@ def test_a_stream_back_in_time_never_shows_down(fleet: FleetState) -> None:
     fleet.apply("gpu1", n.inventory(), 11.0)
     feed(fleet, n, 11.5)
     fleet.tick(20.0)
-    assert (view.link, view.link_reason) == ("stale", "no sample for 8 s"), "an ordinary stale"
+    assert (view.link, view.link_reason) == ("stale", "no sample for 8s"), "an ordinary stale"
 
 
 def test_a_failure_after_the_stale_window_is_down_at_once(fleet: FleetState) -> None:
@@ -363,3 +365,23 @@ def test_the_alert_log_keeps_each_alert_from_raised_to_ended(fleet: FleetState) 
     assert record.ended is not None, "cooled down: the alert ended"
     assert record.alert.node == "gpu1"
     assert fleet.nodes["gpu1"].open_alerts.get(("temperature", 0)) is None
+
+
+def test_alerts_say_counts_and_clock_reasons_in_the_words_every_view_uses(
+    fleet: FleetState,
+) -> None:
+    n = Node("gpu1")
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    sample, _ = n.tick()
+    first = msgspec.structs.replace(
+        sample.gpus[0], ecc_uncorrected_volatile=1, clock_reasons=["sw_thermal_slowdown"]
+    )
+    fleet.apply("gpu1", msgspec.structs.replace(sample, gpus=[first, *sample.gpus[1:]]), 1.0)
+    said = {a.kind: a.message for a in fleet.nodes["gpu1"].alerts}
+    assert said["ecc"] == "GPU 0: 1 uncorrected ECC error", "one error, not errors"
+    assert said["slowdown"] == "GPU 0: clocks slowed down by thermal (SW)"
+    assert derive_findings(None, first)[-1].message == said["slowdown"], "the agent's event too"
+    assert clock_reason_words(["hw_thermal_slowdown", "sw_power_cap", "bit_0x800"]) == (
+        "power cap, thermal (HW), bit_0x800"
+    ), "NVML's order, and a reason without words as it came"
+    assert set(CLOCK_REASON_BITS.values()) == set(CLOCK_REASONS), "one table"

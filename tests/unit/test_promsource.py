@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from agents.protocol import MIB
-from console import promsource
+from console import promsource, words
 from console.fleet import NodeView
 from console.inventory import parse_inventory
 from console.prometheus import QUERY_TIMEOUT_S, PromClient, PromError, Vector, decode_vector
@@ -132,9 +132,9 @@ async def test_the_model_fed_from_prometheus() -> None:
     status = src.status(clock.now)
     assert status.fault is None
     assert status.line() == (
-        f"source: prometheus {URL} (1 hosts not in the inventory, ignored) · "
-        f"data {max(one.age(clock.now) or 0, two.age(clock.now) or 0):.0f} s old · "
-        "polled 0 s ago"
+        f"source: prometheus {URL} (1 host not in the inventory, ignored) · "
+        f"data {words.age(max(one.age(clock.now) or 0, two.age(clock.now) or 0))} old · "
+        "polled 0s ago"
     )
 
     # The same answer again: nothing new to apply (no second sample, no second XID).
@@ -172,7 +172,7 @@ async def test_prometheus_failing_is_a_fault_of_the_source_shown_and_not_fatal()
     status = src.status(clock.now)
     assert status.fault == client.fault
     assert f"FAULT: cannot reach {URL}: connection refused" in status.line()
-    assert "polled 2 s ago" in status.line()
+    assert "polled 2s ago" in status.line()
     view = src.fleet.nodes["gpu02"]
     assert link_of(src, "gpu02") == "stale"
     clock.now += 3 * view.interval + 1

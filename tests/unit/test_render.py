@@ -150,7 +150,7 @@ def test_mixed_known_and_unknown_columns() -> None:
     assert cols["TEMP"] == NA
     assert cols["POWER"] == f"699/{NA}"
     assert cols["SM"] == "1410"
-    assert cols["REASONS"] == "sw_power_cap"
+    assert cols["REASONS"] == "power cap", "in the words every view uses"
     assert cols["ECC"] == NA
     assert cols["REMAP"] == "2 PENDING"
     assert cols["PROCS"] == "1"

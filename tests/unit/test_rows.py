@@ -12,6 +12,7 @@ from console.rows import (
     NodeRow,
     RowCache,
     RowFilter,
+    filter_note,
     fleet_totals,
     node_row,
     parse_filter,
@@ -119,3 +120,30 @@ def test_filter(fleet: FleetState, text: str, expected: list[str]) -> None:
 def test_a_bad_filter_term_is_an_error_naming_it() -> None:
     with pytest.raises(SelectorError, match="unknown filter 'colour'"):
         parse_filter("colour=red")
+
+
+def test_totals_add_up_when_a_gpu_is_lost(fleet: FleetState) -> None:
+    n = Node("gpu1", gpus=2)
+    fleet.apply("gpu1", n.inventory(), 10.0)
+    n.backend.inject("lost", 1)
+    feed(fleet, n, 10.2)
+    t = fleet_totals(visible_rows(fleet, 10.5, None, "name", reverse=False))
+    assert (t.gpus, t.gpus_lost, t.gpus_unknown) == (8, 1, 2), "inf1 is down: its 2 unknown"
+    assert t.gpus_busy + t.gpus_idle + t.gpus_lost + t.gpus_unknown == t.gpus
+    assert f"GPUs 8: {t.gpus_busy} busy, {t.gpus_idle} idle, 1 lost, 2 unknown" in t.line()
+
+
+def test_a_node_never_heard_of_has_gpus_unknown_not_0() -> None:
+    f = FleetState(parse_inventory(FLEET, "f").nodes)
+    f.set_link("inf1", "unreachable", "connection refused", 1.0)
+    row = node_row(f.nodes["inf1"], 1.0)
+    assert (row.gpus, row.util, row.power_w) == (None, None, None)
+
+
+def test_the_filter_line_says_when_nothing_matches(fleet: FleetState) -> None:
+    assert filter_note(2, "pool=train") == "showing 2 (pool=train)"
+    assert filter_note(0, "state=draining") == "no node matches (state=draining)"
+    with pytest.raises(SelectorError, match="unknown pool 'nope'"):
+        parse_filter("pool=nope", fleet.nodes.values())
+    with pytest.raises(SelectorError, match="unknown state 'bogus'"):
+        parse_filter("state=bogus")

@@ -11,7 +11,7 @@ import pytest
 from agents.gpu.base import SLOW_FIELDS
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
-from agents.protocol import Event, GpuReading, HostReading, NodeState, Sample, decode
+from agents.protocol import CLOCK_REASONS, Event, GpuReading, HostReading, NodeState, Sample, decode
 from agents.sampler import EVENT_HISTORY, Finding, Sampler, derive_findings
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_slowdown_began_and_ended(reason: str) -> None:
     assert got[0] == []
     assert kinds(got[1]) == ["slowdown"]
     assert "slowed down" in got[1][0].message
-    assert reason in got[1][0].message
+    assert CLOCK_REASONS[reason][1] in got[1][0].message, "in the words every view uses"
     assert got[2] == []  # still throttled: not repeated
     assert kinds(got[3]) == ["slowdown"]
     assert "ended" in got[3][0].message

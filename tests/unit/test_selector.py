@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agents.protocol import HostInfo, Inventory, NodeState
@@ -74,3 +76,36 @@ def test_bad_selectors_name_the_term(fleet: FleetState, text: str, message: str)
     with pytest.raises(SelectorError) as err:
         select(fleet.nodes.values(), parse_selector(text))
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("state=bogus", "unknown state 'bogus' in 'state=bogus' (known: schedulable, draining, "
+         "drained, unknown)"),
+        ("state=drained,drianed", "unknown state 'drianed'"),
+        ("link=up", "unknown link 'up' in 'link=up' (known: connecting, live, stale,"),
+    ],
+)  # fmt: skip
+def test_a_state_or_link_that_cannot_exist_is_an_error(text: str, message: str) -> None:
+    with pytest.raises(SelectorError, match=re.escape(message)):
+        parse_selector(text)
+
+
+def test_an_unknown_pool_is_an_error_naming_the_known(fleet: FleetState) -> None:
+    with pytest.raises(SelectorError, match=re.escape("unknown pool 'nope' (known: infer, train)")):
+        names(fleet, "pool=nope")
+
+
+def test_a_pool_only_an_agent_has_is_known(fleet: FleetState) -> None:
+    view = fleet.nodes["gpu04"]
+    view.inventory = Inventory(
+        node="gpu04", backend="none", host=_host(), gpus=[], state=NodeState(pool="spare")
+    )
+    names(fleet, "pool=spare")  # no error: matching it is the pool-of-record's business
+    assert parse_selector("pool=spare").before_contact({"train", "infer"}).filters == {}, (
+        "judged after contact, when the agents have said"
+    )
+    assert parse_selector("pool=train").before_contact({"train"}).filters == {
+        "pool": frozenset({"train"})
+    }

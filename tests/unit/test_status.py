@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import json
 
-from agents.protocol import NodeState
+import msgspec
+
+from agents.protocol import NodeState, Sample
 from console.fleet import FleetState
 from console.inventory import parse_inventory
-from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING, exit_code, status_doc
+from console.status import (
+    EXIT_ALL,
+    EXIT_NONE,
+    EXIT_SOME_MISSING,
+    exit_code,
+    status_doc,
+    table,
+)
 from tests.fakes.simnode import Node, feed
 
 FLEET = '[[group]]\nname = "train"\nnodes = "gpu[1-2]"\n'
@@ -79,3 +88,86 @@ def test_exit_codes() -> None:
     feed(fleet, m, 1.0)
     assert exit_code(views) == EXIT_ALL
     assert exit_code([]) == EXIT_ALL
+
+
+def _cells(text: str) -> list[dict[str, str]]:
+    """The table's rows by header: each column starts where its header does."""
+    header, *rows = text.splitlines()
+    names = ["NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "ALERTS"]
+    starts = [header.index(n) for n in names]
+    ends = [*starts[1:], None]
+    return [
+        {n: row[a:b].strip() for n, a, b in zip(names, starts, ends, strict=True)} for row in rows
+    ]
+
+
+def _without_power(sample: Sample) -> Sample:
+    """As NVML gives it for a GPU whose power reading is not supported."""
+    gpus = [msgspec.structs.replace(g, power_mw=None) for g in sample.gpus]
+    return msgspec.structs.replace(sample, gpus=gpus)
+
+
+def test_power_not_supported_is_na_not_0() -> None:
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    n = Node("gpu1", gpus=2)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    sample, _ = n.tick()
+    fleet.apply("gpu1", _without_power(sample), 1.0)
+    [row] = _cells(table([fleet.nodes["gpu1"]], 1.5))
+    assert (row["LINK"], row["GPUS"], row["POWER W"]) == ("live", "2", "n/a")
+    assert row["UTIL"] != "n/a"
+    [doc] = status_doc([fleet.nodes["gpu1"]], 1.5)
+    assert [g["power"] for g in doc["gpus"]] == [None, None]
+
+
+def test_a_down_node_shows_no_reading_as_current() -> None:
+    """Its last readings were 97 % and 70 C: beside "unreachable" they would read as now."""
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    n = Node("gpu1", gpus=2)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    feed(fleet, n, 1.0)
+    fleet.set_link("gpu1", "unreachable", "connection refused", 1.5)  # stale first
+    fleet.tick(60.0)  # past the stale window: down
+    view = fleet.nodes["gpu1"]
+    assert view.link == "unreachable" and view.sample is not None
+    [row] = _cells(table([view], 60.0))
+    assert (row["LINK"], row["UTIL"], row["HOT"], row["POWER W"]) == (
+        "unreachable", "n/a", "n/a", "n/a",
+    )  # fmt: skip
+    assert "connection refused" in row["ALERTS"]
+    [doc] = status_doc([view], 60.0)
+    assert (doc["gpus"], doc["host"], doc["last_seen"]) == ([], None, None)
+
+
+def test_a_stale_node_readings_are_marked_old() -> None:
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    n = Node("gpu1", gpus=2)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    feed(fleet, n, 1.0)
+    fleet.tick(13.0)
+    view = fleet.nodes["gpu1"]
+    assert view.link == "stale"
+    [doc] = status_doc([view], 13.0)
+    assert (doc["gpus"], doc["host"]) == ([], None), "not current"
+    assert doc["last_seen"]["age_s"] == 12.0
+    assert len(doc["last_seen"]["gpus"]) == 2
+    assert doc["last_seen"]["host"] is not None
+    [row] = _cells(table([view], 13.0))
+    assert row["LINK"] == "stale 12s", "its numbers are shown with their age"
+
+
+def test_a_node_never_reached_has_gpus_na_and_a_replay_is_not_current() -> None:
+    """A snapshot that ends on a node which sent its inventory and buffered samples but no
+    live one: the buffered sample is history, not its present."""
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    n = Node("gpu1", gpus=2)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    sample, _ = n.tick()
+    fleet.apply("gpu1", msgspec.structs.replace(sample, replay=True), 0.5)
+    for name in ("gpu1", "gpu2"):
+        fleet.set_link(name, "unreachable", "no answer in 15 s", 15.0)
+    one, two = _cells(table(fleet.nodes.values(), 15.0))
+    assert (one["GPUS"], one["UTIL"], one["HOT"], one["POWER W"]) == ("2", "n/a", "n/a", "n/a")
+    assert (two["GPUS"], two["UTIL"], two["POWER W"]) == ("n/a", "n/a", "n/a"), "never 0"
+    doc = status_doc(fleet.nodes.values(), 15.0)
+    assert [d["gpus"] for d in doc] == [[], []]

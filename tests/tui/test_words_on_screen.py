@@ -1,0 +1,60 @@
+"""What the screen says in words: the ``/`` filter names what is wrong with a value that can
+match nothing ever, and says so when a good filter matches no node (an empty table alone reads
+as a fleet gone); ages on one scale."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Input
+
+from console.tui.text_line import TextLine
+from tests.tui.fleetdata import SimFleet
+from tests.tui.test_fleet_screen import SIZE, make, names
+
+pytestmark = pytest.mark.tui
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("state=bogus", "unknown state 'bogus' in 'state=bogus' (known: schedulable, draining"),
+        ("link=up", "unknown link 'up' in 'link=up' (known: connecting, live, stale"),
+        ("pool=nope", "unknown pool 'nope' (known: infer, train)"),
+    ],
+)
+async def test_an_unknown_value_is_an_error_naming_it_and_the_valid_ones(
+    text: str, says: str
+) -> None:
+    app = make(SimFleet())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash")
+        app.screen.query_one("#filter", Input).value = text
+        await pilot.press("enter")
+        await pilot.pause()
+        assert len(names(app)) == 8, "the rows stay as they were"
+        assert any(says in str(n.message) for n in app._notifications)
+
+
+async def test_a_filter_matching_no_node_says_so() -> None:
+    app = make(SimFleet())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash")
+        app.screen.query_one("#filter", Input).value = "state=draining"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert names(app) == []
+        assert "no node matches (state=draining)" in app.screen.query_one("#totals", TextLine).text
+
+
+async def test_ages_read_on_one_scale() -> None:
+    """An alert raised 103 s ago beside one raised 2 min ago: "1m43s", never "103s"."""
+    sim = SimFleet()
+    app = make(sim)
+    sim.nodes["gpu05"].backend.inject("xid79", 2)
+    sim.step()
+    sim.clock.now += 103
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a")
+        table = app.screen.query_one(DataTable)
+        raised = {str(table.get_row_at(i)[0]) for i in range(table.row_count)}
+        assert "1m43s ago" in raised, raised
