@@ -136,7 +136,8 @@ class Totals:
     stale: int
     down: int  # unreachable, auth failed, host key, agent down, protocol
     connecting: int
-    drained: int  # draining or drained
+    draining: int  # asked to drain, work still running
+    drained: int  # out of service, nothing running
     gpus: int
     gpus_busy: int
     gpus_idle: int
@@ -145,7 +146,7 @@ class Totals:
     def line(self) -> str:
         return (
             f"nodes {self.nodes}: {self.live} live, {self.stale} stale, {self.down} down, "
-            f"{self.connecting} connecting, {self.drained} drained  |  GPUs {self.gpus}: "
+            f"{self.connecting} connecting, {self.draining} draining, {self.drained} drained  |  GPUs {self.gpus}: "
             f"{self.gpus_busy} busy, {self.gpus_idle} idle  |  alerts {self.alerts}"
         )
 
@@ -159,7 +160,8 @@ def fleet_totals(rows: Iterable[NodeRow]) -> Totals:
         stale=sum(r.link == "stale" for r in rows),
         down=sum(r.link in DOWN_STATES for r in rows),
         connecting=sum(r.link == "connecting" for r in rows),
-        drained=sum(r.state in ("draining", "drained") for r in rows),
+        draining=sum(r.state == "draining" for r in rows),
+        drained=sum(r.state == "drained" for r in rows),
         gpus=sum(r.gpus for r in rows),
         gpus_busy=sum(r.gpus_busy for r in rows),
         gpus_idle=sum(r.gpus_idle for r in rows),
