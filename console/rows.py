@@ -146,7 +146,8 @@ class Totals:
     def line(self) -> str:
         return (
             f"nodes {self.nodes}: {self.live} live, {self.stale} stale, {self.down} down, "
-            f"{self.connecting} connecting, {self.draining} draining, {self.drained} drained  |  GPUs {self.gpus}: "
+            f"{self.connecting} connecting, {self.draining} draining, {self.drained} drained"
+            f"  |  GPUs {self.gpus}: "
             f"{self.gpus_busy} busy, {self.gpus_idle} idle  |  alerts {self.alerts}"
         )
 
