@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
+from textual.widgets._toast import Toast
 
 from console.tui.action_dialog import ActionDialog, ActionResults
 from console.tui.app import FleetApp
@@ -18,6 +19,7 @@ from console.tui.fleet_view import FleetScreen
 from console.tui.help import HelpScreen
 from console.tui.key_bar import KeyBar
 from console.tui.node_view import NodeScreen
+from tests.conftest import until
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
@@ -274,3 +276,16 @@ async def test_the_table_behind_a_dialog_keeps_up() -> None:
         app.refresh_fleet()
         await pilot.pause()
         assert fleet_screen.table.cell_text("gpu02", "link") == "stale 5s"
+
+
+async def test_a_notification_never_covers_the_dialogs_buttons() -> None:
+    app = make()
+    async with app.run_test(size=SMALL, notifications=True) as pilot:
+        await pilot.press("d")
+        d = dialog(app)
+        app.notify("demo incident: gpu 6 of demo03 climbing to about 92 C (slowdown at 89 C)")
+        await until(lambda: list(d.query(Toast)), "the notification")
+        await pilot.pause()
+        for toast in d.query(Toast):
+            for wid in ("#cancel", "#confirm", "#reason"):
+                assert not toast.region.overlaps(d.query_one(wid).region), wid
