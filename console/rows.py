@@ -144,11 +144,19 @@ class Totals:
     alerts: int
 
     def line(self) -> str:
+        """Counts of none are left out (all but live): the line fits 80 columns when all is
+        well, and what is not well stands out."""
+        counts = (
+            (self.stale, "stale"),
+            (self.down, "down"),
+            (self.connecting, "connecting"),
+            (self.draining, "draining"),
+            (self.drained, "drained"),
+        )
+        nodes = ", ".join([f"{self.live} live", *(f"{n} {what}" for n, what in counts if n)])
         return (
-            f"nodes {self.nodes}: {self.live} live, {self.stale} stale, {self.down} down, "
-            f"{self.connecting} connecting, {self.draining} draining, {self.drained} drained"
-            f"  |  GPUs {self.gpus}: "
-            f"{self.gpus_busy} busy, {self.gpus_idle} idle  |  alerts {self.alerts}"
+            f"nodes {self.nodes}: {nodes}  |  GPUs {self.gpus}: {self.gpus_busy} busy, "
+            f"{self.gpus_idle} idle  |  alerts {self.alerts}"
         )
 
 

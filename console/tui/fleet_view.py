@@ -81,7 +81,7 @@ class FleetScreen(Screen[None]):
         Binding("a", "alerts", "alerts"),
         *VERB_BINDINGS,
         Binding("question_mark", "help", "help"),
-        Binding("escape", "clear", "clear", show=False),
+        Binding("escape", "clear", "clear the filter, then the marks", show=False),
     ]
 
     def __init__(self) -> None:

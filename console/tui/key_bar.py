@@ -57,7 +57,10 @@ class KeyBar(Widget):
         if isinstance(self.screen, KeyNote) and (note := self.screen.key_note):
             text.append(note, style="reverse bold")
             text.append("  ")
-        for key, what in keys_of(self.screen, shown_only=True):
+        keys = keys_of(self.screen, shown_only=True)
+        # "? help" first: where the line is cut (80 columns), the way to every key stays
+        keys.sort(key=lambda kw: kw[0] != "?")
+        for key, what in keys:
             text.append(key, style="bold")
             text.append(f" {what}  ", style="dim" if key in ("q",) else "")
         return text

@@ -289,3 +289,21 @@ async def test_a_notification_never_covers_the_dialogs_buttons() -> None:
         for toast in d.query(Toast):
             for wid in ("#cancel", "#confirm", "#reason"):
                 assert not toast.region.overlaps(d.query_one(wid).region), wid
+
+
+@pytest.mark.parametrize("keys", [[], ["enter"]])
+async def test_at_80_columns_the_key_bar_and_the_totals_keep_what_matters(
+    keys: list[str],
+) -> None:
+    """The key bar is cut at the right: "? help" (the way to every key) comes first. The
+    totals leave out counts of none, so GPUs and alerts fit."""
+    app = make()
+    async with app.run_test(size=SMALL) as pilot:
+        totals = str(app.screen.query_one("#totals").render())
+        assert totals.startswith("nodes 8: 7 live, 1 down, 1 drained  |  GPUs 32: ")
+        assert len(totals.split("  |  sort")[0]) <= 78
+        await pilot.press(*keys)
+        assert key_bar(app).startswith("? help  ")
+        await pilot.press("space")
+        if not keys:
+            assert key_bar(app).startswith("1 marked (esc clears)  ? help  ")
