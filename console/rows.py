@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 
 from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.selector import Selector, SelectorError, check_pools, known_pools, parse_selector
-from console.words import age
+from console.words import age, plural
 
 Column = Literal[
     "name", "pool", "state", "link", "gpus", "util", "util_max", "mem", "temp", "power", "alerts"
@@ -145,7 +145,8 @@ class Totals:
     stale: int
     down: int  # unreachable, auth failed, host key, agent down, protocol
     connecting: int
-    drained: int  # draining or drained
+    draining: int  # asked to drain, work still running
+    drained: int  # out of service, nothing running
     gpus: int
     gpus_busy: int
     gpus_idle: int
@@ -154,17 +155,25 @@ class Totals:
     gpus_unknown: int = 0  # on nodes not live, or not reading utilization
 
     def line(self) -> str:
-        """Every GPU is counted once, so the parts add up to the whole (the lost and unknown
-        said only when there are any)."""
+        """Every GPU is counted once, so the parts add up to the whole; counts of none are left
+        out (all but live and the GPUs' busy and idle): the line fits 80 columns when all is
+        well, and what is not well stands out."""
+        counts = (
+            (self.stale, "stale"),
+            (self.down, "down"),
+            (self.connecting, "connecting"),
+            (self.draining, "draining"),
+            (self.drained, "drained"),
+        )
+        nodes = ", ".join([f"{self.live} live", *(f"{n} {what}" for n, what in counts if n)])
         gpus = [f"{self.gpus_busy} busy", f"{self.gpus_idle} idle"]
         if self.gpus_lost:
             gpus.append(f"{self.gpus_lost} lost")
         if self.gpus_unknown:
-            gpus.append(f"{self.gpus_unknown} unknown")
+            gpus.append(f"{self.gpus_unknown} n/a")
         return (
-            f"nodes {self.nodes}: {self.live} live, {self.stale} stale, {self.down} down, "
-            f"{self.connecting} connecting, {self.drained} drained  |  GPUs {self.gpus}: "
-            f"{', '.join(gpus)}  |  alerts {self.alerts}"
+            f"{plural(self.nodes, 'node')}: {nodes}; {plural(self.gpus, 'GPU')}: "
+            f"{', '.join(gpus)}; {plural(self.alerts, 'alert')}"
         )
 
 
@@ -177,7 +186,8 @@ def fleet_totals(rows: Iterable[NodeRow]) -> Totals:
         stale=sum(r.link == "stale" for r in rows),
         down=sum(r.link in DOWN_STATES for r in rows),
         connecting=sum(r.link == "connecting" for r in rows),
-        drained=sum(r.state in ("draining", "drained") for r in rows),
+        draining=sum(r.state == "draining" for r in rows),
+        drained=sum(r.state == "drained" for r in rows),
         gpus=sum(r.gpus or 0 for r in rows),
         gpus_busy=sum(r.gpus_busy for r in rows),
         gpus_idle=sum(r.gpus_idle for r in rows),

@@ -6,19 +6,29 @@ verb needs (a reason, a restart target, a pool). Confirmed, the requests go out 
 path the scripted commands use, and a results screen shows each node as pending until its agent
 answers: ok, refused (with the agent's reason), or not delivered. Nothing is shown as done that
 the agent did not say was done.
+
+Keys in the dialog: Cancel has the focus, so a stray enter cancels; whatever is typed goes to
+the reason (the operator's first keystroke is the reason's first letter, not lost on a
+button); enter in the reason moves to the verb's button, and enter there confirms. So a
+confirmation is always two deliberate steps after the reason, never one stray key. The details
+scroll (pgup/pgdn) between a fixed title and a fixed form, so the buttons are on screen at any
+size down to 80x24.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import hostlist
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
+from textual.widget import Widget
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from console.actions import (
@@ -52,8 +62,27 @@ class Confirmed:
     args: dict[str, Any]
 
 
-def start_action(app: FleetApp, verb: Verb, nodes: list[str]) -> None:
-    """Open the dialog for ``verb`` on ``nodes``; on confirmation, send and show results."""
+#: The verbs' keys, the same in every view that shows nodes (the fleet and the node view),
+#: each bound to that view's ``action_verb``; ``verbs_allowed`` hides them in read-only mode.
+VERB_BINDINGS: Final[list[BindingType]] = [
+    Binding("d", "verb('drain')", "drain"),
+    Binding("u", "verb('resume')", "resume"),
+    Binding("r", "verb('restart')", "restart"),
+    Binding("p", "verb('reassign')", "reassign"),
+]
+
+
+def verbs_allowed(app: FleetApp, action: str) -> bool:
+    """For a view's ``check_action``: read-only, the verbs are not there at all (not shown,
+    not bound, not in the palette)."""
+    return not (action == "verb" and app.readonly)
+
+
+def start_action(
+    app: FleetApp, verb: Verb, nodes: list[str], on_sent: Callable[[], None] | None = None
+) -> None:
+    """Open the dialog for ``verb`` on ``nodes``; on confirmation, send and show results.
+    ``on_sent`` runs once the operator confirmed (the view's marks are spent then)."""
     if app.readonly:
         app.notify("read-only: actions are off", severity="warning")
         return
@@ -64,12 +93,32 @@ def start_action(app: FleetApp, verb: Verb, nodes: list[str]) -> None:
     def confirmed(choice: Confirmed | None) -> None:
         if choice is not None:
             app.push_screen(ActionResults(choice))
+            if on_sent is not None:
+                on_sent()
 
     app.push_screen(ActionDialog(verb, nodes), confirmed)
 
 
+def confirm_hint(verb: Verb) -> str:
+    """How to confirm, said on the dialog itself."""
+    spec = VERBS[verb]
+    picks = {"target": "pick what to restart, ", "pool": "pick the pool, "}
+    first = picks.get(spec.choice or "", "")
+    reason = "type a reason" if spec.reason_required else "type a reason (optional)"
+    return (
+        f"{first}{reason}, then enter (or tab) to reach {spec.title}; enter on {spec.title} "
+        "confirms · esc cancels"
+    )
+
+
 class ActionDialog(ModalScreen[Confirmed | None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "cancel"),
+        Binding("tab", "cycle(1)", "next", show=False),
+        Binding("shift+tab", "cycle(-1)", "previous", show=False),
+        Binding("pageup", "scroll(-1)", "scroll up", show=False),
+        Binding("pagedown", "scroll(1)", "scroll down", show=False),
+    ]
 
     def __init__(self, verb: Verb, nodes: list[str]) -> None:
         super().__init__()
@@ -87,8 +136,26 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         fleet = self.fleet_app.fleet
         spec = VERBS[self.verb]
         count = len(self.nodes)
-        with Vertical(id="dialog"):
+        # The dialog scrolls under a docked title and form: the details (the processes, the
+        # warnings) may run long, the buttons must stay in sight.
+        with VerticalScroll(id="dialog", can_focus=False):
             yield Label(f"{spec.title} {count} node{'s' if count != 1 else ''}?", id="title")
+            with Vertical(id="form"):
+                if spec.choice == "target":
+                    targets = restart_targets(fleet, self.nodes)
+                    yield Select([(t, t) for t in targets], prompt="restart what?", id="choice")
+                elif spec.choice == "pool":
+                    yield Select(
+                        [(p, p) for p in pools(fleet)], prompt="to which pool?", id="choice"
+                    )
+                placeholder = "reason (required)" if spec.reason_required else "reason (optional)"
+                # not select_on_focus: the key that moved the focus here is already in it
+                yield Input(placeholder=placeholder, id="reason", select_on_focus=False)
+                yield Static(confirm_hint(self.verb), id="hint")
+                yield Static("", id="error")
+                with Horizontal(id="buttons"):
+                    yield Button("Cancel", id="cancel")
+                    yield Button(spec.title, id="confirm", variant="error")
             yield Static(hostlist.collect_hostlist(self.nodes), id="nodes")
             yield Static(self._affected_text(), id="affected")
             warnings = guard_warnings(fleet, self.nodes, self.verb)
@@ -107,17 +174,6 @@ class ActionDialog(ModalScreen[Confirmed | None]):
                 )
             if warnings:
                 yield Static("\n".join(f"! {w}" for w in warnings), id="warnings")
-            if spec.choice == "target":
-                targets = restart_targets(fleet, self.nodes)
-                yield Select([(t, t) for t in targets], prompt="restart what?", id="choice")
-            elif spec.choice == "pool":
-                yield Select([(p, p) for p in pools(fleet)], prompt="to which pool?", id="choice")
-            placeholder = "reason (required)" if spec.reason_required else "reason (optional)"
-            yield Input(placeholder=placeholder, id="reason")
-            yield Static("", id="error")
-            with Horizontal(id="buttons"):
-                yield Button("Cancel", id="cancel")
-                yield Button(spec.title, id="confirm", variant="error")
 
     def _processes_carried(self) -> bool:
         """Whether the live view's source carries GPU process lists: the agents' own streams
@@ -148,6 +204,36 @@ class ActionDialog(ModalScreen[Confirmed | None]):
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()  # a stray enter must not act
 
+    def _stops(self) -> list[Widget]:
+        """The Tab order: the choice, the reason, the verb, Cancel. From Cancel (where the
+        dialog opens) one Tab reaches what is to be filled in, and from the reason one Tab
+        reaches the verb (on screen Cancel comes first, as in other dialogs)."""
+        choice: list[Widget] = list(self.query("#choice"))
+        rest = [self.query_one(f"#{w}") for w in ("reason", "confirm", "cancel")]
+        return [*choice, *rest]
+
+    def action_cycle(self, step: int) -> None:
+        stops, focused = self._stops(), self.focused
+        at = next((i for i, w in enumerate(stops) if w is focused), -1)
+        stops[(at + step) % len(stops)].focus()
+
+    def action_scroll(self, pages: int) -> None:
+        box = self.query_one("#dialog", VerticalScroll)
+        if pages < 0:
+            box.scroll_page_up()
+        else:
+            box.scroll_page_down()
+
+    def on_key(self, event: events.Key) -> None:
+        """A key typed while a button has the focus goes to the reason: the first keystroke
+        of a reason is not lost, and space never presses a button by accident."""
+        if isinstance(self.focused, Button) and event.is_printable and event.character:
+            event.stop()
+            event.prevent_default()
+            reason = self.query_one("#reason", Input)
+            reason.focus()
+            reason.insert_text_at_cursor(event.character)
+
     def action_cancel(self) -> None:
         self.dismiss(None)
 
@@ -158,16 +244,32 @@ class ActionDialog(ModalScreen[Confirmed | None]):
             self._confirm()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()  # enter in the reason box does not confirm: the button does
+        """Enter in the reason does not confirm: it moves to the verb's button (or says
+        what is missing), and enter there confirms."""
+        event.stop()
+        missing = self._missing()
+        self.query_one("#error", Static).update(missing or "")
+        if missing is None:
+            self.query_one("#confirm", Button).focus()
 
-    def _confirm(self) -> None:
+    def _missing(self) -> str | None:
+        try:
+            self._args()
+        except ActionError as exc:
+            return str(exc)
+        return None
+
+    def _args(self) -> dict[str, Any]:
         reason = self.query_one("#reason", Input).value
         choice = None
         if VERBS[self.verb].choice is not None:
             value = self.query_one("#choice", Select).value
             choice = value if isinstance(value, str) else None
+        return request_args(self.verb, reason, choice)
+
+    def _confirm(self) -> None:
         try:
-            args = request_args(self.verb, reason, choice)
+            args = self._args()
         except ActionError as exc:
             self.query_one("#error", Static).update(str(exc))
             return

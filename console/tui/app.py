@@ -12,11 +12,12 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from textual import events
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.screen import ModalScreen, Screen
 
 from console.actions import Requester
 from console.fleet import FleetState
@@ -60,7 +61,12 @@ class FleetApp(App[None]):
     TITLE = "gpufleet"
     COMMANDS: ClassVar = App.COMMANDS | {FleetCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(":", "command_palette", "commands", show=False),
+        Binding(
+            ":",
+            "command_palette",
+            "command palette (nodes, views, filters, actions)",
+            show=False,
+        ),
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
     ]
@@ -118,12 +124,24 @@ class FleetApp(App[None]):
         self.heap.step(busy=now - self._last_input < TYPING_S)
         self.fleet.tick(now)
         changed = self.fleet.flush()
-        top = self.screen
+        in_sight = self._in_sight()
         for screen in self.screen_stack:
-            if screen is not top and isinstance(screen, KeepsUp):
+            if screen in in_sight:
+                if isinstance(screen, FleetAware):
+                    screen.fleet_changed(changed, now)
+            elif isinstance(screen, KeepsUp):
                 screen.keep_up(changed, now)
-        if isinstance(top, FleetAware):
-            top.fleet_changed(changed, now)
+
+    def _in_sight(self) -> list[Screen[Any]]:
+        """The screen on top and those seen behind it: a dialog (modal) leaves the view under
+        it on screen, so that view keeps drawing; a table frozen behind a dialog would show
+        old rows under a current "data 0 s old"."""
+        shown: list[Screen[Any]] = []
+        for screen in reversed(self.screen_stack):
+            shown.append(screen)
+            if not isinstance(screen, ModalScreen):
+                break
+        return shown
 
     def open_node(self, name: str) -> None:
         from console.tui.node_view import NodeScreen

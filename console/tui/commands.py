@@ -1,15 +1,48 @@
-"""The ``:`` command palette: jump to a node, open a view, filter by pool or state."""
+"""The ``:`` command palette: jump to a node, open a view, filter by pool or state, and act
+(drain, resume, restart, reassign) on what the view underneath has chosen: the marked rows or
+the cursor's node in the fleet view, the node in the node view. The action goes through the
+view's own key action, so the palette and the keys cannot differ (read-only hides both)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import hostlist
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.screen import Screen
+
+from console.actions import VERBS
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
+
+
+@runtime_checkable
+class Chooses(Protocol):
+    """A view whose verbs act on nodes it has chosen (the fleet view, the node view)."""
+
+    def chosen(self) -> list[str]: ...
+
+    def action_verb(self, verb: str) -> None: ...
+
+
+def _actions(screen: Screen[Any]) -> list[tuple[str, Callable[[], None], str]]:
+    """A command per verb the view allows now, named with the nodes it would act on."""
+    if not isinstance(screen, Chooses) or not (nodes := screen.chosen()):
+        return []
+    where = hostlist.collect_hostlist(nodes)
+    count = f"{len(nodes)} nodes: " if len(nodes) > 1 else ""
+    return [
+        (
+            f"{verb} {count}{where}",
+            partial(screen.action_verb, verb),
+            f"{spec.title}: opens the same dialog as its key",
+        )
+        for verb, spec in VERBS.items()
+        if screen.check_action("verb", (verb,)) is not False
+    ]
 
 
 class FleetCommands(Provider):
@@ -22,6 +55,7 @@ class FleetCommands(Provider):
         out: list[tuple[str, Callable[[], None], str]] = [
             ("alerts", app.open_alerts, "active and recent alerts across the fleet"),
         ]
+        out.extend(_actions(self.screen))
         fleet_screen = next((s for s in app.screen_stack if isinstance(s, FleetScreen)), None)
         if fleet_screen is not None:
             pools = sorted({v.entry.pool for v in app.fleet.nodes.values()})

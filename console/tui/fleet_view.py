@@ -26,6 +26,7 @@ from console.rows import (
     fleet_totals,
     parse_filter,
 )
+from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
 from console.tui.fleet_table import Cell, FleetTable, TableColumn
 from console.tui.key_bar import KeyBar
 from console.tui.style import Tone, na
@@ -79,12 +80,9 @@ class FleetScreen(Screen[None]):
         Binding("s", "sort", "sort"),
         Binding("S", "reverse", "reverse", show=False),
         Binding("a", "alerts", "alerts"),
-        Binding("d", "verb('drain')", "drain"),
-        Binding("u", "verb('resume')", "resume"),
-        Binding("r", "verb('restart')", "restart"),
-        Binding("p", "verb('reassign')", "reassign"),
+        *VERB_BINDINGS,
         Binding("question_mark", "help", "help"),
-        Binding("escape", "clear", "clear", show=False),
+        Binding("escape", "clear", "clear the filter, then the marks", show=False),
     ]
 
     def __init__(self) -> None:
@@ -141,8 +139,19 @@ class FleetScreen(Screen[None]):
         self.rows.update(now, changed)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # --readonly: the verbs are not there at all (not shown, not bound)
-        return not (action == "verb" and self.fleet_app.readonly)
+        # --readonly: the verbs are not there at all (not shown, not bound), nor the marks,
+        # which only choose what a verb acts on
+        if action == "mark" and self.fleet_app.readonly:
+            return False
+        return verbs_allowed(self.fleet_app, action)
+
+    @property
+    def key_note(self) -> str:
+        """Said first on the key bar: how many rows are marked, so a mark is never silent
+        (and the totals line, cut at 80 columns, is not where to look for it)."""
+        if not self.marked:
+            return ""
+        return f"{len(self.marked)} marked (esc clears)"
 
     # -- drawing ------------------------------------------------------------------------------
 
@@ -171,11 +180,10 @@ class FleetScreen(Screen[None]):
     def _draw_head(self, now: float) -> None:
         totals = fleet_totals(self.rows.all())
         shown = (
-            f"  |  {filter_note(self.table.row_count, self.filter_text)}" if self.row_filter else ""
+            f" | {filter_note(self.table.row_count, self.filter_text)}" if self.row_filter else ""
         )
-        marks = f"  |  {len(self.marked)} marked" if self.marked else ""
-        sort = f"  |  sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
-        self.query_one("#totals", TextLine).text = totals.line() + shown + marks + sort
+        sort = f" | sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
+        self.query_one("#totals", TextLine).text = totals.line() + shown + sort
         self._draw_source(now)
         banner = self.query_one("#banner", TextLine)
         if totals.nodes and totals.down == totals.nodes:
@@ -264,9 +272,12 @@ class FleetScreen(Screen[None]):
         if node is None:
             return
         self.marked ^= {node}
-        self.table.set_marked(self.marked)
-        self._draw_head(self.fleet_app.clock())
+        self._show_marks()
         self.table.action_cursor(1)
+
+    def _show_marks(self) -> None:
+        self.table.set_marked(self.marked)
+        self.query_one(KeyBar).refresh()
 
     def action_sort(self) -> None:
         self.sort_column = COLUMNS[(COLUMNS.index(self.sort_column) + 1) % len(COLUMNS)]
@@ -309,8 +320,7 @@ class FleetScreen(Screen[None]):
             self.redraw()
         elif self.marked:
             self.marked = set()
-            self.table.set_marked(self.marked)
-            self._draw_head(self.fleet_app.clock())
+            self._show_marks()
 
     def action_alerts(self) -> None:
         self.fleet_app.open_alerts()
@@ -324,4 +334,13 @@ class FleetScreen(Screen[None]):
         from console.tui.action_dialog import start_action
 
         if verb in VERBS:
-            start_action(self.fleet_app, VERBS[verb].verb, self.chosen())
+            start_action(self.fleet_app, VERBS[verb].verb, self.chosen(), self._marks_spent)
+
+    def _marks_spent(self) -> None:
+        """Once an action is sent, its marks are cleared (a second verb on the same marks
+        would be a second decision, not a leftover), and the operator is told so."""
+        if not self.marked:
+            return
+        count, self.marked = len(self.marked), set()
+        self._show_marks()
+        self.notify(f"{count} mark{'s' if count != 1 else ''} cleared: the action was sent")

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Label, Static
 
@@ -25,9 +25,9 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         title = type(self.under).__name__.removesuffix("Screen").lower()
+        # ``:`` is the app's own binding, so keys_of lists it once with the view's keys.
         lines = [f"{key:>8}  {what}" for key, what in keys_of(self.under)]
-        lines.append(f"{':':>8}  command palette (search nodes, views, filters)")
-        with Vertical(id="help"):
+        with VerticalScroll(id="help", can_focus=False):
             yield Label(f"keys: {title} view", id="title")
             yield Static("\n".join(lines), id="keys")
             yield Label("esc closes", id="hint")

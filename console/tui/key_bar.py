@@ -8,7 +8,7 @@ drawn from the screen's own bindings, so it cannot drift from what the keys do.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from rich.text import Text
 from textual.binding import Binding
@@ -33,6 +33,15 @@ def keys_of(screen: Screen[Any], *, shown_only: bool = False) -> list[tuple[str,
     return out
 
 
+@runtime_checkable
+class KeyNote(Protocol):
+    """A view with something to say before its keys (the fleet view: how many rows are
+    marked)."""
+
+    @property
+    def key_note(self) -> str: ...
+
+
 class KeyBar(Widget):
     DEFAULT_CSS = """
     KeyBar {
@@ -45,7 +54,13 @@ class KeyBar(Widget):
 
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
-        for key, what in keys_of(self.screen, shown_only=True):
+        if isinstance(self.screen, KeyNote) and (note := self.screen.key_note):
+            text.append(note, style="reverse bold")
+            text.append("  ")
+        keys = keys_of(self.screen, shown_only=True)
+        # "? help" first: where the line is cut (80 columns), the way to every key stays
+        keys.sort(key=lambda kw: kw[0] != "?")
+        for key, what in keys:
             text.append(key, style="bold")
             text.append(f" {what}  ", style="dim" if key in ("q",) else "")
         return text

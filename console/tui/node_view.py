@@ -24,9 +24,11 @@ from agents.protocol import (
     GpufleetError,
     clock_reason_words,
 )
+from console.actions import VERBS
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
+from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
 from console.tui.key_bar import KeyBar
 from console.tui.style import na, tone_style
 from console.tui.text_table import Cell, text_table
@@ -57,6 +59,7 @@ class NodeScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "back"),
         Binding("A", "audit", "reload audit"),
+        *VERB_BINDINGS,
         Binding("question_mark", "help", "help"),
     ]
 
@@ -238,3 +241,16 @@ class NodeScreen(Screen[None]):
         from console.tui.help import HelpScreen
 
         self.app.push_screen(HelpScreen(self))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return verbs_allowed(self.fleet_app, action)
+
+    def chosen(self) -> list[str]:
+        """The nodes a verb acts on here: this node."""
+        return [self.node]
+
+    def action_verb(self, verb: str) -> None:
+        from console.tui.action_dialog import start_action
+
+        if verb in VERBS:
+            start_action(self.fleet_app, VERBS[verb].verb, self.chosen())

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from textual.command import CommandList, CommandPalette
 from textual.pilot import Pilot
 
 from console.tui.app import FleetApp
+from tests.conftest import until
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
@@ -82,3 +84,42 @@ def test_fleet_view_light_theme(snap_compare: Snap) -> None:
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=light)
+
+
+DIALOG_SIZES = {"80x24": (80, 24), "wide": SIZE}
+#: Keys that open each dialog on two marked nodes (the results: a drain sent and refused).
+DIALOGS = {
+    "drain": ["space", "space", "d"],
+    "resume": ["space", "space", "u"],
+    "restart": ["space", "space", "r"],
+    "reassign": ["space", "space", "p"],
+    "results": ["space", "space", "d", *"psu", "enter", "enter"],
+    "help": ["question_mark"],
+}
+
+
+@pytest.mark.parametrize("size", DIALOG_SIZES)
+@pytest.mark.parametrize("which", DIALOGS)
+def test_dialog(snap_compare: Snap, which: str, size: str) -> None:
+    """Each dialog at 80x24 and wide: the title, the form and both buttons in sight."""
+    assert snap_compare(
+        make(SimFleet()),
+        terminal_size=DIALOG_SIZES[size],
+        press=DIALOGS[which],
+        run_before=settle,
+    )
+
+
+@pytest.mark.parametrize("size", DIALOG_SIZES)
+def test_palette_actions(snap_compare: Snap, size: str) -> None:
+    """The palette, searched for a verb: the action on the marked nodes is offered."""
+
+    async def search(pilot: Pilot[Any]) -> None:
+        await pilot.press("space", "space", "colon")
+        await until(lambda: isinstance(pilot.app.screen, CommandPalette), "the palette")
+        await pilot.press(*"drain")
+        palette = pilot.app.screen
+        await until(lambda: palette.query_one(CommandList).option_count > 0, "the palette's hits")
+        await pilot.pause()
+
+    assert snap_compare(make(SimFleet()), terminal_size=DIALOG_SIZES[size], run_before=search)

@@ -71,3 +71,23 @@ async def test_no_source_line_without_a_feed() -> None:
     app = FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
     async with app.run_test(size=(160, 45)):
         assert not app.screen.query_one("#source", TextLine).display
+
+
+async def test_the_age_behind_a_dialog_keeps_counting() -> None:
+    """The fleet view stays in sight behind a dialog: its source line must not go on saying
+    how old the data was when the dialog opened."""
+    clock, client = Clock(), Recorded()
+    feed = HandPolled(parse_inventory(INVENTORY, "t").nodes, URL, client=client, monotonic=clock)
+    await feed.poll()
+    app = FleetApp(feed.fleet, feed=feed, requester=Requests(), clock=clock, refresh_s=None)
+    async with app.run_test(size=(160, 45)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        line = screen.query_one("#source", TextLine)
+        assert "polled 0s ago" in line.text
+        await pilot.press("d")
+        assert type(app.screen).__name__ == "ActionDialog"
+        clock.now += 7.0  # no poll while the dialog is open
+        app.refresh_fleet()
+        await pilot.pause()
+        assert "polled 7s ago" in line.text

@@ -67,7 +67,7 @@ def test_the_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
     env = f"XDG_STATE_HOME={shlex.quote(str(tmp_path))}"
     tmux.run("new-session", "-d", "-x", "160", "-y", "45", "-s", "gf",
              f"env {env} {command}; echo EXITED $?; sleep 30")  # fmt: skip
-    wait_for(lambda: "nodes 4: 4 live" in tmux.screen(), 60, "four live nodes on screen")
+    wait_for(lambda: "4 nodes: 4 live" in tmux.screen(), 60, "four live nodes on screen")
     screen = tmux.screen()
     assert "demo01" in screen
     assert "d drain" in screen, "the key bar shows the verbs"

@@ -86,7 +86,16 @@ def test_totals(fleet: FleetState) -> None:
     assert (t.nodes, t.live, t.down, t.drained, t.gpus) == (4, 3, 1, 1, 8)
     assert t.gpus_busy + t.gpus_idle == 6, "the unreachable node's GPUs are neither"
     assert t.gpus_busy >= 1, "gpu2 was made busy"
-    assert t.line().startswith("nodes 4: 3 live, 0 stale, 1 down, 0 connecting, 1 drained")
+    assert t.line().startswith("4 nodes: 3 live, 1 down, 1 drained; 8 GPUs: ")
+
+
+def test_totals_count_draining_apart_from_drained(fleet: FleetState) -> None:
+    """A draining node still runs work: counting it as drained overstates what is out."""
+    state = NodeState(state="draining", reason="fans", who="bob", since=0.0)
+    fleet.apply("gpu1", Node("gpu1", gpus=2).inventory(state), 10.0)
+    t = fleet_totals(visible_rows(fleet, 10.5, None, "name", reverse=False))
+    assert (t.draining, t.drained) == (1, 1)
+    assert "1 draining, 1 drained" in t.line()
 
 
 def test_sort_by_any_column_unknowns_last_either_way(fleet: FleetState) -> None:
@@ -130,7 +139,7 @@ def test_totals_add_up_when_a_gpu_is_lost(fleet: FleetState) -> None:
     t = fleet_totals(visible_rows(fleet, 10.5, None, "name", reverse=False))
     assert (t.gpus, t.gpus_lost, t.gpus_unknown) == (8, 1, 2), "inf1 is down: its 2 unknown"
     assert t.gpus_busy + t.gpus_idle + t.gpus_lost + t.gpus_unknown == t.gpus
-    assert f"GPUs 8: {t.gpus_busy} busy, {t.gpus_idle} idle, 1 lost, 2 unknown" in t.line()
+    assert f"8 GPUs: {t.gpus_busy} busy, {t.gpus_idle} idle, 1 lost, 2 n/a" in t.line()
 
 
 def test_a_node_never_heard_of_has_gpus_unknown_not_0() -> None:
