@@ -11,7 +11,6 @@ so one row never shows two sources at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -19,7 +18,7 @@ from agents.protocol import Response
 from console.fleet import DOWN_STATES, AlertRules, FleetState
 from console.fleetlinks import CONNECTING_AT_ONCE
 from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink, NotDelivered, one_shot
+from console.link import LinkOptions, NodeLink, NotDelivered, one_shot, stop_links
 
 #: Seconds a request waits for its node's link to come up before it is not delivered.
 CONNECT_WAIT_S: Final = 15.0
@@ -45,6 +44,7 @@ class ActionLinks:
         node that failed an earlier request gets a fresh try now, not after its backoff."""
         link = self.links.get(node)
         if link is not None and link.fleet.nodes[node].link in DOWN_STATES:
+            link.stop()  # a cancellation alone can be lost (NodeLink.stop)
             self._tasks.pop(node).cancel()
             link = None
         if link is None:
@@ -76,9 +76,5 @@ class ActionLinks:
 
     async def stop(self) -> None:
         tasks, self._tasks = list(self._tasks.values()), {}
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_links(self.links.values(), tasks)
         self.links = {}

@@ -17,7 +17,7 @@ from typing import Any
 from agents.protocol import Response
 from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink
+from console.link import LinkOptions, NodeLink, stop_links
 from console.source import SSH, FeedStatus, data_age
 
 #: SSH handshakes in flight at once, fleet-wide (pdsh's default fan-out; a jump host named
@@ -53,10 +53,9 @@ class FleetLinks:
         self._tasks = [asyncio.create_task(link.run()) for link in self.links.values()]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        """End every link, in a bounded time (``stop_links``)."""
+        tasks, self._tasks = self._tasks, []
+        await stop_links(self.links.values(), tasks)
 
     async def __aenter__(self) -> FleetLinks:
         self.start()

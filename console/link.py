@@ -22,7 +22,7 @@ import os
 import random
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -257,6 +257,25 @@ class NodeLink:
         self._ids = 0
         self.agent_proto: tuple[int, int] | None = None  # from the live session's hello
         self._skipped_newer = False
+        self._stopping = False
+        #: A handshake was started (a snapshot tells a node never tried from one that did
+        #: not answer).
+        self.tried = False
+
+    def stop(self) -> None:
+        """Ask the link to end. Its task is cancelled too, but a cancellation alone can be
+        lost: Python 3.11's ``asyncio.wait_for`` (inside ``asyncssh.connect``) swallows one
+        that lands as the wait completes, and the link would then take the result as an
+        ordinary failure and try again, for ever. The link re-checks this flag (and its
+        task's pending cancellation) wherever it would otherwise go on."""
+        self._stopping = True
+
+    def _check_stop(self) -> None:
+        """Raise CancelledError if the link was asked to stop, whatever swallowed the
+        cancellation itself."""
+        task = asyncio.current_task()
+        if self._stopping or (task is not None and task.cancelling() > 0):
+            raise asyncio.CancelledError
 
     async def request(self, op: str, args: dict[str, Any], wait: float = 30.0) -> Response:
         """Send one request on the live session and wait for the agent's answer.
@@ -312,12 +331,14 @@ class NodeLink:
         """Keep the node's stream flowing until cancelled."""
         delay = self.options.backoff_initial
         while True:
+            self._check_stop()
             reached = self.sessions
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is a link state, never a crash
+                self._check_stop()  # a failure that swallowed our stop is no failure
                 self._failed(exc)
             if self.sessions > reached:
                 delay = self.options.backoff_initial  # this session worked: start over gently
@@ -342,7 +363,9 @@ class NodeLink:
             "config": o.ssh_config if o.ssh_config is not None else (),
             "keepalive_interval": o.keepalive_interval,
             "keepalive_count_max": o.keepalive_count_max,
-            "connect_timeout": o.connect_timeout,
+            # Bounded here with asyncio.timeout, not by asyncssh's wait_for (which loses a
+            # cancellation that lands as the handshake completes, on Python 3.11).
+            "connect_timeout": None,
         }
         if self._identity:
             kwargs["client_keys"] = [self._identity]
@@ -352,12 +375,14 @@ class NodeLink:
         policy = HostKeyPolicy(self._known_hosts, learn=o.host_keys == "accept-new")
         self._policy = policy
         async with self._via or contextlib.nullcontext(), self._connecting:
-            return await asyncssh.connect(
-                e.hostname or e.name,
-                known_hosts=_trusted(self._known_hosts),
-                client_factory=lambda: policy,
-                **kwargs,
-            )
+            self.tried = True
+            async with asyncio.timeout(o.connect_timeout):
+                return await asyncssh.connect(
+                    e.hostname or e.name,
+                    known_hosts=_trusted(self._known_hosts),
+                    client_factory=lambda: policy,
+                    **kwargs,
+                )
 
     async def _session(self) -> None:
         """One SSH connection, and on it the agent's sessions one after another.
@@ -374,12 +399,14 @@ class NodeLink:
         mismatch, an agent that is there and hung up on us, busy or refusing) ends the
         connection, and ``run`` backs off."""
         async with await self._connect() as conn:
+            self._check_stop()  # a connection made as the stop came: closed, not used
             streamlocal = False  # the agent's socket has answered on this connection
             while True:
                 reached = self.sessions
                 try:
                     await self._agent_session(conn, attach=not streamlocal)
                 except Exception as exc:
+                    self._check_stop()
                     down = None if conn.is_closed() else self._agent_down(exc)
                     if down is None:
                         raise
@@ -505,6 +532,37 @@ class NodeLink:
         self.via_attach = True
         why = f"streamlocal to {self.entry.socket}: {refused}; attach"
         return _Frames(process.stdout, process.stderr, why), process.stdin
+
+
+#: Seconds ``stop_links`` waits for cancelled links to end, twice, before leaving them.
+STOP_GRACE: Final = 2.0
+
+
+async def stop_links(
+    links: Iterable[NodeLink], tasks: Collection[asyncio.Task[None]], grace: float = STOP_GRACE
+) -> None:
+    """End the links' tasks within about ``2 * grace`` seconds, whatever the network does:
+    every command and the screen's quit wait on this, so it must never wait unbounded. Each
+    link is told to stop and its task cancelled; a task still running after ``grace`` is
+    cancelled again, and one still running after that is left behind with a log line."""
+    for link in links:
+        link.stop()
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(2):
+        for task in pending:
+            task.cancel()
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=grace)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a link's end is never an unhandled error
+    if pending:
+        log.warning(
+            "%d link(s) did not stop within %g s of being cancelled twice; left behind",
+            len(pending),
+            2 * grace,
+        )
 
 
 class _Pace:

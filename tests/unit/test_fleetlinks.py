@@ -1,11 +1,22 @@
 """How FleetLinks bounds SSH handshakes: fleet-wide, and per jump host (one sshd, whose
-MaxStartups drops connections past 10, for every node behind it). Nothing connects here."""
+MaxStartups drops connections past 10, for every node behind it), and how they end: always,
+and in a bounded time. Nothing connects here: asyncssh.connect is replaced where a test needs
+a handshake that ends exactly when the test says."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import asyncssh
+import pytest
+
 from console.fleetlinks import CONNECTING_PER_JUMP, FleetLinks
 from console.inventory import parse_inventory
-from console.link import LinkOptions
+from console.link import LinkOptions, stop_links
+from tests.conftest import until
 
 FLEET = """
 [[group]]
@@ -30,3 +41,90 @@ async def test_nodes_behind_one_jump_host_share_its_bound() -> None:
     assert via["d1"] is None and via["d2"] is None, "each has its own sshd"
     assert via["a1"] is not None and via["a1"]._value == CONNECTING_PER_JUMP
     assert len({id(link._connecting) for link in links.values()}) == 1, "one fleet-wide bound"
+
+
+class _Conn:
+    """What a completed handshake hands back, for the race below: an SSH connection whose
+    agent never answers (so a link that goes on with it never ends by itself)."""
+
+    closed = False
+
+    async def __aenter__(self) -> _Conn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.closed = True
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    async def open_unix_connection(self, path: str) -> None:
+        await asyncio.Event().wait()
+
+
+def _one_node(tmp_path: Path) -> FleetLinks:
+    nodes = parse_inventory('[[group]]\nname = "g"\nnodes = "n1"\n', "f").nodes
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[], backoff_initial=0.01)
+    return FleetLinks(nodes, options)
+
+
+@pytest.mark.parametrize("outcome", ["refused", "connected"])
+async def test_a_cancel_that_lands_as_the_handshake_completes_still_stops_the_link(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outcome: str
+) -> None:
+    """The race behind a `status` that never ended: the handshake completes (refused, or a
+    connection) in the same turn of the loop as stop() cancels the link. Python 3.11's
+    asyncio.wait_for (here as inside asyncssh.connect) then returns the outcome and swallows
+    the cancellation. Driven exactly: the handshake's future is resolved, then stop() runs
+    before the loop turns. The link must end, not try again, and stop() must return."""
+    loop = asyncio.get_running_loop()
+    handshakes: list[asyncio.Future[_Conn]] = []
+
+    async def connect(host: str, **kw: object) -> _Conn:
+        handshake: asyncio.Future[_Conn] = loop.create_future()
+        handshakes.append(handshake)
+        return await asyncio.wait_for(handshake, 60)
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    links = _one_node(tmp_path)
+    links.start()
+    task = links._tasks[0]
+    await until(lambda: handshakes, "the handshake to start")
+    conn = _Conn()
+    if outcome == "refused":
+        handshakes[0].set_exception(ConnectionRefusedError(111, "Connect call failed"))
+    else:
+        handshakes[0].set_result(conn)
+    async with asyncio.timeout(20):  # today's stop() waits here for ever
+        await links.stop()
+    assert task.done() and task.cancelled()
+    assert len(handshakes) == 1, "the link tried again after it was stopped"
+    assert outcome == "refused" or conn.closed, "the late connection was kept open"
+
+
+async def test_stop_is_bounded_even_for_a_link_that_ignores_every_cancel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a library under the link does with a cancellation, stop() returns after its
+    two graces and says what it left behind."""
+    release = asyncio.Event()
+
+    async def connect(host: str, **kw: object) -> _Conn:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    links = _one_node(tmp_path)
+    links.start()
+    task = links._tasks[0]
+    await until(lambda: links.links["n1"].tried, "the handshake to start")
+    with caplog.at_level(logging.WARNING, "gpufleet.console.link"):
+        async with asyncio.timeout(20):
+            await stop_links(links.links.values(), [task], grace=0.1)
+    assert not task.done()
+    assert "1 link(s) did not stop" in caplog.text
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # the stop flag ends it the moment the library lets go
