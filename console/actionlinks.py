@@ -16,7 +16,6 @@ from typing import Any, Final
 
 from agents.protocol import Response
 from console.fleet import DOWN_STATES, AlertRules, FleetState
-from console.fleetlinks import CONNECTING_AT_ONCE
 from console.inventory import NodeEntry
 from console.link import LinkOptions, NodeLink, NotDelivered, one_shot, stop_links
 
@@ -49,7 +48,7 @@ class ActionLinks:
             link = None
         if link is None:
             if self._gate is None:
-                self._gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
+                self._gate = asyncio.Semaphore(self._options.fan_out)
             entry = self._entries[node]
             fleet = FleetState([entry], AlertRules(history=1))
             link = self.links[node] = NodeLink(entry, fleet, self._options, self._gate)

@@ -17,12 +17,10 @@ from typing import Any
 from agents.protocol import Response
 from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
+from console.link import CONNECTING_AT_ONCE as CONNECTING_AT_ONCE
 from console.link import LinkOptions, NodeLink, stop_links
 from console.source import SSH, FeedStatus, data_age
 
-#: SSH handshakes in flight at once, fleet-wide (pdsh's default fan-out; a jump host named
-#: only in ~/.ssh/config, which the per-jump bound cannot see, still gets retries).
-CONNECTING_AT_ONCE = 32
 #: ... and through one jump host: its sshd's MaxStartups (10:30:100 by default) starts
 #: dropping unauthenticated connections past 10.
 CONNECTING_PER_JUMP = 10
@@ -37,11 +35,13 @@ class FleetLinks:
         options: LinkOptions,
         *,
         fleet: FleetState | None = None,
-        concurrency: int = CONNECTING_AT_ONCE,
+        concurrency: int | None = None,
     ) -> None:
+        """``concurrency``: handshakes in flight fleet-wide, by default ``options.fan_out``."""
         entries = list(entries)
         self.fleet = fleet if fleet is not None else FleetState(entries)
-        gate = asyncio.Semaphore(concurrency)
+        self.fan_out = concurrency or options.fan_out
+        gate = asyncio.Semaphore(self.fan_out)
         jumps = {e.jump: asyncio.Semaphore(CONNECTING_PER_JUMP) for e in entries if e.jump}
         self.links = {
             e.name: NodeLink(e, self.fleet, options, gate, via=jumps.get(e.jump or ""))

@@ -56,6 +56,11 @@ from console.inventory import NodeEntry
 log = logging.getLogger("gpufleet.console.link")
 
 
+#: SSH handshakes in flight at once, fleet-wide, unless ``--fan-out`` says otherwise (pdsh's
+#: default fan-out).
+CONNECTING_AT_ONCE: Final = 32
+
+
 @dataclass(frozen=True)
 class LinkOptions:
     known_hosts: Path = Path("~/.ssh/known_hosts")
@@ -79,6 +84,8 @@ class LinkOptions:
     history: bool = True
     #: Run on the node when its sshd forbids streamlocal forwarding; gets ``--socket PATH``.
     attach_command: str = "gpufleet-agent attach"
+    #: SSH handshakes in flight at once, fleet-wide (``--fan-out``).
+    fan_out: int = CONNECTING_AT_ONCE
 
 
 def one_shot(options: LinkOptions) -> LinkOptions:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from console.fleet import FleetState, NodeView
-from console.fleetlinks import CONNECTING_AT_ONCE, FleetLinks
+from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
 from console.link import LinkOptions, one_shot
 
@@ -86,16 +86,33 @@ async def snapshot(
     options: LinkOptions,
     *,
     wait: float,
-    concurrency: int = CONNECTING_AT_ONCE,
+    concurrency: int | None = None,
 ) -> FleetState:
     """Connect to every node, until each has answered or failed (or ``wait`` runs out).
 
-    A snapshot takes a node's first failure as its answer: retrying is for the live screen."""
+    A snapshot takes a node's first failure as its answer: retrying is for the live screen.
+    A node whose handshake never started (the fan-out was busy with others for the whole
+    wait) is ``not_tried``, never ``unreachable``: nothing is known of it."""
     links = FleetLinks(entries, one_shot(options), concurrency=concurrency)
     async with links:
-        for name in await links.settle(wait):
-            links.fleet.set_link(name, "unreachable", f"no answer in {wait:g} s", time.monotonic())
+        pending = await links.settle(wait)
+        now = time.monotonic()
+        untried = [name for name in pending if not links.links[name].tried]
+        for name in pending:
+            if links.links[name].tried:
+                links.fleet.set_link(name, "unreachable", f"no answer in {wait:g} s", now)
+        why = (
+            f"not tried: {len(untried)} of {len(entries)} nodes got no turn for a handshake in "
+            f"{wait:g} s ({links.fan_out} at a time); widen --connect-wait or --fan-out"
+        )
+        for name in untried:
+            links.fleet.set_link(name, "not_tried", why, now)
     return links.fleet
+
+
+def not_tried_note(views: Iterable[NodeView]) -> str | None:
+    """One line for stderr when a snapshot left nodes untried: how many, and what to widen."""
+    return next((v.link_reason for v in views if v.link == "not_tried"), None)
 
 
 def table(views: Iterable[NodeView], now: float) -> str:

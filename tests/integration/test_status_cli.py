@@ -168,6 +168,37 @@ def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -
     assert (node["link"], node["link_reason"]) == ("unreachable", "no answer in 1 s")
 
 
+def test_a_node_never_tried_is_not_tried_not_unreachable(short_tmp: Path) -> None:
+    """More nodes than the fan-out can reach in the wait (six behind a port that accepts TCP
+    and never answers, two handshakes at a time, one second): the two tried are unreachable,
+    the four never tried say so, with the count and what to widen, in JSON and on stderr."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text(
+        f'[[group]]\nname = "g"\nnodes = "quiet[1-6]"\nhostname = "127.0.0.1"\nport = {port}\n'
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+             "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
+             "--connect-wait", "1", "--fan-out", "2", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        silent.close()
+    assert out.returncode == 3, out.stderr
+    nodes = json.loads(out.stdout)
+    links = sorted(n["link"] for n in nodes)
+    assert links == ["not_tried"] * 4 + ["unreachable"] * 2
+    why = "not tried: 4 of 6 nodes got no turn for a handshake in 1 s (2 at a time); widen"
+    assert all(why in n["link_reason"] for n in nodes if n["link"] == "not_tried")
+    assert f"gpufleet: {why}" in out.stderr
+    assert "--connect-wait or --fan-out" in out.stderr
+
+
 def test_no_key_material_reaches_a_log_or_the_audit(
     sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
 ) -> None:
