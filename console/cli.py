@@ -358,7 +358,10 @@ def inventory_check(reach: Reach) -> None:
         click.echo(json.dumps(results))
     else:
         for r in results:
-            click.echo(f"{r['name']:<24} {'ok' if r['ok'] else r['problem']:<18} {r['detail']}")
+            then = f"; next: {r['next']}" if r["next"] else ""
+            click.echo(
+                f"{r['name']:<24} {'ok' if r['ok'] else r['problem']:<18} {r['detail']}{then}"
+            )
     sys.exit(exit_code(views))
 
 

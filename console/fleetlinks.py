@@ -1,10 +1,11 @@
 """Every node's link, running: what the screen, ``status`` and the demo table share.
 
 One ``NodeLink`` task per inventory node, all feeding one ``FleetState``, with a bound on SSH
-handshakes in flight, fleet-wide and per jump host (sshd's MaxStartups drops connections past
-about 10 at once, and a jump host is one sshd for every node behind it). Requests go to a
-node's live session by name. Headless: the TUI drives the model's clock and refresh; this
-only keeps the links up.
+handshakes in flight, fleet-wide, per jump host and per destination sshd (host:port after
+ssh_config): sshd's MaxStartups drops connections past about 10 at once, and a jump host, a
+load balancer or one sshd serving many node names is one sshd for every node behind it.
+Requests go to a node's live session by name. Headless: the TUI drives the model's clock and
+refresh; this only keeps the links up.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class FleetLinks:
         self.fan_out = concurrency or options.fan_out
         gate = asyncio.Semaphore(self.fan_out)
         jumps = {e.jump: asyncio.Semaphore(CONNECTING_PER_JUMP) for e in entries if e.jump}
+        hosts: dict[str, asyncio.Semaphore] = {}  # per destination sshd, filled as links resolve
         self.links = {
-            e.name: NodeLink(e, self.fleet, options, gate, via=jumps.get(e.jump or ""))
+            e.name: NodeLink(e, self.fleet, options, gate, via=jumps.get(e.jump or ""), hosts=hosts)
             for e in entries
         }
         self._tasks: list[asyncio.Task[None]] = []

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-from console.fleet import FleetState, NodeView
+from console.fleet import FleetState, LinkState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
 from console.link import LinkOptions, one_shot
@@ -99,8 +99,12 @@ async def snapshot(
         now = time.monotonic()
         untried = [name for name in pending if not links.links[name].tried]
         for name in pending:
-            if links.links[name].tried:
-                links.fleet.set_link(name, "unreachable", f"no answer in {wait:g} s", now)
+            link = links.links[name]
+            if link.tried:
+                why = f"no answer in {wait:g} s"
+                if link.drops:
+                    why = f"{why}: {link.dropped_reason()}"
+                links.fleet.set_link(name, "unreachable", why, now)
         why = (
             f"not tried: {len(untried)} of {len(entries)} nodes got no turn for a handshake in "
             f"{wait:g} s ({links.fan_out} at a time); widen --connect-wait or --fan-out"
@@ -139,11 +143,40 @@ def table(views: Iterable[NodeView], now: float) -> str:
     return "\n".join(rows)
 
 
+#: ``inventory check``'s next step for each way a node can fail it: the reason says what
+#: happened (often what to look at too); this says what to do next, for every failed check.
+NEXT_STEP: Final[dict[LinkState, str]] = {
+    "connecting": "it did not answer in time: try again with a longer --connect-wait",
+    "live": "it answered, then stopped: run the check again",
+    "stale": "it stopped sending samples: check the agent there (systemctl status gpufleet-agent)",
+    "unreachable": "try `ssh NODE true` by hand with the same user and ssh_config",
+    "auth_failed": "try `ssh NODE true` by hand: check the user, the key and ssh-agent",
+    "hostkey_unknown": "ssh to it once and check the key, or use --accept-new",
+    "hostkey_changed": "find out why the key changed before removing it with ssh-keygen -R",
+    "agent_down": "start the agent there (systemctl start gpufleet-agent) and check the socket",
+    "protocol_mismatch": "upgrade the older side, the console or gpufleet-agent",
+    "no_data": "check that Prometheus scrapes the node's agent",
+    "not_tried": "widen --connect-wait or --fan-out, or check fewer nodes at once",
+}
+
+
 def check_result(view: NodeView) -> dict[str, Any]:
-    """``inventory check``: in order (host key, login, agent, protocol), or what is wrong with
-    the remedy the link's reason already carries."""
+    """``inventory check``: in order (host key, login, agent, protocol), or what is wrong and
+    the next step (``next``, for every failed check)."""
     if view.answered:
         inv = view.inventory
         gpus = f"{len(inv.gpus)} GPU(s) via {inv.backend}" if inv else "no inventory"
-        return {"name": view.name, "ok": True, "problem": None, "detail": f"{view.agent}; {gpus}"}
-    return {"name": view.name, "ok": False, "problem": view.link, "detail": view.link_reason}
+        return {
+            "name": view.name,
+            "ok": True,
+            "problem": None,
+            "detail": f"{view.agent}; {gpus}",
+            "next": None,
+        }
+    return {
+        "name": view.name,
+        "ok": False,
+        "problem": view.link,
+        "detail": view.link_reason,
+        "next": NEXT_STEP[view.link],
+    }

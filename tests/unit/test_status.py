@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 from agents.protocol import NodeState
-from console.fleet import FleetState
+from console.fleet import FleetState, LinkState
 from console.inventory import parse_inventory
-from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING, exit_code, status_doc
+from console.status import (
+    EXIT_ALL,
+    EXIT_NONE,
+    EXIT_SOME_MISSING,
+    check_result,
+    exit_code,
+    status_doc,
+)
 from tests.fakes.simnode import Node, feed
 
 FLEET = '[[group]]\nname = "train"\nnodes = "gpu[1-2]"\n'
@@ -79,3 +87,17 @@ def test_exit_codes() -> None:
     feed(fleet, m, 1.0)
     assert exit_code(views) == EXIT_ALL
     assert exit_code([]) == EXIT_ALL
+
+
+def test_every_failed_check_has_a_next_step() -> None:
+    """`inventory check` gives a next step for each way a node can fail it: every link state
+    but a live answer, each with its own words."""
+    steps = {}
+    for state in get_args(LinkState):
+        fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+        fleet.set_link("gpu1", state, "why", 1.0)
+        result = check_result(fleet.nodes["gpu1"])
+        assert result["ok"] is False
+        assert result["next"], f"no next step for {state}"
+        steps[state] = result["next"]
+    assert len(set(steps.values())) == len(steps), "one step repeated for two states"
