@@ -334,3 +334,24 @@ def test_a_refused_connection_is_said_in_an_operators_words(short_tmp: Path) -> 
     assert out.returncode == 3
     assert "Errno" not in out.stdout
     assert "next:" in out.stdout, out.stdout
+
+
+def test_an_inventory_hostname_never_reaches_a_shell(short_tmp: Path) -> None:
+    """With a ProxyCommand run by a shell in the operator's ssh_config, a host name holding
+    shell syntax would run it. It is refused at load, as OpenSSH refuses it: one line naming
+    the file and the key, exit 2, and nothing run."""
+    config = short_tmp / "ssh_config"
+    config.write_text('Host *\n  ProxyCommand sh -c "nc %h %p"\n')
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text('[[group]]\nname = "g"\nnodes = "n1"\nhostname = "127.0.0.1;touch x;"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+         "--ssh-config", str(config), "--known-hosts", str(short_tmp / "kh"),
+         "--connect-wait", "5"],
+        capture_output=True, text=True, timeout=60, cwd=short_tmp,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert not (short_tmp / "x").exists(), "the host name ran a command"
+    [line] = [x for x in out.stderr.splitlines() if "gpufleet" in x]
+    assert line.startswith(f"gpufleet: error: {inventory}: group[0] ('g').hostname: ")
+    assert "OpenSSH refuses" in line
