@@ -16,6 +16,7 @@ import pytest
 from console.fleetlinks import CONNECTING_PER_JUMP, FleetLinks
 from console.inventory import parse_inventory
 from console.link import LinkOptions, stop_links
+from console.status import snapshot
 from tests.conftest import until
 
 FLEET = """
@@ -128,3 +129,29 @@ async def test_stop_is_bounded_even_for_a_link_that_ignores_every_cancel(
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task  # the stop flag ends it the moment the library lets go
+
+
+@pytest.mark.parametrize(
+    ("config", "jump", "chain"),
+    [
+        ("Host a\n  ProxyJump b\nHost b\n  ProxyJump a\n", None, "a -> b -> a"),
+        ("Host b\n  ProxyJump ops@c:2222\nHost c\n  ProxyJump b\n", "b", "a -> b -> c -> b"),
+    ],
+)
+async def test_a_proxyjump_loop_through_ssh_config_is_said_not_followed(
+    tmp_path: Path, config: str, jump: str | None, chain: str
+) -> None:
+    """A ProxyJump chain that comes back on itself (through ssh_config, from the node or from
+    the inventory's jump) is named, hop by hop, on the node: not followed until Python's
+    recursion limit. Nothing is contacted: the loop is found before any connection."""
+    path = tmp_path / "ssh_config"
+    path.write_text(config)
+    group = '[[group]]\nname = "g"\nnodes = "a"\n' + (f'jump = "{jump}"\n' if jump else "")
+    nodes = parse_inventory(group, "f").nodes
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[str(path)])
+    fleet = await snapshot(nodes, options, wait=10)
+    assert (fleet.nodes["a"].link, fleet.nodes["a"].link_reason) == (
+        "unreachable",
+        f"ProxyJump loops through ssh_config: {chain}: fix the ProxyJump (or the inventory's "
+        "jump) of one of these hosts",
+    )
