@@ -162,6 +162,28 @@ async def test_unknown_host_key_is_refused_by_default(
         await run.stop()
 
 
+@pytest.mark.parametrize("host_keys", ["strict", "accept-new"])
+async def test_a_host_key_of_another_type_is_a_changed_key(
+    short_tmp: Path, host_keys: str
+) -> None:
+    """known_hosts holds the host's ed25519 key; the server now offers only an RSA key. As
+    OpenSSH says, the host key changed (in accept-new too: the host is not new), naming both
+    types; not "Connection lost", which is what offering only the known type ends in."""
+    server = start_sshd(short_tmp / "sshd", host_key_type="ssh-rsa")
+    try:
+        server.known_hosts.write_text(
+            server.known_hosts_line(asyncssh.generate_private_key("ssh-ed25519"))
+        )
+        node = entry(server, str(short_tmp / "agent.sock"))
+        fleet = await snapshot([node], options(server, host_keys=host_keys), wait=20)
+    finally:
+        server.stop()
+    view = fleet.nodes[node.name]
+    assert view.link == "hostkey_changed", view.link_reason
+    assert "(known_hosts has ssh-ed25519; the server offers ssh-rsa)" in view.link_reason
+    assert "ssh-rsa" not in server.known_hosts.read_text(), "a changed key was learned"
+
+
 async def test_accept_new_learns_an_unknown_key_and_refuses_a_changed_one(
     sshd: Sshd, agent_factory: Callable[..., AgentProc]
 ) -> None:
