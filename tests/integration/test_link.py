@@ -163,9 +163,7 @@ async def test_unknown_host_key_is_refused_by_default(
 
 
 @pytest.mark.parametrize("host_keys", ["strict", "accept-new"])
-async def test_a_host_key_of_another_type_is_a_changed_key(
-    short_tmp: Path, host_keys: str
-) -> None:
+async def test_a_host_key_of_another_type_is_a_changed_key(short_tmp: Path, host_keys: str) -> None:
     """known_hosts holds the host's ed25519 key; the server now offers only an RSA key. As
     OpenSSH says, the host key changed (in accept-new too: the host is not new), naming both
     types; not "Connection lost", which is what offering only the known type ends in."""
