@@ -15,7 +15,7 @@ import pytest
 
 from console.fleetlinks import CONNECTING_PER_JUMP, FleetLinks
 from console.inventory import parse_inventory
-from console.link import LinkOptions, stop_links
+from console.link import CONNECTING_PER_HOST, LinkOptions, stop_links
 from console.status import snapshot
 from tests.conftest import until
 
@@ -155,3 +155,48 @@ async def test_a_proxyjump_loop_through_ssh_config_is_said_not_followed(
         f"ProxyJump loops through ssh_config: {chain}: fix the ProxyJump (or the inventory's "
         "jump) of one of these hosts",
     )
+
+
+async def test_handshakes_to_one_sshd_are_bounded_whatever_the_node_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Thirty node names that ssh_config sends to one sshd (HostName and Port alike; a shared
+    sshd, a load balancer, a bastion without a jump entry): at most CONNECTING_PER_HOST of
+    their handshakes are in flight at once, though the fan-out would allow 32; a node of its
+    own sshd is not held up by them."""
+    config = tmp_path / "ssh_config"
+    config.write_text("Host n*\n  HostName 10.0.0.9\n  Port 2200\nHost solo\n  HostName 10.0.0.8\n")
+    release = asyncio.Event()
+    in_flight: list[str] = []  # the node names given (asyncssh resolves ssh_config itself)
+    most = 0
+
+    async def connect(host: str, **kw: object) -> _Conn:
+        nonlocal most
+        in_flight.append(host)
+        most = max(most, len(in_flight))
+        try:
+            await release.wait()
+        finally:
+            in_flight.remove(host)
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    nodes = parse_inventory(
+        '[[group]]\nname = "g"\nnodes = "n[01-30]"\n[[group]]\nname = "s"\nnodes = "solo"\n', "f"
+    ).nodes
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[str(config)])
+    links = FleetLinks(nodes, options)
+    links.start()
+    try:
+        # A link resolves its destination and then, in the same step unless a bound holds it,
+        # starts its handshake: once all have resolved, every one is in flight or held.
+        await until(lambda: all(v.destination for v in links.links.values()), "resolved")
+        assert {n: links.links[n].destination for n in ("n01", "n30", "solo")} == {
+            "n01": "10.0.0.9:2200", "n30": "10.0.0.9:2200", "solo": "10.0.0.8:22",
+        }  # fmt: skip
+        assert sum(link.tried for link in links.links.values()) == CONNECTING_PER_HOST + 1
+        assert "solo" in in_flight, "a node of another sshd waited behind them"
+        assert most == CONNECTING_PER_HOST + 1, "more than the bound to one sshd at once"
+    finally:
+        release.set()
+        await links.stop()
