@@ -35,6 +35,7 @@ class ActionLinks:
         self._options = one_shot(options)  # nothing here draws the agent's buffered samples
         self._connect_wait = connect_wait
         self._gate: asyncio.Semaphore | None = None
+        self._hosts: dict[str, asyncio.Semaphore] = {}  # per destination sshd (NodeLink)
         self.links: dict[str, NodeLink] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -51,7 +52,9 @@ class ActionLinks:
                 self._gate = asyncio.Semaphore(self._options.fan_out)
             entry = self._entries[node]
             fleet = FleetState([entry], AlertRules(history=1))
-            link = self.links[node] = NodeLink(entry, fleet, self._options, self._gate)
+            link = self.links[node] = NodeLink(
+                entry, fleet, self._options, self._gate, hosts=self._hosts
+            )
             self._tasks[node] = asyncio.create_task(link.run())
         return link
 

@@ -26,7 +26,7 @@ import random
 import shlex
 import socket
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -531,9 +531,6 @@ class NodeLink:
         if e.jump:
             kwargs["tunnel"] = e.jump
         kwargs = {k: v for k, v in kwargs.items() if v != ()}
-        if self.destination is None:
-            self.destination = destination(e, o)
-        host = self._hosts.setdefault(self.destination, asyncio.Semaphore(CONNECTING_PER_HOST))
         loop = asyncio.get_running_loop()
         give_up: float | None = None  # from the first drop on, as long as a connect may take
         pause = DROP_RETRY[0]
@@ -543,7 +540,7 @@ class NodeLink:
             policy = HostKeyPolicy(self._known_hosts, learn=o.host_keys == "accept-new")
             self._policy = policy
             try:
-                async with host, self._via or contextlib.nullcontext(), self._connecting:
+                async with self._via or contextlib.nullcontext(), self._turn():
                     self.tried = True
                     async with asyncio.timeout(o.connect_timeout):
                         return await asyncssh.connect(
@@ -579,11 +576,46 @@ class NodeLink:
                     every_type = True
                     continue
                 raise LinkFailure(
-                    "unreachable", _network_words(exc, self.destination, o.connect_timeout)
+                    "unreachable",
+                    _network_words(
+                        exc, self.destination or e.hostname or e.name, o.connect_timeout
+                    ),
                 ) from None
             finally:
                 # The HostKeyPolicy may hold the connection: nothing keeps a failed one.
                 policy.reached()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """A slot fleet-wide and one at the node's destination sshd, for one handshake.
+
+        The destination is resolved (ssh_config parsed, as asyncssh will again to connect)
+        only once the link has its fleet-wide slot, so that a fleet of 10,000 does not parse
+        it 10,000 times before its first handshake. A link whose sshd has no slot free gives
+        its fleet-wide one back while it waits, so that nodes of one busy sshd never hold up
+        the rest of the fleet. Never waits on the sshd's bound holding the fleet-wide slot,
+        so the two cannot deadlock."""
+        fleet, host = self._connecting, None
+        await fleet.acquire()
+        held = [fleet]
+        try:
+            if self.destination is None:
+                self.destination = destination(self.entry, self.options)
+            host = self._hosts.setdefault(self.destination, asyncio.Semaphore(CONNECTING_PER_HOST))
+            if host.locked():
+                held.remove(fleet)
+                fleet.release()
+                await host.acquire()
+                held.append(host)
+                await fleet.acquire()
+                held.append(fleet)
+            else:
+                await host.acquire()  # free: taken at once, no wait holding the other
+                held.append(host)
+            yield
+        finally:
+            for gate in held:
+                gate.release()
 
     def _dropped(self) -> LinkFailure:
         return LinkFailure("unreachable", self.dropped_reason())
