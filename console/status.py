@@ -144,13 +144,14 @@ def table(views: Iterable[NodeView], now: float) -> str:
 
 
 #: ``inventory check``'s next step for each way a node can fail it: the reason says what
-#: happened (often what to look at too); this says what to do next, for every failed check.
+#: happened (often what to look at too); this says what to do next, for every failed check
+#: (``{name}``: the node's inventory name, as ssh resolves it through ssh_config too).
 NEXT_STEP: Final[dict[LinkState, str]] = {
     "connecting": "it did not answer in time: try again with a longer --connect-wait",
     "live": "it answered, then stopped: run the check again",
     "stale": "it stopped sending samples: check the agent there (systemctl status gpufleet-agent)",
-    "unreachable": "try `ssh NODE true` by hand with the same user and ssh_config",
-    "auth_failed": "try `ssh NODE true` by hand: check the user, the key and ssh-agent",
+    "unreachable": "try `ssh {name} true` by hand, with the same user and ssh_config",
+    "auth_failed": "try `ssh {name} true` by hand: check the user, the key and ssh-agent",
     "hostkey_unknown": "ssh to it once and check the key, or use --accept-new",
     "hostkey_changed": "find out why the key changed before removing it with ssh-keygen -R",
     "agent_down": "start the agent there (systemctl start gpufleet-agent) and check the socket",
@@ -178,5 +179,5 @@ def check_result(view: NodeView) -> dict[str, Any]:
         "ok": False,
         "problem": view.link,
         "detail": view.link_reason,
-        "next": NEXT_STEP[view.link],
+        "next": NEXT_STEP[view.link].format(name=view.name),
     }
