@@ -560,7 +560,8 @@ class NodeLink:
                 if isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.PermissionDenied):
                     raise
                 log.info("%s: handshake with %s failed: %r", e.name, self.destination, exc)
-                if reached == "tcp":  # closed before the banner: past its MaxStartups
+                if reached == "tcp" and not isinstance(exc, TimeoutError):
+                    # Closed before its banner: an sshd past its MaxStartups does that.
                     self.drops += 1
                     give_up = give_up or loop.time() + o.connect_timeout
                     if loop.time() + pause >= give_up:
@@ -623,9 +624,10 @@ class NodeLink:
     def dropped_reason(self) -> str:
         """What an operator is told of handshakes the server dropped before its banner."""
         return (
-            f"{self.destination} dropped the connection before authentication, {self.drops} "
-            "time(s): its sshd refuses handshakes past MaxStartups (10:30:100 by default): "
-            "raise it there (e.g. MaxStartups 100:30:300), or lower --fan-out"
+            f"{self.destination} dropped the connection before authentication (before its SSH "
+            f"banner), {self.drops} time(s): most likely its sshd refusing handshakes past "
+            "MaxStartups (10:30:100 by default): raise it there (e.g. MaxStartups 100:30:300), "
+            "or lower --fan-out"
         )
 
     async def _session(self) -> None:

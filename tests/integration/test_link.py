@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -245,6 +246,33 @@ async def test_nothing_listening_is_unreachable(sshd: Sshd, short_tmp: Path) -> 
         assert [a.kind for a in run.view.alerts] == ["unreachable"]
     finally:
         await run.stop()
+
+
+async def test_a_server_that_never_greets_is_no_answer_not_a_drop(short_tmp: Path) -> None:
+    """A port that takes the TCP connection and sends nothing: the handshake times out, and
+    the reason says so. Not a connection dropped before the banner (sshd's MaxStartups), which
+    is tried again and named as such."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    node = NodeEntry(
+        name="quiet", group="g", pool="p", hostname="127.0.0.1", user="root", port=port,
+        jump=None, identity=None, socket="/run/none.sock", scheduler_name="quiet",
+    )  # fmt: skip
+    opts = LinkOptions(
+        known_hosts=short_tmp / "kh", ssh_config=[], connect_timeout=0.5, backoff_initial=60
+    )
+    run = Running(node, opts)
+    try:
+        await until(lambda: run.view.link == "unreachable", "the handshake to time out")
+        assert run.view.link_reason == (
+            f"no SSH answer from 127.0.0.1:{port} in 0.5 s: is the node up, and is that its sshd?"
+        )
+        assert run.link.drops == 0
+    finally:
+        await run.stop()
+        silent.close()
 
 
 async def test_agent_killed_and_restarted_is_recovered_without_restarting_the_link(
