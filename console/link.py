@@ -279,7 +279,7 @@ def _same(policy: HostKeyPolicy) -> HostKeyPolicy:
     return policy
 
 
-def _network_words(exc: BaseException, where: str, waited: float) -> str:
+def handshake_words(exc: BaseException, where: str, waited: float) -> str:
     """Why a handshake failed, as an operator reads it (not ``[Errno 111] Connect call
     failed ('127.0.0.1', 1)``), and what to look at."""
     host, _, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "")
@@ -578,7 +578,7 @@ class NodeLink:
                     continue
                 raise LinkFailure(
                     "unreachable",
-                    _network_words(
+                    handshake_words(
                         exc, self.destination or e.hostname or e.name, o.connect_timeout
                     ),
                 ) from None

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from pathlib import Path
 
 import asyncssh
@@ -15,7 +17,7 @@ import pytest
 
 from console.fleetlinks import CONNECTING_PER_JUMP, FleetLinks
 from console.inventory import parse_inventory
-from console.link import CONNECTING_PER_HOST, LinkOptions, stop_links
+from console.link import CONNECTING_PER_HOST, LinkOptions, handshake_words, stop_links
 from console.status import snapshot
 from tests.conftest import until
 
@@ -200,3 +202,26 @@ async def test_handshakes_to_one_sshd_are_bounded_whatever_the_node_names(
     finally:
         release.set()
         await links.stop()
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed ('10.0.0.7', 22)"),
+         "connection refused by 10.0.0.7 on port 22: is sshd running there, on that port?"),
+        (TimeoutError(), "no SSH answer from 10.0.0.7:22 in 10 s: is the node up, and is that "
+         "its sshd?"),
+        (socket.gaierror(-2, "Name or service not known"),
+         "cannot resolve 10.0.0.7: check the name (or its HostName in ssh_config)"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"),
+         "no route to 10.0.0.7: is the node up, and the network to it?"),
+        (ConnectionResetError(104, "Connection reset by peer"),
+         "10.0.0.7:22 closed the connection during the SSH handshake: see its sshd's log"),
+        (asyncssh.ConnectionLost("Connection lost"),
+         "10.0.0.7:22 closed the connection during the SSH handshake: see its sshd's log"),
+    ],
+)  # fmt: skip
+def test_a_failed_handshake_is_said_in_an_operators_words(exc: Exception, words: str) -> None:
+    """What the screen and `status` show for a handshake that failed: what happened and what
+    to look at, never `[Errno 111] Connect call failed (...)` (that goes to the log)."""
+    assert handshake_words(exc, "10.0.0.7:22", 10.0) == words
