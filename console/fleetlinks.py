@@ -86,6 +86,26 @@ class FleetLinks:
                 return pending
             await asyncio.sleep(0.05)
 
+    def give_up(self, pending: list[str], wait: float, now: float) -> None:
+        """Call the nodes ``settle`` left pending what they are: ``unreachable`` if their
+        handshake started (saying so if their sshd kept dropping it), ``not_tried`` if their
+        turn never came (the fan-out busy with others for the whole wait), with the count and
+        what to widen: never unreachable, since nothing is known of them."""
+        untried = [name for name in pending if not self.links[name].tried]
+        for name in pending:
+            link = self.links[name]
+            if link.tried:
+                why = f"no answer in {wait:g} s"
+                if link.drops:
+                    why = f"{why}: {link.dropped_reason()}"
+                self.fleet.set_link(name, "unreachable", why, now)
+        why = (
+            f"not tried: {len(untried)} of {len(self.links)} nodes got no turn for a handshake "
+            f"in {wait:g} s ({self.fan_out} at a time); widen --connect-wait or --fan-out"
+        )
+        for name in untried:
+            self.fleet.set_link(name, "not_tried", why, now)
+
     def status(self, now: float) -> FeedStatus:
         return FeedStatus(self.spec, f"({len(self.links)} links)", None, data_age(self.fleet, now))
 

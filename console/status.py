@@ -95,22 +95,7 @@ async def snapshot(
     wait) is ``not_tried``, never ``unreachable``: nothing is known of it."""
     links = FleetLinks(entries, one_shot(options), concurrency=concurrency)
     async with links:
-        pending = await links.settle(wait)
-        now = time.monotonic()
-        untried = [name for name in pending if not links.links[name].tried]
-        for name in pending:
-            link = links.links[name]
-            if link.tried:
-                why = f"no answer in {wait:g} s"
-                if link.drops:
-                    why = f"{why}: {link.dropped_reason()}"
-                links.fleet.set_link(name, "unreachable", why, now)
-        why = (
-            f"not tried: {len(untried)} of {len(entries)} nodes got no turn for a handshake in "
-            f"{wait:g} s ({links.fan_out} at a time); widen --connect-wait or --fan-out"
-        )
-        for name in untried:
-            links.fleet.set_link(name, "not_tried", why, now)
+        links.give_up(await links.settle(wait), wait, time.monotonic())
     return links.fleet
 
 
