@@ -2,7 +2,8 @@
 
 This shape is a public contract (issue 3): an array of nodes, each with at least ``name``,
 ``pool``, ``link``, ``link_reason``, ``state``, ``reason``, ``alerts``, ``gpus`` and ``host``.
-Fields are added, never renamed or removed; a value not known is ``null``, never 0.
+Fields are added, never renamed or removed; a value not known is ``null``, never 0. ``link``
+is a link state; ``not_tried`` is a node the snapshot's wait ended before it got to.
 """
 
 from __future__ import annotations
