@@ -11,15 +11,13 @@ so one row never shows two sources at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Any, Final
 
 from agents.protocol import Response
 from console.fleet import DOWN_STATES, AlertRules, FleetState
-from console.fleetlinks import CONNECTING_AT_ONCE
 from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink, NotDelivered, one_shot
+from console.link import LinkOptions, NodeLink, NotDelivered, one_shot, stop_links
 
 #: Seconds a request waits for its node's link to come up before it is not delivered.
 CONNECT_WAIT_S: Final = 15.0
@@ -37,6 +35,7 @@ class ActionLinks:
         self._options = one_shot(options)  # nothing here draws the agent's buffered samples
         self._connect_wait = connect_wait
         self._gate: asyncio.Semaphore | None = None
+        self._hosts: dict[str, asyncio.Semaphore] = {}  # per destination sshd (NodeLink)
         self.links: dict[str, NodeLink] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -45,14 +44,17 @@ class ActionLinks:
         node that failed an earlier request gets a fresh try now, not after its backoff."""
         link = self.links.get(node)
         if link is not None and link.fleet.nodes[node].link in DOWN_STATES:
+            link.stop()  # a cancellation alone can be lost (NodeLink.stop)
             self._tasks.pop(node).cancel()
             link = None
         if link is None:
             if self._gate is None:
-                self._gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
+                self._gate = asyncio.Semaphore(self._options.fan_out)
             entry = self._entries[node]
             fleet = FleetState([entry], AlertRules(history=1))
-            link = self.links[node] = NodeLink(entry, fleet, self._options, self._gate)
+            link = self.links[node] = NodeLink(
+                entry, fleet, self._options, self._gate, hosts=self._hosts
+            )
             self._tasks[node] = asyncio.create_task(link.run())
         return link
 
@@ -76,9 +78,5 @@ class ActionLinks:
 
     async def stop(self) -> None:
         tasks, self._tasks = list(self._tasks.values()), {}
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_links(self.links.values(), tasks)
         self.links = {}

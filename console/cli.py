@@ -34,7 +34,7 @@ from console.actions import Verb
 from console.fleet import FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory, find_inventory, load_inventory
-from console.link import LinkOptions
+from console.link import CONNECTING_AT_ONCE, LinkOptions
 from console.operate import (
     Operation,
     build,
@@ -46,7 +46,15 @@ from console.operate import (
 from console.operate import fleet_audit as gather_audit
 from console.selector import check_pools, known_pools, parse_selector, select
 from console.source import SSH, SourceSpec, parse_source
-from console.status import EXIT_USAGE, check_result, exit_code, snapshot, status_doc, table
+from console.status import (
+    EXIT_USAGE,
+    check_result,
+    exit_code,
+    not_tried_note,
+    snapshot,
+    status_doc,
+    table,
+)
 from console.words import aligned, plural
 
 if TYPE_CHECKING:
@@ -99,6 +107,13 @@ def _ssh_options(fn: Any) -> Any:
                 type=click.Path(path_type=Path),
                 default=None,
                 help="SSH client config [default: ~/.ssh/config].",
+            ),
+            click.option(
+                "--fan-out",
+                type=click.IntRange(1, 1024),
+                default=CONNECTING_AT_ONCE,
+                show_default=True,
+                help="SSH handshakes in flight at once, fleet-wide (at most 10 to any one sshd).",
             ),
         ]
     ):
@@ -156,6 +171,7 @@ def main(
     identity: Path | None,
     ssh_config: Path | None,
     debug: bool,
+    fan_out: int,
 ) -> None:
     """Watch a GPU fleet live and act on it. With no command, on a terminal: the fleet screen
     for the configured inventory."""
@@ -165,7 +181,7 @@ def main(
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         _fail("no terminal for the screen: use a command (gpufleet --help)", EXIT_USAGE)
     inv = load_inventory(find_inventory(inventory))
-    options = _link_options(known_hosts, accept_new, identity, ssh_config)
+    options = _link_options(known_hosts, accept_new, identity, ssh_config, fan_out)
     log = _log_to_file(debug)
     asyncio.run(_screen(inv, options, readonly, source=f"{inv.source}  (log: {log})", live=live))
 
@@ -293,9 +309,16 @@ async def _screen(
 
 
 def _link_options(
-    known_hosts: Path | None, accept_new: bool, identity: Path | None, ssh_config: Path | None
+    known_hosts: Path | None,
+    accept_new: bool,
+    identity: Path | None,
+    ssh_config: Path | None,
+    fan_out: int = CONNECTING_AT_ONCE,
 ) -> LinkOptions:
-    kw: dict[str, Any] = {"host_keys": "accept-new" if accept_new else "strict"}
+    kw: dict[str, Any] = {
+        "host_keys": "accept-new" if accept_new else "strict",
+        "fan_out": fan_out,
+    }
     if known_hosts is not None:
         kw["known_hosts"] = known_hosts
     if identity is not None:
@@ -354,6 +377,9 @@ class Reach:
                 click.echo(f"gpufleet: prometheus: {fault}", err=True)
         else:
             fleet = asyncio.run(snapshot(entries, self.options, wait=self.wait))
+            note = not_tried_note(fleet.nodes.values())
+            if note is not None:
+                click.echo(f"gpufleet: {note}", err=True)
         # state=, link=, alert and a pool only an agent has: now known. Hosts were checked.
         check_pools(selector, known_pools(fleet.nodes.values()) | pools)
         views = [v for v in fleet.nodes.values() if selector.matches(v)]
@@ -376,9 +402,10 @@ def _reaching(fn: Callable[..., None]) -> Callable[..., None]:
         accept_new: bool,
         identity: Path | None,
         ssh_config: Path | None,
+        fan_out: int,
         **own: Any,
     ) -> None:
-        options = _link_options(known_hosts, accept_new, identity, ssh_config)
+        options = _link_options(known_hosts, accept_new, identity, ssh_config, fan_out)
         fn(Reach(selector, inventory, as_json, wait, options), **own)
 
     return cast(Callable[..., None], _fleet_options(command))
@@ -413,8 +440,11 @@ def inventory_check(reach: Reach) -> None:
     if reach.as_json:
         click.echo(json.dumps(results))
     elif results:
-        rows = [[r["name"], "ok" if r["ok"] else r["problem"], r["detail"]] for r in results]
-        for line in aligned(("NODE", "CHECK", "DETAIL"), rows):
+        rows = [
+            [r["name"], "ok" if r["ok"] else r["problem"], r["detail"], r["next"] or ""]
+            for r in results
+        ]
+        for line in aligned(("NODE", "CHECK", "DETAIL", "NEXT"), rows):
             click.echo(line)
     sys.exit(exit_code(views))
 

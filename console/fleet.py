@@ -43,11 +43,12 @@ LinkState = Literal[
     "agent_down",
     "protocol_mismatch",
     "no_data",  # the Prometheus source has no series for the node
+    "not_tried",  # a snapshot ended before this node's turn for a handshake came
 ]
 #: Link states in which the node's data cannot be trusted as current.
 DOWN_STATES: Final = frozenset(
     {"unreachable", "auth_failed", "hostkey_unknown", "hostkey_changed", "agent_down",
-     "protocol_mismatch", "no_data"}
+     "protocol_mismatch", "no_data", "not_tried"}
 )  # fmt: skip
 
 Severity = Literal["warning", "critical"]

@@ -1,10 +1,11 @@
 """Every node's link, running: what the screen, ``status`` and the demo table share.
 
 One ``NodeLink`` task per inventory node, all feeding one ``FleetState``, with a bound on SSH
-handshakes in flight, fleet-wide and per jump host (sshd's MaxStartups drops connections past
-about 10 at once, and a jump host is one sshd for every node behind it). Requests go to a
-node's live session by name. Headless: the TUI drives the model's clock and refresh; this
-only keeps the links up.
+handshakes in flight, fleet-wide, per jump host and per destination sshd (host:port after
+ssh_config): sshd's MaxStartups drops connections past about 10 at once, and a jump host, a
+load balancer or one sshd serving many node names is one sshd for every node behind it.
+Requests go to a node's live session by name. Headless: the TUI drives the model's clock and
+refresh; this only keeps the links up.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from typing import Any
 from agents.protocol import Response
 from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink
+from console.link import CONNECTING_AT_ONCE as CONNECTING_AT_ONCE
+from console.link import LinkOptions, NodeLink, stop_links
 from console.source import SSH, FeedStatus, data_age
 
-#: SSH handshakes in flight at once, fleet-wide (pdsh's default fan-out; a jump host named
-#: only in ~/.ssh/config, which the per-jump bound cannot see, still gets retries).
-CONNECTING_AT_ONCE = 32
 #: ... and through one jump host: its sshd's MaxStartups (10:30:100 by default) starts
 #: dropping unauthenticated connections past 10.
 CONNECTING_PER_JUMP = 10
@@ -37,14 +36,17 @@ class FleetLinks:
         options: LinkOptions,
         *,
         fleet: FleetState | None = None,
-        concurrency: int = CONNECTING_AT_ONCE,
+        concurrency: int | None = None,
     ) -> None:
+        """``concurrency``: handshakes in flight fleet-wide, by default ``options.fan_out``."""
         entries = list(entries)
         self.fleet = fleet if fleet is not None else FleetState(entries)
-        gate = asyncio.Semaphore(concurrency)
+        self.fan_out = concurrency or options.fan_out
+        gate = asyncio.Semaphore(self.fan_out)
         jumps = {e.jump: asyncio.Semaphore(CONNECTING_PER_JUMP) for e in entries if e.jump}
+        hosts: dict[str, asyncio.Semaphore] = {}  # per destination sshd, filled as links resolve
         self.links = {
-            e.name: NodeLink(e, self.fleet, options, gate, via=jumps.get(e.jump or ""))
+            e.name: NodeLink(e, self.fleet, options, gate, via=jumps.get(e.jump or ""), hosts=hosts)
             for e in entries
         }
         self._tasks: list[asyncio.Task[None]] = []
@@ -53,10 +55,9 @@ class FleetLinks:
         self._tasks = [asyncio.create_task(link.run()) for link in self.links.values()]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        """End every link, in a bounded time (``stop_links``)."""
+        tasks, self._tasks = self._tasks, []
+        await stop_links(self.links.values(), tasks)
 
     async def __aenter__(self) -> FleetLinks:
         self.start()
@@ -84,6 +85,26 @@ class FleetLinks:
             if not pending or loop.time() >= deadline:
                 return pending
             await asyncio.sleep(0.05)
+
+    def give_up(self, pending: list[str], wait: float, now: float) -> None:
+        """Call the nodes ``settle`` left pending what they are: ``unreachable`` if their
+        handshake started (saying so if their sshd kept dropping it), ``not_tried`` if their
+        turn never came (the fan-out busy with others for the whole wait), with the count and
+        what to widen: never unreachable, since nothing is known of them."""
+        untried = [name for name in pending if not self.links[name].tried]
+        for name in pending:
+            link = self.links[name]
+            if link.tried:
+                why = f"no answer in {wait:g} s"
+                if link.drops:
+                    why = f"{why}: {link.dropped_reason()}"
+                self.fleet.set_link(name, "unreachable", why, now)
+        why = (
+            f"not tried: {len(untried)} of {len(self.links)} nodes got no turn for a handshake "
+            f"in {wait:g} s ({self.fan_out} at a time); widen --connect-wait or --fan-out"
+        )
+        for name in untried:
+            self.fleet.set_link(name, "not_tried", why, now)
 
     def status(self, now: float) -> FeedStatus:
         return FeedStatus(self.spec, f"({len(self.links)} links)", None, data_age(self.fleet, now))

@@ -28,6 +28,11 @@ USER_INVENTORY: Final = Path("~/.config/gpufleet/fleet.toml")
 SYSTEM_INVENTORY: Final = Path("/etc/gpufleet/fleet.toml")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PATH_RE: Final = re.compile(r" - at `\$\.?(.*)`$")
+#: What OpenSSH refuses in a host name and in a user name (ssh.c, valid_hostname and
+#: valid_ruser): characters a shell gives meaning to. A name reaches a shell wherever the
+#: operator's ssh_config has a ProxyCommand (``%h``, ``%r``), so the inventory refuses them too.
+_HOST_REFUSED: Final = frozenset("'`\"$\\;&<>|(){},")
+_USER_REFUSED: Final = frozenset("'`\";&<>|(){}")
 
 
 class InventoryError(GpufleetError):
@@ -182,9 +187,63 @@ def _expand(doc: InventoryFile) -> list[NodeEntry]:
     return nodes
 
 
+def _control(c: str) -> bool:
+    return ord(c) < 32 or 127 <= ord(c) < 160
+
+
+def _host_problem(text: str) -> str | None:
+    """Why OpenSSH would refuse ``text`` as a host name, or None (ssh.c's valid_hostname)."""
+    if not text:
+        return "is empty"
+    if text.startswith("-"):
+        return "starts with '-'"
+    if any(c in _HOST_REFUSED or c.isspace() or _control(c) for c in text):
+        return "contains characters OpenSSH refuses in a host name (shell, space or control)"
+    return None
+
+
+def _user_problem(text: str) -> str | None:
+    """Why OpenSSH would refuse ``text`` as a user name, or None (ssh.c's valid_ruser)."""
+    if not text:
+        return "is empty"
+    if text.startswith("-"):
+        return "starts with '-'"
+    if text.endswith("\\"):
+        return "ends with '\\'"
+    if any(c in _USER_REFUSED or _control(c) for c in text):
+        return "contains characters OpenSSH refuses in a user name (shell or control)"
+    if any(c.isspace() and text[i + 1 : i + 2] == "-" for i, c in enumerate(text)):
+        return "has '-' after a space"
+    return None
+
+
+def _jump_problem(text: str) -> str | None:
+    """Why a ProxyJump value, ``[user@]host[:port]`` hops separated by commas, is refused."""
+    if text.lower() == "none":
+        return None
+    for hop in text.split(","):
+        user, at, host = hop.rpartition("@")
+        if host.count(":") == 1:
+            host, _, port = host.partition(":")
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                return f"hop {hop!r}: {port!r} is not a TCP port"
+        problem = (_user_problem(user) if at else None) or _host_problem(host)
+        if problem:
+            return f"hop {hop!r} {problem}"
+    return None
+
+
 def _check_settings(s: SshSettings, where: str) -> None:
     if s.port is not None and not 1 <= s.port <= 65535:
         raise ValueError(f"{where}.port: {s.port} is not a TCP port")
+    for key, check in (("hostname", _host_problem), ("user", _user_problem)):
+        value = getattr(s, key)
+        problem = None if value is None else check(value)
+        if problem:
+            raise ValueError(f"{where}.{key}: {value!r} {problem}")
+    problem = None if s.jump is None else _jump_problem(s.jump)
+    if problem:
+        raise ValueError(f"{where}.jump: {s.jump!r}: {problem}")
     if s.socket is not None and not s.socket.startswith("/"):
         raise ValueError(f"{where}.socket: {s.socket!r} must be an absolute path")
     for key in ("scheduler_name", "socket"):

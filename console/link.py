@@ -17,17 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import functools
+import getpass
 import logging
 import os
 import random
 import shlex
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import asyncssh
+from asyncssh.config import SSHClientConfig
 
 from agents.protocol import (
     PROTOCOL_MINOR,
@@ -56,6 +61,11 @@ from console.inventory import NodeEntry
 log = logging.getLogger("gpufleet.console.link")
 
 
+#: SSH handshakes in flight at once, fleet-wide, unless ``--fan-out`` says otherwise (pdsh's
+#: default fan-out).
+CONNECTING_AT_ONCE: Final = 32
+
+
 @dataclass(frozen=True)
 class LinkOptions:
     known_hosts: Path = Path("~/.ssh/known_hosts")
@@ -79,6 +89,8 @@ class LinkOptions:
     history: bool = True
     #: Run on the node when its sshd forbids streamlocal forwarding; gets ``--socket PATH``.
     attach_command: str = "gpufleet-agent attach"
+    #: SSH handshakes in flight at once, fleet-wide (``--fan-out``).
+    fan_out: int = CONNECTING_AT_ONCE
 
 
 def one_shot(options: LinkOptions) -> LinkOptions:
@@ -153,6 +165,25 @@ class HostKeyPolicy(asyncssh.SSHClient):
         self._path = known_hosts
         self._learn = learn
         self.verdict: Literal["unknown", "changed"] | None = None
+        self._conn: asyncssh.SSHClientConnection | None = None
+        #: The key type the server offered, and those known_hosts holds for it (a changed
+        #: key's reason names both).
+        self.offered: str | None = None
+        self.known_types: list[str] = []
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+
+    def reached(self) -> Literal["nothing", "tcp", "banner", "keys"]:
+        """After a failed handshake, how far it got: no TCP connection; TCP but no SSH banner
+        (sshd drops a connection past its MaxStartups so: "Exceeded MaxStartups", closed);
+        the banner but no completed key exchange; or past it. Forgets the connection."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return "nothing"
+        if conn.get_extra_info("server_version") is None:
+            return "tcp"
+        return "banner" if conn.get_extra_info("send_cipher") is None else "keys"
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -164,6 +195,7 @@ class HostKeyPolicy(asyncssh.SSHClient):
             self.verdict = "changed"
             return False
         self.verdict = "changed" if seen else "unknown"
+        self.offered = key.get_algorithm()
         if seen or not self._learn:
             return False
         where = host if port == 22 else f"[{host}]:{port}"
@@ -177,6 +209,7 @@ class HostKeyPolicy(asyncssh.SSHClient):
         if not self._path.exists():
             return False
         matches = asyncssh.read_known_hosts(str(self._path)).match(host, addr, port)
+        self.known_types = sorted({k.get_algorithm() for k in matches[0]})
         return any(bool(m) for m in matches)
 
 
@@ -195,18 +228,29 @@ def _trusted(path: Path) -> asyncssh.SSHKnownHosts | list[str]:
 
 
 def classify(
-    exc: BaseException, entry: NodeEntry, verdict: Literal["unknown", "changed"] | None = None
+    exc: BaseException,
+    entry: NodeEntry,
+    verdict: Literal["unknown", "changed"] | None = None,
+    *,
+    where: str | None = None,
+    policy: HostKeyPolicy | None = None,
 ) -> LinkFailure:
-    """The link state an operator needs, with a reason that says what to do."""
+    """The link state an operator needs, in an operator's words, with what to do. ``where``
+    is the host:port the handshake went to; the raw error goes to the log, not here."""
     if isinstance(exc, LinkFailure):
         return exc
     name = entry.name
+    where = where or entry.hostname or name
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         if verdict != "unknown":  # changed, revoked, or known_hosts unreadable
+            types = ""
+            if policy and policy.offered and policy.offered not in policy.known_types:
+                known = ", ".join(policy.known_types) or "no key"
+                types = f" (known_hosts has {known}; the server offers {policy.offered})"
             return LinkFailure(
                 "hostkey_changed",
-                f"host key for {name} does not match known_hosts (or is revoked): find out "
-                "why before removing the old key with ssh-keygen -R",
+                f"host key for {name} does not match known_hosts (or is revoked){types}: find "
+                "out why before removing the old key with ssh-keygen -R",
             )
         return LinkFailure(
             "hostkey_unknown",
@@ -222,9 +266,112 @@ def classify(
     if isinstance(exc, ProtocolError):
         state: LinkState = "protocol_mismatch" if exc.code == "version" else "agent_down"
         return LinkFailure(state, exc.message)
-    if isinstance(exc, (OSError, asyncssh.Error, TimeoutError, EOFError)):
-        return LinkFailure("unreachable", str(exc) or type(exc).__name__)
-    return LinkFailure("unreachable", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncssh.DisconnectError):
+        reason = clip(exc.reason)
+        return LinkFailure("unreachable", f"the SSH connection to {where} ended: {reason}")
+    if isinstance(exc, OSError | TimeoutError | EOFError):
+        return LinkFailure("unreachable", f"the SSH connection to {where} was lost")
+    return LinkFailure("unreachable", f"{type(exc).__name__}: {clip(str(exc))}")
+
+
+def _same(policy: HostKeyPolicy) -> HostKeyPolicy:
+    """asyncssh's client factory: the connection's policy, made before it."""
+    return policy
+
+
+def handshake_words(exc: BaseException, where: str, waited: float) -> str:
+    """Why a handshake failed, as an operator reads it (not ``[Errno 111] Connect call
+    failed ('127.0.0.1', 1)``), and what to look at."""
+    host, _, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "")
+    on_port = f" on port {port}" if port else ""
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {host}{on_port}: is sshd running there, on that port?"
+    if isinstance(exc, TimeoutError):
+        return f"no SSH answer from {where} in {waited:g} s: is the node up, and is that its sshd?"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {host}: check the name (or its HostName in ssh_config)"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"no route to {host}: is the node up, and the network to it?"
+    if isinstance(exc, (ConnectionResetError, asyncssh.ConnectionLost, EOFError)):
+        return f"{where} closed the connection during the SSH handshake: see its sshd's log"
+    if isinstance(exc, asyncssh.DisconnectError):
+        return f"{where} ended the SSH connection: {clip(exc.reason)}"
+    if isinstance(exc, OSError):
+        return f"cannot connect to {where}: {exc.strerror or type(exc).__name__}"
+    return f"cannot connect to {where}: {type(exc).__name__}: {clip(str(exc))}"
+
+
+#: Handshakes in flight at once to one destination sshd (host:port after ssh_config): nodes
+#: that share one sshd, a load balancer or a bastion reached without a jump entry would
+#: otherwise meet its MaxStartups (10:30:100 by default: drops start past 10).
+CONNECTING_PER_HOST: Final = 10
+#: A handshake the server dropped before its banner (sshd past MaxStartups) is tried again,
+#: after a pause growing from the first to the second figure (jittered), for as long after
+#: the first drop as a connect may take (``connect_timeout``).
+DROP_RETRY: Final = (0.25, 2.0)
+#: ProxyJump hops followed through ssh_config before the chain is called a loop.
+MAX_JUMPS: Final = 16
+
+
+def _config_paths(options: LinkOptions) -> list[str]:
+    if options.ssh_config is not None:
+        return options.ssh_config
+    default = Path("~/.ssh/config").expanduser()
+    return [str(default)] if os.access(default, os.R_OK) else []
+
+
+def _hop(text: str) -> tuple[str | None, str, int | None]:
+    """One ProxyJump hop, ``[user@]host[:port]``, as asyncssh splits it."""
+    user, _, host = text.rpartition("@")
+    port: int | None = None
+    if host.count(":") == 1:
+        host, _, digits = host.partition(":")
+        port = int(digits) if digits.isdigit() else None
+    return user or None, host, port
+
+
+def destination(entry: NodeEntry, options: LinkOptions) -> str:
+    """The ``host:port`` a node's handshake goes to once ssh_config has had its say (its
+    HostName and Port), which is the sshd whose MaxStartups it counts against. Follows the
+    ProxyJump chain (the inventory's ``jump``, then ssh_config's) and refuses a loop, which
+    asyncssh would otherwise follow until Python's recursion limit."""
+    paths = _config_paths(options)
+    try:
+        local = getpass.getuser()
+    except (KeyError, OSError):
+        local = "root"
+
+    def resolve(host: str, port: int | None, user: str | None) -> tuple[str, int, str | None]:
+        config = SSHClientConfig.load(
+            None, paths, False, False, False, local, user or (), host, port or ()
+        )
+        name = str(config.get("Hostname", host))
+        jump = config.get("ProxyJump")
+        return name, int(str(config.get("Port", port or 22))), str(jump) if jump else None
+
+    try:
+        host, port, jump = resolve(entry.hostname or entry.name, entry.port, entry.user)
+    except (OSError, ValueError):
+        return f"{entry.hostname or entry.name}:{entry.port or 22}"  # asyncssh will say why
+    chain = [entry.name]
+    hops = entry.jump or jump
+    while hops and hops.lower() != "none":
+        if len(chain) > MAX_JUMPS:
+            break
+        user, hop, hop_port = _hop(hops.split(",")[0])
+        if hop in chain:
+            raise LinkFailure(
+                "unreachable",
+                f"ProxyJump loops through ssh_config: {' -> '.join([*chain, hop])}: fix the "
+                "ProxyJump (or the inventory's jump) of one of these hosts",
+            )
+        chain.append(hop)
+        try:
+            _, _, hops_next = resolve(hop, hop_port, user)
+        except (OSError, ValueError):
+            break
+        hops = hops_next
+    return f"{host}:{port}"
 
 
 class NodeLink:
@@ -236,15 +383,20 @@ class NodeLink:
         connecting: asyncio.Semaphore,
         *,
         via: asyncio.Semaphore | None = None,
+        hosts: dict[str, asyncio.Semaphore] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``connecting`` bounds handshakes fleet-wide; ``via`` those through this node's
-        jump host, one sshd for many nodes."""
+        jump host, one sshd for many nodes; ``hosts`` holds one bound per destination sshd
+        (``destination``), shared by every link of the fleet."""
         self.entry = entry
         self.fleet = fleet
         self.options = options
         self._connecting = connecting
         self._via = via
+        self._hosts = hosts if hosts is not None else {}
+        self.destination: str | None = None  # host:port, once resolved
+        self.drops = 0  # handshakes of the current try dropped before the server's banner
         self._now = monotonic
         self.sessions = 0  # sessions that reached the agent (for tests and the soak)
         self.ended = 0  # ... and of those, the ones over (console.heap counts them)
@@ -257,6 +409,25 @@ class NodeLink:
         self._ids = 0
         self.agent_proto: tuple[int, int] | None = None  # from the live session's hello
         self._skipped_newer = False
+        self._stopping = False
+        #: A handshake was started (a snapshot tells a node never tried from one that did
+        #: not answer).
+        self.tried = False
+
+    def stop(self) -> None:
+        """Ask the link to end. Its task is cancelled too, but a cancellation alone can be
+        lost: Python 3.11's ``asyncio.wait_for`` (inside ``asyncssh.connect``) swallows one
+        that lands as the wait completes, and the link would then take the result as an
+        ordinary failure and try again, for ever. The link re-checks this flag (and its
+        task's pending cancellation) wherever it would otherwise go on."""
+        self._stopping = True
+
+    def _check_stop(self) -> None:
+        """Raise CancelledError if the link was asked to stop, whatever swallowed the
+        cancellation itself."""
+        task = asyncio.current_task()
+        if self._stopping or (task is not None and task.cancelling() > 0):
+            raise asyncio.CancelledError
 
     async def request(self, op: str, args: dict[str, Any], wait: float = 30.0) -> Response:
         """Send one request on the live session and wait for the agent's answer.
@@ -312,12 +483,14 @@ class NodeLink:
         """Keep the node's stream flowing until cancelled."""
         delay = self.options.backoff_initial
         while True:
+            self._check_stop()
             reached = self.sessions
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is a link state, never a crash
+                self._check_stop()  # a failure that swallowed our stop is no failure
                 self._failed(exc)
             if self.sessions > reached:
                 delay = self.options.backoff_initial  # this session worked: start over gently
@@ -329,9 +502,16 @@ class NodeLink:
         failure once reported: a ``LinkFailure`` raised inside the session carries its
         traceback, whose frames hold the ended session's connection and channel, which a
         local variable in ``run`` would keep alive until the next failure."""
-        failure = classify(exc, self.entry, self._policy.verdict if self._policy else None)
+        failure = classify(
+            exc,
+            self.entry,
+            self._policy.verdict if self._policy else None,
+            where=self.destination,
+            policy=self._policy,
+        )
         self.fleet.set_link(self.entry.name, failure.state, failure.reason, self._now())
-        log.info("%s: %s: %s", self.entry.name, failure.state, failure.reason)
+        raw = "" if isinstance(exc, LinkFailure) else f" ({type(exc).__name__}: {exc})"
+        log.info("%s: %s: %s%s", self.entry.name, failure.state, failure.reason, raw)
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         e, o = self.entry, self.options
@@ -342,22 +522,113 @@ class NodeLink:
             "config": o.ssh_config if o.ssh_config is not None else (),
             "keepalive_interval": o.keepalive_interval,
             "keepalive_count_max": o.keepalive_count_max,
-            "connect_timeout": o.connect_timeout,
+            # Bounded here with asyncio.timeout, not by asyncssh's wait_for (which loses a
+            # cancellation that lands as the handshake completes, on Python 3.11).
+            "connect_timeout": None,
         }
         if self._identity:
             kwargs["client_keys"] = [self._identity]
         if e.jump:
             kwargs["tunnel"] = e.jump
         kwargs = {k: v for k, v in kwargs.items() if v != ()}
-        policy = HostKeyPolicy(self._known_hosts, learn=o.host_keys == "accept-new")
-        self._policy = policy
-        async with self._via or contextlib.nullcontext(), self._connecting:
-            return await asyncssh.connect(
-                e.hostname or e.name,
-                known_hosts=_trusted(self._known_hosts),
-                client_factory=lambda: policy,
-                **kwargs,
-            )
+        loop = asyncio.get_running_loop()
+        give_up: float | None = None  # from the first drop on, as long as a connect may take
+        pause = DROP_RETRY[0]
+        self.drops = 0
+        every_type = False  # offer every host key type, not only those known_hosts holds
+        while True:
+            policy = HostKeyPolicy(self._known_hosts, learn=o.host_keys == "accept-new")
+            self._policy = policy
+            try:
+                async with self._via or contextlib.nullcontext(), self._turn():
+                    self.tried = True
+                    async with asyncio.timeout(o.connect_timeout):
+                        return await asyncssh.connect(
+                            e.hostname or e.name,
+                            known_hosts=_trusted(self._known_hosts),
+                            client_factory=functools.partial(_same, policy),
+                            server_host_key_algs="default" if every_type else (),
+                            **kwargs,
+                        )
+            except RecursionError:
+                raise LinkFailure(
+                    "unreachable", "ProxyJump loops through ssh_config: fix the ProxyJump lines"
+                ) from None
+            except (OSError, asyncssh.DisconnectError) as exc:
+                self._check_stop()
+                reached = policy.reached()
+                if isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.PermissionDenied):
+                    raise
+                log.info("%s: handshake with %s failed: %r", e.name, self.destination, exc)
+                if reached == "tcp" and not isinstance(exc, TimeoutError):
+                    # Closed before its banner: an sshd past its MaxStartups does that.
+                    self.drops += 1
+                    give_up = give_up or loop.time() + o.connect_timeout
+                    if loop.time() + pause >= give_up:
+                        raise self._dropped() from None
+                    await asyncio.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311
+                    pause = min(DROP_RETRY[1], pause * 2)
+                    continue
+                if reached == "banner" and policy.verdict is None and not every_type:
+                    # The server greeted and hung up during key exchange, its host key never
+                    # judged: known_hosts holds keys of other types than it has (asyncssh,
+                    # as OpenSSH, offers only those). Offered every type, it shows its key,
+                    # which known_hosts then refuses as changed, naming both types.
+                    every_type = True
+                    continue
+                raise LinkFailure(
+                    "unreachable",
+                    handshake_words(
+                        exc, self.destination or e.hostname or e.name, o.connect_timeout
+                    ),
+                ) from None
+            finally:
+                # The HostKeyPolicy may hold the connection: nothing keeps a failed one.
+                policy.reached()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """A slot fleet-wide and one at the node's destination sshd, for one handshake.
+
+        The destination is resolved (ssh_config parsed, as asyncssh will again to connect)
+        only once the link has its fleet-wide slot, so that a fleet of 10,000 does not parse
+        it 10,000 times before its first handshake. A link whose sshd has no slot free gives
+        its fleet-wide one back while it waits, so that nodes of one busy sshd never hold up
+        the rest of the fleet. Never waits on the sshd's bound holding the fleet-wide slot,
+        so the two cannot deadlock."""
+        fleet, host = self._connecting, None
+        await fleet.acquire()
+        held = [fleet]
+        try:
+            if self.destination is None:
+                self.destination = destination(self.entry, self.options)
+            host = self._hosts.setdefault(self.destination, asyncio.Semaphore(CONNECTING_PER_HOST))
+            if host.locked():
+                held.remove(fleet)
+                fleet.release()
+                await host.acquire()
+                held.append(host)
+                await fleet.acquire()
+                held.append(fleet)
+            else:
+                await host.acquire()  # free: taken at once, no wait holding the other
+                held.append(host)
+            yield
+        finally:
+            for gate in held:
+                gate.release()
+
+    def _dropped(self) -> LinkFailure:
+        return LinkFailure("unreachable", self.dropped_reason())
+
+    def dropped_reason(self) -> str:
+        """What an operator is told of handshakes the server dropped before its banner."""
+        return (
+            f"{self.destination} dropped the connection before authentication (before its SSH "
+            f"banner), {self.drops} time(s): most likely its sshd refusing handshakes past "
+            "MaxStartups (10:30:100 by default): raise it there (e.g. MaxStartups 100:30:300), "
+            "or lower --fan-out"
+        )
 
     async def _session(self) -> None:
         """One SSH connection, and on it the agent's sessions one after another.
@@ -374,12 +645,14 @@ class NodeLink:
         mismatch, an agent that is there and hung up on us, busy or refusing) ends the
         connection, and ``run`` backs off."""
         async with await self._connect() as conn:
+            self._check_stop()  # a connection made as the stop came: closed, not used
             streamlocal = False  # the agent's socket has answered on this connection
             while True:
                 reached = self.sessions
                 try:
                     await self._agent_session(conn, attach=not streamlocal)
                 except Exception as exc:
+                    self._check_stop()
                     down = None if conn.is_closed() else self._agent_down(exc)
                     if down is None:
                         raise
@@ -505,6 +778,37 @@ class NodeLink:
         self.via_attach = True
         why = f"streamlocal to {self.entry.socket}: {refused}; attach"
         return _Frames(process.stdout, process.stderr, why), process.stdin
+
+
+#: Seconds ``stop_links`` waits for cancelled links to end, twice, before leaving them.
+STOP_GRACE: Final = 2.0
+
+
+async def stop_links(
+    links: Iterable[NodeLink], tasks: Collection[asyncio.Task[None]], grace: float = STOP_GRACE
+) -> None:
+    """End the links' tasks within about ``2 * grace`` seconds, whatever the network does:
+    every command and the screen's quit wait on this, so it must never wait unbounded. Each
+    link is told to stop and its task cancelled; a task still running after ``grace`` is
+    cancelled again, and one still running after that is left behind with a log line."""
+    for link in links:
+        link.stop()
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(2):
+        for task in pending:
+            task.cancel()
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=grace)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a link's end is never an unhandled error
+    if pending:
+        log.warning(
+            "%d link(s) did not stop within %g s of being cancelled twice; left behind",
+            len(pending),
+            2 * grace,
+        )
 
 
 class _Pace:

@@ -4,6 +4,7 @@ This shape is a public contract (issue 3): an array of nodes, each with at least
 ``pool``, ``link``, ``link_reason``, ``state``, ``reason``, ``alerts``, ``gpus`` and ``host``.
 Fields are added, never renamed or removed; a value not known is ``null``, never 0; readings
 are current (``gpus``, ``host``) or marked old (``last_seen``), never old as if current.
+``link`` is a link state; ``not_tried`` is a node the snapshot's wait ended before it got to.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-from console.fleet import FleetState, NodeView
-from console.fleetlinks import CONNECTING_AT_ONCE, FleetLinks
+from console.fleet import FleetState, LinkState, NodeView
+from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
 from console.link import LinkOptions, one_shot
 from console.rows import node_row
@@ -105,19 +106,25 @@ async def snapshot(
     options: LinkOptions,
     *,
     wait: float,
-    concurrency: int = CONNECTING_AT_ONCE,
+    concurrency: int | None = None,
 ) -> FleetState:
     """Connect to every node, until each has answered or failed (or ``wait`` runs out).
 
-    A snapshot takes a node's first failure as its answer: retrying is for the live screen."""
+    A snapshot takes a node's first failure as its answer: retrying is for the live screen.
+    A node whose handshake never started (the fan-out was busy with others for the whole
+    wait) is ``not_tried``, never ``unreachable``: nothing is known of it."""
     links = FleetLinks(entries, one_shot(options), concurrency=concurrency)
     async with links:
-        for name in await links.settle(wait):
-            links.fleet.set_link(name, "unreachable", f"no answer in {wait:g} s", time.monotonic())
+        links.give_up(await links.settle(wait), wait, time.monotonic())
     return links.fleet
 
 
 TABLE_HEADER: Final = ("NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "ALERTS")
+
+
+def not_tried_note(views: Iterable[NodeView]) -> str | None:
+    """One line for stderr when a snapshot left nodes untried: how many, and what to widen."""
+    return next((v.link_reason for v in views if v.link == "not_tried"), None)
 
 
 def table(views: Iterable[NodeView], now: float) -> str:
@@ -143,11 +150,41 @@ def table(views: Iterable[NodeView], now: float) -> str:
     return "\n".join(aligned(TABLE_HEADER, rows))
 
 
+#: ``inventory check``'s next step for each way a node can fail it: the reason says what
+#: happened (often what to look at too); this says what to do next, for every failed check
+#: (``{name}``: the node's inventory name, as ssh resolves it through ssh_config too).
+NEXT_STEP: Final[dict[LinkState, str]] = {
+    "connecting": "it did not answer in time: try again with a longer --connect-wait",
+    "live": "it answered, then stopped: run the check again",
+    "stale": "it stopped sending samples: check the agent there (systemctl status gpufleet-agent)",
+    "unreachable": "try `ssh {name} true` by hand, with the same user and ssh_config",
+    "auth_failed": "try `ssh {name} true` by hand: check the user, the key and ssh-agent",
+    "hostkey_unknown": "ssh to it once and check the key, or use --accept-new",
+    "hostkey_changed": "find out why the key changed before removing it with ssh-keygen -R",
+    "agent_down": "start the agent there (systemctl start gpufleet-agent) and check the socket",
+    "protocol_mismatch": "upgrade the older side, the console or gpufleet-agent",
+    "no_data": "check that Prometheus scrapes the node's agent",
+    "not_tried": "widen --connect-wait or --fan-out, or check fewer nodes at once",
+}
+
+
 def check_result(view: NodeView) -> dict[str, Any]:
-    """``inventory check``: in order (host key, login, agent, protocol), or what is wrong with
-    the remedy the link's reason already carries."""
+    """``inventory check``: in order (host key, login, agent, protocol), or what is wrong and
+    the next step (``next``, for every failed check)."""
     if view.answered:
         inv = view.inventory
         gpus = f"{plural(len(inv.gpus), 'GPU')} via {inv.backend}" if inv else "no inventory"
-        return {"name": view.name, "ok": True, "problem": None, "detail": f"{view.agent}; {gpus}"}
-    return {"name": view.name, "ok": False, "problem": view.link, "detail": view.link_reason}
+        return {
+            "name": view.name,
+            "ok": True,
+            "problem": None,
+            "detail": f"{view.agent}; {gpus}",
+            "next": None,
+        }
+    return {
+        "name": view.name,
+        "ok": False,
+        "problem": view.link,
+        "detail": view.link_reason,
+        "next": NEXT_STEP[view.link].format(name=view.name),
+    }

@@ -88,16 +88,20 @@ def start_sshd(
     prefix: Sequence[str] = (),
     config: str = "",
     key_options: str = "",
+    max_startups: str = "100",
+    host_key_type: str = "ssh-ed25519",
 ) -> Sshd:
     """``prefix`` runs sshd through another command (``ip netns exec NS``), listening on
     ``address`` there. ``config`` is appended to sshd_config (a site's settings);
-    ``key_options`` go before the client's key in authorized_keys (``restrict``, say)."""
+    ``key_options`` go before the client's key in authorized_keys (``restrict``, say);
+    ``max_startups`` as sshd_config's MaxStartups (a site's default is 10:30:100);
+    ``host_key_type`` the one host key sshd offers."""
     if os.geteuid() != 0:
         skip_or_fail("a private sshd on loopback needs root here (privilege separation)")
     sshd = ensure_tool("sshd", "openssh-server")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    host_key = asyncssh.generate_private_key(host_key_type)
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     write_key(root / "host_key", host_key)
     write_key(root / "client_key", client_key)
@@ -108,7 +112,7 @@ def start_sshd(
         f"ListenAddress {address}\nPort {port}\nHostKey {root / 'host_key'}\n"
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "StrictModes no\nPidFile none\nMaxStartups 100\nLogLevel ERROR\n"
+        f"StrictModes no\nPidFile none\nMaxStartups {max_startups}\nLogLevel ERROR\n"
         f"AllowStreamLocalForwarding {'yes' if streamlocal else 'no'}\n{config}"
     )
     server = Sshd(root, port, host_key, root / "client_key", root / "known_hosts", address)

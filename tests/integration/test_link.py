@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -162,6 +163,26 @@ async def test_unknown_host_key_is_refused_by_default(
         await run.stop()
 
 
+@pytest.mark.parametrize("host_keys", ["strict", "accept-new"])
+async def test_a_host_key_of_another_type_is_a_changed_key(short_tmp: Path, host_keys: str) -> None:
+    """known_hosts holds the host's ed25519 key; the server now offers only an RSA key. As
+    OpenSSH says, the host key changed (in accept-new too: the host is not new), naming both
+    types; not "Connection lost", which is what offering only the known type ends in."""
+    server = start_sshd(short_tmp / "sshd", host_key_type="ssh-rsa")
+    try:
+        server.known_hosts.write_text(
+            server.known_hosts_line(asyncssh.generate_private_key("ssh-ed25519"))
+        )
+        node = entry(server, str(short_tmp / "agent.sock"))
+        fleet = await snapshot([node], options(server, host_keys=host_keys), wait=20)
+    finally:
+        server.stop()
+    view = fleet.nodes[node.name]
+    assert view.link == "hostkey_changed", view.link_reason
+    assert "(known_hosts has ssh-ed25519; the server offers ssh-rsa)" in view.link_reason
+    assert "ssh-rsa" not in server.known_hosts.read_text(), "a changed key was learned"
+
+
 async def test_accept_new_learns_an_unknown_key_and_refuses_a_changed_one(
     sshd: Sshd, agent_factory: Callable[..., AgentProc]
 ) -> None:
@@ -225,6 +246,33 @@ async def test_nothing_listening_is_unreachable(sshd: Sshd, short_tmp: Path) -> 
         assert [a.kind for a in run.view.alerts] == ["unreachable"]
     finally:
         await run.stop()
+
+
+async def test_a_server_that_never_greets_is_no_answer_not_a_drop(short_tmp: Path) -> None:
+    """A port that takes the TCP connection and sends nothing: the handshake times out, and
+    the reason says so. Not a connection dropped before the banner (sshd's MaxStartups), which
+    is tried again and named as such."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    node = NodeEntry(
+        name="quiet", group="g", pool="p", hostname="127.0.0.1", user="root", port=port,
+        jump=None, identity=None, socket="/run/none.sock", scheduler_name="quiet",
+    )  # fmt: skip
+    opts = LinkOptions(
+        known_hosts=short_tmp / "kh", ssh_config=[], connect_timeout=0.5, backoff_initial=60
+    )
+    run = Running(node, opts)
+    try:
+        await until(lambda: run.view.link == "unreachable", "the handshake to time out")
+        assert run.view.link_reason == (
+            f"no SSH answer from 127.0.0.1:{port} in 0.5 s: is the node up, and is that its sshd?"
+        )
+        assert run.link.drops == 0
+    finally:
+        await run.stop()
+        silent.close()
 
 
 async def test_agent_killed_and_restarted_is_recovered_without_restarting_the_link(

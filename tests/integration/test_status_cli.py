@@ -9,12 +9,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from agents.protocol import PROTOCOL_VERSION
-from tests.conftest import AgentProc
-from tests.integration.sshd import Sshd
+from tests.conftest import AgentProc, wait_for
+from tests.integration.sshd import Sshd, free_port, start_sshd
 
 pytestmark = pytest.mark.integration
 
@@ -170,6 +171,37 @@ def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -
     assert (node["link"], node["link_reason"]) == ("unreachable", "no answer in 1 s")
 
 
+def test_a_node_never_tried_is_not_tried_not_unreachable(short_tmp: Path) -> None:
+    """More nodes than the fan-out can reach in the wait (six behind a port that accepts TCP
+    and never answers, two handshakes at a time, one second): the two tried are unreachable,
+    the four never tried say so, with the count and what to widen, in JSON and on stderr."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text(
+        f'[[group]]\nname = "g"\nnodes = "quiet[1-6]"\nhostname = "127.0.0.1"\nport = {port}\n'
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+             "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
+             "--connect-wait", "1", "--fan-out", "2", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        silent.close()
+    assert out.returncode == 3, out.stderr
+    nodes = json.loads(out.stdout)
+    links = sorted(n["link"] for n in nodes)
+    assert links == ["not_tried"] * 4 + ["unreachable"] * 2
+    why = "not tried: 4 of 6 nodes got no turn for a handshake in 1 s (2 at a time); widen"
+    assert all(why in n["link_reason"] for n in nodes if n["link"] == "not_tried")
+    assert f"gpufleet: {why}" in out.stderr
+    assert "--connect-wait or --fan-out" in out.stderr
+
+
 def test_no_key_material_reaches_a_log_or_the_audit(
     sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
 ) -> None:
@@ -196,3 +228,157 @@ def test_no_key_material_reaches_a_log_or_the_audit(
     assert "PRIVATE KEY" not in said
     for line in body:
         assert line[:24] not in said, "a piece of the private key was written out"
+
+
+def _status_json(sshd: Sshd, inventory: Path, config: Path, wait: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+         "--ssh-config", str(config), "--known-hosts", str(sshd.known_hosts),
+         "--identity", str(sshd.client_key_path), "--connect-wait", wait, "--json"],
+        capture_output=True, text=True, timeout=float(wait) + 60,  # a hang guard, not a timing
+    )  # fmt: skip
+    assert out.stdout, out.stderr
+    return cast(list[dict[str, Any]], json.loads(out.stdout))
+
+
+def test_nodes_sharing_one_sshd_all_get_in_past_its_max_startups(
+    agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    """Eight node names behind one sshd that drops every handshake past two at once
+    (MaxStartups 2:100:2, as a shared sshd or load balancer at its limit): the drops are
+    tried again within the wait, and every node answers."""
+    server = start_sshd(short_tmp / "sshd", max_startups="2:100:2")
+    try:
+        a = agent_factory(*FAST, name="a").start()
+        inventory, config = write_fleet(
+            short_tmp, server, {f"shared{i}": a.socket for i in range(8)}
+        )
+        nodes = _status_json(server, inventory, config, "30")
+    finally:
+        server.stop()
+    assert {(n["link"], n["link_reason"]) for n in nodes} == {("live", None)}, nodes
+
+
+def _held(server: Sshd) -> socket.socket:
+    """A connection that holds one of the sshd's unauthenticated slots (it never logs in):
+    taken once sshd has greeted it, so it is known to count."""
+
+    def greeted() -> socket.socket | None:
+        s = socket.create_connection((server.address, server.port))
+        s.settimeout(5)
+        if s.recv(64).startswith(b"SSH-"):
+            return s
+        s.close()  # dropped: a slot was still taken by sshd's own start-up check
+        return None
+
+    return wait_for(greeted, 30, "a held unauthenticated connection")
+
+
+def test_a_handshake_always_dropped_says_max_startups_and_what_to_change(
+    short_tmp: Path,
+) -> None:
+    """An sshd whose only unauthenticated slot is taken drops every handshake before its
+    banner: the node is unreachable, and the reason says the server dropped it before
+    authentication, which setting that is, and what to change."""
+    server = start_sshd(short_tmp / "sshd", max_startups="1")
+    held = _held(server)
+    try:
+        inventory, config = write_fleet(short_tmp, server, {"busy1": "/run/none.sock"})
+        [node] = _status_json(server, inventory, config, "30")
+    finally:
+        held.close()
+        server.stop()
+    assert node["link"] == "unreachable"
+    assert (
+        f"127.0.0.1:{server.port} dropped the connection before authentication"
+        in (node["link_reason"])
+    )
+    assert "MaxStartups" in node["link_reason"] and "raise it there" in node["link_reason"]
+
+
+def test_status_over_many_nodes_on_one_sshd_ends_within_its_wait(
+    sshd: Sshd, agent_factory: Callable[..., AgentProc], short_tmp: Path
+) -> None:
+    """Fifty nodes behind one sshd, a short wait: the snapshot ends (whatever was in flight
+    when the wait ran out is stopped), and every node is live or says why."""
+    a = agent_factory(*FAST, name="a").start()
+    inventory, config = write_fleet(short_tmp, sshd, {f"many{i}": a.socket for i in range(50)})
+    nodes = _status_json(sshd, inventory, config, "3")
+    assert len(nodes) == 50
+    assert all(n["link"] == "live" or n["link_reason"] for n in nodes)
+
+
+def test_a_refused_connection_is_said_in_an_operators_words(short_tmp: Path) -> None:
+    """Nothing listening on the node's port: not `[Errno 111] Connect call failed (...)`, but
+    what happened and what to look at; `inventory check` adds the next step."""
+    closed = free_port()
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text(
+        f'[[group]]\nname = "g"\nnodes = "shut1"\nhostname = "127.0.0.1"\nport = {closed}\n'
+    )
+    base = [
+        "--inventory", str(inventory), "--known-hosts", str(short_tmp / "kh"),
+        "--ssh-config", "/dev/null", "--connect-wait", "10", "--json",
+    ]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "status", *base],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    [node] = json.loads(out.stdout)
+    assert (node["link"], node["link_reason"]) == (
+        "unreachable",
+        f"connection refused by 127.0.0.1 on port {closed}: is sshd running there, on that port?",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "inventory", "check", *base[:-1]],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 3
+    assert "Errno" not in out.stdout
+    assert "next:" in out.stdout, out.stdout
+
+
+def test_an_inventory_hostname_never_reaches_a_shell(short_tmp: Path) -> None:
+    """With a ProxyCommand run by a shell in the operator's ssh_config, a host name holding
+    shell syntax would run it. It is refused at load, as OpenSSH refuses it: one line naming
+    the file and the key, exit 2, and nothing run."""
+    config = short_tmp / "ssh_config"
+    config.write_text('Host *\n  ProxyCommand sh -c "nc %h %p"\n')
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text('[[group]]\nname = "g"\nnodes = "n1"\nhostname = "127.0.0.1;touch x;"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+         "--ssh-config", str(config), "--known-hosts", str(short_tmp / "kh"),
+         "--connect-wait", "5"],
+        capture_output=True, text=True, timeout=60, cwd=short_tmp,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert not (short_tmp / "x").exists(), "the host name ran a command"
+    [line] = [x for x in out.stderr.splitlines() if "gpufleet" in x]
+    assert line.startswith(f"gpufleet: error: {inventory}: group[0] ('g').hostname: ")
+    assert "OpenSSH refuses" in line
+
+
+def test_inventory_check_over_thousands_of_closed_ports_ends(short_tmp: Path) -> None:
+    """The case seen hanging for ever: `inventory check` over 3,000 nodes whose port has
+    nothing listening (loopback). It ends (the timeout is a hang guard, not a timing; the race
+    behind the hang, which does not come every run, is driven exactly in test_fleetlinks),
+    every node is refused or not tried, never silently pending, and each says what to do."""
+    closed = free_port()
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text(
+        f'[[group]]\nname = "g"\nnodes = "n[0001-3000]"\nhostname = "127.0.0.1"\nport = {closed}\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "inventory", "check", "--inventory", str(inventory),
+         "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
+         "--connect-wait", "5", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr[-2000:]
+    results = json.loads(out.stdout)
+    assert len(results) == 3000
+    assert {r["problem"] for r in results} <= {"unreachable", "not_tried"}
+    assert all(r["next"] for r in results)
+    refused = [r for r in results if r["problem"] == "unreachable"]
+    assert refused and all("connection refused" in r["detail"] for r in refused)

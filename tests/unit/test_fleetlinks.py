@@ -1,11 +1,25 @@
 """How FleetLinks bounds SSH handshakes: fleet-wide, and per jump host (one sshd, whose
-MaxStartups drops connections past 10, for every node behind it). Nothing connects here."""
+MaxStartups drops connections past 10, for every node behind it), and how they end: always,
+and in a bounded time. Nothing connects here: asyncssh.connect is replaced where a test needs
+a handshake that ends exactly when the test says."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from pathlib import Path
+
+import asyncssh
+import pytest
+
 from console.fleetlinks import CONNECTING_PER_JUMP, FleetLinks
 from console.inventory import parse_inventory
-from console.link import LinkOptions
+from console.link import CONNECTING_PER_HOST, LinkOptions, handshake_words, stop_links
+from console.status import snapshot
+from tests.conftest import until
 
 FLEET = """
 [[group]]
@@ -30,3 +44,184 @@ async def test_nodes_behind_one_jump_host_share_its_bound() -> None:
     assert via["d1"] is None and via["d2"] is None, "each has its own sshd"
     assert via["a1"] is not None and via["a1"]._value == CONNECTING_PER_JUMP
     assert len({id(link._connecting) for link in links.values()}) == 1, "one fleet-wide bound"
+
+
+class _Conn:
+    """What a completed handshake hands back, for the race below: an SSH connection whose
+    agent never answers (so a link that goes on with it never ends by itself)."""
+
+    closed = False
+
+    async def __aenter__(self) -> _Conn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.closed = True
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    async def open_unix_connection(self, path: str) -> None:
+        await asyncio.Event().wait()
+
+
+def _one_node(tmp_path: Path) -> FleetLinks:
+    nodes = parse_inventory('[[group]]\nname = "g"\nnodes = "n1"\n', "f").nodes
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[], backoff_initial=0.01)
+    return FleetLinks(nodes, options)
+
+
+@pytest.mark.parametrize("outcome", ["refused", "connected"])
+async def test_a_cancel_that_lands_as_the_handshake_completes_still_stops_the_link(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outcome: str
+) -> None:
+    """The race behind a `status` that never ended: the handshake completes (refused, or a
+    connection) in the same turn of the loop as stop() cancels the link. Python 3.11's
+    asyncio.wait_for (here as inside asyncssh.connect) then returns the outcome and swallows
+    the cancellation. Driven exactly: the handshake's future is resolved, then stop() runs
+    before the loop turns. The link must end, not try again, and stop() must return."""
+    loop = asyncio.get_running_loop()
+    handshakes: list[asyncio.Future[_Conn]] = []
+
+    async def connect(host: str, **kw: object) -> _Conn:
+        handshake: asyncio.Future[_Conn] = loop.create_future()
+        handshakes.append(handshake)
+        return await asyncio.wait_for(handshake, 60)
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    links = _one_node(tmp_path)
+    links.start()
+    task = links._tasks[0]
+    await until(lambda: handshakes, "the handshake to start")
+    conn = _Conn()
+    if outcome == "refused":
+        handshakes[0].set_exception(ConnectionRefusedError(111, "Connect call failed"))
+    else:
+        handshakes[0].set_result(conn)
+    async with asyncio.timeout(20):  # today's stop() waits here for ever
+        await links.stop()
+    assert task.done() and task.cancelled()
+    assert len(handshakes) == 1, "the link tried again after it was stopped"
+    assert outcome == "refused" or conn.closed, "the late connection was kept open"
+
+
+async def test_stop_is_bounded_even_for_a_link_that_ignores_every_cancel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a library under the link does with a cancellation, stop() returns after its
+    two graces and says what it left behind."""
+    release = asyncio.Event()
+
+    async def connect(host: str, **kw: object) -> _Conn:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    links = _one_node(tmp_path)
+    links.start()
+    task = links._tasks[0]
+    await until(lambda: links.links["n1"].tried, "the handshake to start")
+    with caplog.at_level(logging.WARNING, "gpufleet.console.link"):
+        async with asyncio.timeout(20):
+            await stop_links(links.links.values(), [task], grace=0.1)
+    assert not task.done()
+    assert "1 link(s) did not stop" in caplog.text
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # the stop flag ends it the moment the library lets go
+
+
+@pytest.mark.parametrize(
+    ("config", "jump", "chain"),
+    [
+        ("Host a\n  ProxyJump b\nHost b\n  ProxyJump a\n", None, "a -> b -> a"),
+        ("Host b\n  ProxyJump ops@c:2222\nHost c\n  ProxyJump b\n", "b", "a -> b -> c -> b"),
+    ],
+)
+async def test_a_proxyjump_loop_through_ssh_config_is_said_not_followed(
+    tmp_path: Path, config: str, jump: str | None, chain: str
+) -> None:
+    """A ProxyJump chain that comes back on itself (through ssh_config, from the node or from
+    the inventory's jump) is named, hop by hop, on the node: not followed until Python's
+    recursion limit. Nothing is contacted: the loop is found before any connection."""
+    path = tmp_path / "ssh_config"
+    path.write_text(config)
+    group = '[[group]]\nname = "g"\nnodes = "a"\n' + (f'jump = "{jump}"\n' if jump else "")
+    nodes = parse_inventory(group, "f").nodes
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[str(path)])
+    fleet = await snapshot(nodes, options, wait=10)
+    assert (fleet.nodes["a"].link, fleet.nodes["a"].link_reason) == (
+        "unreachable",
+        f"ProxyJump loops through ssh_config: {chain}: fix the ProxyJump (or the inventory's "
+        "jump) of one of these hosts",
+    )
+
+
+async def test_handshakes_to_one_sshd_are_bounded_whatever_the_node_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Thirty node names that ssh_config sends to one sshd (HostName and Port alike; a shared
+    sshd, a load balancer, a bastion without a jump entry): at most CONNECTING_PER_HOST of
+    their handshakes are in flight at once, though the fan-out would allow 32; a node of its
+    own sshd is not held up by them."""
+    config = tmp_path / "ssh_config"
+    config.write_text("Host n*\n  HostName 10.0.0.9\n  Port 2200\nHost solo\n  HostName 10.0.0.8\n")
+    release = asyncio.Event()
+    in_flight: list[str] = []  # the node names given (asyncssh resolves ssh_config itself)
+    most = 0
+
+    async def connect(host: str, **kw: object) -> _Conn:
+        nonlocal most
+        in_flight.append(host)
+        most = max(most, len(in_flight))
+        try:
+            await release.wait()
+        finally:
+            in_flight.remove(host)
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    nodes = parse_inventory(
+        '[[group]]\nname = "g"\nnodes = "n[01-30]"\n[[group]]\nname = "s"\nnodes = "solo"\n', "f"
+    ).nodes
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[str(config)])
+    links = FleetLinks(nodes, options)
+    links.start()
+    try:
+        # A link resolves its destination and then, in the same step unless a bound holds it,
+        # starts its handshake: once all have resolved, every one is in flight or held.
+        await until(lambda: all(v.destination for v in links.links.values()), "resolved")
+        assert {n: links.links[n].destination for n in ("n01", "n30", "solo")} == {
+            "n01": "10.0.0.9:2200", "n30": "10.0.0.9:2200", "solo": "10.0.0.8:22",
+        }  # fmt: skip
+        assert sum(link.tried for link in links.links.values()) == CONNECTING_PER_HOST + 1
+        assert "solo" in in_flight, "a node of another sshd waited behind them"
+        assert most == CONNECTING_PER_HOST + 1, "more than the bound to one sshd at once"
+    finally:
+        release.set()
+        await links.stop()
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed ('10.0.0.7', 22)"),
+         "connection refused by 10.0.0.7 on port 22: is sshd running there, on that port?"),
+        (TimeoutError(), "no SSH answer from 10.0.0.7:22 in 10 s: is the node up, and is that "
+         "its sshd?"),
+        (socket.gaierror(-2, "Name or service not known"),
+         "cannot resolve 10.0.0.7: check the name (or its HostName in ssh_config)"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"),
+         "no route to 10.0.0.7: is the node up, and the network to it?"),
+        (ConnectionResetError(104, "Connection reset by peer"),
+         "10.0.0.7:22 closed the connection during the SSH handshake: see its sshd's log"),
+        (asyncssh.ConnectionLost("Connection lost"),
+         "10.0.0.7:22 closed the connection during the SSH handshake: see its sshd's log"),
+    ],
+)  # fmt: skip
+def test_a_failed_handshake_is_said_in_an_operators_words(exc: Exception, words: str) -> None:
+    """What the screen and `status` show for a handshake that failed: what happened and what
+    to look at, never `[Errno 111] Connect call failed (...)` (that goes to the log)."""
+    assert handshake_words(exc, "10.0.0.7:22", 10.0) == words

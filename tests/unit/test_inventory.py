@@ -87,6 +87,28 @@ def test_short_scheduler_name_takes_the_first_label() -> None:
         ('[[group]]\nname = "a"\nnodes = "x;rm"\n',
          "f.toml: group[0] ('a').nodes: 'x;rm' is not a host name"),
         ("[[group]\n", "f.toml: not valid TOML: "),
+        # What OpenSSH's valid_hostname / valid_ruser refuse: a ProxyCommand would give them
+        # to a shell.
+        ('[[group]]\nname = "a"\nnodes = "x"\nhostname = "127.0.0.1;touch x;"\n',
+         "f.toml: group[0] ('a').hostname: '127.0.0.1;touch x;' contains characters OpenSSH "
+         "refuses in a host name"),
+        ('[defaults]\nhostname = "$(id)"\n[[group]]\nname = "a"\nnodes = "x"\n',
+         "f.toml: defaults.hostname: '$(id)' contains characters OpenSSH refuses"),
+        ('[[group]]\nname = "a"\nnodes = "x"\nhostname = "-oProxyCommand=x"\n',
+         "f.toml: group[0] ('a').hostname: '-oProxyCommand=x' starts with '-'"),
+        ('[[group]]\nname = "a"\nnodes = "x"\nhostname = "a\\u001b[2Jb"\n',
+         "f.toml: group[0] ('a').hostname: 'a\\x1b[2Jb' contains characters"),
+        ('[[group]]\nname = "a"\nnodes = "x"\nuser = "ops`id`"\n',
+         "f.toml: group[0] ('a').user: 'ops`id`' contains characters OpenSSH refuses in a user"),
+        ('[[group]]\nname = "a"\nnodes = "x"\nuser = "ops -x"\n',
+         "f.toml: group[0] ('a').user: 'ops -x' has '-' after a space"),
+        ('[[group]]\nname = "a"\nnodes = "x"\njump = "ops@bastion;reboot"\n',
+         "f.toml: group[0] ('a').jump: 'ops@bastion;reboot': hop 'ops@bastion;reboot' contains"),
+        ('[[group]]\nname = "a"\nnodes = "x"\njump = "b1,o|p@b2:22"\n',
+         "f.toml: group[0] ('a').jump: 'b1,o|p@b2:22': hop 'o|p@b2:22' contains characters "
+         "OpenSSH refuses in a user name"),
+        ('[[group]]\nname = "a"\nnodes = "x"\njump = "bastion:99999"\n',
+         "f.toml: group[0] ('a').jump: 'bastion:99999': hop 'bastion:99999': '99999' is not"),
     ],
 )  # fmt: skip
 def test_a_bad_file_is_one_error_naming_file_key_and_problem(text: str, message: str) -> None:
@@ -94,6 +116,18 @@ def test_a_bad_file_is_one_error_naming_file_key_and_problem(text: str, message:
         parse_inventory(text, "f.toml")
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+def test_names_openssh_accepts_are_kept() -> None:
+    inv = parse_inventory(
+        '[[group]]\nname = "a"\nnodes = "x"\nhostname = "gpu1.example.org"\n'
+        'user = "ops.team"\njump = "ops@bastion1:2222,bastion2"\n',
+        "f.toml",
+    )
+    [node] = inv.nodes
+    assert (node.hostname, node.user, node.jump) == (
+        "gpu1.example.org", "ops.team", "ops@bastion1:2222,bastion2",
+    )  # fmt: skip
 
 
 def test_toml_syntax_errors_name_the_line() -> None:

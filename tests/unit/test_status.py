@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import msgspec
 
 from agents.protocol import NodeState, Sample
-from console.fleet import FleetState
+from console.fleet import FleetState, LinkState
 from console.inventory import parse_inventory
 from console.status import (
     EXIT_ALL,
     EXIT_NONE,
     EXIT_SOME_MISSING,
+    check_result,
     exit_code,
     status_doc,
     table,
@@ -171,3 +173,17 @@ def test_a_node_never_reached_has_gpus_na_and_a_replay_is_not_current() -> None:
     assert (two["GPUS"], two["UTIL"], two["POWER W"]) == ("n/a", "n/a", "n/a"), "never 0"
     doc = status_doc(fleet.nodes.values(), 15.0)
     assert [d["gpus"] for d in doc] == [[], []]
+
+
+def test_every_failed_check_has_a_next_step() -> None:
+    """`inventory check` gives a next step for each way a node can fail it: every link state
+    but a live answer, each with its own words."""
+    steps = {}
+    for state in get_args(LinkState):
+        fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+        fleet.set_link("gpu1", state, "why", 1.0)
+        result = check_result(fleet.nodes["gpu1"])
+        assert result["ok"] is False
+        assert result["next"], f"no next step for {state}"
+        steps[state] = result["next"]
+    assert len(set(steps.values())) == len(steps), "one step repeated for two states"
