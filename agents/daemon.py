@@ -176,6 +176,8 @@ class Agent:
         self._slow_thread = threading.Thread(target=self._slow_loop, name="slow", daemon=True)
         self.serving = asyncio.Event()  # set once the socket is bound and READY was sent
         self._syncs: set[asyncio.Future[None]] = set()
+        #: The drain deadline whose passing was already told (said once, not every tick).
+        self._overdue_told: float | None = None
 
     def inventory(self) -> Inventory:
         frame = inventory_frame(self.node, self.backend.inventory(), self._host, self.state)
@@ -283,21 +285,30 @@ class Agent:
         self._emit(self.sampler.event("state", said, state=state))
 
     async def _advance_drain(self) -> None:
-        """DRAINING becomes DRAINED when the GPUs are free or the drain's deadline passes."""
+        """DRAINING becomes DRAINED when no GPU has work left, and only then: DRAINED means
+        nothing runs there (an operator reboots or resets on that word). A drain's deadline
+        passing with work still running is said once, to every console, and the node stays
+        DRAINING: ``drain --wait --timeout`` reports it as a timeout."""
         s = self.state
         if s.state != "draining":
             return
-        overdue = s.deadline is not None and self._clock() >= s.deadline
-        if self._busy_gpus() and not overdue:
+        busy = self._busy_gpus()
+        if busy:
+            overdue = s.deadline is not None and self._clock() >= s.deadline
+            if overdue and self._overdue_told != s.deadline:
+                self._overdue_told = s.deadline
+                gpus = ", ".join(f"gpu{i}" for i in sorted(busy))
+                self._tell(
+                    f"drain timeout passed with work still running on {gpus}: still draining"
+                )
             return
-        why = "timeout passed with work still running" if overdue else "GPUs idle"
         after = msgspec.structs.replace(s, state="drained", deadline=None)
         try:
             await asyncio.to_thread(self.store.save, after)
         except StoreError as exc:
             log.error("drain: cannot save the drained state: %s", exc)
             return
-        log.warning("drained (%s)", why)
+        log.warning("drained (GPUs idle)")
         self._state_changed(after)
 
     def _emit(self, event: Event) -> None:

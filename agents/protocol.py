@@ -186,7 +186,9 @@ class NodeState(msgspec.Struct, kw_only=True, frozen=True):
     reason: str | None = None
     who: str | None = None
     since: float | None = None  # unix time of the last change
-    deadline: float | None = None  # draining: unix time it counts as drained regardless
+    #: draining: unix time the drain was given until; past it with work still running the
+    #: node stays DRAINING (DRAINED means no work) and the agent says so once.
+    deadline: float | None = None
     #: restart node: the boot id it was rebooted from; the agent resumes the node when it
     #: starts on another boot (drain, reboot, back in service: what "restart" means).
     resume_after_boot: str | None = None
@@ -392,8 +394,9 @@ def _check_reason(reason: str, *, required: bool) -> None:
 
 
 class DrainArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Take the node out of service: DRAINING until its GPUs are free (or ``timeout``
-    seconds pass), then DRAINED."""
+    """Take the node out of service: DRAINING until its GPUs are free, then DRAINED.
+    ``timeout``: how long the drain may take (a bare node says when it passes with work
+    still running, and stays DRAINING; Kubernetes stops evicting)."""
 
     reason: str
     timeout: float | None = None

@@ -376,8 +376,8 @@ def _operate(
 @click.option("--reason", required=True, help="Why (stored and shown literally).")
 @click.option(
     "--timeout", type=click.FloatRange(0, 604800), default=None,
-    help="Seconds the drain may take: a bare node counts as DRAINED after it even with work "
-    "still running; Kubernetes stops evicting; --wait stops waiting.",
+    help="Seconds the drain may take: past it a node with work still running stays DRAINING "
+    "(a bare node says so; Kubernetes stops evicting); --wait stops waiting and reports it.",
 )  # fmt: skip
 @click.option(
     "--wait", "wait_drained", is_flag=True,

@@ -111,18 +111,14 @@ async def operate(
     return outcome_code(results), results
 
 
-#: drain --wait: how long past --timeout to keep waiting for the agent's word that the node
-#: counts as drained (its next sample after the deadline, and the trip back).
-DRAIN_GRACE_S = 5.0
-
-
 async def wait_drained(
     fleet: FleetState, results: list[NodeResult], limit: float, say: Callable[[str], None]
 ) -> list[NodeResult]:
     """After a drain: wait until every node that took it is DRAINED (the agents announce it
-    as a state event), at most ``limit`` seconds (plus a grace for the announcement)."""
+    as a state event, and only once no GPU works there), at most ``limit`` seconds; a node
+    still draining then is a timeout."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit + DRAIN_GRACE_S
+    deadline = loop.time() + limit
     started = loop.time()
 
     def drained(node: str) -> bool:

@@ -93,15 +93,31 @@ def test_drain_waits_for_the_gpu_work_then_reports_drained(
     assert ops == [("drain", "ok"), ("resume", "ok")]
 
 
-def test_a_drain_timeout_ends_the_wait_with_work_still_running(
+def test_a_drain_timeout_with_work_still_running_leaves_the_node_draining(
     agent_factory: Callable[..., AgentProc],
 ) -> None:
+    """DRAINED means no work: past the drain's timeout a busy node stays DRAINING, and the
+    agent tells every console once; it is DRAINED when the work ends."""
     with gpu_set(agent_factory, "busy") as (_, watcher, actor):
-        answer = actor.request("drain", reason="urgent", timeout=0.5)
+        answer = actor.request("drain", reason="urgent", timeout=0.2)
         assert answer.result is not None and answer.result["after"]["state"] == "draining"
+
+        def told() -> Event | None:
+            frame = watcher.recv()
+            if isinstance(frame, Event) and frame.kind == "state":
+                assert frame.state is not None and frame.state.state != "drained", frame
+            if isinstance(frame, Event) and frame.kind == "notice":
+                return frame
+            return None
+
+        notice = wait_for(told, 20, "the notice that the timeout passed")
+        assert notice.message == (
+            "drain timeout passed with work still running on gpu0: still draining"
+        )
+        assert (actor.request("state").result or {})["state"] == "draining"
+        assert actor.request("sim_inject", fault="idle", gpu=0).ok
         events: list[Event] = []
-        wait_for(lambda: state_events(watcher, events)("drained"), 20, "drained at the deadline")
-        assert (actor.request("state").result or {})["state"] == "drained"
+        wait_for(lambda: state_events(watcher, events)("drained"), 20, "drained once idle")
 
 
 def test_a_gpu_reset_waits_for_the_gpu_to_be_idle(agent_factory: Callable[..., AgentProc]) -> None:
