@@ -127,6 +127,7 @@ class Agent:
             raise StoreError(f"cannot create the state directory {state_dir}: {reason}") from None
         self.store = StateStore(state_dir)
         self.state: NodeState = self.store.load()
+        self._hold_work(self.state)
         self.audit = AuditLog(state_dir)
         self.sampler = Sampler(backend, HostSampler(), history_len=config.history_len, clock=clock)
         self._host: HostInfo = host_info()
@@ -278,9 +279,17 @@ class Agent:
             await asyncio.sleep(self.config.scheduler.poll)
             await self.handler.sync()
 
+    def _hold_work(self, state: NodeState) -> None:
+        """Tell a simulated node's GPUs whether new work may start there: a real node's
+        scheduler stops giving a drained node work; the simulator's must be told."""
+        hold = getattr(self.backend, "hold_work", None)
+        if callable(hold):
+            hold(state.state != "schedulable")
+
     def _state_changed(self, state: NodeState) -> None:
         """A new ops state (already saved): kept, and told to every client as an event."""
         self.state = state
+        self._hold_work(state)
         said = f"{state.state}" + (f": {state.reason}" if state.reason else "")
         self._emit(self.sampler.event("state", said, state=state))
 

@@ -68,9 +68,11 @@ _COMMANDS: Final = (
 #: Synthetic pids start here so they never collide with a real host pid (pid_max <= 4194304).
 _PID_BASE: Final = 4_000_000
 
-# Dynamics, in simulated seconds unless said otherwise.
-_IDLE_SPELL_S: Final = (20.0, 240.0)
-_BUSY_SPELL_S: Final = (30.0, 600.0)
+# Dynamics, in simulated seconds unless said otherwise. Jobs are short enough that a drained
+# node (which takes no new work, ``hold_work``) is DRAINED within about two minutes, as an
+# operator trying the demo can wait for; the fleet stays about two-thirds busy.
+_IDLE_SPELL_S: Final = (10.0, 50.0)
+_BUSY_SPELL_S: Final = (20.0, 120.0)
 _P_START_BUSY: Final = 0.4
 _P_CAPPED: Final = 0.65  # share of workloads whose demand exceeds the cap (bf16 matmul does)
 _P_CONTAINER: Final = 0.7  # share of workloads in another PID namespace
@@ -225,6 +227,7 @@ class SimBackend:
         self._alpha_overheat = max(self._alpha, _OVERHEAT_ALPHA_PER_TICK)
         self._lock = threading.Lock()
         self._events: list[XidEvent] = []
+        self._held = False  # the node takes no new work (draining, drained)
         # String seeds hash through SHA-512, so they are stable across runs and PYTHONHASHSEED.
         self._gpus = [
             _Gpu(i, random.Random(f"gpufleet-sim/{seed}/{node}/{i}"))  # noqa: S311  simulation, not security
@@ -305,6 +308,13 @@ class SimBackend:
     def close(self) -> None:
         return None
 
+    def hold_work(self, held: bool) -> None:
+        """The node's scheduler stops (or starts again) giving it work: the agent calls this
+        when the node is drained or resumed. Work running now ends in its own time; no new
+        work starts while held (an injected ``busy`` still does: that is a test's own)."""
+        with self._lock:
+            self._held = held
+
     def inject(self, fault: str, gpu: int) -> str:
         """Apply a fault now; the readings show it from the next ``read`` on.
 
@@ -362,7 +372,7 @@ class SimBackend:
         g.remaining -= dt
         while g.remaining <= 0.0:
             carry = g.remaining
-            g.start_spell(busy=not g.busy)
+            g.start_spell(busy=not g.busy and not self._held)
             g.remaining += carry
         r = g.rng.random
         capped = False

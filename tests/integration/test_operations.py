@@ -4,6 +4,7 @@ request path, as an operator's test would."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -15,13 +16,19 @@ import msgspec
 import pytest
 
 from agents.client import AgentClient
-from agents.protocol import Event, NodeState, Sample
+from agents.config import AgentConfig, AgentSection
+from agents.daemon import Agent
+from agents.gpu.sim import SimBackend
+from agents.identity import Peer
+from agents.protocol import Event, NodeState, Request, Sample, decode
+from agents.requests import Caller
 from agents.store import AuditLog, StateStore
-from tests.conftest import AgentProc, agent_command, wait_for
+from tests.conftest import AgentProc, agent_command, until, wait_for
 
 pytestmark = pytest.mark.integration
 
 ONE_GPU = ("--backend", "sim", "--gpus", "1", "--interval", "0.05")
+OPERATOR = Caller(Peer(pid=1, uid=2002, gid=2002, user="olga", groups=("ops",)), "operator")
 
 
 def state_events(watcher: AgentClient, into: list[Event]) -> Callable[[str], Event | None]:
@@ -211,3 +218,46 @@ def test_a_node_restarted_through_the_agent_is_back_in_service_on_its_new_boot(
     [entry] = AuditLog(agent.state_dir).entries()
     assert (entry.op, entry.who, entry.result) == ("resume", "gpufleet-agent", "ok")
     assert entry.args["reason"] == "back after the reboot asked by olga"
+
+
+async def test_a_drained_simulated_node_takes_no_new_work(tmp_path: Path) -> None:
+    """The demo's nodes: a drain ends (DRAINING, then DRAINED) because the simulator starts no
+    work on a drained node, and running work ends in its own time. Simulated time: 5 s a
+    tick, so two simulated minutes are 24 ticks."""
+    config = AgentConfig(
+        agent=AgentSection(
+            node_name="demo01",
+            socket=str(tmp_path / "agent.sock"),
+            state_dir=str(tmp_path / "state"),
+            backend="sim",
+            interval=0.05,
+        )
+    )
+    backend = SimBackend(8, seed=0, node="demo01", interval=5.0)
+    backend.inject("busy", 0)
+    agent = Agent(config, backend)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await until(lambda: agent.serving.is_set() or task.done(), "the agent serving")
+        request = Request(id=1, op="drain", args={"reason": "demo"})
+        answer = await agent.handler.handle(OPERATOR, request)
+        assert answer.ok and answer.result is not None
+        assert answer.result["after"]["state"] == "draining"
+        assert agent.sampler.latest is not None
+        start = agent.sampler.latest.seq
+
+        def seq() -> int:
+            return agent.sampler.latest.seq if agent.sampler.latest else 0
+
+        await until(lambda: agent.state.state == "drained" or seq() > start + 24, "24 ticks")
+        assert agent.state.state == "drained", "within two simulated minutes"
+        at = seq()
+        await until(lambda: seq() > at + 50, "250 simulated seconds more")
+        frames = [decode(line) for line in agent.sampler.replay]
+        readings = [r for f in frames if isinstance(f, Sample) and f.seq > at for r in f.gpus]
+        assert len(readings) >= 50 * 8
+        assert all(r.util_gpu == 0 for r in readings), "no new work on a drained node"
+    finally:
+        stop.set()
+        await task
