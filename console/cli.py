@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
-import hostlist
 
 from agents.protocol import PROTOCOL_VERSION, GpufleetError, parse_since, to_builtins
 from console import __version__
@@ -35,10 +34,11 @@ from console.fleetlinks import FleetLinks
 from console.inventory import Inventory, find_inventory, load_inventory
 from console.link import LinkOptions
 from console.operate import (
+    EXIT_INTERRUPTED,
     Operation,
+    Progress,
     build,
     chosen_nodes,
-    confirm,
     operate,
     result_lines,
 )
@@ -361,15 +361,37 @@ def _operate(
 ) -> None:
     inv = load_inventory(find_inventory(reach.inventory))
     nodes = chosen_nodes(inv, reach.selector)
-    click.echo(f"{verb} {len(nodes)} node(s): {hostlist.collect_hostlist(nodes)}", err=True)
-    confirm(verb, nodes, yes or dry_run, lambda q: click.confirm(q, default=False, err=True))
-    op = Operation(verb, args, reach.selector, dry_run, force, reach.wait, until_drained)
-    code, results = asyncio.run(
-        operate(inv, nodes, op, reach.options, lambda m: click.echo(m, err=True))
-    )
+    op = Operation(verb, args, reach.selector, dry_run, force, reach.wait, until_drained, yes)
+    progress = Progress()
+    try:
+        code, results = asyncio.run(operate(inv, nodes, op, reach.options, _say, progress=progress))
+    except KeyboardInterrupt:
+        _interrupted(verb, progress, reach.as_json)
     for line in result_lines(results, reach.as_json):
         click.echo(line)
     sys.exit(code)
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _interrupted(verb: Verb, progress: Progress, as_json: bool) -> NoReturn:
+    """Ctrl-C: say what was sent and what is known of each node (never a bare "Aborted!"
+    after half a fleet was drained), and exit 130."""
+    if not progress.acting:
+        click.echo(f"gpufleet: interrupted; no {verb} was sent", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    results = progress.lines()
+    sent = [r for r in results if r.message != "not sent"]
+    click.echo(
+        f"gpufleet: interrupted: {verb} sent to {len(sent)} of {len(results)} node(s); "
+        "what is known of each:",
+        err=True,
+    )
+    for line in result_lines(results, as_json):
+        click.echo(line)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 @main.command()
@@ -434,7 +456,9 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
         raise click.UsageError(str(exc)) from None
     inv = load_inventory(find_inventory(reach.inventory))
     nodes = chosen_nodes(inv, reach.selector)
-    code, got, missing = asyncio.run(gather_audit(inv, nodes, start, reach.options, reach.wait))
+    code, got, missing = asyncio.run(
+        gather_audit(inv, nodes, start, reach.options, reach.wait, reach.selector)
+    )
     if reach.as_json:
         click.echo(json.dumps([{"node": n, **to_builtins(e)} for n, e in got]))
     else:

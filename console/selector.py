@@ -35,10 +35,10 @@ class Selector:
     alerting: bool = False
 
     def before_contact(self) -> Selector:
-        """The part that can be judged from the inventory alone (hosts, pools): what to
-        connect to. State, link and alerts are known only after, so they are applied then."""
-        pools = {k: v for k, v in self.filters.items() if k == "pool"}
-        return Selector(hosts=self.hosts, globs=self.globs, filters=pools)
+        """The part that can be judged from the inventory alone (hosts): what to connect to.
+        Pools, state, link and alerts are known only after (a node's pool is its agent's once
+        it has one, ``NodeView.pool``), so they are applied then."""
+        return Selector(hosts=self.hosts, globs=self.globs)
 
     def matches(self, view: NodeView) -> bool:
         if (self.hosts or self.globs) and not (
@@ -46,7 +46,7 @@ class Selector:
         ):
             return False
         values = {
-            "pool": view.entry.pool,
+            "pool": view.pool,
             "state": view.state.state if view.state else "unknown",
             "link": view.link,
         }

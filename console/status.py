@@ -60,7 +60,9 @@ def node_doc(view: NodeView, now: float) -> dict[str, Any]:
         }
     return {
         "name": view.name,
-        "pool": view.entry.pool,
+        "pool": view.pool,  # the agent's once it has one, else the inventory's
+        "pool_source": view.pool_source,
+        "inventory_pool": view.entry.pool,
         "link": view.link,
         "link_reason": view.link_reason or None,
         "age_s": view.age(now),
@@ -112,7 +114,7 @@ def table(views: Iterable[NodeView], now: float) -> str:
         power = sum(g["power"] for g in gpus if g["power"] is not None)
         link = v.link if v.link == "live" else f"{v.link}"
         rows.append(
-            f"{v.name:<20.19}{v.entry.pool:<10.9}{link:<18.17}{doc['state'] or 'n/a':<12}"
+            f"{v.name:<20.19}{v.pool:<10.9}{link:<18.17}{doc['state'] or 'n/a':<12}"
             f"{len(doc['gpus']):>5}"
             f"{(f'{sum(utils) / len(utils):.0f}%' if utils else 'n/a'):>6}"
             f"{(f'{max(temps)}C' if temps else 'n/a'):>8}"
