@@ -18,7 +18,7 @@ import pytest
 from agents.client import AgentClient
 from agents.config import AgentConfig, AgentSection
 from agents.daemon import Agent
-from agents.gpu.sim import SimBackend
+from agents.gpu.sim import DEMO_SPELLS, SimBackend
 from agents.identity import Peer
 from agents.protocol import Event, NodeState, Request, Sample, decode
 from agents.requests import Caller
@@ -233,7 +233,7 @@ async def test_a_drained_simulated_node_takes_no_new_work(tmp_path: Path) -> Non
             interval=0.05,
         )
     )
-    backend = SimBackend(8, seed=0, node="demo01", interval=5.0)
+    backend = SimBackend(8, seed=0, node="demo01", interval=5.0, spells=DEMO_SPELLS)
     backend.inject("busy", 0)
     agent = Agent(config, backend)
     stop = asyncio.Event()

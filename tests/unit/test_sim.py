@@ -15,7 +15,7 @@ import pytest
 
 from agents.gpu.base import SLOW_FIELDS, GpuBackend, XidEvent
 from agents.gpu.clocks import THERMAL_REASONS
-from agents.gpu.sim import FAULTS, SimBackend
+from agents.gpu.sim import DEMO_SPELLS, FAULTS, SimBackend
 from agents.protocol import GpuReading, SimInjectArgs
 
 CAP_MW = 700_000
@@ -513,7 +513,7 @@ def drained_after(backend: SimBackend, limit: int) -> int | None:
 
 
 def test_a_held_node_starts_no_work_and_its_running_work_ends_in_its_own_time() -> None:
-    backend = SimBackend(8, seed=3, node="demo04")
+    backend = SimBackend(8, seed=3, node="demo04", spells=DEMO_SPELLS)
     backend.inject("busy", 0)  # work that must end by itself, not be cut short
     first = backend.read()[0]
     assert first.util_gpu is not None and first.util_gpu >= 90
@@ -531,7 +531,7 @@ def test_demo_nodes_drain_within_about_two_minutes() -> None:
     GPUs at work: every one is idle within 120 simulated seconds."""
     took, busy = [], 0
     for i in range(16):
-        backend = SimBackend(8, seed=i, node=f"demo{i + 1:02d}")
+        backend = SimBackend(8, seed=i, node=f"demo{i + 1:02d}", spells=DEMO_SPELLS)
         busy += sum((r.util_gpu or 0) > 0 for r in run(backend, 300)[-1])
         took.append(drained_after(backend, 120))
     assert busy >= 16 * 8 // 2, "drained while working, or the test proves nothing"
