@@ -248,22 +248,35 @@ def test_ctrl_c_says_what_was_sent_and_what_is_known_of_each_node(
         assert gpufleet(fleet, "resume", "demo0[2-3]", "--yes").returncode == 0
 
 
-def test_a_terminal_is_asked_only_after_every_check(fleet: Path) -> None:
-    """On a terminal the guard refuses before the question: an operator is never asked
-    "are you sure?" for an action that is then refused. (A "y" is typed ahead: asked, it
-    would be taken.)"""
+def on_a_terminal(inventory: Path, typed: bytes, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command with a terminal for its input, ``typed`` ahead."""
     main, side = pty.openpty()
     try:
-        os.write(main, b"y\n")
-        done = subprocess.run(
-            [sys.executable, "-m", "console", "drain", "pool=train", "--reason", "r",
-             "--inventory", str(fleet)],
+        os.write(main, typed)
+        return subprocess.run(
+            [sys.executable, "-m", "console", *args, "--inventory", str(inventory)],
             stdin=side, capture_output=True, text=True, timeout=90,
         )  # fmt: skip
     finally:
         os.close(side)
         os.close(main)
+
+
+def test_a_terminal_is_asked_only_after_every_check(fleet: Path) -> None:
+    """On a terminal the guard refuses before the question: an operator is never asked
+    "are you sure?" for an action that is then refused. (A "y" is typed ahead: asked, it
+    would be taken.)"""
+    done = on_a_terminal(fleet, b"y\n", "drain", "pool=train", "--reason", "r")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "pool train: 4 of 4 nodes would be out of service" in done.stderr
     assert "?" not in done.stderr, "asked before refusing"
     assert {s for s, _ in states(fleet, "pool=train").values()} == {"schedulable"}
+    no = on_a_terminal(fleet, b"n\n", "drain", "demo01", "--reason", "r")
+    assert no.returncode == 2, no.stdout + no.stderr
+    assert "Drain 1 node(s) (demo01)? [y/N]: " in no.stderr
+    assert "not confirmed; nothing done" in no.stderr
+    yes = on_a_terminal(fleet, b"y\n", "resume", "demo01")
+    assert yes.returncode == 0, yes.stdout + yes.stderr
+    assert "Resume 1 node(s) (demo01)? [y/N]: " in yes.stderr
+    assert yes.stdout.split()[:3] == ["demo01", "ok", "already"]
+    assert states(fleet, "demo01")["demo01"][0] == "schedulable"
