@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -26,7 +26,7 @@ from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
 from agents.kube import KubeScheduler
 from agents.metrics import MetricsCollector
-from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample
+from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample, at_work
 from agents.requests import RequestHandler
 from agents.sampler import Sampler, inventory_frame
 from agents.scheduler import NoScheduler, Scheduler
@@ -34,9 +34,6 @@ from agents.sdnotify import Notifier
 from agents.server import AgentServer
 from agents.slurm import SlurmScheduler
 from agents.store import AuditLog, StateStore, StoreError
-
-#: A GPU above this utilization counts as still working, process listed or not.
-BUSY_UTIL_PERCENT: Final = 5
 
 log = logging.getLogger("gpufleet.agent")
 T = TypeVar("T")
@@ -250,11 +247,7 @@ class Agent:
         latest = self.sampler.latest
         if latest is None:
             return frozenset()
-        return frozenset(
-            r.index
-            for r in latest.gpus
-            if not r.lost and (r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT)
-        )
+        return frozenset(r.index for r in latest.gpus if at_work(r))
 
     def _tell(self, message: str) -> None:
         """A line for every operator watching (a reboot that failed after its reply)."""

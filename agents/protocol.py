@@ -158,6 +158,17 @@ class GpuReading(msgspec.Struct, kw_only=True, frozen=True):
     processes: list[GpuProcess] | None = None
 
 
+#: A GPU above this utilization counts as still working, process listed or not.
+BUSY_UTIL_PERCENT: Final = 5
+
+
+def at_work(r: GpuReading) -> bool:
+    """Whether work is still on the GPU: a process listed, or busy with none listed (work in
+    another PID namespace lists no process). The one rule for a drain waiting for the GPUs and
+    a reset refusing a busy one, on the agent, and for the console checking before it asks."""
+    return not r.lost and bool(r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT)
+
+
 class HostReading(msgspec.Struct, kw_only=True, frozen=True):
     """The host at one tick. Rates are per second since the previous tick (None on the first);
     the slow cadence's fields (per core, swap, disk, network) since the previous slow read."""

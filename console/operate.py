@@ -30,6 +30,7 @@ from agents.protocol import (
     GpufleetError,
     ProtocolError,
     Request,
+    at_work,
     decode_args,
 )
 from console.actions import (
@@ -151,6 +152,17 @@ def refusals(fleet: FleetState, targets: list[str], op: Operation) -> list[str]:
                 f"{target} is not a restart target on {_nodes([v.name for v in barred])} "
                 f"(allowed there: {', '.join(allowed) or 'none'})"
             )
+        index = int(target[3:]) if target[:3] == "gpu" and target[3:].isdigit() else None
+        if index is not None:  # the agent refuses a busy GPU's reset: so does its latest sample
+            busy = [
+                v.name for v in heard
+                if v not in barred and v.link == "live" and v.sample is not None
+                and any(r.index == index and at_work(r) for r in v.sample.gpus)
+            ]  # fmt: skip
+            if busy:
+                out.append(
+                    f"{target} is busy on {_nodes(busy)}: end its work (or drain the node) first"
+                )
         if target == "node":
             # Slurm reboots a node itself once its jobs end; elsewhere it must be drained.
             undrained = [

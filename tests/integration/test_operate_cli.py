@@ -80,6 +80,18 @@ def test_dry_run_refuses_what_the_real_run_would(fleet: Path) -> None:
         node = gpufleet(fleet, "restart", "demo07", "--target", "node", "--reason", "r", *extra)
         assert node.returncode == 2
         assert "node is not a restart target on demo07" in node.stderr
+    inject(fleet, "demo07", "busy")
+
+    def busy() -> bool:
+        [doc] = json.loads(gpufleet(fleet, "status", "demo07", "--json").stdout)
+        return bool(doc["gpus"]) and (doc["gpus"][0]["util"] or 0) >= 90
+
+    wait_for(busy, 30, "demo07's GPU busy in a snapshot")
+    reset = gpufleet(fleet, "restart", "demo07", "--target", "gpu0", "--reason", "r", "--yes")
+    assert reset.returncode == 2, reset.stdout + reset.stderr
+    assert "gpu0 is busy on demo07: end its work (or drain the node) first: nothing sent" in (
+        reset.stderr
+    )
     audit = json.loads(gpufleet(fleet, "audit", "demo07", "--json").stdout)
     assert [e for e in audit if e["op"] == "restart"] == [], "nothing reached the agent"
 
