@@ -145,12 +145,10 @@ def refusals(fleet: FleetState, targets: list[str], op: Operation) -> list[str]:
         heard = [v for v in views if v.inventory is not None]
         barred = [v for v in heard if v.inventory and target not in v.inventory.restart_targets]
         if barred:
-            allowed = sorted(
-                {t for v in barred if v.inventory for t in v.inventory.restart_targets}
-            )
+            allowed = {t for v in barred if v.inventory for t in v.inventory.restart_targets}
             out.append(
                 f"{target} is not a restart target on {_nodes([v.name for v in barred])} "
-                f"(allowed there: {', '.join(allowed) or 'none'})"
+                f"(allowed there: {_nodes(sorted(allowed)) if allowed else 'none'})"
             )
         index = int(target[3:]) if target[:3] == "gpu" and target[3:].isdigit() else None
         if index is not None:  # the agent refuses a busy GPU's reset: so does its latest sample

@@ -75,7 +75,7 @@ def test_dry_run_refuses_what_the_real_run_would(fleet: Path) -> None:
         assert done.returncode == 2, done.stdout + done.stderr
         assert done.stdout == ""
         assert (
-            "agent is not a restart target on demo07 (allowed there: gpu0, gpu1): nothing sent"
+            "agent is not a restart target on demo07 (allowed there: gpu[0-1]): nothing sent"
         ) in done.stderr
         node = gpufleet(fleet, "restart", "demo07", "--target", "node", "--reason", "r", *extra)
         assert node.returncode == 2
