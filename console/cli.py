@@ -383,9 +383,8 @@ def _interrupted(verb: Verb, progress: Progress, as_json: bool) -> NoReturn:
         click.echo(f"gpufleet: interrupted; no {verb} was sent", err=True)
         sys.exit(EXIT_INTERRUPTED)
     results = progress.lines()
-    sent = [r for r in results if r.message != "not sent"]
     click.echo(
-        f"gpufleet: interrupted: {verb} sent to {len(sent)} of {len(results)} node(s); "
+        f"gpufleet: interrupted: {verb} sent to {len(progress.sent)} of {len(results)} node(s); "
         "what is known of each:",
         err=True,
     )

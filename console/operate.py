@@ -77,6 +77,7 @@ class Progress:
 
     results: dict[str, NodeResult] = field(default_factory=dict)
     acting: bool = False  # requests have started going out
+    sent: set[str] = field(default_factory=set)  # nodes a request went out to
 
     def lines(self) -> list[NodeResult]:
         return list(self.results.values())
@@ -249,6 +250,7 @@ async def operate(
         progress.acting = True
 
         def sent(node: str) -> None:
+            progress.sent.add(node)
             progress.results[node] = NodeResult(node, "unknown", "sent, no answer yet")
 
         def answered(result: NodeResult) -> None:

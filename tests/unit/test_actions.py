@@ -29,6 +29,7 @@ from console.operate import outcome_code, result_lines
 from console.rows import node_row, parse_filter
 from console.selector import parse_selector, select
 from console.status import status_doc
+from tests.conftest import until
 from tests.fakes.simnode import Node, feed
 
 FLEET = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-8]"\n'
@@ -229,3 +230,30 @@ def test_a_reassigned_node_is_in_its_agents_pool_everywhere() -> None:
     assert guard_warnings(f, ["inf2"], "drain")[0].startswith("pool infer: 1 of 3 nodes")
     # A pool no one knows (not the inventory's, not an agent's) is most likely a typo.
     assert known_pools(f) == {"train", "infer"}
+
+
+async def test_each_request_is_told_as_it_goes_out() -> None:
+    """What an interrupted operation reports: the nodes a request went out to (sent, answer
+    or not) apart from those it never reached its turn for."""
+    gate = asyncio.Semaphore(0)
+
+    class Hangs(Requester):
+        async def request(
+            self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+        ) -> Response:
+            if node == "gpu2":
+                await gate.acquire()  # never released: its answer never comes
+            return await super().request(node, op, args, wait)
+
+    sent: list[str] = []
+    answered: list[NodeResult] = []
+    nodes = ["gpu1", "gpu2"]
+    task = asyncio.create_task(
+        run_action(Hangs(), nodes, "drain", {"reason": "r"}, answered.append, on_send=sent.append)
+    )
+    await until(lambda: bool(answered), "gpu1's answer")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sorted(sent) == ["gpu1", "gpu2"]
+    assert [r.node for r in answered] == ["gpu1"]
