@@ -1,14 +1,15 @@
 """``gpufleet drain | resume | restart | reassign``: the verbs for scripts, on the same path
 as the screen's (``console.actions`` over ``FleetLinks``).
 
-In order: select candidates from the inventory (hosts), connect to the whole fleet (a node's
-pool is its agent's once it has one, so the guard's pools, the ``pool=`` term and the pools
-a reassign may name are known only after contact), apply the selector's pool/state/link/alert
-terms, check everything the console can know before asking (the mass-action guard, a pool
-no one knows, each node's restart targets and state), print the nodes, then ask (a terminal)
-or require ``--yes`` (no terminal), then act (or only say what would be done, ``--dry-run``),
-a result per node. Exit 0 all done, 1 some not, 2 usage error or refusal, 3 no node
-reachable; interrupted (Ctrl-C): what was sent and what is known per node, exit 130.
+In order: select candidates from the inventory (hosts), connect to them and to the rest of
+their inventory pools, apply the selector's pool/state/link/alert terms (a node's pool is its
+agent's once it has one, ``NodeView.pool``, known only after contact), connect to the rest of
+the pools the targets are in now (the guard weighs whole pools), check everything the console
+can know before asking (the mass-action guard, a pool no one knows, each node's restart targets
+and state), print the nodes, then ask (a terminal) or require ``--yes`` (no terminal), then act
+(or only say what would be done, ``--dry-run``), a result per node. Exit 0 all done, 1 some
+not, 2 usage error or refusal, 3 no node reachable; interrupted (Ctrl-C): what was sent and
+what is known per node, exit 130.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -30,6 +31,7 @@ from agents.protocol import (
     GpufleetError,
     ProtocolError,
     Request,
+    Response,
     at_work,
     decode_args,
 )
@@ -81,6 +83,41 @@ class Progress:
 
     def lines(self) -> list[NodeResult]:
         return list(self.results.values())
+
+
+class Reached:
+    """Links to the nodes a verb needs, reached in rounds into one fleet model (the pools the
+    targets are in are known only once they have answered), and requests to any of them."""
+
+    def __init__(self, inv: Inventory, options: LinkOptions) -> None:
+        self.fleet = FleetState(inv.nodes)
+        self._entries = {e.name: e for e in inv.nodes}
+        self._options = one_shot(options)
+        self._links: dict[str, FleetLinks] = {}
+        self._rounds: list[FleetLinks] = []
+
+    async def reach(self, names: Iterable[str], wait: float) -> None:
+        """Connect to those of ``names`` not reached yet and wait (``wait`` seconds at most)
+        until each has answered or failed."""
+        new = [self._entries[n] for n in dict.fromkeys(names) if n not in self._links]
+        if not new:
+            return
+        links = FleetLinks(new, self._options, fleet=self.fleet)
+        self._rounds.append(links)
+        self._links.update((e.name, links) for e in new)
+        links.start()
+        await links.settle(wait)
+
+    async def request(
+        self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+    ) -> Response:
+        return await self._links[node].request(node, op, args, wait)
+
+    async def __aenter__(self) -> Reached:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(links.stop() for links in self._rounds))
 
 
 def chosen_nodes(inv: Inventory, selector: tuple[str, ...]) -> list[str]:
@@ -214,15 +251,18 @@ async def operate(
     """Act on ``chosen`` (from ``chosen_nodes``): connect, narrow, check, ask, send.
     ``progress`` is kept up to date for a report if the operation is interrupted."""
     progress = progress if progress is not None else Progress()
-    links = FleetLinks(inv.nodes, one_shot(options))  # pools are known only after contact
-    fleet = links.fleet
-    async with links:
-        await links.settle(op.wait)
+    async with Reached(inv, options) as links:
+        fleet = links.fleet
+        planned = {e.pool for e in inv.nodes if e.name in chosen}
+        await links.reach([*chosen, *(e.name for e in inv.nodes if e.pool in planned)], op.wait)
         terms = () if op.selector == ("all",) else op.selector
         views = [fleet.nodes[n] for n in chosen]
         targets = [v.name for v in select(views, parse_selector(terms))]  # pool=, state=: now
         if not targets:
             raise Refused("after contact, no selected node matches the selector's terms")
+        # The guard weighs the pools the targets are in now: a reassigned node's new one too.
+        now_in = {fleet.nodes[t].pool for t in targets}
+        await links.reach((e.name for e in inv.nodes if e.pool in now_in), op.wait)
         refused = refusals(fleet, targets, op)
         if refused:
             raise Refused("; ".join(refused) + ": nothing sent")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agents.client import AgentClient
+from agents.protocol import Sample
 from console.inventory import load_inventory
 from tests.conftest import wait_for
 from tests.integration.conftest import demo_process
@@ -81,12 +82,6 @@ def test_dry_run_refuses_what_the_real_run_would(fleet: Path) -> None:
         assert node.returncode == 2
         assert "node is not a restart target on demo07" in node.stderr
     inject(fleet, "demo07", "busy")
-
-    def busy() -> bool:
-        [doc] = json.loads(gpufleet(fleet, "status", "demo07", "--json").stdout)
-        return bool(doc["gpus"]) and (doc["gpus"][0]["util"] or 0) >= 90
-
-    wait_for(busy, 30, "demo07's GPU busy in a snapshot")
     reset = gpufleet(fleet, "restart", "demo07", "--target", "gpu0", "--reason", "r", "--yes")
     assert reset.returncode == 2, reset.stdout + reset.stderr
     assert "gpu0 is busy on demo07: end its work (or drain the node) first: nothing sent" in (
@@ -190,13 +185,43 @@ def test_the_fleet_audit_merges_the_nodes_logs(fleet: Path) -> None:
     assert "--since 'soon'" in bad.stderr
 
 
+def test_the_guard_weighs_the_pool_a_reassigned_node_is_in_now(fleet: Path) -> None:
+    """demo08, moved from infer to train, is drained as a member of train: the guard reaches
+    train's nodes too, and counts demo01, drained there already."""
+    assert gpufleet(fleet, "drain", "demo01", "--reason", "r", "--yes").returncode == 0
+    move = gpufleet(fleet, "reassign", "demo08", "--pool", "train", "--reason", "r", "--yes")
+    try:
+        assert move.returncode == 0, move.stderr
+        done = gpufleet(fleet, "drain", "demo08", "--reason", "r", "--dry-run")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert (
+            "pool train: 2 of 5 nodes would be out of service (more than 25%): drain demo08; "
+            "already out: demo01 drain"
+        ) in done.stderr
+    finally:
+        back = gpufleet(fleet, "reassign", "demo08", "--pool", "infer", "--reason", "r", "--yes")
+        assert back.returncode == 0, back.stderr
+        assert gpufleet(fleet, "resume", "demo01", "--yes").returncode == 0
+
+
 def inject(inventory: Path, node: str, fault: str) -> None:
     """Make a demo node's GPUs busy or idle, through its agent's own request (the simulator
-    stands in for a GPU here)."""
+    stands in for a GPU here), and wait for a sample that shows it: the agent judges its
+    GPUs by its latest sample."""
     [entry] = [e for e in load_inventory(inventory).nodes if e.name == node]
     with AgentClient(entry.socket, stream=False) as client:
         for gpu in (0, 1):
             assert client.request("sim_inject", fault=fault, gpu=gpu).ok
+    with AgentClient(entry.socket, history=False) as watcher:
+
+        def shown() -> bool:
+            frame = watcher.recv()
+            if not isinstance(frame, Sample):
+                return False
+            utils = [frame.gpus[gpu].util_gpu or 0 for gpu in (0, 1)]
+            return all(u >= 90 for u in utils) if fault == "busy" else not any(utils)
+
+        wait_for(shown, 20, f"{node}'s GPUs {fault} in a sample")
 
 
 def test_drain_wait_returns_when_the_node_is_drained(fleet: Path) -> None:
