@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -26,7 +26,7 @@ from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
 from agents.kube import KubeScheduler
 from agents.metrics import MetricsCollector
-from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample
+from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample, at_work
 from agents.requests import RequestHandler
 from agents.sampler import Sampler, inventory_frame
 from agents.scheduler import NoScheduler, Scheduler
@@ -34,9 +34,6 @@ from agents.sdnotify import Notifier
 from agents.server import AgentServer
 from agents.slurm import SlurmScheduler
 from agents.store import AuditLog, StateStore, StoreError
-
-#: A GPU above this utilization counts as still working, process listed or not.
-BUSY_UTIL_PERCENT: Final = 5
 
 log = logging.getLogger("gpufleet.agent")
 T = TypeVar("T")
@@ -127,6 +124,7 @@ class Agent:
             raise StoreError(f"cannot create the state directory {state_dir}: {reason}") from None
         self.store = StateStore(state_dir)
         self.state: NodeState = self.store.load()
+        self._hold_work(self.state)
         self.audit = AuditLog(state_dir)
         self.sampler = Sampler(backend, HostSampler(), history_len=config.history_len, clock=clock)
         self._host: HostInfo = host_info()
@@ -176,6 +174,8 @@ class Agent:
         self._slow_thread = threading.Thread(target=self._slow_loop, name="slow", daemon=True)
         self.serving = asyncio.Event()  # set once the socket is bound and READY was sent
         self._syncs: set[asyncio.Future[None]] = set()
+        #: The drain deadline whose passing was already told (said once, not every tick).
+        self._overdue_told: float | None = None
 
     def inventory(self) -> Inventory:
         frame = inventory_frame(self.node, self.backend.inventory(), self._host, self.state)
@@ -247,11 +247,7 @@ class Agent:
         latest = self.sampler.latest
         if latest is None:
             return frozenset()
-        return frozenset(
-            r.index
-            for r in latest.gpus
-            if not r.lost and (r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT)
-        )
+        return frozenset(r.index for r in latest.gpus if at_work(r))
 
     def _tell(self, message: str) -> None:
         """A line for every operator watching (a reboot that failed after its reply)."""
@@ -276,28 +272,45 @@ class Agent:
             await asyncio.sleep(self.config.scheduler.poll)
             await self.handler.sync()
 
+    def _hold_work(self, state: NodeState) -> None:
+        """Tell a simulated node's GPUs whether new work may start there: a real node's
+        scheduler stops giving a drained node work; the simulator's must be told."""
+        hold = getattr(self.backend, "hold_work", None)
+        if callable(hold):
+            hold(state.state != "schedulable")
+
     def _state_changed(self, state: NodeState) -> None:
         """A new ops state (already saved): kept, and told to every client as an event."""
         self.state = state
+        self._hold_work(state)
         said = f"{state.state}" + (f": {state.reason}" if state.reason else "")
         self._emit(self.sampler.event("state", said, state=state))
 
     async def _advance_drain(self) -> None:
-        """DRAINING becomes DRAINED when the GPUs are free or the drain's deadline passes."""
+        """DRAINING becomes DRAINED when no GPU has work left, and only then: DRAINED means
+        nothing runs there (an operator reboots or resets on that word). A drain's deadline
+        passing with work still running is said once, to every console, and the node stays
+        DRAINING: ``drain --wait --timeout`` reports it as a timeout."""
         s = self.state
         if s.state != "draining":
             return
-        overdue = s.deadline is not None and self._clock() >= s.deadline
-        if self._busy_gpus() and not overdue:
+        busy = self._busy_gpus()
+        if busy:
+            overdue = s.deadline is not None and self._clock() >= s.deadline
+            if overdue and self._overdue_told != s.deadline:
+                self._overdue_told = s.deadline
+                gpus = ", ".join(f"gpu{i}" for i in sorted(busy))
+                self._tell(
+                    f"drain timeout passed with work still running on {gpus}: still draining"
+                )
             return
-        why = "timeout passed with work still running" if overdue else "GPUs idle"
         after = msgspec.structs.replace(s, state="drained", deadline=None)
         try:
             await asyncio.to_thread(self.store.save, after)
         except StoreError as exc:
             log.error("drain: cannot save the drained state: %s", exc)
             return
-        log.warning("drained (%s)", why)
+        log.warning("drained (GPUs idle)")
         self._state_changed(after)
 
     def _emit(self, event: Event) -> None:

@@ -185,6 +185,17 @@ class GpuReading(msgspec.Struct, kw_only=True, frozen=True):
     processes: list[GpuProcess] | None = None
 
 
+#: A GPU above this utilization counts as still working, process listed or not.
+BUSY_UTIL_PERCENT: Final = 5
+
+
+def at_work(r: GpuReading) -> bool:
+    """Whether work is still on the GPU: a process listed, or busy with none listed (work in
+    another PID namespace lists no process). The one rule for a drain waiting for the GPUs and
+    a reset refusing a busy one, on the agent, and for the console checking before it asks."""
+    return not r.lost and bool(r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT)
+
+
 class HostReading(msgspec.Struct, kw_only=True, frozen=True):
     """The host at one tick. Rates are per second since the previous tick (None on the first);
     the slow cadence's fields (per core, swap, disk, network) since the previous slow read."""
@@ -213,7 +224,9 @@ class NodeState(msgspec.Struct, kw_only=True, frozen=True):
     reason: str | None = None
     who: str | None = None
     since: float | None = None  # unix time of the last change
-    deadline: float | None = None  # draining: unix time it counts as drained regardless
+    #: draining: unix time the drain was given until; past it with work still running the
+    #: node stays DRAINING (DRAINED means no work) and the agent says so once.
+    deadline: float | None = None
     #: restart node: the boot id it was rebooted from; the agent resumes the node when it
     #: starts on another boot (drain, reboot, back in service: what "restart" means).
     resume_after_boot: str | None = None
@@ -423,8 +436,9 @@ def _check_reason(reason: str, *, required: bool) -> None:
 
 
 class DrainArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Take the node out of service: DRAINING until its GPUs are free (or ``timeout``
-    seconds pass), then DRAINED."""
+    """Take the node out of service: DRAINING until its GPUs are free, then DRAINED.
+    ``timeout``: how long the drain may take (a bare node says when it passes with work
+    still running, and stays DRAINING; Kubernetes stops evicting)."""
 
     reason: str
     timeout: float | None = None

@@ -394,7 +394,10 @@ class RequestHandler:
         # The ops state's reason, who and since stay: they say why it is out of service. The
         # move itself is in the audit log, with its own reason.
         after = msgspec.structs.replace(before, pool=view.pool if view else args.pool)
-        return await self._change(before, after, f"pool {before.pool or '(none)'} -> {args.pool}")
+        # A node with no pool of its own was in its console's inventory pool, which the agent
+        # does not know: it says so rather than "none" (the console names that pool).
+        was = before.pool or "(not set on the node: the inventory's)"
+        return await self._change(before, after, f"pool {was} -> {args.pool}")
 
     def restart_targets(self) -> list[str]:
         """The allowlist. A simulated node offers its GPUs' resets only (and a reboot where

@@ -330,7 +330,7 @@ async def gpufleet_step(
 ) -> dict[str, Any]:
     """One ``gpufleet VERB all --reason R --yes --force``, through ``operate``."""
     chosen = chosen_nodes(inv, ("all",))
-    op = Operation(verb, build(verb, REASONS[verb], None), ("all",), False, True, wait)
+    op = Operation(verb, build(verb, REASONS[verb], None), ("all",), False, True, wait, yes=True)
     said: list[str] = []
     TimedLinks.made.clear()
     TimedLinks.meter = meter

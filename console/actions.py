@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, Protocol
 import hostlist
 
 from agents.protocol import GpufleetError, Response
-from console.fleet import DOWN_STATES, FleetState
+from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.link import AgentTooOld, NotDelivered
 
 Verb = Literal["drain", "resume", "restart", "reassign"]
@@ -102,7 +102,15 @@ def why_no_restart_targets(fleet: FleetState, nodes: Sequence[str]) -> str | Non
 
 
 def pools(fleet: FleetState) -> list[str]:
-    return sorted({v.entry.pool for v in fleet.nodes.values()})
+    """Every pool a node is in now (``NodeView.pool``: its agent's, else the inventory's)."""
+    return sorted({v.pool for v in fleet.nodes.values()})
+
+
+def known_pools(fleet: FleetState) -> set[str]:
+    """Pools the console knows of: the inventory's and every agent's. A reassign to any
+    other is most likely a typo, and a node moved there would leave every pool the console
+    shows."""
+    return {v.entry.pool for v in fleet.nodes.values()} | set(pools(fleet))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,29 +146,47 @@ def busy_without_processes(fleet: FleetState, nodes: Iterable[str]) -> list[str]
     return out
 
 
+def out_of_service(view: NodeView) -> str | None:
+    """Why the node is out of service now (its state, or its link down), or None."""
+    if view.link in DOWN_STATES:
+        return view.link
+    if view.state is not None and view.state.state != "schedulable":
+        return view.state.state
+    return None
+
+
 def guard_warnings(fleet: FleetState, nodes: Iterable[str], verb: Verb) -> list[str]:
-    """One line per pool of which the action would take more than GUARD_SHARE out of service
-    (counting nodes already draining, drained, or unreachable)."""
+    """One line per pool of which the action would leave more than GUARD_SHARE out of
+    service. What counts is what the action changes: a chosen node already out (draining,
+    drained, its link down: a request could not reach it anyway) is counted once, among those
+    already out, which the line names with why; a pool the action changes nothing in is not
+    warned about."""
     if not VERBS[verb].takes_out_of_service:
         return []
     chosen = set(nodes)
     warnings = []
     for pool in pools(fleet):
-        members = [v for v in fleet.nodes.values() if v.entry.pool == pool]
-        hit = [v for v in members if v.name in chosen]
-        if not hit:
+        members = [v for v in fleet.nodes.values() if v.pool == pool]
+        already = {v.name: why for v in members if (why := out_of_service(v)) is not None}
+        taken = [v.name for v in members if v.name in chosen and v.name not in already]
+        if not taken:
             continue
-        out = {
-            v.name
-            for v in members
-            if (v.state is not None and v.state.state != "schedulable") or v.link in DOWN_STATES
-        }
-        after = len(out | {v.name for v in hit})
+        after = len(already) + len(taken)
         if after / len(members) > GUARD_SHARE:
-            warnings.append(
+            line = (
                 f"pool {pool}: {after} of {len(members)} nodes would be out of service "
-                f"(more than {GUARD_SHARE:.0%})"
+                f"(more than {GUARD_SHARE:.0%}): {verb} {hostlist.collect_hostlist(taken)}"
             )
+            if already:
+                by_why: dict[str, list[str]] = {}
+                for name, why in already.items():
+                    by_why.setdefault(why, []).append(name)
+                out = ", ".join(
+                    f"{hostlist.collect_hostlist(names)} {why}"
+                    for why, names in sorted(by_why.items())
+                )
+                line += f"; already out: {out}"
+            warnings.append(line)
     return warnings
 
 
@@ -172,7 +198,8 @@ class Requester(Protocol):
 
 #: not_delivered: certainly not applied; unknown: sent, its answer lost (the node's state
 #: read again afterwards is in the message); timeout: drain --wait gave up waiting.
-Outcome = Literal["pending", "ok", "refused", "not_delivered", "unknown", "timeout"]
+#: dry_run: what would be sent (nothing was).
+Outcome = Literal["pending", "ok", "refused", "not_delivered", "unknown", "timeout", "dry_run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,15 +252,19 @@ async def run_action(
     on_result: Callable[[NodeResult], Awaitable[None] | None] | None = None,
     *,
     wait: float = REQUEST_WAIT_S,
+    on_send: Callable[[str], None] | None = None,
 ) -> list[NodeResult]:
     """Send the verb to every node (bounded), reporting each node's result as it comes.
-    ``wait``: seconds for each node's answer."""
+    ``wait``: seconds for each node's answer; ``on_send``: told as each request goes out (an
+    interrupted operation says which nodes were sent one)."""
     if not nodes:
         raise ActionError("no nodes selected")
     gate = asyncio.Semaphore(ACTION_CONCURRENCY)
 
     async def one(node: str) -> NodeResult:
         async with gate:
+            if on_send is not None:
+                on_send(node)
             try:
                 result = _result(node, await requester.request(node, verb, args, wait=wait))
             except AgentTooOld as exc:  # the node cannot do it: refused, on its behalf

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
-import hostlist
 
 from agents.protocol import PROTOCOL_VERSION, GpufleetError, parse_since, to_builtins
 from console import __version__
@@ -36,10 +35,11 @@ from console.fleetlinks import FleetLinks
 from console.inventory import Inventory, find_inventory, load_inventory
 from console.link import CONNECTING_AT_ONCE, LinkOptions
 from console.operate import (
+    EXIT_INTERRUPTED,
     Operation,
+    Progress,
     build,
     chosen_nodes,
-    confirm,
     operate,
     result_lines,
 )
@@ -365,7 +365,7 @@ class Reach:
         inv = load_inventory(find_inventory(self.inventory))
         selector = parse_selector(self.selector)
         pools = {e.pool for e in inv.nodes}
-        chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact(pools))
+        chosen = select(FleetState(inv.nodes).nodes.values(), selector.before_contact())
         if not self.as_json:
             click.echo(f"{plural(len(chosen), 'node')} from {inv.source}", err=True)
         entries = [v.entry for v in chosen]
@@ -441,10 +441,14 @@ def inventory_check(reach: Reach) -> None:
         click.echo(json.dumps(results))
     elif results:
         rows = [
-            [r["name"], "ok" if r["ok"] else r["problem"], r["detail"], r["next"] or ""]
+            [
+                r["name"],
+                "ok" if r["ok"] else r["problem"],
+                r["detail"] + (f"; next: {r['next']}" if r["next"] else ""),
+            ]
             for r in results
         ]
-        for line in aligned(("NODE", "CHECK", "DETAIL", "NEXT"), rows):
+        for line in aligned(("NODE", "CHECK", "DETAIL"), rows):
             click.echo(line)
     sys.exit(exit_code(views))
 
@@ -475,23 +479,44 @@ def _operate(
 ) -> None:
     inv = load_inventory(find_inventory(reach.inventory))
     nodes = chosen_nodes(inv, reach.selector)
-    click.echo(f"{verb} {len(nodes)} node(s): {hostlist.collect_hostlist(nodes)}", err=True)
-    confirm(verb, nodes, yes or dry_run, lambda q: click.confirm(q, default=False, err=True))
-    op = Operation(verb, args, reach.selector, dry_run, force, reach.wait, until_drained)
-    code, results = asyncio.run(
-        operate(inv, nodes, op, reach.options, lambda m: click.echo(m, err=True))
-    )
+    op = Operation(verb, args, reach.selector, dry_run, force, reach.wait, until_drained, yes)
+    progress = Progress()
+    try:
+        code, results = asyncio.run(operate(inv, nodes, op, reach.options, _say, progress=progress))
+    except KeyboardInterrupt:
+        _interrupted(verb, progress, reach.as_json)
     for line in result_lines(results, reach.as_json):
         click.echo(line)
     sys.exit(code)
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _interrupted(verb: Verb, progress: Progress, as_json: bool) -> NoReturn:
+    """Ctrl-C: say what was sent and what is known of each node (never a bare "Aborted!"
+    after half a fleet was drained), and exit 130."""
+    if not progress.acting:
+        click.echo(f"gpufleet: interrupted; no {verb} was sent", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    results = progress.lines()
+    click.echo(
+        f"gpufleet: interrupted: {verb} sent to {len(progress.sent)} of {len(results)} node(s); "
+        "what is known of each:",
+        err=True,
+    )
+    for line in result_lines(results, as_json):
+        click.echo(line)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 @main.command()
 @click.option("--reason", required=True, help="Why (stored and shown literally).")
 @click.option(
     "--timeout", type=click.FloatRange(0, 604800), default=None,
-    help="Seconds the drain may take: a bare node counts as DRAINED after it even with work "
-    "still running; Kubernetes stops evicting; --wait stops waiting.",
+    help="Seconds the drain may take: past it a node with work still running stays DRAINING "
+    "(a bare node says so; Kubernetes stops evicting); --wait stops waiting and reports it.",
 )  # fmt: skip
 @click.option(
     "--wait", "wait_drained", is_flag=True,
@@ -548,8 +573,11 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     inv = load_inventory(find_inventory(reach.inventory))
-    nodes = chosen_nodes(inv, reach.selector or ("all",))  # reading acts on nothing
-    code, got, missing = asyncio.run(gather_audit(inv, nodes, start, reach.options, reach.wait))
+    selector = reach.selector or ("all",)  # reading acts on nothing: all by default
+    nodes = chosen_nodes(inv, selector)
+    code, got, missing = asyncio.run(
+        gather_audit(inv, nodes, start, reach.options, reach.wait, selector)
+    )
     if reach.as_json:
         click.echo(json.dumps([{"node": n, **to_builtins(e)} for n, e in got]))
     elif got:

@@ -25,7 +25,7 @@ import asyncssh
 
 from agents.config import AgentConfig, AgentSection
 from agents.daemon import Agent
-from agents.gpu.sim import SimBackend
+from agents.gpu.sim import DEMO_SPELLS, SimBackend
 
 #: Scripted incidents for ``--faults``: (seconds after start, node index, what).
 INCIDENTS = (
@@ -84,7 +84,8 @@ class DemoFleet:
         are released then (``Sampler.release``), once whoever drives the fleet has read
         them after the stop (the soak notes what the stopped agent buffered)."""
         before = self.agents.get(name)
-        agent = Agent(self.node_config(name), SimBackend(self.gpus, seed=seed, node=name))
+        backend = SimBackend(self.gpus, seed=seed, node=name, spells=DEMO_SPELLS)
+        agent = Agent(self.node_config(name), backend)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         ready = asyncio.create_task(agent.serving.wait())

@@ -52,6 +52,7 @@ DOWN_STATES: Final = frozenset(
 )  # fmt: skip
 
 Severity = Literal["warning", "critical"]
+PoolSource = Literal["agent", "inventory"]
 
 #: Alerts kept in the fleet's alert log, active and ended.
 ALERT_LOG: Final = 1000
@@ -120,6 +121,21 @@ class NodeView:
     def state(self) -> NodeState | None:
         """The ops state, from the latest inventory or state event."""
         return self.inventory.state if self.inventory else None
+
+    @property
+    def pool(self) -> str:
+        """The pool the node is in now: the agent's, once it has one (a reassign, or the
+        scheduler's partition or label), else the inventory's, which is the default until an
+        agent says otherwise. An operator who reassigns a node expects it to be in the new
+        pool everywhere: the inventory is what was planned, the agent is what is."""
+        state = self.state
+        return state.pool if state is not None and state.pool else self.entry.pool
+
+    @property
+    def pool_source(self) -> PoolSource:
+        """Where ``pool`` comes from: ``agent`` or ``inventory``."""
+        state = self.state
+        return "agent" if state is not None and state.pool else "inventory"
 
     @property
     def answered(self) -> bool:

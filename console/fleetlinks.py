@@ -77,10 +77,11 @@ class FleetLinks:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
-            pending = [
-                v.name
-                for v in self.fleet.nodes.values()
-                if not v.answered and v.link not in DOWN_STATES
+            nodes = self.fleet.nodes
+            pending = [  # this one's links: a fleet model may be shared (the verbs' rounds)
+                name
+                for name in self.links
+                if not nodes[name].answered and nodes[name].link not in DOWN_STATES
             ]
             if not pending or loop.time() >= deadline:
                 return pending

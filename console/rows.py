@@ -118,7 +118,7 @@ def node_row(view: NodeView, now: float) -> NodeRow:
     alerts = view.alerts
     return NodeRow(
         view.name,
-        view.entry.pool,
+        view.pool,
         state.state if state else "unknown",
         detail,
         view.link,
@@ -213,7 +213,7 @@ class RowFilter:
         if not self.words:
             return True
         state = view.state
-        text = f"{view.name} {view.entry.pool} {state.reason if state else ''}".lower()
+        text = f"{view.name} {view.pool} {state.reason if state else ''}".lower()
         return all(w in text for w in self.words)
 
 

@@ -40,17 +40,11 @@ class Selector:
     filters: dict[str, frozenset[str]] = field(default_factory=dict)
     alerting: bool = False
 
-    def before_contact(self, inventory_pools: Collection[str] | None = None) -> Selector:
-        """The part that can be judged from the inventory alone (hosts, pools): what to
-        connect to. State, link and alerts are known only after, so they are applied then;
-        so is a pool the inventory does not name (given ``inventory_pools``), which only an
-        agent can have."""
-        pools = {k: v for k, v in self.filters.items() if k == "pool"}
-        if inventory_pools is not None and not pools.get("pool", frozenset()) <= set(
-            inventory_pools
-        ):
-            pools = {}
-        return Selector(hosts=self.hosts, globs=self.globs, filters=pools)
+    def before_contact(self) -> Selector:
+        """The part that can be judged from the inventory alone (hosts): what to connect to.
+        Pools, state, link and alerts are known only after (a node's pool is its agent's once
+        it has one, ``NodeView.pool``), so they are applied then."""
+        return Selector(hosts=self.hosts, globs=self.globs)
 
     def describe(self) -> str:
         """The selector as the operator typed it, near enough to recognise."""
@@ -64,7 +58,7 @@ class Selector:
         ):
             return False
         values = {
-            "pool": view.entry.pool,
+            "pool": view.pool,
             "state": view.state.state if view.state else "unknown",
             "link": view.link,
         }

@@ -79,7 +79,9 @@ def node_doc(view: NodeView, now: float) -> dict[str, Any]:
         last_seen = {"age_s": view.age(now), "gpus": old, "host": old_host}
     return {
         "name": view.name,
-        "pool": view.entry.pool,
+        "pool": view.pool,  # the agent's once it has one, else the inventory's
+        "pool_source": view.pool_source,
+        "inventory_pool": view.entry.pool,
         "link": view.link,
         "link_reason": view.link_reason or None,
         "age_s": view.age(now),

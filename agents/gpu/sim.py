@@ -71,6 +71,10 @@ _PID_BASE: Final = 4_000_000
 # Dynamics, in simulated seconds unless said otherwise.
 _IDLE_SPELL_S: Final = (20.0, 240.0)
 _BUSY_SPELL_S: Final = (30.0, 600.0)
+#: The demo fleet's (``SimBackend(spells=...)``): jobs short enough that a drained node, which
+#: takes no new work (``hold_work``), is DRAINED within two minutes, as an operator trying the
+#: demo can wait for; the fleet stays about two-thirds busy.
+DEMO_SPELLS: Final = ((10.0, 50.0), (20.0, 120.0))
 _P_START_BUSY: Final = 0.4
 _P_CAPPED: Final = 0.65  # share of workloads whose demand exceeds the cap (bf16 matmul does)
 _P_CONTAINER: Final = 0.7  # share of workloads in another PID namespace
@@ -124,6 +128,7 @@ class _Gpu:
         "remap_pending",
         "remapped_uncorrectable",
         "rng",
+        "spells",
         "temp",
         "util",
         "util_mem_target",
@@ -131,8 +136,11 @@ class _Gpu:
         "wander",
     )
 
-    def __init__(self, index: int, rng: random.Random) -> None:
+    def __init__(
+        self, index: int, rng: random.Random, spells: tuple[tuple[float, float], ...]
+    ) -> None:
         self.index = index
+        self.spells = spells  # (idle, busy) spell lengths, (shortest, longest)
         self.rng = rng
         r = rng.random
         self.lost = False
@@ -166,12 +174,12 @@ class _Gpu:
         r = rng.random
         self.busy = busy
         if not busy:
-            self.remaining = rng.uniform(*_IDLE_SPELL_S)
+            self.remaining = rng.uniform(*self.spells[0])
             self.util = 0
             self.mem_used = 0
             self.processes = ()
             return
-        self.remaining = rng.uniform(*_BUSY_SPELL_S)
+        self.remaining = rng.uniform(*self.spells[1])
         self.util_target = 92 + int(9 * r())
         self.util = self.util_target
         self.util_mem_target = 35 + int(50 * r())
@@ -214,7 +222,10 @@ class SimBackend:
         node: str = "sim",
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        spells: tuple[tuple[float, float], tuple[float, float]] = (_IDLE_SPELL_S, _BUSY_SPELL_S),
     ) -> None:
+        """``spells``: how long idle spells and jobs last, each (shortest, longest) in
+        simulated seconds (``DEMO_SPELLS`` for the demo fleet)."""
         if gpus < 0:
             raise ValueError(f"gpus must be 0 or more, not {gpus}")
         if not interval > 0:
@@ -225,9 +236,10 @@ class SimBackend:
         self._alpha_overheat = max(self._alpha, _OVERHEAT_ALPHA_PER_TICK)
         self._lock = threading.Lock()
         self._events: list[XidEvent] = []
+        self._held = False  # the node takes no new work (draining, drained)
         # String seeds hash through SHA-512, so they are stable across runs and PYTHONHASHSEED.
         self._gpus = [
-            _Gpu(i, random.Random(f"gpufleet-sim/{seed}/{node}/{i}"))  # noqa: S311  simulation, not security
+            _Gpu(i, random.Random(f"gpufleet-sim/{seed}/{node}/{i}"), spells)  # noqa: S311  simulation, not security
             for i in range(gpus)
         ]
         # The slow thread has its own generator: whenever it runs, read()'s draws stay the same.
@@ -305,6 +317,13 @@ class SimBackend:
     def close(self) -> None:
         return None
 
+    def hold_work(self, held: bool) -> None:
+        """The node's scheduler stops (or starts again) giving it work: the agent calls this
+        when the node is drained or resumed. Work running now ends in its own time; no new
+        work starts while held (an injected ``busy`` still does: that is a test's own)."""
+        with self._lock:
+            self._held = held
+
     def inject(self, fault: str, gpu: int) -> str:
         """Apply a fault now; the readings show it from the next ``read`` on.
 
@@ -362,7 +381,7 @@ class SimBackend:
         g.remaining -= dt
         while g.remaining <= 0.0:
             carry = g.remaining
-            g.start_spell(busy=not g.busy)
+            g.start_spell(busy=not g.busy and not self._held)
             g.remaining += carry
         r = g.rng.random
         capped = False

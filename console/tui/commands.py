@@ -58,7 +58,7 @@ class FleetCommands(Provider):
         out.extend(_actions(self.screen))
         fleet_screen = next((s for s in app.screen_stack if isinstance(s, FleetScreen)), None)
         if fleet_screen is not None:
-            pools = sorted({v.entry.pool for v in app.fleet.nodes.values()})
+            pools = sorted({v.pool for v in app.fleet.nodes.values()})
             for text in [*(f"pool={p}" for p in pools), "state=drained", "alert", "link=stale"]:
                 out.append((f"filter {text}", partial(_filter, app, text), "show only these nodes"))
         for name in app.fleet.nodes:

@@ -109,7 +109,7 @@ class FleetScreen(Screen[None]):
         fleet = self.fleet_app.fleet
         fit = {
             "name": max((len(n) for n in fleet.nodes), default=4),
-            "pool": max((len(v.entry.pool) for v in fleet.nodes.values()), default=4),
+            "pool": max((len(v.pool) for v in fleet.nodes.values()), default=4),
         }
         columns = [
             TableColumn(

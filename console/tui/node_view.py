@@ -115,8 +115,11 @@ class NodeScreen(Screen[None]):
         ops: str = state.state if state else "unknown"
         if state and state.state != "schedulable":
             ops += f" ({state.reason or 'no reason'}, {state.who or '?'}@{when(state.since)})"
+        pool = view.pool
+        if pool != view.entry.pool:  # reassigned: where the pool comes from
+            pool += f" (the agent's; inventory: {view.entry.pool})"
         head = [
-            f"{view.name}  pool {view.entry.pool}  state {ops}",
+            f"{view.name}  pool {pool}  state {ops}",
             f"link {link}" + (f"  (sample {age(view.age(now))} old)" if view.age(now) else ""),
         ]
         if inv is not None:

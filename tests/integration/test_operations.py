@@ -4,6 +4,7 @@ request path, as an operator's test would."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -15,13 +16,19 @@ import msgspec
 import pytest
 
 from agents.client import AgentClient
-from agents.protocol import Event, NodeState, Sample
+from agents.config import AgentConfig, AgentSection
+from agents.daemon import Agent
+from agents.gpu.sim import DEMO_SPELLS, SimBackend
+from agents.identity import Peer
+from agents.protocol import Event, NodeState, Request, Sample, decode
+from agents.requests import Caller
 from agents.store import AuditLog, StateStore
-from tests.conftest import AgentProc, agent_command, wait_for
+from tests.conftest import AgentProc, agent_command, until, wait_for
 
 pytestmark = pytest.mark.integration
 
 ONE_GPU = ("--backend", "sim", "--gpus", "1", "--interval", "0.05")
+OPERATOR = Caller(Peer(pid=1, uid=2002, gid=2002, user="olga", groups=("ops",)), "operator")
 
 
 def state_events(watcher: AgentClient, into: list[Event]) -> Callable[[str], Event | None]:
@@ -93,15 +100,31 @@ def test_drain_waits_for_the_gpu_work_then_reports_drained(
     assert ops == [("drain", "ok"), ("resume", "ok")]
 
 
-def test_a_drain_timeout_ends_the_wait_with_work_still_running(
+def test_a_drain_timeout_with_work_still_running_leaves_the_node_draining(
     agent_factory: Callable[..., AgentProc],
 ) -> None:
+    """DRAINED means no work: past the drain's timeout a busy node stays DRAINING, and the
+    agent tells every console once; it is DRAINED when the work ends."""
     with gpu_set(agent_factory, "busy") as (_, watcher, actor):
-        answer = actor.request("drain", reason="urgent", timeout=0.5)
+        answer = actor.request("drain", reason="urgent", timeout=0.2)
         assert answer.result is not None and answer.result["after"]["state"] == "draining"
+
+        def told() -> Event | None:
+            frame = watcher.recv()
+            if isinstance(frame, Event) and frame.kind == "state":
+                assert frame.state is not None and frame.state.state != "drained", frame
+            if isinstance(frame, Event) and frame.kind == "notice":
+                return frame
+            return None
+
+        notice = wait_for(told, 20, "the notice that the timeout passed")
+        assert notice.message == (
+            "drain timeout passed with work still running on gpu0: still draining"
+        )
+        assert (actor.request("state").result or {})["state"] == "draining"
+        assert actor.request("sim_inject", fault="idle", gpu=0).ok
         events: list[Event] = []
-        wait_for(lambda: state_events(watcher, events)("drained"), 20, "drained at the deadline")
-        assert (actor.request("state").result or {})["state"] == "drained"
+        wait_for(lambda: state_events(watcher, events)("drained"), 20, "drained once idle")
 
 
 def test_a_gpu_reset_waits_for_the_gpu_to_be_idle(agent_factory: Callable[..., AgentProc]) -> None:
@@ -195,3 +218,46 @@ def test_a_node_restarted_through_the_agent_is_back_in_service_on_its_new_boot(
     [entry] = AuditLog(agent.state_dir).entries()
     assert (entry.op, entry.who, entry.result) == ("resume", "gpufleet-agent", "ok")
     assert entry.args["reason"] == "back after the reboot asked by olga"
+
+
+async def test_a_drained_simulated_node_takes_no_new_work(tmp_path: Path) -> None:
+    """The demo's nodes: a drain ends (DRAINING, then DRAINED) because the simulator starts no
+    work on a drained node, and running work ends in its own time. Simulated time: 5 s a
+    tick, so two simulated minutes are 24 ticks."""
+    config = AgentConfig(
+        agent=AgentSection(
+            node_name="demo01",
+            socket=str(tmp_path / "agent.sock"),
+            state_dir=str(tmp_path / "state"),
+            backend="sim",
+            interval=0.05,
+        )
+    )
+    backend = SimBackend(8, seed=0, node="demo01", interval=5.0, spells=DEMO_SPELLS)
+    backend.inject("busy", 0)
+    agent = Agent(config, backend)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await until(lambda: agent.serving.is_set() or task.done(), "the agent serving")
+        request = Request(id=1, op="drain", args={"reason": "demo"})
+        answer = await agent.handler.handle(OPERATOR, request)
+        assert answer.ok and answer.result is not None
+        assert answer.result["after"]["state"] == "draining"
+        assert agent.sampler.latest is not None
+        start = agent.sampler.latest.seq
+
+        def seq() -> int:
+            return agent.sampler.latest.seq if agent.sampler.latest else 0
+
+        await until(lambda: agent.state.state == "drained" or seq() > start + 24, "24 ticks")
+        assert agent.state.state == "drained", "within two simulated minutes"
+        at = seq()
+        await until(lambda: seq() > at + 50, "250 simulated seconds more")
+        frames = [decode(line) for line in agent.sampler.replay]
+        readings = [r for f in frames if isinstance(f, Sample) and f.seq > at for r in f.gpus]
+        assert len(readings) >= 50 * 8
+        assert all(r.util_gpu == 0 for r in readings), "no new work on a drained node"
+    finally:
+        stop.set()
+        await task

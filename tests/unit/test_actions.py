@@ -16,6 +16,7 @@ from console.actions import (
     affected,
     busy_without_processes,
     guard_warnings,
+    known_pools,
     request_args,
     restart_targets,
     run_action,
@@ -25,6 +26,10 @@ from console.fleet import FleetState
 from console.inventory import parse_inventory
 from console.link import NotDelivered
 from console.operate import outcome_code, result_lines
+from console.rows import node_row, parse_filter
+from console.selector import parse_selector, select
+from console.status import status_doc
+from tests.conftest import until
 from tests.fakes.simnode import Node, feed
 
 FLEET = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-8]"\n'
@@ -184,3 +189,71 @@ def test_exit_codes_of_an_operation() -> None:
         "a  ok             drained",
         "b  refused        forbidden: vic is a viewer",
     ]
+
+
+def test_the_guard_counts_what_the_action_changes(fleet: FleetState) -> None:
+    """Draining a node already out of service (unreachable, drained) takes nothing more out:
+    no warning; when it warns, the line says which nodes are already out, and why."""
+    for name in ("gpu5", "gpu6", "gpu7"):
+        fleet.set_link(name, "unreachable", "Connection refused", 1000.0)
+    assert guard_warnings(fleet, ["gpu5"], "drain") == [], "unreachable: nothing changes"
+    assert guard_warnings(fleet, ["gpu8", "gpu6"], "drain") == []
+    [warning] = guard_warnings(fleet, ["gpu1", "gpu5"], "drain")
+    assert warning == (
+        "pool train: 5 of 8 nodes would be out of service (more than 25%): drain gpu1; "
+        "already out: gpu8 drained, gpu[5-7] unreachable"
+    )
+
+
+def test_a_reassigned_node_is_in_its_agents_pool_everywhere() -> None:
+    """The agent's pool wins over the inventory's once the agent has one: the status
+    document (with where it came from), the selector, the rows and the guard's counting."""
+    two = FLEET + '[[group]]\nname = "infer"\npool = "infer"\nnodes = "inf[1-4]"\n'
+    f = FleetState(parse_inventory(two, "f").nodes)
+    for name in f.nodes:
+        n = Node(name, gpus=2)
+        state = NodeState(pool="train") if name == "inf1" else None
+        f.apply(name, n.inventory(state), 0.0)
+        feed(f, n, 1.0)
+    moved, kept = f.nodes["inf1"], f.nodes["inf2"]
+    assert (moved.pool, moved.pool_source) == ("train", "agent")
+    assert (kept.pool, kept.pool_source) == ("infer", "inventory")
+    doc = status_doc([moved], 2.0)[0]
+    assert (doc["pool"], doc["pool_source"], doc["inventory_pool"]) == ("train", "agent", "infer")
+    chosen = select(f.nodes.values(), parse_selector("pool=train"))
+    assert [v.name for v in chosen] == [*(f"gpu{i}" for i in range(1, 9)), "inf1"]
+    assert node_row(moved, 2.0).pool == "train"
+    assert parse_filter("pool=infer").matches(moved) is False
+    # train: 9 nodes now, so three drained is a third; infer: 3 nodes, one is a third.
+    [warning] = guard_warnings(f, ["gpu1", "gpu2", "inf1"], "drain")
+    assert warning.startswith("pool train: 3 of 9 nodes")
+    assert guard_warnings(f, ["inf2"], "drain")[0].startswith("pool infer: 1 of 3 nodes")
+    # A pool no one knows (not the inventory's, not an agent's) is most likely a typo.
+    assert known_pools(f) == {"train", "infer"}
+
+
+async def test_each_request_is_told_as_it_goes_out() -> None:
+    """What an interrupted operation reports: the nodes a request went out to (sent, answer
+    or not) apart from those it never reached its turn for."""
+    gate = asyncio.Semaphore(0)
+
+    class Hangs(Requester):
+        async def request(
+            self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+        ) -> Response:
+            if node == "gpu2":
+                await gate.acquire()  # never released: its answer never comes
+            return await super().request(node, op, args, wait)
+
+    sent: list[str] = []
+    answered: list[NodeResult] = []
+    nodes = ["gpu1", "gpu2"]
+    task = asyncio.create_task(
+        run_action(Hangs(), nodes, "drain", {"reason": "r"}, answered.append, on_send=sent.append)
+    )
+    await until(lambda: bool(answered), "gpu1's answer")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sorted(sent) == ["gpu1", "gpu2"]
+    assert [r.node for r in answered] == ["gpu1"]

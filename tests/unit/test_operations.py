@@ -65,7 +65,7 @@ async def test_reassign_moves_the_pool_and_keeps_the_ops_state(tmp_path: Path) -
     node = Node(tmp_path)
     await node.ask("drain", reason="moving")
     moved = await node.ask("reassign", pool="infer", reason="capacity")
-    assert moved.result["message"] == "pool (none) -> infer"
+    assert moved.result["message"] == "pool (not set on the node: the inventory's) -> infer"
     assert (node.state.pool, node.state.state, node.state.reason) == ("infer", "drained", "moving")
     again = await node.ask("reassign", pool="infer", reason="capacity")
     assert again.result["message"] == "already in pool infer"

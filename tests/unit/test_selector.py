@@ -103,9 +103,6 @@ def test_a_pool_only_an_agent_has_is_known(fleet: FleetState) -> None:
         node="gpu04", backend="none", host=_host(), gpus=[], state=NodeState(pool="spare")
     )
     names(fleet, "pool=spare")  # no error: matching it is the pool-of-record's business
-    assert parse_selector("pool=spare").before_contact({"train", "infer"}).filters == {}, (
+    assert parse_selector("pool=spare").before_contact().filters == {}, (
         "judged after contact, when the agents have said"
     )
-    assert parse_selector("pool=train").before_contact({"train"}).filters == {
-        "pool": frozenset({"train"})
-    }

@@ -15,7 +15,7 @@ import pytest
 
 from agents.gpu.base import SLOW_FIELDS, GpuBackend, XidEvent
 from agents.gpu.clocks import THERMAL_REASONS
-from agents.gpu.sim import FAULTS, SimBackend
+from agents.gpu.sim import DEMO_SPELLS, FAULTS, SimBackend
 from agents.protocol import GpuReading, SimInjectArgs
 
 CAP_MW = 700_000
@@ -497,3 +497,42 @@ def test_no_gpus_and_close_are_harmless() -> None:
     backend.close()
     backend.close()
     assert len(backend.read()) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# A drained node takes no new work
+
+
+def drained_after(backend: SimBackend, limit: int) -> int | None:
+    """Simulated seconds (reads at 1 s) until no GPU of a held node works, or None."""
+    backend.hold_work(True)
+    for t in range(1, limit + 1):
+        if all(r.util_gpu == 0 for r in backend.read()):
+            return t
+    return None
+
+
+def test_a_held_node_starts_no_work_and_its_running_work_ends_in_its_own_time() -> None:
+    backend = SimBackend(8, seed=3, node="demo04", spells=DEMO_SPELLS)
+    backend.inject("busy", 0)  # work that must end by itself, not be cut short
+    first = backend.read()[0]
+    assert first.util_gpu is not None and first.util_gpu >= 90
+    took = drained_after(backend, 120)
+    assert took is not None and took > 1, "running work ends in its own time"
+    idle = run(backend, 1800)
+    assert all(r.util_gpu == 0 and not r.processes for r in flat(idle)), "no new work"
+    backend.hold_work(False)
+    later = run(backend, 600)
+    assert any((r.util_gpu or 0) >= 90 for r in flat(later)), "resumed: work comes back"
+
+
+def test_demo_nodes_drain_within_about_two_minutes() -> None:
+    """The demo's 16 nodes x 8 GPUs, drained five minutes in with about two-thirds of their
+    GPUs at work: every one is idle within 120 simulated seconds."""
+    took, busy = [], 0
+    for i in range(16):
+        backend = SimBackend(8, seed=i, node=f"demo{i + 1:02d}", spells=DEMO_SPELLS)
+        busy += sum((r.util_gpu or 0) > 0 for r in run(backend, 300)[-1])
+        took.append(drained_after(backend, 120))
+    assert busy >= 16 * 8 // 2, "drained while working, or the test proves nothing"
+    assert None not in took, took
