@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 import click
 import hostlist
 
-from agents.protocol import PROTOCOL_VERSION, GpufleetError, parse_since, to_builtins
+from agents.protocol import PROTOCOL_VERSION, GpufleetError, clip, parse_since, to_builtins
 from console import __version__
 from console.actions import Verb
 from console.fleet import FleetState, NodeView
@@ -51,6 +51,15 @@ if TYPE_CHECKING:
     from console.tui.app import FleetApp
 
 
+#: The screen ended on an error of ours (sysexits' EX_SOFTWARE): never 0, never a traceback.
+EXIT_CRASH = 70
+
+
+class ScreenFailed(Exception):
+    """The screen stopped on an unexpected error; the message is one line for the operator
+    (the traceback is in the console log)."""
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"gpufleet: error: {message}", err=True)
     sys.exit(code)
@@ -64,6 +73,8 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except GpufleetError as exc:
             _fail(str(exc), EXIT_USAGE)
+        except ScreenFailed as exc:
+            _fail(str(exc), EXIT_CRASH)
 
 
 def _ssh_options(fn: Any) -> Any:
@@ -155,7 +166,8 @@ def main(
     inv = load_inventory(find_inventory(inventory))
     options = _link_options(known_hosts, accept_new, identity, ssh_config)
     log = _log_to_file()
-    asyncio.run(_screen(inv, options, readonly, source=f"{inv.source}  (log: {log})", live=live))
+    source = f"{inv.source}  (log: {log})"
+    asyncio.run(_screen(inv, options, readonly, source=source, live=live, log=log))
 
 
 #: The screen's log file rotates at this size, keeping LOG_BACKUPS older files: a console
@@ -192,8 +204,10 @@ async def _screen(
     source: str,
     background: Callable[[FleetApp], Coroutine[Any, Any, None]] | None = None,
     live: SourceSpec = SSH,
+    log: str | None = None,
 ) -> None:
-    """The fleet screen over live links (or Prometheus), until the operator quits."""
+    """The fleet screen over live links (or Prometheus), until the operator quits. An error
+    that ends it raises ``ScreenFailed`` (one line; the traceback went to ``log``)."""
     from console.tui.app import FleetApp
 
     if live.url is not None:
@@ -209,10 +223,26 @@ async def _screen(
     extra = asyncio.create_task(background(app)) if background is not None else None
     try:
         await app.run_async()
+    except Exception as exc:  # outside the app's own handling (its driver, its start)
+        logging.getLogger("gpufleet.console").exception("the screen failed")
+        app.failure = app.failure or exc
     finally:
         if extra is not None:
             extra.cancel()
             await asyncio.gather(extra, return_exceptions=True)
+    if app.failure is not None or app.return_code:
+        raise ScreenFailed(_failure_line(app.failure, log))
+
+
+def _failure_line(error: BaseException | None, log: str | None) -> str:
+    """What ended the screen, in one line: the error's kind and first line, and where the
+    traceback is."""
+    what = "an unexpected error"
+    if error is not None:
+        first = (str(error).strip().splitlines() or [""])[0]
+        what = type(error).__name__ + (f": {clip(first)}" if first else "")
+    where = f"the traceback is in {log}" if log else "see the console log"
+    return f"the screen stopped on an error of gpufleet's ({what}); {where}"
 
 
 def _link_options(
@@ -532,7 +562,8 @@ async def _demo(
                     app.exit()
 
             source = f"demo: {nodes} nodes x {gpus} simulated H100s over SSH  (log: {log})"
-            await _screen(load_inventory(where), LinkOptions(), readonly, source, on_screen)
+            inv = load_inventory(where)
+            await _screen(inv, LinkOptions(), readonly, source, on_screen, log=log)
             return
         click.echo(
             f"demo fleet: {nodes} nodes x {gpus} simulated H100s behind SSH on 127.0.0.1; "
