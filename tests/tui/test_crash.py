@@ -49,7 +49,12 @@ def test_a_crash_exits_non_zero_with_one_line(tmux: Tmux, tmp_path: Path) -> Non
     env = f"XDG_STATE_HOME={shlex.quote(str(tmp_path))}"
     tmux.run("new-session", "-d", "-x", "300", "-y", "30", "-s", "gf",
              f"env {env} {command}; echo EXITED $?; sleep 30")  # fmt: skip
-    screen = wait_for(lambda: "EXITED" in (s := tmux.screen()) and s, 60, "the screen to end")
+
+    def ended() -> str | None:
+        screen = tmux.screen()
+        return screen if "EXITED" in screen else None
+
+    screen = wait_for(ended, 60, "the screen to end")
     log = tmp_path / "gpufleet" / "console.log"
     # what is left on the terminal: our one line, then the exit status
     assert [line.rstrip() for line in screen.splitlines() if line.strip()] == [
