@@ -32,10 +32,11 @@ __all__ = ["FLEET_COLUMNS", "Cell", "CellsOf", "FleetTable", "TableColumn", "fle
 #: domain ("draining", "100%", "640/640", "5600"); the node's name, the state and the alerts
 #: are the last to go, then the reason, the link, the numbers an operator scans for heat and
 #: power; the pool, the GPU count, memory and the busiest GPU drop first on a narrow terminal.
-#: A node name and a pool are as wide as the fleet's longest (up to NAME_WIDTH_MAX).
+#: A node's name and a pool are as wide as the fleet's longest (up to NAME_WIDTH_MAX); a name
+#: may be cut to NAME_WIDTH_MIN, a pool is shown whole or not at all.
 FLEET_COLUMNS: Final = (
-    ("name", "NODE", 0, 8, 1),
-    ("pool", "POOL", 0, 4, 9),
+    ("name", "NODE", 0, 12, 1),
+    ("pool", "POOL", 0, 0, 9),
     ("state", "STATE", 11, 11, 2),
     ("link", "LINK", 32, 12, 5),
     ("gpus", "GPUS", 4, 4, 10),
@@ -57,9 +58,8 @@ def fleet_columns(fits: dict[str, int]) -> list[TableColumn]:
     for key, label, width, narrowest, priority in FLEET_COLUMNS:
         if not width:
             width = min(NAME_WIDTH_MAX, max(fits.get(key, 0), len(label)))
-        out.append(
-            TableColumn(key, label, width, min(narrowest, width), priority, grow=key == "reason")
-        )
+        narrowest = min(narrowest or width, width)
+        out.append(TableColumn(key, label, width, narrowest, priority, grow=key == "reason"))
     return out
 
 

@@ -31,23 +31,25 @@ if TYPE_CHECKING:
     from console.tui.app import FleetApp
 
 SPARK_WIDTH: Final = 16
+#: The GPU table's sparklines at their widest (they shrink on a narrow terminal).
+GPU_SPARK_WIDTH: Final = 12
 #: Cells of a reading after its sparkline, from the value's domain: utilization to "100",
 #: memory to 6 digits of MiB (141 GiB), temperature to 3 digits, power to 4 (1,000 W).
 VALUE_WIDTH: Final = {"util": 3, "mem": 6, "temp": 3, "power": 4}
 SPARK_METRICS: Final[tuple[Metric, ...]] = ("util", "mem", "temp", "power")
 #: The GPU table's columns: widths from the values' domain, not from the values, so nothing
-#: moves as readings change; on a narrow terminal the sparklines shrink, then the clocks and
-#: remapping columns go (see text_table.layout). The clocks' reasons, of any length, come last.
+#: moves as readings change; on a narrow terminal the sparklines shrink, then the clock speeds
+#: go (see text_table.layout). The clocks' reasons, of any length, come last.
 GPU_COLUMNS: Final = (
     TableColumn("gpu", "GPU", 3, priority=1),
-    TableColumn("util", "UTIL %", SPARK_WIDTH + 1 + VALUE_WIDTH["util"], 6, priority=2),
-    TableColumn("mem", "MEM MiB", SPARK_WIDTH + 1 + VALUE_WIDTH["mem"], 7, priority=5),
-    TableColumn("temp", "TEMP C", SPARK_WIDTH + 1 + VALUE_WIDTH["temp"], 6, priority=3),
-    TableColumn("power", "POWER W", SPARK_WIDTH + 1 + VALUE_WIDTH["power"], 7, priority=4),
+    TableColumn("util", "UTIL %", GPU_SPARK_WIDTH + 1 + VALUE_WIDTH["util"], 6, priority=2),
+    TableColumn("mem", "MEM MiB", GPU_SPARK_WIDTH + 1 + VALUE_WIDTH["mem"], 7, priority=8),
+    TableColumn("temp", "TEMP C", GPU_SPARK_WIDTH + 1 + VALUE_WIDTH["temp"], 6, priority=3),
+    TableColumn("power", "POWER W", GPU_SPARK_WIDTH + 1 + VALUE_WIDTH["power"], 7, priority=4),
     TableColumn("clocks", "SM/MEM MHz", 10, priority=9),
     TableColumn("ecc", "ECC UNCORR", 10, priority=6),
     TableColumn("remap", "REMAPPED", 16, 8, priority=7),
-    TableColumn("reasons", "CLOCKS LIMITED BY", 40, 12, priority=8, grow=True),
+    TableColumn("reasons", "CLOCKS LIMITED BY", 24, 12, priority=5, grow=True),
 )
 PROC_COLUMNS: Final = (
     TableColumn("gpu", "GPU", 3, priority=1),
