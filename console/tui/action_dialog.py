@@ -88,7 +88,8 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         spec = VERBS[self.verb]
         count = len(self.nodes)
         with Vertical(id="dialog"):
-            yield Label(f"{spec.title} {count} node{'s' if count != 1 else ''}?", id="title")
+            title = f"{spec.title} {count} node{'s' if count != 1 else ''}?"
+            yield Label(title, id="title", markup=False)
             # node names, users, command lines, reasons: text, never markup (style.clean)
             yield Static(clean(hostlist.collect_hostlist(self.nodes)), id="nodes", markup=False)
             yield Static(self._affected_text(), id="affected", markup=False)

@@ -28,6 +28,6 @@ class HelpScreen(ModalScreen[None]):
         lines = [f"{key:>8}  {what}" for key, what in keys_of(self.under)]
         lines.append(f"{':':>8}  command palette (search nodes, views, filters)")
         with Vertical(id="help"):
-            yield Label(f"keys: {title} view", id="title")
-            yield Static("\n".join(lines), id="keys")
-            yield Label("esc closes", id="hint")
+            yield Label(f"keys: {title} view", id="title", markup=False)
+            yield Static("\n".join(lines), id="keys", markup=False)
+            yield Label("esc closes", id="hint", markup=False)

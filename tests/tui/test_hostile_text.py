@@ -11,9 +11,11 @@ here); the model and the screen are the real ones.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import dataclasses
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,6 +26,7 @@ from rich.text import Text
 from textual.content import Content
 from textual.widgets import DataTable, Input, Static
 
+import console.tui
 from agents.protocol import Event, GpuProcess, NodeState
 from console.tui.action_dialog import ActionDialog
 from console.tui.alerts_view import AlertsScreen
@@ -208,3 +211,27 @@ def test_the_texts_that_crashed_the_screen(text: str) -> None:
     """The reports' own examples: a drain reason that crashed the node view, a command line
     that crashed the drain dialog, a click action, terminal escapes."""
     asyncio.run(walk(text))
+
+
+def test_no_widget_reads_markup() -> None:
+    """The rule the property test checks by example, checked over the code: in the screen's
+    modules every Static and Label is made with markup off (TextBlock is), and nothing parses
+    markup (``from_markup``); toasts are text in ``FleetApp.notify``."""
+    found = []
+    for path in sorted(Path(console.tui.__file__).parent.glob("*.py")):
+        source = path.read_text()
+        if "from_markup" in source:
+            found.append(f"{path.name}: from_markup")
+        for node in ast.walk(ast.parse(source)):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            if node.func.id in ("Static", "Label"):
+                off = any(
+                    k.arg == "markup"
+                    and isinstance(k.value, ast.Constant)
+                    and k.value.value is False
+                    for k in node.keywords
+                )
+                if not off:
+                    found.append(f"{path.name}:{node.lineno}: {node.func.id} without markup=False")
+    assert not found, found
