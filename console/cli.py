@@ -2,7 +2,7 @@
 
 Scripts get ``--json`` on stdout, messages on stderr, and exit codes that mean something:
 0 every selected node answered, 1 some did not, 2 a usage error (bad selector, bad inventory),
-3 none did. Our own errors are one line, never a traceback.
+3 none did; the screen exits 70 if it fails. Our own errors are one line, never a traceback.
 """
 
 from __future__ import annotations
