@@ -27,10 +27,11 @@ from textual.content import Content
 from textual.widgets import DataTable, Input, Static
 
 import console.tui
-from agents.protocol import Event, GpuProcess, NodeState
-from console.tui.action_dialog import ActionDialog
+from agents.protocol import AuditEntry, Event, GpuProcess, NodeState, Response
+from console.tui.action_dialog import ActionDialog, ActionResults, Confirmed
 from console.tui.alerts_view import AlertsScreen
 from console.tui.app import FleetApp
+from console.tui.commands import FleetCommands
 from console.tui.fleet_view import FleetScreen
 from console.tui.node_view import NodeScreen
 from console.tui.style import clean
@@ -90,6 +91,29 @@ def assert_cut(text: str, source: str) -> None:
     assert clean(source).startswith(start), f"{start!r} is not the start of {clean(source)!r}"
 
 
+class HostileAgents(Requests):
+    """Agents whose answers carry the text: an audit entry with it as the reason and as the
+    agent's message, a refusal with it as the error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def entry(self) -> AuditEntry:
+        args = {"reason": self.text}
+        return AuditEntry(ts=SINCE, who=self.text, uid=0, op="drain", args=args,
+                          result="refused", message=self.text)  # fmt: skip
+
+    async def request(
+        self, node: str, op: str, args: dict[str, Any], wait: float = 30.0
+    ) -> Response:
+        self.sent.append((node, op, args))
+        if op == "audit":
+            entries = [msgspec.to_builtins(self.entry())]
+            return Response(id=1, ok=True, result={"entries": entries})
+        return Response(id=1, ok=False, code="refused", error=self.text)
+
+
 def hostile_fleet(text: str) -> SimFleet:
     sim = SimFleet(history=3)
     fleet = sim.fleet
@@ -111,7 +135,8 @@ def hostile_fleet(text: str) -> SimFleet:
 
 async def walk(text: str) -> None:
     sim = hostile_fleet(text)
-    app = FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
+    agents = HostileAgents(text)
+    app = FleetApp(sim.fleet, requester=agents, clock=sim.clock, refresh_s=None)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         assert isinstance(screen, FleetScreen)
@@ -137,6 +162,9 @@ async def walk(text: str) -> None:
         assert isinstance(app.screen, NodeScreen)
         head = shown(app.screen.query_one("#node-head"))
         assert_literal(head, text)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert_literal(shown(app.screen.query_one("#audit")), agents.entry().line())
 
         # gpu01: its processes' users and command lines, its events, its pool
         app.open_node("gpu01")
@@ -162,6 +190,24 @@ async def walk(text: str) -> None:
             assert_drawable(c)
         app.pop_screen()
         await pilot.pause()
+
+        # an action's results: each node's answer, the agent's refusal in its words
+        app.push_screen(ActionResults(Confirmed("drain", ["gpu01"], {"reason": "r"})))
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        results = app.screen.query_one("#results", DataTable)
+        detail = str(results.get_row_at(0)[2])
+        assert_literal(detail, text)
+        app.pop_screen()
+        await pilot.pause()
+
+        # the command palette: a pool's name in "filter pool=..."
+        palette = FleetCommands(app.screen)
+        prompts = [hit.prompt async for hit in palette.discover()]
+        prompts += [hit.prompt async for hit in palette.search("pool")]
+        pools = [p for p in prompts if isinstance(p, Content) and p.plain.startswith("filter pool")]
+        assert any(clean(text) in p.plain for p in pools), prompts
+        assert all(isinstance(p, Content) for p in prompts), "a str prompt is read as markup"
 
         # the filter: an operator's own text, said back in the totals or in a toast
         fleet_screen = app.screen
