@@ -97,6 +97,7 @@ class NodeScreen(Screen[None]):
         super().__init__()
         self.node = ""
         self.audit_text = ""
+        self._drawn_width = 0  # the width the tables were laid out for
 
     def show(self, name: str) -> None:
         """The node this view shows next time it is pushed."""
@@ -135,7 +136,10 @@ class NodeScreen(Screen[None]):
         self.call_after_refresh(self._relaid)
 
     def _relaid(self) -> None:
-        if self.is_current and self.node in self.fleet_app.fleet.nodes:
+        """The tables again if the room for them changed (a scrollbar came, the terminal
+        was resized)."""
+        here = self.is_current and self.node in self.fleet_app.fleet.nodes
+        if here and self._table_width() != self._drawn_width:
             self._draw_gpus()
 
     def _table_width(self) -> int:
@@ -191,7 +195,7 @@ class NodeScreen(Screen[None]):
         sample = view.sample
         infos = {g.index: g for g in view.inventory.gpus} if view.inventory else {}
         bad = tone_style(app, "bad")
-        table_width = self._table_width()
+        table_width = self._drawn_width = self._table_width()
         laid = layout(GPU_COLUMNS, table_width + GAP, GAP)
         widths = {c.key: w for c, w in zip(GPU_COLUMNS, laid, strict=True)}
         rows: list[list[Cell]] = []
