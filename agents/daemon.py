@@ -338,9 +338,8 @@ class Agent:
             if self.metrics is not None:
                 self.metrics.start()
             inv = self.backend.inventory()
-            summary = (
-                f"{self.node}: {len(inv.gpus)} GPU(s) via {inv.backend}, on {self.server.path}"
-            )
+            gpus = f"{len(inv.gpus)} GPU{'' if len(inv.gpus) == 1 else 's'}"
+            summary = f"{self.node}: {gpus} via {inv.backend}, on {self.server.path}"
             log.info("serving %s", summary)
             self.notifier.ready(summary)
             if self.notifier.watchdog_interval is not None:

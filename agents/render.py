@@ -97,7 +97,7 @@ def inventory_header(inv: Inventory) -> str:
         state = inv.state.state + (f" ({inv.state.reason})" if inv.state.reason else "")
     return (
         f"node {inv.node}  backend {inv.backend}  {versions}  "
-        f"{len(inv.gpus)} GPU(s)  state {state}{note}"
+        f"{len(inv.gpus)} GPU{'' if len(inv.gpus) == 1 else 's'}  state {state}{note}"
     )
 
 

@@ -2,7 +2,7 @@
 
 Scripts get ``--json`` on stdout, messages on stderr, and exit codes that mean something:
 0 every selected node answered, 1 some did not, 2 a usage error (bad selector, bad inventory),
-3 none did. Our own errors are one line, never a traceback.
+3 none did; the screen exits 70 if it fails. Our own errors are one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
 
-from agents.protocol import PROTOCOL_VERSION, GpufleetError, parse_since, to_builtins
+from agents.protocol import PROTOCOL_VERSION, GpufleetError, clip, parse_since, to_builtins
 from console import __version__
 from console.actions import Verb
 from console.fleet import FleetState, NodeView
@@ -65,6 +65,15 @@ if TYPE_CHECKING:
 AUDIT_HEADER = ("NODE", "TIME (UTC)", "WHO", "OP", "RESULT", "WHY")
 
 
+#: The screen ended on an error of ours (sysexits' EX_SOFTWARE): never 0, never a traceback.
+EXIT_CRASH = 70
+
+
+class ScreenFailed(Exception):
+    """The screen stopped on an unexpected error; the message is one line for the operator
+    (the traceback is in the console log)."""
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"gpufleet: error: {message}", err=True)
     sys.exit(code)
@@ -78,6 +87,8 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except GpufleetError as exc:
             _fail(str(exc), EXIT_USAGE)
+        except ScreenFailed as exc:
+            _fail(str(exc), EXIT_CRASH)
 
 
 def _ssh_options(fn: Any) -> Any:
@@ -183,7 +194,8 @@ def main(
     inv = load_inventory(find_inventory(inventory))
     options = _link_options(known_hosts, accept_new, identity, ssh_config, fan_out)
     log = _log_to_file(debug)
-    asyncio.run(_screen(inv, options, readonly, source=f"{inv.source}  (log: {log})", live=live))
+    source = f"{inv.source}  (log: {log})"
+    asyncio.run(_screen(inv, options, readonly, source=source, live=live, log=log))
 
 
 #: The screen's log file rotates at this size, keeping LOG_BACKUPS older files: a console
@@ -285,8 +297,10 @@ async def _screen(
     source: str,
     background: Callable[[FleetApp], Coroutine[Any, Any, None]] | None = None,
     live: SourceSpec = SSH,
+    log: str | None = None,
 ) -> None:
-    """The fleet screen over live links (or Prometheus), until the operator quits."""
+    """The fleet screen over live links (or Prometheus), until the operator quits. An error
+    that ends it raises ``ScreenFailed`` (one line; the traceback went to ``log``)."""
     from console.tui.app import FleetApp
 
     if live.url is not None:
@@ -302,10 +316,26 @@ async def _screen(
     extra = asyncio.create_task(background(app)) if background is not None else None
     try:
         await app.run_async()
+    except Exception as exc:  # outside the app's own handling (its driver, its start)
+        logging.getLogger("gpufleet.console").exception("the screen failed")
+        app.failure = app.failure or exc
     finally:
         if extra is not None:
             extra.cancel()
             await asyncio.gather(extra, return_exceptions=True)
+    if app.failure is not None or app.return_code:
+        raise ScreenFailed(_failure_line(app.failure, log))
+
+
+def _failure_line(error: BaseException | None, log: str | None) -> str:
+    """What ended the screen, in one line: the error's kind and first line, and where the
+    traceback is."""
+    what = "an unexpected error"
+    if error is not None:
+        first = (str(error).strip().splitlines() or [""])[0]
+        what = type(error).__name__ + (f": {clip(first)}" if first else "")
+    where = f"the traceback is in {log}" if log else "see the console log"
+    return f"the screen stopped on an error of gpufleet's ({what}); {where}"
 
 
 def _link_options(
@@ -502,7 +532,8 @@ def _interrupted(verb: Verb, progress: Progress, as_json: bool) -> NoReturn:
         sys.exit(EXIT_INTERRUPTED)
     results = progress.lines()
     click.echo(
-        f"gpufleet: interrupted: {verb} sent to {len(progress.sent)} of {len(results)} node(s); "
+        f"gpufleet: interrupted: {verb} sent to {len(progress.sent)} of "
+        f"{plural(len(results), 'node')}; "
         "what is known of each:",
         err=True,
     )
@@ -681,7 +712,8 @@ async def _demo(
                     app.exit()
 
             source = f"demo: {nodes} nodes x {gpus} simulated H100s over SSH  (log: {log})"
-            await _screen(load_inventory(where), LinkOptions(), readonly, source, on_screen)
+            inv = load_inventory(where)
+            await _screen(inv, LinkOptions(), readonly, source, on_screen, log=log)
             return
         click.echo(
             f"demo fleet: {nodes} nodes x {gpus} simulated H100s behind SSH on 127.0.0.1; "

@@ -57,6 +57,7 @@ from agents.protocol import (
 from console import __version__
 from console.fleet import FleetState, LinkState
 from console.inventory import NodeEntry
+from console.words import plural
 
 log = logging.getLogger("gpufleet.console.link")
 
@@ -625,7 +626,7 @@ class NodeLink:
         """What an operator is told of handshakes the server dropped before its banner."""
         return (
             f"{self.destination} dropped the connection before authentication (before its SSH "
-            f"banner), {self.drops} time(s): most likely its sshd refusing handshakes past "
+            f"banner), {plural(self.drops, 'time')}: most likely its sshd refusing handshakes past "
             "MaxStartups (10:30:100 by default): raise it there (e.g. MaxStartups 100:30:300), "
             "or lower --fan-out"
         )

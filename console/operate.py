@@ -50,6 +50,7 @@ from console.inventory import Inventory
 from console.link import LinkOptions, one_shot
 from console.selector import parse_selector, select
 from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING
+from console.words import plural
 
 #: The exit status of a verb interrupted by Ctrl-C (SIGINT), as a shell reports one.
 EXIT_INTERRUPTED: Final = 130
@@ -164,7 +165,7 @@ def confirm_needed(op: Operation, targets: list[str]) -> bool:
         return False
     if not sys.stdin.isatty():
         raise Refused(
-            f"{op.verb} {len(targets)} node(s) needs --yes when there is no terminal to ask"
+            f"{op.verb} {plural(len(targets), 'node')} needs --yes when there is no terminal to ask"
         )
     return True
 
@@ -278,11 +279,11 @@ async def operate(
             raise Refused("; ".join(warnings) + ": refused without --force")
         for w in warnings:
             say(f"warning: {w} (--force)")
-        say(f"{op.verb} {len(targets)} node(s): {_nodes(targets)}")
+        say(f"{op.verb} {plural(len(targets), 'node')}: {_nodes(targets)}")
         if op.dry_run:
             return dry_run(fleet, targets, op)
         if confirm_needed(op, targets):
-            question = f"{op.verb.capitalize()} {len(targets)} node(s) ({_nodes(targets)})?"
+            question = f"{op.verb.capitalize()} {plural(len(targets), 'node')} ({_nodes(targets)})?"
             if not await ask(question):
                 raise Refused("not confirmed; nothing done")
         before = {n: (fleet.nodes[n].pool, fleet.nodes[n].pool_source) for n in targets}
@@ -352,7 +353,7 @@ async def wait_drained(
 
     waiting = [r.node for r in results if r.outcome == "ok" and not drained(r.node)]
     if waiting:
-        say(f"waiting for {len(waiting)} node(s) to be drained")
+        say(f"waiting for {plural(len(waiting), 'node')} to be drained")
     try:
         while waiting and loop.time() < deadline:
             await asyncio.sleep(0.05)

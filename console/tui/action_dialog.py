@@ -46,7 +46,7 @@ from console.actions import (
     why_no_restart_targets,
 )
 from console.tui.key_bar import KeyBar
-from console.tui.style import toned
+from console.tui.style import clean, plain, toned
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -137,27 +137,30 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         spec = VERBS[self.verb]
         count = len(self.nodes)
         # The dialog scrolls under a docked title and form: the details (the processes, the
-        # warnings) may run long, the buttons must stay in sight.
+        # warnings) may run long, the buttons must stay in sight. Node names, users, command
+        # lines, reasons: text, never markup (style.clean, markup=False).
         with VerticalScroll(id="dialog", can_focus=False):
-            yield Label(f"{spec.title} {count} node{'s' if count != 1 else ''}?", id="title")
+            title = f"{spec.title} {count} node{'s' if count != 1 else ''}?"
+            yield Label(title, id="title", markup=False)
             with Vertical(id="form"):
                 if spec.choice == "target":
                     targets = restart_targets(fleet, self.nodes)
-                    yield Select([(t, t) for t in targets], prompt="restart what?", id="choice")
-                elif spec.choice == "pool":
                     yield Select(
-                        [(p, p) for p in pools(fleet)], prompt="to which pool?", id="choice"
+                        [(plain(t), t) for t in targets], prompt="restart what?", id="choice"
                     )
+                elif spec.choice == "pool":
+                    options = [(plain(p), p) for p in pools(fleet)]
+                    yield Select(options, prompt="to which pool?", id="choice")
                 placeholder = "reason (required)" if spec.reason_required else "reason (optional)"
                 # not select_on_focus: the key that moved the focus here is already in it
                 yield Input(placeholder=placeholder, id="reason", select_on_focus=False)
-                yield Static(confirm_hint(self.verb), id="hint")
-                yield Static("", id="error")
+                yield Static(confirm_hint(self.verb), id="hint", markup=False)
+                yield Static("", id="error", markup=False)
                 with Horizontal(id="buttons"):
                     yield Button("Cancel", id="cancel")
                     yield Button(spec.title, id="confirm", variant="error")
-            yield Static(hostlist.collect_hostlist(self.nodes), id="nodes")
-            yield Static(self._affected_text(), id="affected")
+            yield Static(clean(hostlist.collect_hostlist(self.nodes)), id="nodes", markup=False)
+            yield Static(self._affected_text(), id="affected", markup=False)
             warnings = guard_warnings(fleet, self.nodes, self.verb)
             if spec.choice == "target" and (why := why_no_restart_targets(fleet, self.nodes)):
                 warnings.append(why)
@@ -173,7 +176,8 @@ class ActionDialog(ModalScreen[Confirmed | None]):
                     f"{hostlist.collect_hostlist(hidden)}"
                 )
             if warnings:
-                yield Static("\n".join(f"! {w}" for w in warnings), id="warnings")
+                text = "\n".join(f"! {clean(w)}" for w in warnings)
+                yield Static(text, id="warnings", markup=False)
 
     def _processes_carried(self) -> bool:
         """Whether the live view's source carries GPU process lists: the agents' own streams
@@ -191,12 +195,12 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         if not procs:
             return "No GPU processes listed on these nodes."
         lines = [
-            f"{p.node} GPU {p.gpu}: pid {p.pid} {p.user or '?'} {p.command or ''}".rstrip()
+            clean(f"{p.node} GPU {p.gpu}: pid {p.pid} {p.user or '?'} {p.command or ''}".rstrip())
             for p in procs[:SHOWN_PROCESSES]
         ]
         if len(procs) > SHOWN_PROCESSES:
             lines.append(f"... and {len(procs) - SHOWN_PROCESSES} more")
-        users = sorted({p.user or "?" for p in procs})
+        users = sorted({clean(p.user or "?") for p in procs})
         return f"Running there ({len(procs)} processes; users {', '.join(users)}):\n" + "\n".join(
             lines
         )
@@ -271,7 +275,7 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         try:
             args = self._args()
         except ActionError as exc:
-            self.query_one("#error", Static).update(str(exc))
+            self.query_one("#error", Static).update(clean(str(exc)))
             return
         self.dismiss(Confirmed(self.verb, self.nodes, args))
 
@@ -296,8 +300,8 @@ class ActionResults(Screen[None]):
         return self.app
 
     def compose(self) -> ComposeResult:
-        yield Label("", id="summary")
-        table: DataTable[Text | str] = DataTable(id="results", cursor_type="row")
+        yield Label("", id="summary", markup=False)
+        table: DataTable[Text] = DataTable(id="results", cursor_type="row")
         table.add_column("NODE", key="node")
         table.add_column("RESULT", key="outcome")
         table.add_column("DETAIL", key="detail")
@@ -307,15 +311,15 @@ class ActionResults(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         for node, r in self.results.items():
-            table.add_row(node, *self._cells(r)[1:], key=node)
+            table.add_row(*self._cells(r), key=node)
         self._summarise()
         # The app's worker, not this screen's: leaving the screen must not cancel requests
         # already on their way (their outcome would then be unknown to everyone).
         self.app.run_worker(self._send(), group="action")
 
-    def _cells(self, r: NodeResult) -> list[Text | str]:
+    def _cells(self, r: NodeResult) -> list[Text]:
         tone = {"ok": "good", "pending": "dim"}.get(r.outcome, "bad")
-        return [r.node, toned(self.app, r.outcome, tone), r.message]  # type: ignore[arg-type]
+        return [plain(r.node), toned(self.app, r.outcome, tone), plain(r.message)]  # type: ignore[arg-type]
 
     async def _send(self) -> None:
         requester = self.fleet_app.requester
@@ -356,5 +360,5 @@ class ActionResults(Screen[None]):
         said = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()))
         title = VERBS[self.action.verb].title
         self.query_one("#summary", Label).update(
-            f"{title} {hostlist.collect_hostlist(self.action.nodes)}: {said}"
+            clean(f"{title} {hostlist.collect_hostlist(self.action.nodes)}: {said}")
         )

@@ -1,5 +1,9 @@
 """The alerts view: active and recent alerts across the fleet, newest first; enter opens the
-node."""
+node.
+
+The alert's text (a link error, an agent's words) is wrapped in the room the other columns
+leave, so it never runs past the screen, and shown literally (``style.plain``): a DataTable
+reads a ``str`` cell as markup."""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import DataTable, Header, Static
+from textual.widgets import DataTable, Header
 
 from console.fleet import AlertRecord
 from console.tui.key_bar import KeyBar
-from console.tui.style import toned
+from console.tui.style import clean, plain, toned
+from console.tui.text_line import TextBlock
 from console.words import ago
 
 if TYPE_CHECKING:
@@ -22,6 +27,14 @@ if TYPE_CHECKING:
 
 #: Seconds between redraws for the ages alone ("12s ago") when no alert came or went.
 AGES_EVERY_S = 5.0
+
+
+#: The columns before the alert's text: (key, label, width). Widths from the values' domain:
+#: "59m ago", "ended 59m ago", "critical"; the node's is the fleet's longest name.
+COLUMNS = (("since", "RAISED", 9), ("status", "STATUS", 14), ("severity", "SEVERITY", 8))
+#: Cells around each column (DataTable's padding), and the narrowest the alert's text gets.
+CELL_PAD = 2
+MESSAGE_MIN = 20
 
 
 class AlertsScreen(Screen[None]):
@@ -40,17 +53,8 @@ class AlertsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
-        yield Static(id="alerts-head")
-        table: DataTable[Text | str] = DataTable(id="alerts", cursor_type="row")
-        for key, label in [
-            ("since", "RAISED"),
-            ("status", "STATUS"),
-            ("severity", "SEVERITY"),
-            ("node", "NODE"),
-            ("message", "ALERT"),
-        ]:
-            table.add_column(label, key=key)
-        yield table
+        yield TextBlock(id="alerts-head")
+        yield DataTable[Text](id="alerts", cursor_type="row")
         yield KeyBar()
 
     def __init__(self) -> None:
@@ -58,6 +62,27 @@ class AlertsScreen(Screen[None]):
         self._records: list[AlertRecord] = []
         self._drawn_changes = -1
         self._drawn_at = 0.0
+        self._message_width = 0  # the alert column's width, from the screen's
+
+    def _columns(self, table: DataTable[Text]) -> None:
+        """The columns for the table's width: the alert's text gets what the others leave
+        (and a vertical scrollbar's room)."""
+        fleet = self.fleet_app.fleet
+        node = min(24, max((len(n) for n in fleet.nodes), default=4))
+        width = table.size.width or self.app.size.width
+        fixed = sum(w + CELL_PAD for _, _, w in COLUMNS) + node + CELL_PAD
+        message = max(MESSAGE_MIN, width - fixed - CELL_PAD - 2)
+        if message == self._message_width:
+            return
+        self._message_width = message
+        table.clear(columns=True)
+        for key, label, w in COLUMNS:
+            table.add_column(label, key=key, width=w)
+        table.add_column("NODE", key="node", width=node)
+        table.add_column("ALERT", key="message", width=message)
+
+    def on_resize(self) -> None:
+        self.redraw()
 
     def on_mount(self) -> None:
         self.sub_title = "alerts"
@@ -73,8 +98,9 @@ class AlertsScreen(Screen[None]):
     def redraw(self) -> None:
         app = self.fleet_app
         now = app.clock()
-        table = self.query_one("#alerts", DataTable)
+        table: DataTable[Text] = self.query_one("#alerts", DataTable)
         keep = self._records[table.cursor_row] if table.cursor_row < len(self._records) else None
+        self._columns(table)
         table.clear()
         records = sorted(app.fleet.alert_log, key=lambda r: r.since, reverse=True)
         active = 0
@@ -85,10 +111,18 @@ class AlertsScreen(Screen[None]):
                 status = toned(app, "active", "bad" if a.severity == "critical" else "warn")
             else:
                 status = toned(app, f"ended {ago(now - r.ended)}", "dim")
-            table.add_row(ago(now - r.since), status, a.severity, a.node, a.message, key=str(i))
+            table.add_row(
+                plain(ago(now - r.since)),
+                status,
+                plain(a.severity),
+                plain(a.node),
+                Text(clean(a.message), end=""),  # wrapped in its column
+                key=str(i),
+                height=None,
+            )
         self._records = records
         self._drawn_changes, self._drawn_at = app.fleet.alert_changes, now
-        self.query_one("#alerts-head", Static).update(
+        self.query_one("#alerts-head", TextBlock).update(
             f"{active} active, {len(records) - active} ended (newest first)"
         )
         at = next((i for i, r in enumerate(records) if r is keep), None)

@@ -8,6 +8,7 @@ whatever the rate of frames, so 1,000 nodes streaming cost one redraw of what ch
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from textual import events
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 
 from console.actions import Requester
@@ -24,6 +26,7 @@ from console.fleet import FleetState
 from console.fleetlinks import FleetLinks
 from console.heap import HeapFreezer
 from console.tui.commands import FleetCommands
+from console.tui.style import clean
 
 if TYPE_CHECKING:
     from console.source import FleetFeed
@@ -34,6 +37,8 @@ REFRESH_S = 0.5
 #: The operator is typing if a key or click came within this many seconds: the heap is not
 #: frozen (a full collection) until they pause.
 TYPING_S = 2.0
+
+log = logging.getLogger("gpufleet.console")
 
 
 @runtime_checkable
@@ -92,10 +97,36 @@ class FleetApp(App[None]):
         self.readonly = readonly
         self.clock = clock
         self._refresh_s = refresh_s
-        self.sub_title = source + ("  [read-only]" if readonly else "")
+        self.sub_title = clean(source) + ("  [read-only]" if readonly else "")
         #: Keeps full collections short (40 to 80 ms at 1,000 nodes otherwise), see heap.py.
         self.heap = HeapFreezer(fleet, links.links if links is not None else None)
         self._last_input = -math.inf  # by ``clock``
+        #: The exception that ended the screen, if one did (said by cli.py, logged here).
+        self.failure: Exception | None = None
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast as text, never markup: its words quote nodes, agents and filters."""
+        super().notify(
+            clean(message), title=clean(title), severity=severity, timeout=timeout, markup=False
+        )
+
+    def _handle_exception(self, error: Exception) -> None:
+        """A failure in the screen ends it, as Textual does (``return_code`` 1), with the
+        traceback in the console log and not on the operator's terminal: the command that ran
+        the screen says it in one line and exits non-zero (cli.py)."""
+        log.error("the screen failed", exc_info=error)
+        if self.failure is None:
+            self.failure = error
+        super()._handle_exception(error)
+        self._exit_renderables.clear()
 
     def on_mount(self) -> None:
         from console.tui.fleet_view import FleetScreen

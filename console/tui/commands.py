@@ -10,10 +10,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import hostlist
-from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.command import DiscoveryHit, Hit, Hits, Matcher, Provider
+from textual.content import Content
 from textual.screen import Screen
 
 from console.actions import VERBS
+from console.tui.style import clean
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -67,14 +69,26 @@ class FleetCommands(Provider):
 
     async def discover(self) -> Hits:
         for text, run, help_text in self._commands()[:20]:
-            yield DiscoveryHit(text, run, help=help_text)
+            yield DiscoveryHit(Content(clean(text)), run, text=text, help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for text, run, help_text in self._commands():
             score = matcher.match(text)
             if score > 0:
-                yield Hit(score, matcher.highlight(text), run, help=help_text)
+                yield Hit(score, _highlight(matcher, text), run, text=text, help=help_text)
+
+
+def _highlight(matcher: Matcher, text: str) -> Content:
+    """The match shown as ``Matcher.highlight`` shows it, but the text taken literally: node
+    and pool names are data, and the highlighter would read them as markup."""
+    shown = clean(text)
+    content = Content(shown)
+    _, offsets = matcher.fuzzy_search.match(matcher.query, shown)
+    for at in offsets:
+        if not shown[at].isspace():
+            content = content.stylize(matcher.match_style, at, at + 1)
+    return content
 
 
 def _filter(app: FleetApp, text: str) -> None:

@@ -10,10 +10,8 @@ cursor on it changes. The header stays at the top; the cursor stays on its node 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
-from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -26,13 +24,43 @@ from textual.strip import Strip
 
 from console.rows import NodeRow
 from console.tui.style import Tone, tone_style
+from console.tui.text_table import TableColumn, fit, layout
+
+__all__ = ["FLEET_COLUMNS", "Cell", "CellsOf", "FleetTable", "TableColumn", "fleet_columns"]
+
+#: The fleet table's columns: (key, label, width, narrowest, priority). Widths are the values'
+#: domain ("draining", "100%", "640/640", "5600"); the node's name, the state and the alerts
+#: are the last to go, then the reason, the link, the numbers an operator scans for heat and
+#: power; the pool, the GPU count, memory and the busiest GPU drop first on a narrow terminal.
+#: A node's name and a pool are as wide as the fleet's longest (up to NAME_WIDTH_MAX); a name
+#: may be cut to NAME_WIDTH_MIN, a pool is shown whole or not at all.
+FLEET_COLUMNS: Final = (
+    ("name", "NODE", 0, 12, 1),
+    ("pool", "POOL", 0, 0, 9),
+    ("state", "STATE", 11, 11, 2),
+    ("link", "LINK", 32, 12, 5),
+    ("gpus", "GPUS", 4, 4, 10),
+    ("util", "UTIL", 4, 4, 6),
+    ("util_max", "MAX", 4, 4, 12),
+    ("mem", "MEM GiB", 9, 9, 11),
+    ("temp", "HOT", 4, 4, 7),
+    ("power", "POWER W", 7, 7, 8),
+    ("alerts", "ALERTS", 6, 6, 3),
+    ("reason", "REASON", 48, 12, 4),
+)
+NAME_WIDTH_MAX: Final = 24
 
 
-@dataclass(frozen=True, slots=True)
-class TableColumn:
-    key: str
-    label: str
-    width: int
+def fleet_columns(fits: dict[str, int]) -> list[TableColumn]:
+    """The declaration with the name's and pool's widths from the fleet (``fits``: the longest
+    of each); the reason takes the room left on a wide terminal."""
+    out = []
+    for key, label, width, narrowest, priority in FLEET_COLUMNS:
+        if not width:
+            width = min(NAME_WIDTH_MAX, max(fits.get(key, 0), len(label)))
+        narrowest = min(narrowest or width, width)
+        out.append(TableColumn(key, label, width, narrowest, priority, grow=key == "reason"))
+    return out
 
 
 Cell = tuple[str, Tone]
@@ -88,7 +116,8 @@ class FleetTable(ScrollView, can_focus=True):
         self.cursor_row = 0
         self._index: dict[str, int] = {}
         self._cache: dict[tuple[NodeRow, bool, bool, int, int, int], Strip] = {}
-        self._width = sum(c.width + 1 for c in self.columns) + 1
+        self._width = 0  # the width laid out for, and each column's width there (or None)
+        self._widths: list[int | None] = []
         self._tones: dict[tuple[Tone, str], Style] = {}
 
     # -- data ---------------------------------------------------------------------------------
@@ -115,7 +144,7 @@ class FleetTable(ScrollView, can_focus=True):
         cursor = self._index.get(current, 0) if current else 0
         moved = cursor != self.cursor_row
         self.cursor_row = min(cursor, max(0, len(rows) - 1))
-        self.virtual_size = Size(self._width, len(rows) + 1)
+        self.virtual_size = Size(self.size.width, len(rows) + 1)
         if moved and not top <= self.cursor_row < top + height:
             self.move_to(self.cursor_row)  # the node the cursor is on stays in sight
             return
@@ -135,6 +164,22 @@ class FleetTable(ScrollView, can_focus=True):
         keys = [c.key for c in self.columns]
         return self._cells_of(row)[keys.index(column)][0]
 
+    def shown_columns(self) -> list[str]:
+        """The keys of the columns on screen at its width, left to right."""
+        self._lay_out(self.size.width)
+        return [c.key for c, w in zip(self.columns, self._widths, strict=True) if w is not None]
+
+    def _lay_out(self, width: int) -> None:
+        """The columns' widths for a table ``width`` cells wide (a mark column, then each
+        column and a space)."""
+        if width != self._width or not self._widths:
+            self._width = width
+            self._widths = layout(self.columns, width - 1, 1)
+
+    def on_resize(self) -> None:
+        self.virtual_size = Size(self.size.width, len(self.rows) + 1)
+        self.refresh()
+
     def set_marked(self, marked: set[str]) -> None:
         self.marked = set(marked)
         self.refresh()
@@ -144,6 +189,7 @@ class FleetTable(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
+        self._lay_out(width)
         if y == 0:
             return self._header().crop_extend(scroll_x, scroll_x + width, None)
         index = scroll_y + y - 1
@@ -164,21 +210,22 @@ class FleetTable(ScrollView, can_focus=True):
     def _header(self) -> Strip:
         style = self.get_component_rich_style("fleet-table--header")
         text = Text(" ", style=style, no_wrap=True)
-        for c in self.columns:
-            text.append(_fit(c.label, c.width) + " ", style)
-        return Strip(list(text.render(self.app.console)), self._width).extend_cell_length(
-            self._width, style
-        )
+        for c, w in zip(self.columns, self._widths, strict=True):
+            if w is not None:
+                text.append(fit(c.label, w) + " ", style)
+        return Strip(list(text.render(self.app.console))).extend_cell_length(self._width, style)
 
     def _line(self, row: NodeRow, cursor: bool, marked: bool) -> Strip:
         """Segments straight from the cells (no Rich layout: every cell has its width)."""
         base = self.get_component_rich_style("fleet-table--cursor") if cursor else Style()
         segments = [Segment("*" if marked else " ", base)]
-        for column, (value, tone) in zip(self.columns, self._cells_of(row), strict=True):
+        for w, (value, tone) in zip(self._widths, self._cells_of(row), strict=True):
+            if w is None:
+                continue
             style = base + self._tone(tone) if tone != "plain" else base
-            segments.append(Segment(_fit(value, column.width), style))
+            segments.append(Segment(fit(value, w), style))
             segments.append(Segment(" ", base))
-        return Strip(segments, self._width)
+        return Strip(segments).extend_cell_length(self._width, base)
 
     def _tone(self, tone: Tone) -> Style:
         key = (tone, self.app.current_theme.name)
@@ -228,23 +275,16 @@ class FleetTable(ScrollView, can_focus=True):
     def on_click(self, event: events.Click) -> None:
         if event.y == 0:
             x = event.x + self.scroll_offset.x - 1
-            for c in self.columns:
-                if 0 <= x < c.width + 1:
+            for c, w in zip(self.columns, self._widths, strict=True):
+                if w is None:
+                    continue
+                if 0 <= x < w + 1:
                     self.post_message(self.HeaderClicked(c.key))
                     return
-                x -= c.width + 1
+                x -= w + 1
             return
         index = self.scroll_offset.y + event.y - 1
         if 0 <= index < len(self.rows):
             self.move_to(index)
             if event.chain >= 2:
                 self.action_select()
-
-
-def _fit(value: str, width: int) -> str:
-    """Exactly ``width`` cells (wide characters counted as two): padded, or cut with "…"."""
-    if value.isascii():
-        return value.ljust(width) if len(value) <= width else value[: width - 1] + "…"
-    if cell_len(value) <= width:
-        return set_cell_size(value, width)
-    return set_cell_size(value, width - 1) + "…"

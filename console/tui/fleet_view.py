@@ -27,7 +27,7 @@ from console.rows import (
     parse_filter,
 )
 from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
-from console.tui.fleet_table import Cell, FleetTable, TableColumn
+from console.tui.fleet_table import Cell, FleetTable, fleet_columns
 from console.tui.key_bar import KeyBar
 from console.tui.style import Tone, na
 from console.tui.text_line import TextLine
@@ -51,13 +51,6 @@ LABELS: Final[dict[Column, str]] = {
 }
 
 
-#: Every column has a fixed width (text beyond ends in "…"): with widths that follow content,
-#: each cell update re-measures the table, and 1,000 rows updating at 2 Hz cannot afford it.
-WIDTHS: Final[dict[str, int]] = {
-    "state": 11, "link": 32, "gpus": 4, "util": 4, "util_max": 4, "mem": 9, "temp": 4,
-    "power": 7, "alerts": 6, "reason": 48,
-}  # fmt: skip
-NAME_WIDTH_MAX: Final = 24
 #: Rows recomputed per message during a refresh (about 2.5 ms of work each).
 ROWS_PER_SLICE: Final = 100
 
@@ -107,18 +100,11 @@ class FleetScreen(Screen[None]):
         yield TextLine(id="source")
         yield TextLine(id="banner")
         fleet = self.fleet_app.fleet
-        fit = {
+        fits = {
             "name": max((len(n) for n in fleet.nodes), default=4),
             "pool": max((len(v.pool) for v in fleet.nodes.values()), default=4),
         }
-        columns = [
-            TableColumn(
-                c, LABELS[c], WIDTHS.get(c) or min(NAME_WIDTH_MAX, max(fit[c], len(LABELS[c])))
-            )
-            for c in COLUMNS
-        ]
-        columns.append(TableColumn("reason", "REASON", WIDTHS["reason"]))
-        yield FleetTable(columns, self._cells, id="fleet")
+        yield FleetTable(fleet_columns(fits), self._cells, id="fleet")
         yield Input(
             id="filter", placeholder="filter: words, gpu[01-08], pool=, state=, link=, alert"
         )

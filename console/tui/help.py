@@ -28,6 +28,6 @@ class HelpScreen(ModalScreen[None]):
         # ``:`` is the app's own binding, so keys_of lists it once with the view's keys.
         lines = [f"{key:>8}  {what}" for key, what in keys_of(self.under)]
         with VerticalScroll(id="help", can_focus=False):
-            yield Label(f"keys: {title} view", id="title")
-            yield Static("\n".join(lines), id="keys")
-            yield Label("esc closes", id="hint")
+            yield Label(f"keys: {title} view", id="title", markup=False)
+            yield Static("\n".join(lines), id="keys", markup=False)
+            yield Label("esc closes", id="hint", markup=False)

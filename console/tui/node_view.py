@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Header, Static
+from textual.widgets import Header
 
 from agents.protocol import (
     ALARMING_REASONS,
@@ -30,20 +30,45 @@ from console.rows import when
 from console.sparkline import sparkline
 from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
 from console.tui.key_bar import KeyBar
-from console.tui.style import na, tone_style
-from console.tui.text_table import Cell, text_table
-from console.words import age
+from console.tui.style import clean, na, tone_style
+from console.tui.text_line import TextBlock
+from console.tui.text_table import Cell, TableColumn, layout, text_table
+from console.words import age, plural
 
 if TYPE_CHECKING:
     from console.fleet import NodeView
     from console.tui.app import FleetApp
 
 SPARK_WIDTH: Final = 16
-GPU_HEADERS: Final = (
-    "GPU", "UTIL %", "MEM MiB", "TEMP C", "POWER W", "SM/MEM MHz", "CLOCKS LIMITED BY",
-    "ECC UNCORR", "REMAPPED",
-)  # fmt: skip
-PROC_HEADERS: Final = ("GPU", "PID", "USER", "MEM MiB", "COMMAND")
+#: The GPU table's sparklines at their widest (they shrink on a narrow terminal).
+GPU_SPARK_WIDTH: Final = 12
+#: Cells of a reading after its sparkline, from the value's domain: utilization to "100",
+#: memory to 6 digits of MiB (141 GiB), temperature to 3 digits, power to 4 (1,000 W).
+VALUE_WIDTH: Final = {"util": 3, "mem": 6, "temp": 3, "power": 4}
+SPARK_METRICS: Final[tuple[Metric, ...]] = ("util", "mem", "temp", "power")
+#: The GPU table's columns: widths from the values' domain, not from the values, so nothing
+#: moves as readings change; on a narrow terminal the sparklines shrink, then the clock speeds
+#: go (see text_table.layout). The clocks' reasons, of any length, come last.
+GPU_COLUMNS: Final = (
+    TableColumn("gpu", "GPU", 3, priority=1),
+    TableColumn("util", "UTIL %", GPU_SPARK_WIDTH + 1 + VALUE_WIDTH["util"], 6, priority=2),
+    TableColumn("mem", "MEM MiB", GPU_SPARK_WIDTH + 1 + VALUE_WIDTH["mem"], 7, priority=8),
+    TableColumn("temp", "TEMP C", GPU_SPARK_WIDTH + 1 + VALUE_WIDTH["temp"], 6, priority=3),
+    TableColumn("power", "POWER W", GPU_SPARK_WIDTH + 1 + VALUE_WIDTH["power"], 7, priority=4),
+    TableColumn("clocks", "SM/MEM MHz", 10, priority=9),
+    TableColumn("ecc", "ECC UNCORR", 10, priority=6),
+    TableColumn("remap", "REMAPPED", 16, 8, priority=7),
+    TableColumn("reasons", "CLOCKS LIMITED BY", 24, 12, priority=5, grow=True),
+)
+PROC_COLUMNS: Final = (
+    TableColumn("gpu", "GPU", 3, priority=1),
+    TableColumn("pid", "PID", 7, priority=2),
+    TableColumn("user", "USER", 12, 4, priority=3),
+    TableColumn("mem", "MEM MiB", 7, priority=5),
+    TableColumn("command", "COMMAND", 60, 10, priority=4, grow=True),
+)
+#: Columns between the tables' columns.
+GAP: Final = 2
 EVENTS_SHOWN: Final = 20
 AUDIT_SHOWN: Final = 20
 
@@ -69,6 +94,7 @@ class NodeScreen(Screen[None]):
         super().__init__()
         self.node = ""
         self.audit_text = ""
+        self._drawn_width = 0  # the width the tables were laid out for
 
     def show(self, name: str) -> None:
         """The node this view shows next time it is pushed."""
@@ -88,19 +114,36 @@ class NodeScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         with VerticalScroll():
-            yield Static(id="node-head")
-            yield Static(id="gpus")
-            yield Static(id="procs")
-            yield Static(id="host")
-            yield Static(id="events")
-            yield Static(id="audit")
+            yield TextBlock(id="node-head")
+            yield TextBlock(id="gpus")
+            yield TextBlock(id="procs")
+            yield TextBlock(id="host")
+            yield TextBlock(id="events")
+            yield TextBlock(id="audit")
         yield KeyBar()
 
     def on_screen_resume(self) -> None:
-        self.sub_title = self.node
+        self.sub_title = clean(self.node)
         self.audit_text = "audit log: asking the agent ..."
         self.redraw()
+        self.call_after_refresh(self._relaid)  # the tables again at the width now laid out
         self.action_audit()
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._relaid)
+
+    def _relaid(self) -> None:
+        """The tables again if the room for them changed (a scrollbar came, the terminal
+        was resized)."""
+        here = self.is_current and self.node in self.fleet_app.fleet.nodes
+        if here and self._table_width() != self._drawn_width:
+            self._draw_gpus()
+
+    def _table_width(self) -> int:
+        """Cells the tables may take: the scrolling area's width, less their padding (before
+        the first layout: the terminal's, less a scrollbar)."""
+        width = self.query_one(VerticalScroll).scrollable_content_region.width
+        return max(20, (width or self.app.size.width - 2) - 2)
 
     def fleet_changed(self, changed: set[str], now: float) -> None:
         if self.node in changed:
@@ -111,41 +154,51 @@ class NodeScreen(Screen[None]):
         now = app.clock()
         state = view.state
         inv = view.inventory
-        link = view.link if view.link == "live" else f"{view.link}: {view.link_reason}"
+        link = view.link if view.link == "live" else f"{view.link}: {clean(view.link_reason)}"
         ops: str = state.state if state else "unknown"
         if state and state.state != "schedulable":
-            ops += f" ({state.reason or 'no reason'}, {state.who or '?'}@{when(state.since)})"
-        pool = view.pool
-        if pool != view.entry.pool:  # reassigned: where the pool comes from
-            pool += f" (the agent's; inventory: {view.entry.pool})"
+            reason, who = clean(state.reason or "no reason"), clean(state.who or "?")
+            ops += f" ({reason}, {who}@{when(state.since)})"
+        pool = clean(view.pool)
+        if view.pool != view.entry.pool:  # reassigned: where the pool comes from
+            pool += f" (the agent's; inventory: {clean(view.entry.pool)})"
         head = [
-            f"{view.name}  pool {pool}  state {ops}",
+            f"{clean(view.name)}  pool {pool}  state {ops}",
             f"link {link}" + (f"  (sample {age(view.age(now))} old)" if view.age(now) else ""),
         ]
         if inv is not None:
             head.append(
-                f"{len(inv.gpus)} GPU(s) via {inv.backend}, driver {na(inv.driver_version)}, "
+                f"{plural(len(inv.gpus), 'GPU')} via {inv.backend}, "
+                f"driver {na(inv.driver_version)}, "
                 f"CUDA {na(inv.cuda_version)}; agent {view.agent or 'n/a'}"
             )
-        self.query_one("#node-head", Static).update("\n".join(head))
+        self.query_one("#node-head", TextBlock).update("\n".join(head))
         self._draw_gpus()
         self._draw_host()
         self._draw_events()
-        self.query_one("#audit", Static).update(self.audit_text)
+        self.query_one("#audit", TextBlock).update(self.audit_text)
 
-    def _spark(self, gpu: int, metric: Metric, hi: float | None) -> str:
-        """The GPU's history as a sparkline, then its latest value in the column's unit."""
+    def _spark(self, gpu: int, metric: Metric, hi: float | None, width: int | None) -> str:
+        """The GPU's history as a sparkline (as much as ``width`` leaves room for), then its
+        latest value in the column's unit, right-aligned to the widest the unit allows."""
+        if width is None:
+            return ""
         values = self.view.history.gpu(gpu, metric)
         scale = {"mem": MIB, "power": 1000}.get(metric, 1)
         values = [None if v is None else v / scale for v in values]
         latest = next((v for v in reversed(values) if v is not None), None)
-        return f"{sparkline(values, SPARK_WIDTH, hi=hi)} {na(latest, '{:.0f}')}"
+        value = na(latest, "{:.0f}").rjust(VALUE_WIDTH[metric])
+        spark = width - len(value) - 1
+        return f"{sparkline(values, spark, hi=hi)} {value}" if spark >= 2 else value.rjust(width)
 
     def _draw_gpus(self) -> None:
         view, app = self.view, self.fleet_app
         sample = view.sample
         infos = {g.index: g for g in view.inventory.gpus} if view.inventory else {}
         bad = tone_style(app, "bad")
+        table_width = self._drawn_width = self._table_width()
+        laid = layout(GPU_COLUMNS, table_width + GAP, GAP)
+        widths = {c.key: w for c, w in zip(GPU_COLUMNS, laid, strict=True)}
         rows: list[list[Cell]] = []
         for r in sample.gpus if sample else []:
             info = infos.get(r.index)
@@ -166,20 +219,24 @@ class NodeScreen(Screen[None]):
                 + (" pending" if r.remap_pending else "")
                 + (" FAILED" if r.remap_failure else "")
             )
+            his = {"util": 100.0, "mem": mem_hi, "temp": temp_hi, "power": power_hi}
+            util, mem, temp, power = (
+                self._spark(r.index, m, his[m], widths[m]) for m in SPARK_METRICS
+            )
             rows.append(
                 [
                     (str(r.index), ""),
-                    (self._spark(r.index, "util", 100.0), ""),
-                    (self._spark(r.index, "mem", mem_hi), ""),
-                    (self._spark(r.index, "temp", temp_hi), bad if hot else ""),
-                    (self._spark(r.index, "power", power_hi), ""),
+                    (util, ""),
+                    (mem, ""),
+                    (temp, bad if hot else ""),
+                    (power, ""),
                     (f"{na(r.sm_clock_mhz)}/{na(r.mem_clock_mhz)}", ""),
-                    (reasons, bad if ALARMING_REASONS & set(r.clock_reasons or ()) else ""),
                     (na(r.ecc_uncorrected_volatile), bad if r.ecc_uncorrected_volatile else ""),
                     (remap, bad if r.remap_pending or r.remap_failure else ""),
+                    (reasons, bad if ALARMING_REASONS & set(r.clock_reasons or ()) else ""),
                 ]
             )
-        self.query_one("#gpus", Static).update(text_table(GPU_HEADERS, rows))
+        self.query_one("#gpus", TextBlock).update(text_table(GPU_COLUMNS, rows, table_width))
         procs: list[list[Cell]] = [
             [
                 (str(r.index), ""),
@@ -191,13 +248,17 @@ class NodeScreen(Screen[None]):
             for r in (sample.gpus if sample else [])
             for p in r.processes or []
         ]
-        shown = text_table(PROC_HEADERS, procs) if procs else Text("no GPU processes listed")
-        self.query_one("#procs", Static).update(shown)
+        shown = (
+            text_table(PROC_COLUMNS, procs, table_width)
+            if procs
+            else Text("no GPU processes listed")
+        )
+        self.query_one("#procs", TextBlock).update(shown)
 
     def _draw_host(self) -> None:
         sample = self.view.sample
         if sample is None:
-            self.query_one("#host", Static).update("host: no sample yet")
+            self.query_one("#host", TextBlock).update("host: no sample yet")
             return
         h = sample.host
         load = " ".join(f"{x:.2f}" for x in h.load) if h.load else "n/a"
@@ -207,15 +268,15 @@ class NodeScreen(Screen[None]):
             else "net n/a"
         )
         cpu = sparkline(self.view.history.host_cpu(), SPARK_WIDTH, hi=100.0)
-        self.query_one("#host", Static).update(
+        self.query_one("#host", TextBlock).update(
             f"host  cpu {cpu} {na(h.cpu_percent, '{:.0f}%')}  load {load}  "
             f"memory {h.mem_used / (1 << 30):.1f}/{h.mem_total / (1 << 30):.1f} GiB  {net}"
         )
 
     def _draw_events(self) -> None:
         events = list(self.view.events)[-EVENTS_SHOWN:]
-        lines = [f"{when(e.ts, True)}  {e.kind:<14} {e.message}" for e in reversed(events)]
-        self.query_one("#events", Static).update(
+        lines = [f"{when(e.ts, True)}  {e.kind:<14} {clean(e.message)}" for e in reversed(events)]
+        self.query_one("#events", TextBlock).update(
             "recent events\n"
             + ("\n".join(lines) if lines else "  none since the console connected")
         )
@@ -226,7 +287,7 @@ class NodeScreen(Screen[None]):
     async def _load_audit(self) -> None:
         self.audit_text = await self._ask_audit()
         if self.is_mounted:
-            self.query_one("#audit", Static).update(self.audit_text)
+            self.query_one("#audit", TextBlock).update(self.audit_text)
 
     async def _ask_audit(self) -> str:
         requester = self.fleet_app.requester

@@ -46,7 +46,7 @@ def states(inventory: Path, nodes: str) -> dict[str, tuple[str, str | None]]:
 def test_without_a_terminal_nothing_is_done_without_yes(fleet: Path) -> None:
     done = gpufleet(fleet, "drain", "demo05", "--reason", "r")
     assert done.returncode == 2
-    assert "drain 1 node(s): demo05" in done.stderr
+    assert "drain 1 node: demo05" in done.stderr
     assert "needs --yes when there is no terminal" in done.stderr
     assert states(fleet, "demo05") == {"demo05": ("schedulable", None)}
 
@@ -267,7 +267,7 @@ def test_ctrl_c_says_what_was_sent_and_what_is_known_of_each_node(
             stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         try:
-            said = "waiting for 2 node(s) to be drained"
+            said = "waiting for 2 nodes to be drained"
             wait_for(lambda: said in err.read_text() or proc.poll() is not None, 60, said)
             assert proc.poll() is None, err.read_text()
             proc.send_signal(signal.SIGINT)
@@ -277,7 +277,7 @@ def test_ctrl_c_says_what_was_sent_and_what_is_known_of_each_node(
     try:
         assert proc.returncode == 130, out + err.read_text()
         assert "Aborted!" not in err.read_text()
-        assert "interrupted: drain sent to 2 of 2 node(s)" in err.read_text()
+        assert "interrupted: drain sent to 2 of 2 nodes" in err.read_text()
         lines = [line.split(None, 2) for line in out.splitlines()]
         assert [(n, o) for n, o, _ in lines] == [("demo02", "ok"), ("demo03", "ok")]
         assert all(m.endswith("; draining when interrupted") for _, _, m in lines), lines
@@ -311,10 +311,10 @@ def test_a_terminal_is_asked_only_after_every_check(fleet: Path) -> None:
     assert {s for s, _ in states(fleet, "pool=train").values()} == {"schedulable"}
     no = on_a_terminal(fleet, b"n\n", "drain", "demo01", "--reason", "r")
     assert no.returncode == 2, no.stdout + no.stderr
-    assert "Drain 1 node(s) (demo01)? [y/N]: " in no.stderr
+    assert "Drain 1 node (demo01)? [y/N]: " in no.stderr
     assert "not confirmed; nothing done" in no.stderr
     yes = on_a_terminal(fleet, b"y\n", "resume", "demo01")
     assert yes.returncode == 0, yes.stdout + yes.stderr
-    assert "Resume 1 node(s) (demo01)? [y/N]: " in yes.stderr
+    assert "Resume 1 node (demo01)? [y/N]: " in yes.stderr
     assert yes.stdout.split()[:3] == ["demo01", "ok", "already"]
     assert states(fleet, "demo01")["demo01"][0] == "schedulable"

@@ -499,7 +499,7 @@ def test_sd_notify_ready_watchdog_stopping(agent_factory: Callable[..., AgentPro
             "READY and a WATCHDOG ping",
         )
         ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
-        assert "STATUS=" in messages[ready] and "4 GPU(s) via sim" in messages[ready]
+        assert "STATUS=" in messages[ready] and "4 GPUs via sim" in messages[ready]
         assert Path(agent.socket).exists(), "READY only once the socket is bound"
         proc.terminate()
         wait_for(lambda: "STOPPING=1" in listener.recv(4096).decode(), 15, "STOPPING")

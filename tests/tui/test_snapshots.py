@@ -17,6 +17,8 @@ from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
 SIZE = (140, 36)
+#: Every view at the smallest terminal an operator may have and at a wide one.
+VIEW_SIZES = {"80x24": (80, 24), "wide": (160, 50)}
 Snap = Callable[..., bool]
 
 
@@ -29,20 +31,25 @@ async def settle(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
-def test_fleet_view(snap_compare: Snap) -> None:
+@pytest.mark.parametrize("size", VIEW_SIZES)
+def test_fleet_view(snap_compare: Snap, size: str) -> None:
     """Live nodes, gpu04 drained with its reason and who@when, inf2 unreachable."""
-    assert snap_compare(make(SimFleet()), terminal_size=SIZE, run_before=settle)
+    assert snap_compare(make(SimFleet()), terminal_size=VIEW_SIZES[size], run_before=settle)
 
 
-def test_node_view(snap_compare: Snap) -> None:
+@pytest.mark.parametrize("size", VIEW_SIZES)
+def test_node_view(snap_compare: Snap, size: str) -> None:
     sim = SimFleet()
     sim.nodes["gpu01"].backend.inject("overheat", 2)
     for _ in range(6):
         sim.step()
-    assert snap_compare(make(sim), terminal_size=SIZE, press=["enter"], run_before=settle)
+    assert snap_compare(
+        make(sim), terminal_size=VIEW_SIZES[size], press=["enter"], run_before=settle
+    )
 
 
-def test_stale_node(snap_compare: Snap) -> None:
+@pytest.mark.parametrize("size", VIEW_SIZES)
+def test_stale_node(snap_compare: Snap, size: str) -> None:
     sim = SimFleet()
     app = make(sim)
     for _ in range(7):
@@ -52,13 +59,14 @@ def test_stale_node(snap_compare: Snap) -> None:
         app.refresh_fleet()
         await settle(pilot)
 
-    assert snap_compare(app, terminal_size=SIZE, run_before=age)
+    assert snap_compare(app, terminal_size=VIEW_SIZES[size], run_before=age)
 
 
-def test_drained_node_view(snap_compare: Snap) -> None:
+@pytest.mark.parametrize("size", VIEW_SIZES)
+def test_drained_node_view(snap_compare: Snap, size: str) -> None:
     app = make(SimFleet())
     keys = ["down", "down", "down", "enter"]
-    assert snap_compare(app, terminal_size=SIZE, press=keys, run_before=settle)
+    assert snap_compare(app, terminal_size=VIEW_SIZES[size], press=keys, run_before=settle)
 
 
 def test_drain_dialog(snap_compare: Snap) -> None:
@@ -67,12 +75,13 @@ def test_drain_dialog(snap_compare: Snap) -> None:
     assert snap_compare(app, terminal_size=SIZE, press=["space", "space", "d"])
 
 
-def test_alerts_view(snap_compare: Snap) -> None:
+@pytest.mark.parametrize("size", VIEW_SIZES)
+def test_alerts_view(snap_compare: Snap, size: str) -> None:
     sim = SimFleet()
     sim.nodes["gpu05"].backend.inject("xid79", 2)
     sim.nodes["gpu03"].backend.inject("ecc", 0)
     sim.step()
-    assert snap_compare(make(sim), terminal_size=SIZE, press=["a"], run_before=settle)
+    assert snap_compare(make(sim), terminal_size=VIEW_SIZES[size], press=["a"], run_before=settle)
 
 
 def test_fleet_view_light_theme(snap_compare: Snap) -> None:
