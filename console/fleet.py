@@ -101,6 +101,7 @@ class NodeView:
     sample_at: float | None = None  # console monotonic time the latest sample arrived
     interval: float = 1.0
     agent: str | None = None  # the agent's software and protocol, from its hello
+    protocol: tuple[int, int] | None = None  # the protocol (major, minor) it speaks
     history: History = field(default_factory=lambda: History(AlertRules().history))
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=200))
     xids_seen: dict[int, tuple[float, int]] = field(default_factory=dict)  # gpu -> (at, xid)
@@ -252,6 +253,8 @@ class FleetState:
         """What the agent said in its hello."""
         view = self.nodes[node]
         view.agent = f"{software}, protocol {proto}"
+        major, _, minor = proto.partition(".")
+        view.protocol = (int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
         view.lost = None  # the stream is back: what broke it is no longer the reason
         if interval:
             view.interval = interval

@@ -138,6 +138,13 @@ REQUEST_SINCE: Final[dict[str, int]] = {
 }
 
 
+def knows(protocol: tuple[int, int] | None, op: str) -> bool:
+    """Whether an agent speaking ``protocol`` knows the request ``op`` (one not yet heard
+    from is given the benefit of the doubt: it is asked, and answers for itself)."""
+    since = REQUEST_SINCE.get(op)
+    return protocol is None or since is None or protocol[1] >= since
+
+
 class LinkFailure(Exception):
     """Why a session ended, as the link state and reason the screen shows."""
 
@@ -440,8 +447,9 @@ class NodeLink:
         if self._writer is None:
             view = self.fleet.nodes[name]
             raise NotDelivered(f"{name}: not sent, the node is {view.link}")
-        since = REQUEST_SINCE.get(op)
-        if self.agent_proto is not None and since is not None and self.agent_proto[1] < since:
+        if not knows(self.agent_proto, op):
+            assert self.agent_proto is not None  # for the type checker: knows() said so
+            since = REQUEST_SINCE[op]
             speaks = "{}.{}".format(*self.agent_proto)
             raise AgentTooOld(
                 f"{name}: agent too old for {op} (it speaks protocol {speaks}, {op} needs "

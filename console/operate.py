@@ -47,7 +47,7 @@ from console.actions import (
 from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory
-from console.link import LinkOptions, one_shot
+from console.link import LinkOptions, knows, one_shot
 from console.selector import parse_selector, select
 from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING
 from console.words import plural
@@ -182,7 +182,8 @@ def refusals(fleet: FleetState, targets: list[str], op: Operation) -> list[str]:
     views = [fleet.nodes[n] for n in targets]
     if op.verb == "restart":
         target = str(op.args["target"])
-        heard = [v for v in views if v.inventory is not None]
+        # An agent too old for restart lists no targets: the link says so for it, not sent.
+        heard = [v for v in views if v.inventory is not None and knows(v.protocol, "restart")]
         barred = [v for v in heard if v.inventory and target not in v.inventory.restart_targets]
         if barred:
             allowed = {t for v in barred if v.inventory for t in v.inventory.restart_targets}
