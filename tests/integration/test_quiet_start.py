@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, installed
 
 pytestmark = pytest.mark.integration
-
-BIN = Path(sys.executable).parent
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -30,17 +28,15 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     [
         [sys.executable, "-m", "console", "--help"],
         [sys.executable, "-m", "agents", "--help"],
-        [str(BIN / "gpufleet"), "--help"],
-        [str(BIN / "gpufleet-agent"), "--help"],
+        ["gpufleet", "--help"],
+        ["gpufleet-agent", "--help"],
         [sys.executable, "-m", "console", "status", "--help"],
         [sys.executable, "-m", "console", "demo", "--help"],
     ],
     ids=lambda argv: " ".join(Path(a).name for a in argv[-3:]),
 )
 def test_help_writes_nothing_to_stderr(argv: list[str]) -> None:
-    if not Path(argv[0]).exists():
-        pytest.fail(f"{argv[0]} is not installed: pip install -e '.[test]'")
-    out = _run(argv)
+    out = _run([argv[0] if "/" in argv[0] else installed(argv[0]), *argv[1:]])
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     assert "Usage:" in out.stdout
