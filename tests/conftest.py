@@ -86,6 +86,8 @@ def _refused_skip(report: pytest.TestReport | pytest.CollectReport, test_id: str
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Every phase's skip (a fixture's or a marker's at setup, ``pytest.skip`` in the test);
+    an expected failure (xfail) is not a skip."""
     report = yield
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         _refused_skip(report, item.nodeid.partition("[")[0])
