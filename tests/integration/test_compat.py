@@ -10,14 +10,12 @@ line per minor); a bump of ``PROTOCOL_MINOR`` without its line there fails here.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +37,7 @@ from agents.store import AuditLog
 from console.actions import restart_targets, run_action
 from console.fleetlinks import FleetLinks
 from console.link import REQUEST_SINCE
-from tests.conftest import FIXTURES, REPO, AgentProc, skip_or_fail, until
+from tests.conftest import FIXTURES, REPO, AgentProc, extract_tar, skip_or_fail, until
 from tests.fakes.simnode import Node
 from tests.integration.sshd import Sshd
 from tests.integration.test_link import entry, options
@@ -175,8 +173,7 @@ def previous(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     tree = tmp_path_factory.mktemp(f"protocol-{PREVIOUS}")
     data = git("archive", "--format=tar", commit, "agents", "console")
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(tree, filter="data")
+    extract_tar(data, tree)
     said = run_from(tree, "agents", "--version")
     assert said.returncode == 0, said.stderr
     return tree

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from agents.config import AgentConfig
-from tests.conftest import REPO, ensure_tool, skip_or_fail
+from tests.conftest import REPO, ensure_tool, installed
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +30,7 @@ def _settings() -> dict[str, list[str]]:
 def _runnable_copy(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this machine's gpufleet-agent: verify checks that
     the binary exists, and the repo's unit names the path a packaged install uses."""
-    agent = shutil.which("gpufleet-agent")
-    if agent is None:
-        skip_or_fail("gpufleet-agent is not installed on PATH (pip install -e .)")
+    agent = installed("gpufleet-agent")
     text = UNIT.read_text().replace("/usr/local/bin/gpufleet-agent", str(agent))
     copy = tmp_path / "gpufleet-agent.service"
     copy.write_text(text)
