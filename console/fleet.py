@@ -118,6 +118,12 @@ class NodeView:
         return self.entry.name
 
     @property
+    def link_said(self) -> str:
+        """The link's state with its reason, as an operator is told why a node was not reached
+        (a verb not sent, a dry run, an audit not read): the state alone says nothing to do."""
+        return f"{self.link}: {self.link_reason}" if self.link_reason else self.link
+
+    @property
     def state(self) -> NodeState | None:
         """The ops state, from the latest inventory or state event."""
         return self.inventory.state if self.inventory else None

@@ -438,8 +438,7 @@ class NodeLink:
         happened: the agent's audit log says which)."""
         name = self.entry.name
         if self._writer is None:
-            view = self.fleet.nodes[name]
-            raise NotDelivered(f"{name}: not sent, the node is {view.link}")
+            raise NotDelivered(f"{name}: not sent, the node is {self.fleet.nodes[name].link_said}")
         since = REQUEST_SINCE.get(op)
         if self.agent_proto is not None and since is not None and self.agent_proto[1] < since:
             speaks = "{}.{}".format(*self.agent_proto)

@@ -47,7 +47,7 @@ from console.actions import (
 from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory
-from console.link import LinkOptions, one_shot
+from console.link import AgentTooOld, LinkOptions, NotDelivered, one_shot
 from console.selector import parse_selector, select
 from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING
 from console.words import plural
@@ -322,8 +322,9 @@ def dry_run(fleet: FleetState, targets: list[str], op: Operation) -> tuple[int, 
     for name in targets:
         view = fleet.nodes[name]
         if view.link in DOWN_STATES or not view.answered:
-            why = f"{view.link}: {view.link_reason}" if view.link_reason else view.link
-            results.append(NodeResult(name, "not_delivered", f"would not reach {name}: {why}"))
+            results.append(
+                NodeResult(name, "not_delivered", f"would not reach {name}: {view.link_said}")
+            )
         else:
             results.append(NodeResult(name, "dry_run", would(view, op)))
     return outcome_code(results), results
@@ -439,8 +440,8 @@ async def fleet_audit(
                 args["since"] = since
             try:
                 answer = await links.request(node, "audit", args)
-            except GpufleetError as exc:
-                missing.append(f"{node}: {exc}")
+            except (NotDelivered, AgentTooOld) as exc:
+                missing.append(str(exc))  # the link's words name the node already
                 return
             if not answer.ok:
                 missing.append(f"{node}: {answer.code}: {answer.error}")

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -184,6 +185,31 @@ def test_the_fleet_audit_merges_the_nodes_logs(fleet: Path) -> None:
     bad = gpufleet(fleet, "audit", "demo06", "--since", "soon")
     assert bad.returncode == 2
     assert "--since 'soon'" in bad.stderr
+
+
+def test_a_node_that_cannot_be_reached_says_why_on_every_verb(fleet: Path, tmp_path: Path) -> None:
+    """A node whose sshd refuses: the drain is not sent and its line says why (the words the
+    dry run and ``status`` give), as does the audit; not only that it is unreachable."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: the port refuses
+    port = closed.getsockname()[1]
+    inventory = tmp_path / "fleet.toml"
+    inventory.write_text(
+        fleet.read_text()
+        + f'\n[[group]]\nname = "gone"\npool = "infer"\nnodes = "gone01"\nport = {port}\n'
+    )
+    try:
+        why = f"unreachable: connection refused by 127.0.0.1 on port {port}"
+        done = gpufleet(inventory, "drain", "gone01", "--reason", "r", "--yes", "--json")
+        assert done.returncode == 3, done.stderr
+        [line] = json.loads(done.stdout)
+        assert line["outcome"] == "not_delivered"
+        assert f"not sent, the node is {why}" in line["message"]
+        audit = gpufleet(inventory, "audit", "gone01")
+        assert audit.returncode == 3, audit.stderr
+        assert f"no audit log from gone01: not sent, the node is {why}" in audit.stderr
+    finally:
+        closed.close()
 
 
 def test_the_guard_weighs_the_pool_a_reassigned_node_is_in_now(fleet: Path) -> None:
