@@ -166,7 +166,7 @@ NEXT_STEP: Final[dict[LinkState, str]] = {
     "agent_down": "start the agent there (systemctl start gpufleet-agent) and check the socket",
     "protocol_mismatch": "upgrade the older side, the console or gpufleet-agent",
     "no_data": "check that Prometheus scrapes the node's agent",
-    "not_tried": "widen --connect-wait or --fan-out, or check fewer nodes at once",
+    "not_tried": "check fewer nodes at once, or widen what the detail names",
 }
 
 
