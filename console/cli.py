@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import click
 
@@ -79,8 +79,16 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+#: The commands that change nothing anywhere (an interrupt can say so).
+READ_ONLY: Final = frozenset({"status", "inventory", "audit"})
+
+
 class _Commands(click.Group):
-    """Our own errors (inventory, selector, connection setup) as one line and exit 2."""
+    """Our own errors (inventory, selector, connection setup) as one line and exit 2.
+
+    Ctrl-C in a command that only reads (status, inventory check, audit: the verbs report
+    what they sent themselves) is one line of ours and 130, as a shell reports an interrupt:
+    click's "Aborted!" exits 1, which a script reads as "some nodes did not answer"."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -89,6 +97,10 @@ class _Commands(click.Group):
             _fail(str(exc), EXIT_USAGE)
         except ScreenFailed as exc:
             _fail(str(exc), EXIT_CRASH)
+        except KeyboardInterrupt:
+            reads = ctx.invoked_subcommand in READ_ONLY
+            click.echo(f"gpufleet: interrupted{'; nothing was changed' if reads else ''}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def _ssh_options(fn: Any) -> Any:

@@ -4,6 +4,7 @@ agents, and the JSON contract and exit codes a script relies on."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -169,6 +170,42 @@ def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -
     assert out.returncode == 3
     [node] = json.loads(out.stdout)
     assert (node["link"], node["link_reason"]) == ("unreachable", "no answer in 1 s")
+
+
+@pytest.mark.parametrize("command", [["status"], ["inventory", "check"]])
+def test_ctrl_c_while_nodes_are_asked_says_so_and_exits_130(
+    short_tmp: Path, command: list[str]
+) -> None:
+    """Ctrl-C while a snapshot waits on a node that never answers: our one line and the
+    shell's status for an interrupt (130), as the verbs give; not click's "Aborted!" and 1,
+    which a script would read as "some nodes did not answer"."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text(
+        f'[[group]]\nname = "g"\nnodes = "quiet1"\nhostname = "127.0.0.1"\nport = {port}\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console", *command, "--inventory", str(inventory),
+         "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
+         "--connect-wait", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        silent.settimeout(30)
+        held, _ = silent.accept()  # its handshake has started: the snapshot is under way
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        held.close()
+    finally:
+        proc.kill()
+        silent.close()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "gpufleet: interrupted; nothing was changed", err
+    assert "Aborted!" not in err and "Traceback" not in err
 
 
 def test_a_node_never_tried_is_not_tried_not_unreachable(short_tmp: Path) -> None:
