@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
+from agents.protocol import clip
 from console.fleet import FleetState, LinkState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
@@ -121,7 +122,9 @@ async def snapshot(
     return links.fleet
 
 
-TABLE_HEADER: Final = ("NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "ALERTS")
+TABLE_HEADER: Final = (
+    "NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "REASON", "ALERTS",
+)  # fmt: skip
 
 
 def not_tried_note(views: Iterable[NodeView]) -> str | None:
@@ -132,7 +135,8 @@ def not_tried_note(views: Iterable[NodeView]) -> str | None:
 def table(views: Iterable[NodeView], now: float) -> str:
     """The human view of a snapshot: a row per node, as the screen computes it (``node_row``).
     n/a where nothing is known; numbers only from a live node, or a stale one whose LINK
-    says how old they are; a node down shows none, its reason is under ALERTS."""
+    says how old they are; a node down shows none, its reason is under ALERTS. REASON: why
+    a node is out of service and who took it out when (the screen's), "-" for one in it."""
     rows = []
     for v in views:
         r = node_row(v, now)
@@ -146,6 +150,7 @@ def table(views: Iterable[NodeView], now: float) -> str:
                 na(r.util, "{:.0f}%"),
                 na(r.temp, "{}C"),
                 na(r.power_w, "{:.0f}"),
+                clip(r.state_detail) or "-",  # one line: a newline in a reason shows as \\n
                 "; ".join(a.message for a in v.alerts) or "-",
             ]
         )
