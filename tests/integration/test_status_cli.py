@@ -208,6 +208,32 @@ def test_ctrl_c_while_nodes_are_asked_says_so_and_exits_130(
     assert "Aborted!" not in err and "Traceback" not in err
 
 
+def test_a_proxycommand_that_fails_is_not_blamed_on_max_startups(short_tmp: Path) -> None:
+    """With a ProxyCommand in ssh_config, a connection that closes before the SSH banner is
+    most likely the command failing (here it does, at once): the reason says to try the
+    command, and names MaxStartups only as the other possibility."""
+    config = short_tmp / "ssh_config"
+    config.write_text("Host proxied1\n  ProxyCommand /bin/false %h %p\n")
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text('[[group]]\nname = "g"\nnodes = "proxied1"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+         "--known-hosts", str(short_tmp / "kh"), "--ssh-config", str(config),
+         "--connect-wait", "2", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    [node] = json.loads(out.stdout)
+    assert node["link"] == "unreachable"
+    assert (
+        "the connection through ssh_config's ProxyCommand closed before the SSH banner"
+    ) in node["link_reason"]
+    assert (
+        "most likely the ProxyCommand failed: try `ssh proxied1 true` by hand"
+        in (node["link_reason"])
+    )
+
+
 def test_a_node_never_tried_is_not_tried_not_unreachable(short_tmp: Path) -> None:
     """More nodes than the fan-out can reach in the wait (six behind a port that accepts TCP
     and never answers, two handshakes at a time, one second): the two tried are unreachable,
