@@ -75,7 +75,8 @@ class AlertRules:
 @dataclass(frozen=True, slots=True)
 class Alert:
     node: str
-    kind: str  # temperature, slowdown, xid, ecc, remap_pending, gpu_lost, stale, unreachable
+    kind: str  # temperature, slowdown, xid, ecc, remap_pending, gpu_lost, stale, unreachable,
+    # not_tried (a snapshot's node whose handshake never started)
     severity: Severity
     message: str
     gpu: int | None = None
@@ -306,7 +307,9 @@ class FleetState:
 
     def _alerts(self, view: NodeView, now: float) -> Iterable[Alert]:
         name = view.name
-        if view.link in DOWN_STATES:
+        if view.link == "not_tried":  # nothing is known of it: not down, nobody to page
+            yield Alert(name, "not_tried", "warning", view.link_reason)
+        elif view.link in DOWN_STATES:
             yield Alert(name, "unreachable", "critical", f"{view.link}: {view.link_reason}")
         elif view.link == "stale":
             yield Alert(name, "stale", "warning", view.link_reason)

@@ -141,6 +141,21 @@ def test_the_table_says_why_a_node_is_out_and_who_took_it_out() -> None:
     assert (two["STATE"], two["REASON"]) == ("schedulable", "-")
 
 
+def test_a_node_never_tried_is_no_unreachable_alert() -> None:
+    """A node the snapshot's wait never reached is not known to be down: no critical
+    "unreachable" alert for a script to page on, and its reason said once."""
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    why = "not tried: 1 of 2 nodes got no turn for a handshake in 5 s (32 at a time); widen"
+    fleet.set_link("gpu2", "not_tried", why, 5.0)
+    [doc] = status_doc([fleet.nodes["gpu2"]], 5.0)
+    assert doc["link"] == "not_tried"
+    assert doc["alerts"] == [
+        {"kind": "not_tried", "severity": "warning", "gpu": None, "message": why}
+    ]
+    [row] = _cells(table([fleet.nodes["gpu2"]], 5.0))
+    assert row["ALERTS"] == why
+
+
 def test_a_down_node_shows_no_reading_as_current() -> None:
     """Its last readings were 97 % and 70 C: beside "unreachable" they would read as now."""
     fleet = FleetState(parse_inventory(FLEET, "f").nodes)
