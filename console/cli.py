@@ -40,6 +40,7 @@ from console.operate import (
     Progress,
     build,
     chosen_nodes,
+    no_match,
     operate,
     result_lines,
 )
@@ -426,7 +427,7 @@ class Reach:
         check_pools(selector, known_pools(fleet.nodes.values()) | pools)
         views = [v for v in fleet.nodes.values() if selector.matches(v)]
         if not views and self.selector:
-            click.echo(f"gpufleet: no node matches {' '.join(self.selector)!r}", err=True)
+            click.echo(f"gpufleet: {no_match(self.selector)}", err=True)
         return views
 
 
@@ -619,7 +620,7 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
     selector = reach.selector or ("all",)  # reading acts on nothing: all by default
     nodes = chosen_nodes(inv, selector)
     code, got, missing = asyncio.run(
-        gather_audit(inv, nodes, start, reach.options, reach.wait, selector)
+        gather_audit(inv, nodes, start, reach.options, reach.wait, selector, _say)
     )
     if reach.as_json:
         click.echo(json.dumps([{"node": n, **to_builtins(e)} for n, e in got]))

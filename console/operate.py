@@ -131,8 +131,14 @@ def chosen_nodes(inv: Inventory, selector: tuple[str, ...]) -> list[str]:
     views = FleetState(inv.nodes).nodes.values()
     chosen = [v.name for v in select(views, parse_selector(terms).before_contact())]
     if not chosen:
-        raise Refused("the selector matches no node")
+        raise Refused(f"{no_match(selector)}: nothing sent")
     return chosen
+
+
+def no_match(selector: tuple[str, ...]) -> str:
+    """What every command says of a selector that matched no node (``status`` as a note,
+    ``audit`` too, a verb as its refusal), in the same words."""
+    return f"no node matches {' '.join(selector)!r}"
 
 
 Ask = Callable[[str], Awaitable[bool]]
@@ -261,7 +267,7 @@ async def operate(
         views = [fleet.nodes[n] for n in chosen]
         targets = [v.name for v in select(views, parse_selector(terms))]  # pool=, state=: now
         if not targets:
-            raise Refused("after contact, no selected node matches the selector's terms")
+            raise Refused(f"{no_match(op.selector)}: nothing sent")
         # The guard weighs the pools the targets are in now: a reassigned node's new one too.
         now_in = {fleet.nodes[t].pool for t in targets}
         await links.reach((e.name for e in inv.nodes if e.pool in now_in), op.wait)
@@ -420,10 +426,11 @@ async def fleet_audit(
     options: LinkOptions,
     wait: float,
     selector: tuple[str, ...] = (),
+    say: Callable[[str], None] = lambda _line: None,
 ) -> tuple[int, list[tuple[str, AuditEntry]], list[str]]:
     """The audit logs of ``chosen``, narrowed by the selector's terms once the nodes have
     answered (``pool=`` is the agents' pool), merged oldest first, and the nodes that gave
-    none."""
+    none. ``say``: told if the terms leave no node (nothing to read is not an empty log)."""
     entries = [e for e in inv.nodes if e.name in chosen]
     links = FleetLinks(entries, one_shot(options))
     got: list[tuple[str, AuditEntry]] = []
@@ -433,6 +440,8 @@ async def fleet_audit(
         terms = () if selector == ("all",) else selector
         views = [links.fleet.nodes[n] for n in chosen]
         chosen = [v.name for v in select(views, parse_selector(terms))]
+        if not chosen:
+            say(f"gpufleet: {no_match(selector)}")
 
         async def one(node: str) -> None:
             args: dict[str, Any] = {"limit": MAX_AUDIT_READ}

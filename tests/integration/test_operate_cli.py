@@ -212,6 +212,18 @@ def test_a_node_that_cannot_be_reached_says_why_on_every_verb(fleet: Path, tmp_p
         closed.close()
 
 
+def test_a_selector_that_matches_no_node_says_so_in_every_command(fleet: Path) -> None:
+    """As `status` says it: a verb sends nothing (exit 2) and `audit` shows nothing (exit 0),
+    each saying that the selector matched no node, in the same words; audit was silent."""
+    term = "link=hostkey_changed"  # known, and no node of this fleet is in it
+    verb = gpufleet(fleet, "drain", term, "--reason", "r", "--yes")
+    assert verb.returncode == 2, verb.stderr
+    assert f"gpufleet: error: no node matches '{term}': nothing sent" in verb.stderr
+    audit = gpufleet(fleet, "audit", term)
+    assert (audit.returncode, audit.stdout) == (0, ""), audit.stderr
+    assert f"gpufleet: no node matches '{term}'" in audit.stderr
+
+
 def test_the_guard_weighs_the_pool_a_reassigned_node_is_in_now(fleet: Path) -> None:
     """demo08, moved from infer to train, is drained as a member of train: the guard reaches
     train's nodes too, and counts demo01, drained there already."""
