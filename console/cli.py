@@ -104,6 +104,20 @@ class _Commands(click.Group):
             sys.exit(EXIT_INTERRUPTED)
 
 
+#: The longest --connect-wait: a day.
+MAX_WAIT: Final = 86400.0
+
+
+def _wait(ctx: click.Context, param: click.Parameter, seconds: float) -> float:
+    """A wait in seconds is more than 0 and finite: 0 or less tried no node at all, and nan
+    or inf would wait for ever, where every command ends within its stated wait."""
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_WAIT):
+        raise click.BadParameter(
+            f"{seconds!r} is not a wait in seconds (more than 0, at most {MAX_WAIT:g})"
+        )
+    return seconds
+
+
 def _ssh_options(fn: Any) -> Any:
     """How to reach the nodes: every command that connects takes these."""
     for option in reversed(
@@ -382,6 +396,7 @@ def _fleet_options(fn: Any) -> Any:
                 "--connect-wait",
                 "wait",
                 type=float,
+                callback=_wait,
                 default=15.0,
                 show_default=True,
                 help="Seconds to wait for every node to answer before going on without it.",

@@ -161,6 +161,14 @@ def test_a_reassigned_node_is_in_its_new_pool_everywhere(fleet: Path) -> None:
         (["drain", "--reason", "r", "--yes"], "name the nodes"),
         (["reassign", "demo01", "--pool", "a b", "--reason", "r", "--yes"], "pool must be"),
         (["drain", "demo01", "--reason", "\x1b[2J", "--yes"], "control or format character"),
+        # A wait that is no number of seconds: -1 and 0 tried no node, nan or inf never ends.
+        (["status", "--connect-wait", "nan"], "'--connect-wait': nan is not a wait"),
+        (
+            ["drain", "demo01", "--reason", "r", "--yes", "--connect-wait", "-1"],
+            "'--connect-wait': -1.0 is not a wait",
+        ),
+        (["audit", "--connect-wait", "0"], "'--connect-wait': 0.0 is not a wait"),
+        (["inventory", "check", "--connect-wait", "inf"], "'--connect-wait': inf is not a wait"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(fleet: Path, args: list[str], says: str) -> None:
