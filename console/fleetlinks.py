@@ -116,7 +116,7 @@ class FleetLinks:
             if held.total() == len(untried):
                 widen = "--connect-wait (--fan-out does not lift the bound per sshd)"
         why = (
-            f"not tried: {len(untried)} of {len(self.links)} nodes got no turn for a handshake "
+            f"{len(untried)} of {len(self.links)} nodes got no turn for a handshake "
             f"in {wait:g} s ({bounds}); widen {widen}"
         )
         for name in untried:

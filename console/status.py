@@ -128,8 +128,10 @@ TABLE_HEADER: Final = (
 
 
 def not_tried_note(views: Iterable[NodeView]) -> str | None:
-    """One line for stderr when a snapshot left nodes untried: how many, and what to widen."""
-    return next((v.link_reason for v in views if v.link == "not_tried"), None)
+    """One line for stderr when a snapshot left nodes untried: how many, and what to widen
+    (the reason of each, which says it after its link state: ``not_tried: 4 of 6 ...``)."""
+    why = next((v.link_reason for v in views if v.link == "not_tried"), None)
+    return None if why is None else f"not tried: {why}"
 
 
 def table(views: Iterable[NodeView], now: float) -> str:

@@ -227,9 +227,9 @@ async def test_nodes_held_by_their_sshds_bound_are_told_to_widen_the_wait_not_th
         await until(lambda: all(v.destination for v in links.links.values()), "resolved")
         links.give_up(list(links.links), 5, 0.0)
         views = links.fleet.nodes.values()
-        untried = {v.link_reason for v in views if v.link == "not_tried"}
-        assert untried == {
-            f"not tried: 20 of 30 nodes got no turn for a handshake in 5 s (32 at a time, "
+        untried = {v.link_said for v in views if v.link == "not_tried"}
+        assert untried == {  # as a verb's line says it: the state once, then the reason
+            f"not_tried: 20 of 30 nodes got no turn for a handshake in 5 s (32 at a time, "
             f"{CONNECTING_PER_HOST} to any one sshd: 20 nodes waited on 10.0.0.9:2200); widen "
             "--connect-wait (--fan-out does not lift the bound per sshd)"
         }

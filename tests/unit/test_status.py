@@ -145,7 +145,7 @@ def test_a_node_never_tried_is_no_unreachable_alert() -> None:
     """A node the snapshot's wait never reached is not known to be down: no critical
     "unreachable" alert for a script to page on, and its reason said once."""
     fleet = FleetState(parse_inventory(FLEET, "f").nodes)
-    why = "not tried: 1 of 2 nodes got no turn for a handshake in 5 s (32 at a time); widen"
+    why = "1 of 2 nodes got no turn for a handshake in 5 s (32 at a time); widen"
     fleet.set_link("gpu2", "not_tried", why, 5.0)
     [doc] = status_doc([fleet.nodes["gpu2"]], 5.0)
     assert doc["link"] == "not_tried"
