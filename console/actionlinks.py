@@ -72,8 +72,7 @@ class ActionLinks:
                 break
             await asyncio.sleep(0.05)
         if not view.answered:
-            why = f"{view.link}: {view.link_reason}" if view.link_reason else view.link
-            raise NotDelivered(f"{node}: not sent, the node is {why}")
+            raise NotDelivered(f"{node}: not sent, the node is {view.link_said}")
         return await link.request(op, args, wait)
 
     async def stop(self) -> None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import click
 
@@ -40,6 +40,7 @@ from console.operate import (
     Progress,
     build,
     chosen_nodes,
+    no_match,
     operate,
     result_lines,
 )
@@ -79,8 +80,16 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+#: The commands that change nothing anywhere (an interrupt can say so).
+READ_ONLY: Final = frozenset({"status", "inventory", "audit"})
+
+
 class _Commands(click.Group):
-    """Our own errors (inventory, selector, connection setup) as one line and exit 2."""
+    """Our own errors (inventory, selector, connection setup) as one line and exit 2.
+
+    Ctrl-C in a command that only reads (status, inventory check, audit: the verbs report
+    what they sent themselves) is one line of ours and 130, as a shell reports an interrupt:
+    click's "Aborted!" exits 1, which a script reads as "some nodes did not answer"."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -89,6 +98,24 @@ class _Commands(click.Group):
             _fail(str(exc), EXIT_USAGE)
         except ScreenFailed as exc:
             _fail(str(exc), EXIT_CRASH)
+        except KeyboardInterrupt:
+            reads = ctx.invoked_subcommand in READ_ONLY
+            click.echo(f"gpufleet: interrupted{'; nothing was changed' if reads else ''}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+#: The longest --connect-wait: a day.
+MAX_WAIT: Final = 86400.0
+
+
+def _wait(ctx: click.Context, param: click.Parameter, seconds: float) -> float:
+    """A wait in seconds is more than 0 and finite: 0 or less tried no node at all, and nan
+    or inf would wait for ever, where every command ends within its stated wait."""
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_WAIT):
+        raise click.BadParameter(
+            f"{seconds!r} is not a wait in seconds (more than 0, at most {MAX_WAIT:g})"
+        )
+    return seconds
 
 
 def _ssh_options(fn: Any) -> Any:
@@ -369,6 +396,7 @@ def _fleet_options(fn: Any) -> Any:
                 "--connect-wait",
                 "wait",
                 type=float,
+                callback=_wait,
                 default=15.0,
                 show_default=True,
                 help="Seconds to wait for every node to answer before going on without it.",
@@ -414,7 +442,7 @@ class Reach:
         check_pools(selector, known_pools(fleet.nodes.values()) | pools)
         views = [v for v in fleet.nodes.values() if selector.matches(v)]
         if not views and self.selector:
-            click.echo(f"gpufleet: no node matches {' '.join(self.selector)!r}", err=True)
+            click.echo(f"gpufleet: {no_match(self.selector)}", err=True)
         return views
 
 
@@ -607,7 +635,7 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
     selector = reach.selector or ("all",)  # reading acts on nothing: all by default
     nodes = chosen_nodes(inv, selector)
     code, got, missing = asyncio.run(
-        gather_audit(inv, nodes, start, reach.options, reach.wait, selector)
+        gather_audit(inv, nodes, start, reach.options, reach.wait, selector, _say)
     )
     if reach.as_json:
         click.echo(json.dumps([{"node": n, **to_builtins(e)} for n, e in got]))

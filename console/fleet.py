@@ -75,7 +75,8 @@ class AlertRules:
 @dataclass(frozen=True, slots=True)
 class Alert:
     node: str
-    kind: str  # temperature, slowdown, xid, ecc, remap_pending, gpu_lost, stale, unreachable
+    kind: str  # temperature, slowdown, xid, ecc, remap_pending, gpu_lost, stale, unreachable,
+    # not_tried (a snapshot's node whose handshake never started)
     severity: Severity
     message: str
     gpu: int | None = None
@@ -117,6 +118,12 @@ class NodeView:
     @property
     def name(self) -> str:
         return self.entry.name
+
+    @property
+    def link_said(self) -> str:
+        """The link's state with its reason, as an operator is told why a node was not reached
+        (a verb not sent, a dry run, an audit not read): the state alone says nothing to do."""
+        return f"{self.link}: {self.link_reason}" if self.link_reason else self.link
 
     @property
     def state(self) -> NodeState | None:
@@ -303,7 +310,9 @@ class FleetState:
 
     def _alerts(self, view: NodeView, now: float) -> Iterable[Alert]:
         name = view.name
-        if view.link in DOWN_STATES:
+        if view.link == "not_tried":  # nothing is known of it: not down, nobody to page
+            yield Alert(name, "not_tried", "warning", view.link_reason)
+        elif view.link in DOWN_STATES:
             yield Alert(name, "unreachable", "critical", f"{view.link}: {view.link_reason}")
         elif view.link == "stale":
             yield Alert(name, "stale", "warning", view.link_reason)

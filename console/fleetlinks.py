@@ -11,6 +11,7 @@ refresh; this only keeps the links up.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -19,8 +20,9 @@ from agents.protocol import Response
 from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
 from console.link import CONNECTING_AT_ONCE as CONNECTING_AT_ONCE
-from console.link import LinkOptions, NodeLink, stop_links
+from console.link import CONNECTING_PER_HOST, LinkOptions, NodeLink, stop_links
 from console.source import SSH, FeedStatus, data_age
+from console.words import plural
 
 #: ... and through one jump host: its sshd's MaxStartups (10:30:100 by default) starts
 #: dropping unauthenticated connections past 10.
@@ -100,9 +102,22 @@ class FleetLinks:
                 if link.drops:
                     why = f"{why}: {link.dropped_reason()}"
                 self.fleet.set_link(name, "unreachable", why, now)
+        # A link that resolved its sshd and never started waited on that sshd's own bound
+        # (it gives its fleet-wide slot back meanwhile): a wider --fan-out would not help it.
+        held = Counter(d for n in untried if (d := self.links[n].destination) is not None)
+        bounds, widen = f"{self.fan_out} at a time", "--connect-wait or --fan-out"
+        if held:
+            (busiest, _), others = held.most_common(1)[0], len(held) - 1
+            where = busiest + (f" and {plural(others, 'other')}" if others else "")
+            bounds += (
+                f", {CONNECTING_PER_HOST} to any one sshd: "
+                f"{plural(held.total(), 'node')} waited on {where}"
+            )
+            if held.total() == len(untried):
+                widen = "--connect-wait (--fan-out does not lift the bound per sshd)"
         why = (
-            f"not tried: {len(untried)} of {len(self.links)} nodes got no turn for a handshake "
-            f"in {wait:g} s ({self.fan_out} at a time); widen --connect-wait or --fan-out"
+            f"{len(untried)} of {len(self.links)} nodes got no turn for a handshake "
+            f"in {wait:g} s ({bounds}); widen {widen}"
         )
         for name in untried:
             self.fleet.set_link(name, "not_tried", why, now)

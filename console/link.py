@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import asyncssh
-from asyncssh.config import SSHClientConfig
+from asyncssh.config import SSHClientConfig, SSHConfig
 
 from agents.protocol import (
     PROTOCOL_MINOR,
@@ -338,21 +338,38 @@ def _hop(text: str) -> tuple[str | None, str, int | None]:
     return user or None, host, port
 
 
+def _host_config(options: LinkOptions, host: str, port: int | None, user: str | None) -> SSHConfig:
+    """What ssh_config says of one host, as asyncssh will read it to connect."""
+    try:
+        local = getpass.getuser()
+    except (KeyError, OSError):
+        local = "root"
+    return SSHClientConfig.load(
+        None, _config_paths(options), False, False, False, local, user or (), host, port or ()
+    )
+
+
+def proxy_command(entry: NodeEntry, options: LinkOptions) -> bool:
+    """Whether ssh_config connects to the node through a ProxyCommand: a connection that
+    closes before the SSH banner is then most likely that command failing, not its sshd."""
+    if entry.jump:
+        return False  # a jump host: asyncssh tunnels through it, ProxyCommand unused
+    try:
+        config = _host_config(options, entry.hostname or entry.name, entry.port, entry.user)
+    except (OSError, ValueError):
+        return False
+    # ProxyJump wins over ProxyCommand (as asyncssh connects); "none" reads as unset.
+    return bool(config.get("ProxyCommand")) and not config.get("ProxyJump")
+
+
 def destination(entry: NodeEntry, options: LinkOptions) -> str:
     """The ``host:port`` a node's handshake goes to once ssh_config has had its say (its
     HostName and Port), which is the sshd whose MaxStartups it counts against. Follows the
     ProxyJump chain (the inventory's ``jump``, then ssh_config's) and refuses a loop, which
     asyncssh would otherwise follow until Python's recursion limit."""
-    paths = _config_paths(options)
-    try:
-        local = getpass.getuser()
-    except (KeyError, OSError):
-        local = "root"
 
     def resolve(host: str, port: int | None, user: str | None) -> tuple[str, int, str | None]:
-        config = SSHClientConfig.load(
-            None, paths, False, False, False, local, user or (), host, port or ()
-        )
+        config = _host_config(options, host, port, user)
         name = str(config.get("Hostname", host))
         jump = config.get("ProxyJump")
         return name, int(str(config.get("Port", port or 22))), str(jump) if jump else None
@@ -445,8 +462,7 @@ class NodeLink:
         happened: the agent's audit log says which)."""
         name = self.entry.name
         if self._writer is None:
-            view = self.fleet.nodes[name]
-            raise NotDelivered(f"{name}: not sent, the node is {view.link}")
+            raise NotDelivered(f"{name}: not sent, the node is {self.fleet.nodes[name].link_said}")
         if not knows(self.agent_proto, op):
             assert self.agent_proto is not None  # for the type checker: knows() said so
             since = REQUEST_SINCE[op]
@@ -631,7 +647,16 @@ class NodeLink:
         return LinkFailure("unreachable", self.dropped_reason())
 
     def dropped_reason(self) -> str:
-        """What an operator is told of handshakes the server dropped before its banner."""
+        """What an operator is told of handshakes the server dropped before its banner, or
+        that ssh_config's ProxyCommand ended before it: MaxStartups is then the less likely
+        cause, and raising it the wrong thing to tell."""
+        if proxy_command(self.entry, self.options):
+            return (
+                f"the connection through ssh_config's ProxyCommand closed before the SSH "
+                f"banner, {plural(self.drops, 'time')}: most likely the ProxyCommand failed: "
+                f"try `ssh {self.entry.name} true` by hand; else the sshd behind it refused "
+                "handshakes past MaxStartups: raise it there, or lower --fan-out"
+            )
         return (
             f"{self.destination} dropped the connection before authentication (before its SSH "
             f"banner), {plural(self.drops, 'time')}: most likely its sshd refusing handshakes past "

@@ -47,7 +47,7 @@ from console.actions import (
 from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory
-from console.link import LinkOptions, knows, one_shot
+from console.link import AgentTooOld, LinkOptions, NotDelivered, knows, one_shot
 from console.selector import parse_selector, select
 from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING
 from console.words import plural
@@ -131,8 +131,14 @@ def chosen_nodes(inv: Inventory, selector: tuple[str, ...]) -> list[str]:
     views = FleetState(inv.nodes).nodes.values()
     chosen = [v.name for v in select(views, parse_selector(terms).before_contact())]
     if not chosen:
-        raise Refused("the selector matches no node")
+        raise Refused(f"{no_match(selector)}: nothing sent")
     return chosen
+
+
+def no_match(selector: tuple[str, ...]) -> str:
+    """What every command says of a selector that matched no node (``status`` as a note,
+    ``audit`` too, a verb as its refusal), in the same words."""
+    return f"no node matches {' '.join(selector)!r}"
 
 
 Ask = Callable[[str], Awaitable[bool]]
@@ -262,7 +268,7 @@ async def operate(
         views = [fleet.nodes[n] for n in chosen]
         targets = [v.name for v in select(views, parse_selector(terms))]  # pool=, state=: now
         if not targets:
-            raise Refused("after contact, no selected node matches the selector's terms")
+            raise Refused(f"{no_match(op.selector)}: nothing sent")
         # The guard weighs the pools the targets are in now: a reassigned node's new one too.
         now_in = {fleet.nodes[t].pool for t in targets}
         await links.reach((e.name for e in inv.nodes if e.pool in now_in), op.wait)
@@ -323,8 +329,9 @@ def dry_run(fleet: FleetState, targets: list[str], op: Operation) -> tuple[int, 
     for name in targets:
         view = fleet.nodes[name]
         if view.link in DOWN_STATES or not view.answered:
-            why = f"{view.link}: {view.link_reason}" if view.link_reason else view.link
-            results.append(NodeResult(name, "not_delivered", f"would not reach {name}: {why}"))
+            results.append(
+                NodeResult(name, "not_delivered", f"would not reach {name}: {view.link_said}")
+            )
         else:
             results.append(NodeResult(name, "dry_run", would(view, op)))
     return outcome_code(results), results
@@ -420,10 +427,11 @@ async def fleet_audit(
     options: LinkOptions,
     wait: float,
     selector: tuple[str, ...] = (),
+    say: Callable[[str], None] = lambda _line: None,
 ) -> tuple[int, list[tuple[str, AuditEntry]], list[str]]:
     """The audit logs of ``chosen``, narrowed by the selector's terms once the nodes have
     answered (``pool=`` is the agents' pool), merged oldest first, and the nodes that gave
-    none."""
+    none. ``say``: told if the terms leave no node (nothing to read is not an empty log)."""
     entries = [e for e in inv.nodes if e.name in chosen]
     links = FleetLinks(entries, one_shot(options))
     got: list[tuple[str, AuditEntry]] = []
@@ -433,6 +441,8 @@ async def fleet_audit(
         terms = () if selector == ("all",) else selector
         views = [links.fleet.nodes[n] for n in chosen]
         chosen = [v.name for v in select(views, parse_selector(terms))]
+        if not chosen:
+            say(f"gpufleet: {no_match(selector)}")
 
         async def one(node: str) -> None:
             args: dict[str, Any] = {"limit": MAX_AUDIT_READ}
@@ -440,8 +450,8 @@ async def fleet_audit(
                 args["since"] = since
             try:
                 answer = await links.request(node, "audit", args)
-            except GpufleetError as exc:
-                missing.append(f"{node}: {exc}")
+            except (NotDelivered, AgentTooOld) as exc:
+                missing.append(str(exc))  # the link's words name the node already
                 return
             if not answer.ok:
                 missing.append(f"{node}: {answer.code}: {answer.error}")

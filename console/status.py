@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
+from agents.protocol import clip
 from console.fleet import FleetState, LinkState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
@@ -121,18 +122,23 @@ async def snapshot(
     return links.fleet
 
 
-TABLE_HEADER: Final = ("NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "ALERTS")
+TABLE_HEADER: Final = (
+    "NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "REASON", "ALERTS",
+)  # fmt: skip
 
 
 def not_tried_note(views: Iterable[NodeView]) -> str | None:
-    """One line for stderr when a snapshot left nodes untried: how many, and what to widen."""
-    return next((v.link_reason for v in views if v.link == "not_tried"), None)
+    """One line for stderr when a snapshot left nodes untried: how many, and what to widen
+    (the reason of each, which says it after its link state: ``not_tried: 4 of 6 ...``)."""
+    why = next((v.link_reason for v in views if v.link == "not_tried"), None)
+    return None if why is None else f"not tried: {why}"
 
 
 def table(views: Iterable[NodeView], now: float) -> str:
     """The human view of a snapshot: a row per node, as the screen computes it (``node_row``).
     n/a where nothing is known; numbers only from a live node, or a stale one whose LINK
-    says how old they are; a node down shows none, its reason is under ALERTS."""
+    says how old they are; a node down shows none, its reason is under ALERTS. REASON: why
+    a node is out of service and who took it out when (the screen's), "-" for one in it."""
     rows = []
     for v in views:
         r = node_row(v, now)
@@ -146,6 +152,7 @@ def table(views: Iterable[NodeView], now: float) -> str:
                 na(r.util, "{:.0f}%"),
                 na(r.temp, "{}C"),
                 na(r.power_w, "{:.0f}"),
+                clip(r.state_detail) or "-",  # one line: a newline in a reason shows as \\n
                 "; ".join(a.message for a in v.alerts) or "-",
             ]
         )
@@ -166,7 +173,7 @@ NEXT_STEP: Final[dict[LinkState, str]] = {
     "agent_down": "start the agent there (systemctl start gpufleet-agent) and check the socket",
     "protocol_mismatch": "upgrade the older side, the console or gpufleet-agent",
     "no_data": "check that Prometheus scrapes the node's agent",
-    "not_tried": "widen --connect-wait or --fan-out, or check fewer nodes at once",
+    "not_tried": "check fewer nodes at once, or widen what the detail names",
 }
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -160,6 +161,14 @@ def test_a_reassigned_node_is_in_its_new_pool_everywhere(fleet: Path) -> None:
         (["drain", "--reason", "r", "--yes"], "name the nodes"),
         (["reassign", "demo01", "--pool", "a b", "--reason", "r", "--yes"], "pool must be"),
         (["drain", "demo01", "--reason", "\x1b[2J", "--yes"], "control or format character"),
+        # A wait that is no number of seconds: -1 and 0 tried no node, nan or inf never ends.
+        (["status", "--connect-wait", "nan"], "'--connect-wait': nan is not a wait"),
+        (
+            ["drain", "demo01", "--reason", "r", "--yes", "--connect-wait", "-1"],
+            "'--connect-wait': -1.0 is not a wait",
+        ),
+        (["audit", "--connect-wait", "0"], "'--connect-wait': 0.0 is not a wait"),
+        (["inventory", "check", "--connect-wait", "inf"], "'--connect-wait': inf is not a wait"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(fleet: Path, args: list[str], says: str) -> None:
@@ -184,6 +193,43 @@ def test_the_fleet_audit_merges_the_nodes_logs(fleet: Path) -> None:
     bad = gpufleet(fleet, "audit", "demo06", "--since", "soon")
     assert bad.returncode == 2
     assert "--since 'soon'" in bad.stderr
+
+
+def test_a_node_that_cannot_be_reached_says_why_on_every_verb(fleet: Path, tmp_path: Path) -> None:
+    """A node whose sshd refuses: the drain is not sent and its line says why (the words the
+    dry run and ``status`` give), as does the audit; not only that it is unreachable."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: the port refuses
+    port = closed.getsockname()[1]
+    inventory = tmp_path / "fleet.toml"
+    inventory.write_text(
+        fleet.read_text()
+        + f'\n[[group]]\nname = "gone"\npool = "infer"\nnodes = "gone01"\nport = {port}\n'
+    )
+    try:
+        why = f"unreachable: connection refused by 127.0.0.1 on port {port}"
+        done = gpufleet(inventory, "drain", "gone01", "--reason", "r", "--yes", "--json")
+        assert done.returncode == 3, done.stderr
+        [line] = json.loads(done.stdout)
+        assert line["outcome"] == "not_delivered"
+        assert f"not sent, the node is {why}" in line["message"]
+        audit = gpufleet(inventory, "audit", "gone01")
+        assert audit.returncode == 3, audit.stderr
+        assert f"no audit log from gone01: not sent, the node is {why}" in audit.stderr
+    finally:
+        closed.close()
+
+
+def test_a_selector_that_matches_no_node_says_so_in_every_command(fleet: Path) -> None:
+    """As `status` says it: a verb sends nothing (exit 2) and `audit` shows nothing (exit 0),
+    each saying that the selector matched no node, in the same words; audit was silent."""
+    term = "link=hostkey_changed"  # known, and no node of this fleet is in it
+    verb = gpufleet(fleet, "drain", term, "--reason", "r", "--yes")
+    assert verb.returncode == 2, verb.stderr
+    assert f"gpufleet: error: no node matches '{term}': nothing sent" in verb.stderr
+    audit = gpufleet(fleet, "audit", term)
+    assert (audit.returncode, audit.stdout) == (0, ""), audit.stderr
+    assert f"gpufleet: no node matches '{term}'" in audit.stderr
 
 
 def test_the_guard_weighs_the_pool_a_reassigned_node_is_in_now(fleet: Path) -> None:

@@ -4,6 +4,7 @@ agents, and the JSON contract and exit codes a script relies on."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -171,6 +172,68 @@ def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -
     assert (node["link"], node["link_reason"]) == ("unreachable", "no answer in 1 s")
 
 
+@pytest.mark.parametrize("command", [["status"], ["inventory", "check"]])
+def test_ctrl_c_while_nodes_are_asked_says_so_and_exits_130(
+    short_tmp: Path, command: list[str]
+) -> None:
+    """Ctrl-C while a snapshot waits on a node that never answers: our one line and the
+    shell's status for an interrupt (130), as the verbs give; not click's "Aborted!" and 1,
+    which a script would read as "some nodes did not answer"."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text(
+        f'[[group]]\nname = "g"\nnodes = "quiet1"\nhostname = "127.0.0.1"\nport = {port}\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console", *command, "--inventory", str(inventory),
+         "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
+         "--connect-wait", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        silent.settimeout(30)
+        held, _ = silent.accept()  # its handshake has started: the snapshot is under way
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        held.close()
+    finally:
+        proc.kill()
+        silent.close()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "gpufleet: interrupted; nothing was changed", err
+    assert "Aborted!" not in err and "Traceback" not in err
+
+
+def test_a_proxycommand_that_fails_is_not_blamed_on_max_startups(short_tmp: Path) -> None:
+    """With a ProxyCommand in ssh_config, a connection that closes before the SSH banner is
+    most likely the command failing (here it does, at once): the reason says to try the
+    command, and names MaxStartups only as the other possibility."""
+    config = short_tmp / "ssh_config"
+    config.write_text("Host proxied1\n  ProxyCommand /bin/false %h %p\n")
+    inventory = short_tmp / "fleet.toml"
+    inventory.write_text('[[group]]\nname = "g"\nnodes = "proxied1"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
+         "--known-hosts", str(short_tmp / "kh"), "--ssh-config", str(config),
+         "--connect-wait", "2", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    [node] = json.loads(out.stdout)
+    assert node["link"] == "unreachable"
+    assert (
+        "the connection through ssh_config's ProxyCommand closed before the SSH banner"
+    ) in node["link_reason"]
+    assert (
+        "most likely the ProxyCommand failed: try `ssh proxied1 true` by hand"
+        in (node["link_reason"])
+    )
+
+
 def test_a_node_never_tried_is_not_tried_not_unreachable(short_tmp: Path) -> None:
     """More nodes than the fan-out can reach in the wait (six behind a port that accepts TCP
     and never answers, two handshakes at a time, one second): the two tried are unreachable,
@@ -196,9 +259,9 @@ def test_a_node_never_tried_is_not_tried_not_unreachable(short_tmp: Path) -> Non
     nodes = json.loads(out.stdout)
     links = sorted(n["link"] for n in nodes)
     assert links == ["not_tried"] * 4 + ["unreachable"] * 2
-    why = "not tried: 4 of 6 nodes got no turn for a handshake in 1 s (2 at a time); widen"
-    assert all(why in n["link_reason"] for n in nodes if n["link"] == "not_tried")
-    assert f"gpufleet: {why}" in out.stderr
+    why = "4 of 6 nodes got no turn for a handshake in 1 s (2 at a time); widen"
+    assert all(n["link_reason"].startswith(why) for n in nodes if n["link"] == "not_tried")
+    assert f"gpufleet: not tried: {why}" in out.stderr
     assert "--connect-wait or --fan-out" in out.stderr
 
 

@@ -204,6 +204,40 @@ async def test_handshakes_to_one_sshd_are_bounded_whatever_the_node_names(
         await links.stop()
 
 
+async def test_nodes_held_by_their_sshds_bound_are_told_to_widen_the_wait_not_the_fan_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Thirty node names behind one sshd, whose handshakes never end within the wait: twenty
+    never get their turn, held by the bound per sshd, which --fan-out does not lift. Their
+    reason says so and what does help (the wait)."""
+    config = tmp_path / "ssh_config"
+    config.write_text("Host n*\n  HostName 10.0.0.9\n  Port 2200\n")
+    never = asyncio.Event()
+
+    async def connect(host: str, **kw: object) -> _Conn:
+        await never.wait()
+        raise AssertionError("never answered")
+
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    nodes = parse_inventory('[[group]]\nname = "g"\nnodes = "n[01-30]"\n', "f").nodes
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[str(config)])
+    links = FleetLinks(nodes, options)
+    links.start()
+    try:
+        await until(lambda: all(v.destination for v in links.links.values()), "resolved")
+        links.give_up(list(links.links), 5, 0.0)
+        views = links.fleet.nodes.values()
+        untried = {v.link_said for v in views if v.link == "not_tried"}
+        assert untried == {  # as a verb's line says it: the state once, then the reason
+            f"not_tried: 20 of 30 nodes got no turn for a handshake in 5 s (32 at a time, "
+            f"{CONNECTING_PER_HOST} to any one sshd: 20 nodes waited on 10.0.0.9:2200); widen "
+            "--connect-wait (--fan-out does not lift the bound per sshd)"
+        }
+        assert sum(v.link == "unreachable" for v in views) == CONNECTING_PER_HOST
+    finally:
+        await links.stop()
+
+
 @pytest.mark.parametrize(
     ("exc", "words"),
     [

@@ -95,7 +95,7 @@ def test_exit_codes() -> None:
 def _cells(text: str) -> list[dict[str, str]]:
     """The table's rows by header: each column starts where its header does."""
     header, *rows = text.splitlines()
-    names = ["NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "ALERTS"]
+    names = ["NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "REASON", "ALERTS"]
     starts = [header.index(n) for n in names]
     ends = [*starts[1:], None]
     return [
@@ -120,6 +120,40 @@ def test_power_not_supported_is_na_not_0() -> None:
     assert row["UTIL"] != "n/a"
     [doc] = status_doc([fleet.nodes["gpu1"]], 1.5)
     assert [g["power"] for g in doc["gpus"]] == [None, None]
+
+
+def test_the_table_says_why_a_node_is_out_and_who_took_it_out() -> None:
+    """`status state=draining,drained` is asked to learn why: the reason and who@when (as the
+    screen's REASON), on one line whatever the reason holds (a newline is kept literally, as
+    ``\\n``), and "-" for a node in service."""
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    n = Node("gpu1", gpus=2)
+    out = NodeState(state="draining", reason="PSU swap\nsee [log]", who="alice", since=0.0)
+    fleet.apply("gpu1", n.inventory(out), 0.0)
+    feed(fleet, n, 1.0)
+    m = Node("gpu2", gpus=2)
+    fleet.apply("gpu2", m.inventory(), 0.0)
+    feed(fleet, m, 1.0)
+    text = table(fleet.nodes.values(), 1.5)
+    assert len(text.splitlines()) == 3, "a row per node"
+    one, two = _cells(text)
+    assert one["REASON"] == "PSU swap\\nsee [log] (alice@1970-01-01 00:00)"
+    assert (two["STATE"], two["REASON"]) == ("schedulable", "-")
+
+
+def test_a_node_never_tried_is_no_unreachable_alert() -> None:
+    """A node the snapshot's wait never reached is not known to be down: no critical
+    "unreachable" alert for a script to page on, and its reason said once."""
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    why = "1 of 2 nodes got no turn for a handshake in 5 s (32 at a time); widen"
+    fleet.set_link("gpu2", "not_tried", why, 5.0)
+    [doc] = status_doc([fleet.nodes["gpu2"]], 5.0)
+    assert doc["link"] == "not_tried"
+    assert doc["alerts"] == [
+        {"kind": "not_tried", "severity": "warning", "gpu": None, "message": why}
+    ]
+    [row] = _cells(table([fleet.nodes["gpu2"]], 5.0))
+    assert row["ALERTS"] == why
 
 
 def test_a_down_node_shows_no_reading_as_current() -> None:
