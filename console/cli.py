@@ -18,6 +18,7 @@ import os
 import pwd
 import random
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -214,6 +215,10 @@ def main(
     """Watch a GPU fleet live and act on it. With no command, on a terminal: the fleet screen
     for the configured inventory."""
     if ctx.invoked_subcommand is not None:
+        if ctx.invoked_subcommand != "demo":  # the demo sets up its own (and headless, none)
+            # Other libraries' lines (asyncio's, asyncssh's) would reach the terminal through
+            # logging's last resort: they go to the user's log, and ours are said on stderr.
+            _log_to_file(debug)
         return
     live = parse_source(source_text)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -682,8 +687,12 @@ def demo(
     no configuration), on the fleet screen."""
     if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
         _fail("no terminal for the screen: use --headless (and --inventory-out)", EXIT_USAGE)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(_demo(nodes, gpus, faults, headless, inventory_out, seconds, readonly))
+    except KeyboardInterrupt:
+        pass
+    except asyncio.CancelledError:  # SIGTERM (see _demo): ended as a shell reports it
+        sys.exit(128 + signal.SIGTERM)
 
 
 def _debug() -> bool:
@@ -704,6 +713,11 @@ async def _demo(
     from console.demo import demo_fleet, run_incidents
 
     log = None if headless else _log_to_file(_debug())
+    # SIGTERM (systemd, kill, a test's teardown) ends the demo as Ctrl-C does: its temporary
+    # directory, with the throwaway SSH keys in it, is removed on the way out.
+    main_task = asyncio.current_task()
+    if main_task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     # Headless, the nodes' own logs would bury the demo's lines; it announces its incidents.
     logging.getLogger("gpufleet.agent").setLevel(logging.ERROR)
     async with demo_fleet(nodes, gpus) as fleet:

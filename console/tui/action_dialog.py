@@ -47,6 +47,7 @@ from console.actions import (
 )
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
+from console.words import plural
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -201,9 +202,8 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         if len(procs) > SHOWN_PROCESSES:
             lines.append(f"... and {len(procs) - SHOWN_PROCESSES} more")
         users = sorted({clean(p.user or "?") for p in procs})
-        return f"Running there ({len(procs)} processes; users {', '.join(users)}):\n" + "\n".join(
-            lines
-        )
+        said = f"{plural(len(procs), 'process', 'processes')}; {plural(len(users), 'user')}:"
+        return f"Running there ({said} {', '.join(users)}):\n" + "\n".join(lines)
 
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()  # a stray enter must not act

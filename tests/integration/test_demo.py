@@ -4,8 +4,10 @@ commands, with scripted incidents showing up as alerts."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,3 +57,15 @@ def test_scripted_incidents_become_alerts(demo: tuple[subprocess.Popen[str], Pat
     doc = wait_for(alerts, 60, "the overheat and the XID 79 to show")
     assert "slowdown" in doc["demo03"]
     assert doc["demo01"] == set(), "nodes without incidents stay quiet"
+
+
+def test_sigterm_ends_the_demo_and_removes_its_keys(tmp_path: Path) -> None:
+    """Stopped as systemd or kill stops it, the demo removes its temporary directory, with the
+    throwaway SSH keys in it, as it does on Ctrl-C (it used to leave them in /tmp)."""
+    with demo_process(tmp_path, nodes=1, faults=False) as (proc, inventory):
+        home = Path(tomllib.loads(inventory.read_text())["defaults"]["identity"]).parent
+        assert home.name.startswith("gpufleet-demo-") and home.is_dir()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 128 + signal.SIGTERM
+    assert not home.exists(), f"left behind: {sorted(p.name for p in home.iterdir())}"
