@@ -545,13 +545,21 @@ class AgentServer:
         samples, 4 MB at 8 GPUs) after the ring has moved on.
 
         Holds the client only by a weak reference: a write that fails leaves frames that lead
-        back here in the transport's keeping (see _forget_frames)."""
+        back here in the transport's keeping (see _forget_frames).
+
+        The outbox goes out as one ``write``, never ``writelines``: ``drain`` waits only once
+        the transport has paused us, and on Python 3.12 and 3.13 up to 3.12.8 and 3.13.1
+        the socket transport's own ``writelines`` buffers without ever pausing (CPython
+        gh-127655, PSF-2024-14). ``drain`` would then never wait, the outbox never fill,
+        ``Outbox.room`` never hold the reading back, and a client that does not read would
+        pile its replies up in the transport's buffer, unbounded. A ``write`` pauses on every
+        version; one join is what ``writelines`` cost on 3.11 too."""
         try:
             while first:  # paced by the client, while live frames collect in its outbox
                 writer.write(first.popleft())
                 await writer.drain()
             while not outbox.closed:
-                writer.writelines(await outbox.take())
+                writer.write(b"".join(await outbox.take()))
                 await writer.drain()
         except (ConnectionError, OSError) as exc:
             _forget_frames(exc)

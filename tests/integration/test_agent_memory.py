@@ -22,7 +22,15 @@ from pathlib import Path
 import pytest
 
 from agents.daemon import Agent
-from agents.protocol import PROTOCOL_VERSION, FrameSplitter, Hello, Sample, decode, encode
+from agents.protocol import (
+    PROTOCOL_VERSION,
+    FrameSplitter,
+    Hello,
+    Request,
+    Sample,
+    decode,
+    encode,
+)
 from agents.server import ClientConn
 from console.demo import demo_fleet
 from tests.conftest import until
@@ -172,3 +180,41 @@ async def test_an_agent_restarted_in_a_demo_fleet_leaves_nothing_of_its_buffers(
         assert fleet.agents[name] is not before
         del before
         assert sys.getrefcount(newest) == 2, "the stopped agent's history is still held"
+
+
+async def test_a_client_that_never_reads_is_paced_by_its_replies(agent: Agent) -> None:
+    """A client that pipelines requests and reads nothing back: the agent's writes to it stop
+    at the transport's high-water mark, its replies collect in its outbox, and at half that
+    queue the agent stops reading from it (``Outbox.room``), so the rest of the flood waits
+    in the client's own socket. On Python 3.12 and 3.13 up to 3.12.8 and 3.13.1 the
+    transport's ``writelines`` never paused the writer (CPython gh-127655): every reply went
+    into the transport's buffer at once, the outbox never filled, and the agent read all of
+    it."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, str(agent.server.path))
+    n = 20_000  # 1.2 MB of requests, 0.8 MB of replies: far past every buffer on the way
+    hello = Hello(proto=PROTOCOL_VERSION, software="test", peer="console", stream=False)
+    flood = encode(hello) + b"".join(encode(Request(id=i, op="ping")) for i in range(n))
+    sending = asyncio.create_task(loop.sock_sendall(sock, flood))
+    try:
+        await until(lambda: agent.server._clients, "the agent taking the client")
+        (client,) = agent.server._clients
+        c = agent.config.clients
+        await until(
+            lambda: len(client.outbox) > c.max_queued_other // 2 or sending.done(),
+            "the agent holding back a client that reads nothing",
+        )
+        transport = client.writer.transport
+        buffered = transport.get_write_buffer_size()
+        assert not sending.done(), (
+            f"the agent read all {n} requests; {len(client.outbox)} replies queued, "
+            f"{buffered} bytes in its transport's buffer"
+        )
+        # What the transport holds: up to its high-water mark, and the batch that crossed it
+        # (at most what the outbox may hold).
+        assert buffered <= transport.get_write_buffer_limits()[1] + c.max_queued_bytes
+    finally:
+        sending.cancel()
+        sock.close()
