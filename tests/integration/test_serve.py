@@ -666,7 +666,7 @@ def test_a_request_flood_that_never_reads_costs_the_agent_nothing(
         grown = _agent_rss(agent) - before
         assert grown < 40 << 20, f"the agent grew by {grown >> 20} MB for one flooding client"
         # It reads until half its reply queue (500) is waiting, then stops: the rest sits in
-        # the two socket buffers (about 420 requests here; their size is the kernel's, so the
+        # the two socket buffers (about 920 requests sent here; their size is the kernel's, so the
         # bound leaves room: test_agent_memory's pacing test holds the exact one).
         assert sent < 2500, f"the agent kept reading ({sent} requests of 10 kB)"
         # Replies echo a clipped name, never the 10 kB one.
