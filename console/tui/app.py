@@ -8,6 +8,7 @@ whatever the rate of frames, so 1,000 nodes streaming cost one redraw of what ch
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -127,6 +128,21 @@ class FleetApp(App[None]):
             self.failure = error
         super()._handle_exception(error)
         self._exit_renderables.clear()
+
+    def on_load(self) -> None:
+        """Tasks on this loop start lazily again, before any link opens.
+
+        On Python 3.12+ Textual's ``run_async`` (the real terminal; Pilot's ``run_test`` does
+        not) makes the whole loop run each new task eagerly, up to its first wait, inside
+        ``create_task``. asyncssh is not written for that: its server stores the auth handler
+        after the handler's task has already run, so a key check that needs no wait (the
+        demo's) answers nothing and every demo node read "unreachable: TimeoutError". The
+        links, the demo's SSH server and the agents share this loop, so the loop keeps
+        asyncio's default; a task factory set by anything other than Textual is left alone."""
+        loop = asyncio.get_running_loop()
+        eager = getattr(asyncio, "eager_task_factory", None)
+        if eager is not None and loop.get_task_factory() is eager:
+            loop.set_task_factory(None)
 
     def on_mount(self) -> None:
         from console.tui.fleet_view import FleetScreen

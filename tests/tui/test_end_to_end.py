@@ -4,6 +4,7 @@ GPUs are simulated (no GPU exists here)."""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 
 import pytest
@@ -74,3 +75,24 @@ async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
                 "the state on screen",
             )
             assert TRICKY in screen.table.cell_text("demo02", "reason"), "shown literally"
+
+
+async def test_the_demo_fleet_answers_on_a_loop_that_starts_tasks_eagerly() -> None:
+    """On Python 3.12+ ``App.run_async`` (the real terminal, not Pilot's ``run_test``) makes
+    the loop start tasks eagerly; asyncssh's server, which the demo runs on that loop, then
+    never answers a key offered for auth and every node read "unreachable". The screen must
+    reach the demo fleet on such a loop too (on 3.11, which has no eager tasks, as usual)."""
+    loop = asyncio.get_running_loop()
+    eager = getattr(asyncio, "eager_task_factory", None)
+    loop.set_task_factory(eager)  # what run_async does, where the Python has it
+    try:
+        async with demo_fleet(2, 1) as demo:
+            links = FleetLinks(load_inventory(demo.inventory).nodes, LinkOptions(ssh_config=[]))
+            app = FleetApp(links.fleet, links=links, refresh_s=0.2)
+            async with app.run_test(size=(160, 45)):
+                fleet = links.fleet
+                await until(
+                    lambda: all(v.link == "live" for v in fleet.nodes.values()), "all live", 20
+                )
+    finally:
+        loop.set_task_factory(None)
