@@ -62,8 +62,10 @@ async def serve(mode: str, path: str, count_file: Path | None, proto: str) -> No
 
     async def report() -> None:
         while True:
-            if count_file is not None:
-                count_file.write_text(str(sent))  # noqa: ASYNC240 a few bytes, a test fake
+            if count_file is not None:  # written whole, then renamed: never read half-written
+                part = count_file.with_name(count_file.name + ".part")
+                part.write_text(str(sent))  # noqa: ASYNC240 a few bytes, a test fake
+                part.replace(count_file)
             await asyncio.sleep(0.2)
 
     server = await asyncio.start_unix_server(client, path)
