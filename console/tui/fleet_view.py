@@ -30,7 +30,7 @@ from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
 from console.tui.fleet_table import Cell, FleetTable, fleet_columns
 from console.tui.key_bar import KeyBar
 from console.tui.style import Tone, na
-from console.tui.text_line import TextLine
+from console.tui.text_line import PartsLine, TextLine
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -96,7 +96,7 @@ class FleetScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         self.rows = RowCache(self.fleet_app.fleet)
         yield Header(show_clock=False)
-        yield TextLine(id="totals")
+        yield PartsLine(id="totals")
         yield TextLine(id="source")
         yield TextLine(id="banner")
         fleet = self.fleet_app.fleet
@@ -166,10 +166,10 @@ class FleetScreen(Screen[None]):
     def _draw_head(self, now: float) -> None:
         totals = fleet_totals(self.rows.all())
         shown = (
-            f" | {filter_note(self.table.row_count, self.filter_text)}" if self.row_filter else ""
+            [f"| {filter_note(self.table.row_count, self.filter_text)}"] if self.row_filter else []
         )
-        sort = f" | sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
-        self.query_one("#totals", TextLine).text = totals.line() + shown + sort
+        sort = f"| sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
+        self.query_one("#totals", PartsLine).parts = (*totals.parts(), *shown, sort)
         self._draw_source(now)
         banner = self.query_one("#banner", TextLine)
         if totals.nodes and totals.down == totals.nodes:
