@@ -29,9 +29,15 @@ if TYPE_CHECKING:
 AGES_EVERY_S = 5.0
 
 
+#: The longest age said (``words.age``: "9m59s", as long as "9h59m" and "9d23h"), ago.
+AGO_WIDTH = len(ago(9 * 60 + 59))
 #: The columns before the alert's text: (key, label, width). Widths from the values' domain:
-#: "59m ago", "ended 59m ago", "critical"; the node's is the fleet's longest name.
-COLUMNS = (("since", "RAISED", 9), ("status", "STATUS", 14), ("severity", "SEVERITY", 8))
+#: "9m59s ago", "ended 9m59s ago", "critical"; the node's is the fleet's longest name.
+COLUMNS = (
+    ("since", "RAISED", AGO_WIDTH),
+    ("status", "STATUS", len("ended ") + AGO_WIDTH),
+    ("severity", "SEVERITY", 8),
+)
 #: Cells around each column (DataTable's padding), and the narrowest the alert's text gets.
 CELL_PAD = 2
 MESSAGE_MIN = 20

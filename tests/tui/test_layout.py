@@ -120,3 +120,21 @@ async def test_alert_text_wraps_within_the_screen() -> None:
         row = next(i for i in range(table.row_count) if "inf2" in str(table.get_row_at(i)[3]))
         assert reason.strip() in str(table.get_row_at(row)[4]), "the whole text, wrapped"
         assert table.rows[list(table.rows)[row]].height > 1
+
+
+async def test_the_alerts_ages_are_shown_whole() -> None:
+    """ "ended 4m26s ago" was cut to "ended 4m26s a…": the columns were sized for "59m ago"."""
+    sim = SimFleet()
+    app = make(sim)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.refresh_fleet()
+        sim.clock.now += 1.0
+        sim.fleet.set_link("inf2", "live", "", sim.clock.now)  # its link's alert ends
+        app.refresh_fleet()
+        sim.clock.now += 9 * 60 + 58
+        app.open_alerts()
+        await pilot.pause()
+        table = app.screen.query_one("#alerts", DataTable)
+        lines = [table.render_line(y).text for y in range(1, table.size.height)]
+        assert any("ended 9m58s ago" in line for line in lines), lines
+        assert all(not line.rstrip().endswith("…") for line in lines), lines
