@@ -31,7 +31,7 @@ from console.sparkline import sparkline
 from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, na, tone_style
-from console.tui.text_line import TextBlock
+from console.tui.text_line import TextBlock, packed
 from console.tui.text_table import Cell, TableColumn, layout, text_table
 from console.words import age, plural
 
@@ -138,6 +138,7 @@ class NodeScreen(Screen[None]):
         here = self.is_current and self.node in self.fleet_app.fleet.nodes
         if here and self._table_width() != self._drawn_width:
             self._draw_gpus()
+            self._draw_host()
 
     def _table_width(self) -> int:
         """Cells the tables may take: the scrolling area's width, less their padding (before
@@ -268,10 +269,24 @@ class NodeScreen(Screen[None]):
             else "net n/a"
         )
         cpu = sparkline(self.view.history.host_cpu(), SPARK_WIDTH, hi=100.0)
-        self.query_one("#host", TextBlock).update(
-            f"host  cpu {cpu} {na(h.cpu_percent, '{:.0f}%')}  load {load}  "
-            f"memory {h.mem_used / (1 << 30):.1f}/{h.mem_total / (1 << 30):.1f} GiB  {net}"
-        )
+        total = f"{h.mem_total / (1 << 30):.1f}"
+        parts = [
+            f"host  cpu {cpu} {na(h.cpu_percent, '{:.0f}%')}",
+            f"load {load}",
+            f"memory {h.mem_used / (1 << 30):.1f}/{total} GiB",
+            net,
+        ]
+        # Broken where the values at their widest would be, so a reading gaining a digit
+        # never moves a part to the other line.
+        widest = [
+            f"host  cpu {cpu} 100%",
+            "load 99.99 99.99 99.99",
+            f"memory {total}/{total} GiB",
+            "net rx 9999.9 MB/s tx 9999.9 MB/s",
+        ]
+        room = [max(len(w), len(p)) for w, p in zip(widest, parts, strict=True)]
+        width = self._table_width()
+        self.query_one("#host", TextBlock).update("\n".join(packed(parts, width, room, "  ")))
 
     def _draw_events(self) -> None:
         events = list(self.view.events)[-EVENTS_SHOWN:]

@@ -37,15 +37,23 @@ class TextLine(Widget):
         return plain(self.text)
 
 
-def packed(parts: Sequence[str], width: int) -> list[str]:
-    """``parts`` joined by spaces into lines of at most ``width`` cells, a part never split
-    (a part wider than the line gets one of its own, cut when drawn)."""
+def packed(
+    parts: Sequence[str], width: int, room: Sequence[int] | None = None, sep: str = " "
+) -> list[str]:
+    """``parts`` joined by ``sep`` into lines of at most ``width`` cells, a part never split
+    (a part wider than the line gets one of its own, cut when drawn). ``room``: the cells each
+    part may take at most (its values' domain), so that the lines break in the same places
+    whatever the values; else each part's own length."""
     lines: list[str] = []
-    for part in parts:
-        if lines and cell_len(lines[-1]) + 1 + cell_len(part) <= width:
-            lines[-1] += " " + part
+    used = 0
+    for i, part in enumerate(parts):
+        size = room[i] if room is not None else cell_len(part)
+        if lines and used + len(sep) + size <= width:
+            lines[-1] += sep + part
+            used += len(sep) + size
         else:
             lines.append(part)
+            used = size
     return lines
 
 

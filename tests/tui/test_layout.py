@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from rich.text import Text
 from textual.content import Content
+from textual.geometry import Region
 from textual.widgets import DataTable
 
 from console.tui.alerts_view import AlertsScreen
@@ -138,3 +139,47 @@ async def test_the_alerts_ages_are_shown_whole() -> None:
         lines = [table.render_line(y).text for y in range(1, table.size.height)]
         assert any("ended 9m58s ago" in line for line in lines), lines
         assert all(not line.rstrip().endswith("…") for line in lines), lines
+
+
+async def test_the_host_line_breaks_in_the_same_place_as_readings_change() -> None:
+    """At 80 columns the host line wrapped wherever its words ended: "net" jumped between the
+    first line and the second as the CPU went from 7% to 27% or the load past 10."""
+    from agents.protocol import HostReading
+    from tests.fakes.simnode import QuietHost
+
+    class Host(QuietHost):
+        cpu, net, load = 7.0, 0.2e6, 0.92
+
+        def read(self) -> HostReading:
+            r = super().read()
+            return HostReading(
+                **{
+                    **{f: getattr(r, f) for f in r.__struct_fields__},
+                    "cpu_percent": self.cpu,
+                    "load": (self.load, 1.15, 1.55),
+                    "mem_total": int(23.5 * (1 << 30)),
+                    "mem_used": int(0.7 * (1 << 30)),
+                    "net_rx_bps": self.net,
+                    "net_tx_bps": self.net,
+                }
+            )
+
+    sim = SimFleet()
+    host = Host()
+    sim.nodes["gpu01"].sampler.host = host
+    app = make(sim)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.open_node("gpu01")
+        await pilot.pause()
+        frames = set()
+        for cpu, net, load in ((7.0, 0.2e6, 0.92), (27.0, 0.2e6, 10.5), (100.0, 12.5e6, 0.5)):
+            host.cpu, host.net, host.load = cpu, net, load
+            sim.step()
+            app.refresh_fleet()
+            await pilot.pause()
+            w = app.screen.query_one("#host")
+            lines = [s.text for s in w.render_lines(Region(0, 0, w.size.width, w.size.height))]
+            frames.add(tuple(line.split()[0] for line in lines if line.strip()))
+            for part in ("net rx", "load ", "memory 0.7/23.5 GiB"):
+                assert any(part in line for line in lines), (part, lines)
+        assert len(frames) == 1, f"each line starts with a different part: {frames}"
