@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, get_args
 
 import hostlist
 from rich.text import Text
@@ -30,11 +30,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.widgets.data_table import RowKey
 
 from console.actions import (
     VERBS,
     ActionError,
     NodeResult,
+    Outcome,
     Verb,
     affected,
     busy_without_processes,
@@ -47,6 +49,7 @@ from console.actions import (
 )
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
+from console.tui.text_table import rest_width
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -301,25 +304,43 @@ class ActionResults(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Label("", id="summary", markup=False)
-        table: DataTable[Text] = DataTable(id="results", cursor_type="row")
-        table.add_column("NODE", key="node")
-        table.add_column("RESULT", key="outcome")
-        table.add_column("DETAIL", key="detail")
-        yield table
+        yield DataTable[Text](id="results", cursor_type="row")
         yield KeyBar()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for node, r in self.results.items():
-            table.add_row(*self._cells(r), key=node)
+        self._order = {node: i for i, node in enumerate(self.results)}
+        self._detail_width = 0
+        self._lay_out()
         self._summarise()
         # The app's worker, not this screen's: leaving the screen must not cancel requests
         # already on their way (their outcome would then be unknown to everyone).
         self.app.run_worker(self._send(), group="action")
 
+    def on_resize(self) -> None:
+        self._lay_out()
+
+    def _lay_out(self) -> None:
+        """The columns for the screen's width, the agent's answer wrapped in what the node and
+        the outcome leave: an answer never runs past the screen (it did at 80 columns)."""
+        table = self.query_one(DataTable)
+        node = min(24, max(len(n) for n in self.results))
+        outcome = max(len(o) for o in get_args(Outcome))
+        detail = rest_width(table.size.width or self.app.size.width, [node, outcome])
+        if detail == self._detail_width:
+            return
+        self._detail_width = detail
+        table.clear(columns=True)
+        table.add_column("NODE", key="node", width=node)
+        table.add_column("RESULT", key="outcome", width=outcome)
+        table.add_column("DETAIL", key="detail", width=detail)
+        for node_name, r in self.results.items():
+            table.add_row(*self._cells(r), key=node_name, height=None)
+
     def _cells(self, r: NodeResult) -> list[Text]:
         tone = {"ok": "good", "pending": "dim"}.get(r.outcome, "bad")
-        return [plain(r.node), toned(self.app, r.outcome, tone), plain(r.message)]  # type: ignore[arg-type]
+        said = r.outcome.replace("_", " ")
+        detail = Text(clean(r.message), end="")  # wrapped in its column
+        return [plain(r.node), toned(self.app, said, tone), detail]  # type: ignore[arg-type]
 
     async def _send(self) -> None:
         requester = self.fleet_app.requester
@@ -349,8 +370,14 @@ class ActionResults(Screen[None]):
             return
         table = self.query_one(DataTable)
         cells = self._cells(result)
-        table.update_cell(result.node, "outcome", cells[1], update_width=True)
-        table.update_cell(result.node, "detail", cells[2], update_width=True)
+        lines = len(cells[2].wrap(self.app.console, self._detail_width))
+        if lines == table.rows[RowKey(result.node)].height:
+            table.update_cell(result.node, "outcome", cells[1])
+            table.update_cell(result.node, "detail", cells[2])
+        else:  # a row's height is measured when it is added: added again, put back in place
+            table.remove_row(result.node)
+            table.add_row(*cells, key=result.node, height=None)
+            table.sort("node", key=lambda node: self._order[node.plain])
         self._summarise()
 
     def _summarise(self) -> None:

@@ -19,6 +19,7 @@ from console.fleet import AlertRecord
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
 from console.tui.text_line import TextBlock
+from console.tui.text_table import rest_width
 from console.words import ago
 
 if TYPE_CHECKING:
@@ -38,9 +39,6 @@ COLUMNS = (
     ("status", "STATUS", len("ended ") + AGO_WIDTH),
     ("severity", "SEVERITY", 8),
 )
-#: Cells around each column (DataTable's padding), and the narrowest the alert's text gets.
-CELL_PAD = 2
-MESSAGE_MIN = 20
 
 
 class AlertsScreen(Screen[None]):
@@ -76,8 +74,7 @@ class AlertsScreen(Screen[None]):
         fleet = self.fleet_app.fleet
         node = min(24, max((len(n) for n in fleet.nodes), default=4))
         width = table.size.width or self.app.size.width
-        fixed = sum(w + CELL_PAD for _, _, w in COLUMNS) + node + CELL_PAD
-        message = max(MESSAGE_MIN, width - fixed - CELL_PAD - 2)
+        message = rest_width(width, [*(w for _, _, w in COLUMNS), node])
         if message == self._message_width:
             return
         self._message_width = message

@@ -103,3 +103,16 @@ def text_table(
                 out.append(" " * gap)
     out.rstrip()
     return out
+
+
+#: Cells a DataTable puts around each column's text, and the room kept for its vertical
+#: scrollbar.
+CELL_PAD = 2
+SCROLLBAR = 2
+
+
+def rest_width(table_width: int, widths: Sequence[int], narrowest: int = 20) -> int:
+    """The width left to a DataTable's last column (an alert's text, an agent's answer, which
+    wrap in it) after the columns of ``widths``: so that the table never scrolls sideways."""
+    taken = sum(w + CELL_PAD for w in widths) + CELL_PAD + SCROLLBAR
+    return max(narrowest, table_width - taken)

@@ -183,3 +183,27 @@ async def test_the_host_line_breaks_in_the_same_place_as_readings_change() -> No
             for part in ("net rx", "load ", "memory 0.7/23.5 GiB"):
                 assert any(part in line for line in lines), (part, lines)
         assert len(frames) == 1, f"each line starts with a different part: {frames}"
+
+
+async def test_an_actions_results_wrap_within_the_screen() -> None:
+    """An agent's refusal ran past 80 columns: the results table scrolled sideways."""
+    from agents.protocol import Response
+    from console.tui.action_dialog import ActionResults, Confirmed
+
+    words = "gpu3 is busy: end its work (or drain the node) first, " * 3
+
+    class Refuses(Requests):
+        async def request(
+            self, node: str, op: str, args: dict[str, object], wait: float = 30.0
+        ) -> Response:
+            return Response(id=1, ok=False, code="gpu_busy", error=words)
+
+    sim = SimFleet()
+    app = FleetApp(sim.fleet, requester=Refuses(), clock=sim.clock, refresh_s=None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.push_screen(ActionResults(Confirmed("restart", ["gpu01"], {"reason": "r"})))
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        table = app.screen.query_one("#results", DataTable)
+        assert table.virtual_size.width <= table.size.width, "the results run past the screen"
+        assert words.strip() in str(table.get_row_at(0)[2]), "the whole text, wrapped"
