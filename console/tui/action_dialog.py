@@ -352,17 +352,14 @@ class ActionResults(Screen[None]):
         results = await run_action(requester, a.nodes, a.verb, a.args, self._show)
         if not self.is_attached:  # the operator left before the end: say how it ended
             failed = [r for r in results if r.outcome != "ok"]
-            title = VERBS[a.verb].title
-            where = hostlist.collect_hostlist(a.nodes)
             if failed:
                 self.app.notify(
-                    f"{title} {where}: {len(failed)} of {len(results)} not done "
-                    f"(e.g. {failed[0].node}: {failed[0].message})",
+                    f"{self._said()} (e.g. {failed[0].node}: {failed[0].message})",
                     severity="error",
                     timeout=15,
                 )
             else:
-                self.app.notify(f"{title} {where}: done on all {len(results)}")
+                self.app.notify(self._said())
 
     def _show(self, result: NodeResult) -> None:
         self.results[result.node] = result
@@ -380,12 +377,16 @@ class ActionResults(Screen[None]):
             table.sort("node", key=lambda node: self._order[node.plain])
         self._summarise()
 
-    def _summarise(self) -> None:
+    def _said(self) -> str:
+        """The action and how many nodes ended each way ("Drain demo[01-03]: 2 ok, 1
+        refused"): on this screen, and in the notice when the operator left it before the
+        end (which once said "done on all 1")."""
         counts: dict[str, int] = {}
         for r in self.results.values():
             counts[r.outcome] = counts.get(r.outcome, 0) + 1
         said = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()))
         title = VERBS[self.action.verb].title
-        self.query_one("#summary", Label).update(
-            clean(f"{title} {hostlist.collect_hostlist(self.action.nodes)}: {said}")
-        )
+        return f"{title} {hostlist.collect_hostlist(self.action.nodes)}: {said}"
+
+    def _summarise(self) -> None:
+        self.query_one("#summary", Label).update(clean(self._said()))
