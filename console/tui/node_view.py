@@ -25,6 +25,7 @@ from agents.protocol import (
     clock_reason_words,
 )
 from console.actions import VERBS
+from console.fleet import DOWN_STATES
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
@@ -163,10 +164,18 @@ class NodeScreen(Screen[None]):
         pool = clean(view.pool)
         if view.pool != view.entry.pool:  # reassigned: where the pool comes from
             pool += f" (the agent's; inventory: {clean(view.entry.pool)})"
+        # A node the console cannot reach: its last readings are kept on screen, dimmed and
+        # said to be old (the fleet view leaves them out), never as if current.
+        old = view.sample is not None and view.link in DOWN_STATES
+        sample_age = age(view.age(now)) if view.age(now) else ""
         head = [
             f"{clean(view.name)}  pool {pool}  state {ops}",
-            f"link {link}" + (f"  (sample {age(view.age(now))} old)" if view.age(now) else ""),
+            f"link {link}" + (f"  (sample {sample_age} old)" if sample_age and not old else ""),
         ]
+        if old:
+            head.append(f"below: the last readings, {sample_age} old: not current")
+        for part in ("#gpus", "#procs", "#host"):
+            self.query_one(part).set_class(old, "old")
         if inv is not None:
             head.append(
                 f"{plural(len(inv.gpus), 'GPU')} via {inv.backend}, "

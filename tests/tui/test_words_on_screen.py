@@ -58,3 +58,29 @@ async def test_ages_read_on_one_scale() -> None:
         table = app.screen.query_one(DataTable)
         raised = {str(table.get_row_at(i)[0]) for i in range(table.row_count)}
         assert "1m43s ago" in raised, raised
+
+
+async def test_a_down_nodes_last_readings_are_not_shown_as_current() -> None:
+    """The node view of a node whose agent stopped showed its last GPU and host readings as
+    if current, with only "(sample 22s old)" at the end of the link's line to say otherwise."""
+    from console.tui.node_view import NodeScreen
+
+    sim = SimFleet()
+    for _ in range(22):
+        sim.step(skip=("gpu02",))
+    sim.fleet.set_link("gpu02", "agent_down", "no agent at /run/gpufleet.sock", sim.clock.now)
+    app = make(sim)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.refresh_fleet()
+        app.open_node("gpu02")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NodeScreen)
+        head = str(screen.query_one("#node-head").render())
+        assert "the last readings, 22s old: not current" in head, head
+        for part in ("#gpus", "#procs", "#host"):
+            assert screen.query_one(part).has_class("old"), part
+        app.open_node("gpu01")  # a live node: no such words, nothing dimmed
+        await pilot.pause()
+        assert "not current" not in str(screen.query_one("#node-head").render())
+        assert not screen.query_one("#gpus").has_class("old")
