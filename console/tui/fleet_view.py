@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Header, Input
 
@@ -29,7 +30,7 @@ from console.rows import (
 from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
 from console.tui.fleet_table import Cell, FleetTable, fleet_columns
 from console.tui.key_bar import KeyBar
-from console.tui.style import Tone, na
+from console.tui.style import Tone, clean, na
 from console.tui.text_line import PartsLine, TextLine
 
 if TYPE_CHECKING:
@@ -288,12 +289,20 @@ class FleetScreen(Screen[None]):
                 parse_filter(text, self.fleet_app.fleet.nodes.values()) if text else None
             )
         except SelectorError as exc:
-            self.notify(str(exc), title="filter", severity="error")
+            # Said on the box, which stays open to be put right: a toast covered the box's
+            # right half at 80x24.
+            event.input.border_title = Content(clean(str(exc)))  # it quotes the filter: text
+            event.input.add_class("-invalid")
             return
         self.filter_text = text
         event.input.display = False
         self.table.focus()
         self.redraw()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter" and event.input.border_title:
+            event.input.border_title = None  # the error was about the text before
+            event.input.remove_class("-invalid")
 
     def action_clear(self) -> None:
         """esc: close the filter box, else drop the filter, else drop the marks."""

@@ -5,6 +5,7 @@ as a fleet gone); ages on one scale."""
 from __future__ import annotations
 
 import pytest
+from textual.geometry import Region
 from textual.widgets import DataTable, Input
 
 from console.tui.text_line import TextLine
@@ -32,7 +33,33 @@ async def test_an_unknown_value_is_an_error_naming_it_and_the_valid_ones(
         await pilot.press("enter")
         await pilot.pause()
         assert len(names(app)) == 8, "the rows stay as they were"
-        assert any(says in str(n.message) for n in app._notifications)
+        box = app.screen.query_one("#filter", Input)
+        assert box.display and box.has_focus, "the box stays open to be put right"
+        assert says in str(box.border_title), box.border_title
+        assert not app._notifications, "said on the box, not in a toast that covered it"
+
+
+async def test_a_filter_error_is_said_on_its_box_at_80x24_and_goes_once_put_right() -> None:
+    """At 80x24 the error's toast covered the right half of the filter box being typed in."""
+    app = make(SimFleet())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("slash")
+        box = app.screen.query_one("#filter", Input)
+        box.value = "pool=nope"
+        await pilot.press("enter")
+        await pilot.pause()
+        shown = box.render_lines(Region(0, 0, box.size.width, box.size.height))[0].text
+        assert "unknown pool 'nope'" in shown, shown
+        await pilot.press("backspace")
+        await pilot.pause()
+        assert not box.border_title, "the error goes as the filter is edited"
+        assert not box.has_class("-invalid")
+        box.value = "pool=[/x]"  # quoted in the error: text, never markup
+        await pilot.press("enter")
+        await pilot.pause()
+        shown = box.render_lines(Region(0, 0, box.size.width, box.size.height))[0].text
+        assert "unknown pool '[/x]'" in shown, shown
+        assert app.failure is None
 
 
 async def test_a_filter_matching_no_node_says_so() -> None:
