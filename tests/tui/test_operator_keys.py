@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from textual.content import Content
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
 from textual.widgets._toast import Toast
@@ -309,3 +310,18 @@ async def test_at_80_columns_the_key_bar_and_the_totals_keep_what_matters(
         await pilot.press("space")
         if not keys:
             assert key_bar(app).startswith("1 marked (esc clears)  ? help  ")
+
+
+async def test_a_notification_at_80x24_takes_no_more_rows_than_its_words() -> None:
+    """A toast's blank padding rows hid two more rows of the table (or of a dialog's details)
+    at 80x24: the demo's incidents covered half the fleet's rows."""
+    app = make()
+    async with app.run_test(size=SMALL, notifications=True) as pilot:
+        app.notify("demo03: gpu 6: cooling failure, about 92 C", title="demo incident")
+        await until(lambda: list(app.screen.query(Toast)), "the notification")
+        await pilot.pause()
+        (toast,) = app.screen.query(Toast)
+        words = toast.render()
+        assert isinstance(words, Content)
+        lines = len(words.wrap(toast.content_size.width))
+        assert toast.region.height == lines, (toast.region.height, lines)
