@@ -97,7 +97,10 @@ class FleetApp(App[None]):
         self.readonly = readonly
         self.clock = clock
         self._refresh_s = refresh_s
-        self.sub_title = clean(source) + ("  [read-only]" if readonly else "")
+        # "read-only" in the title, which comes first: at the end of the subtitle (the source
+        # and the log's path) 80 columns cut it off.
+        self.title = f"{self.TITLE} (read-only)" if readonly else self.TITLE
+        self.sub_title = clean(source)
         #: Keeps full collections short (40 to 80 ms at 1,000 nodes otherwise), see heap.py.
         self.heap = HeapFreezer(fleet, links.links if links is not None else None)
         self._last_input = -math.inf  # by ``clock``

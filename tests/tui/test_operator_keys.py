@@ -325,3 +325,22 @@ async def test_a_notification_at_80x24_takes_no_more_rows_than_its_words() -> No
         assert isinstance(words, Content)
         lines = len(words.wrap(toast.content_size.width))
         assert toast.region.height == lines, (toast.region.height, lines)
+
+
+async def test_readonly_is_said_at_80_columns() -> None:
+    """ "[read-only]" ended the header's long subtitle (the source and the log's path), which
+    80 columns cut: a read-only screen looked like one whose keys were missing."""
+    from textual.geometry import Region
+    from textual.widgets._header import HeaderTitle
+
+    sim = SimFleet()
+    source = "demo: 16 nodes x 8 simulated H100s over SSH  (log: /root/.local/state/x.log)"
+    app = FleetApp(
+        sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, readonly=True,
+        source=source,
+    )  # fmt: skip
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.pause()
+        title = app.screen.query_one(HeaderTitle)
+        drawn = title.render_lines(Region(0, 0, title.size.width, 1))[0].text
+        assert "read-only" in drawn, drawn
