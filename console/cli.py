@@ -194,8 +194,7 @@ def main(
     inv = load_inventory(find_inventory(inventory))
     options = _link_options(known_hosts, accept_new, identity, ssh_config, fan_out)
     log = _log_to_file(debug)
-    source = f"{inv.source}  (log: {log})"
-    asyncio.run(_screen(inv, options, readonly, source=source, live=live, log=log))
+    asyncio.run(_screen(inv, options, readonly, source=inv.source, live=live, log=log))
 
 
 #: The screen's log file rotates at this size, keeping LOG_BACKUPS older files: a console
@@ -309,10 +308,12 @@ async def _screen(
 
         feed = PromSource(inv.nodes, live.url)
         actions = ActionLinks(inv.nodes, options)
-        app = FleetApp(feed.fleet, feed=feed, requester=actions, readonly=readonly, source=source)
+        app = FleetApp(
+            feed.fleet, feed=feed, requester=actions, readonly=readonly, source=source, log=log
+        )
     else:
         links = FleetLinks(inv.nodes, options)
-        app = FleetApp(links.fleet, links=links, readonly=readonly, source=source)
+        app = FleetApp(links.fleet, links=links, readonly=readonly, source=source, log=log)
     extra = asyncio.create_task(background(app)) if background is not None else None
     try:
         await app.run_async()
@@ -711,7 +712,7 @@ async def _demo(
                 finally:
                     app.exit()
 
-            source = f"demo: {nodes} nodes x {gpus} simulated H100s over SSH  (log: {log})"
+            source = f"demo: {nodes} nodes x {gpus} simulated H100s over SSH"
             inv = load_inventory(where)
             await _screen(inv, LinkOptions(), readonly, source, on_screen, log=log)
             return

@@ -87,8 +87,12 @@ class FleetApp(App[None]):
         clock: Callable[[], float] = time.monotonic,
         refresh_s: float | None = REFRESH_S,
         source: str = "",
+        log: str | None = None,
     ) -> None:
         super().__init__()
+        #: Where the console's log goes, said in every view's help (``?``): at the end of the
+        #: title, 80 columns cut it off, and the source with it.
+        self.log_path = log
         self.fleet = fleet
         #: What keeps the model current: the links, or another source (Prometheus), whose
         #: state the fleet view shows above the table.

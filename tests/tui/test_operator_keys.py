@@ -344,3 +344,25 @@ async def test_readonly_is_said_at_80_columns() -> None:
         title = app.screen.query_one(HeaderTitle)
         drawn = title.render_lines(Region(0, 0, title.size.width, 1))[0].text
         assert "read-only" in drawn, drawn
+
+
+async def test_the_logs_path_is_in_the_help_not_cut_off_the_title() -> None:
+    """At 80 columns the title ended "(log:…": the path was cut, and the source with it."""
+    from textual.geometry import Region
+    from textual.widgets._header import HeaderTitle
+
+    sim = SimFleet()
+    source = "demo: 16 nodes x 8 simulated H100s over SSH"
+    log = "/root/.local/state/gpufleet/console.log"
+    app = FleetApp(
+        sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, source=source, log=log
+    )
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.pause()
+        title = app.screen.query_one(HeaderTitle)
+        drawn = title.render_lines(Region(0, 0, title.size.width, 1))[0].text
+        assert source in drawn and "…" not in drawn, drawn
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        said = str(app.screen.query_one("#hint").render())
+        assert f"the console's log: {log}" in said, said
