@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from textual import events
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
@@ -124,6 +124,18 @@ class FleetApp(App[None]):
         super().notify(
             clean(message), title=clean(title), severity=severity, timeout=timeout, markup=False
         )
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Textual's own palette commands, but "Keys" is the view's help (what ``?`` shows,
+        not Textual's side panel of the focused widget's cursor keys) and no "Maximize" (a
+        table maximized hides the fleet's totals and the key bar)."""
+        for command in super().get_system_commands(screen):
+            if command.title == "Keys":
+                help_ = getattr(screen, "action_help", None)
+                if callable(help_):
+                    yield SystemCommand("Keys", "the view's keys, as ? shows them", help_)
+            elif command.title not in ("Maximize", "Minimize"):
+                yield command
 
     def _handle_exception(self, error: Exception) -> None:
         """A failure in the screen ends it, as Textual does (``return_code`` 1), with the

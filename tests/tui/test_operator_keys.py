@@ -366,3 +366,17 @@ async def test_the_logs_path_is_in_the_help_not_cut_off_the_title() -> None:
         assert isinstance(app.screen, HelpScreen)
         said = str(app.screen.query_one("#hint").render())
         assert f"the console's log: {log}" in said, said
+
+
+async def test_the_palettes_keys_are_the_views_help() -> None:
+    """The palette's own "Keys" opened Textual's side panel of widget keys (the table's
+    cursor keys), not the view's keys that ``?`` shows; "Maximize" hid the totals."""
+    app = make()
+    async with app.run_test(size=SMALL) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Maximize" not in titles
+        (keys,) = [c for c in app.get_system_commands(app.screen) if c.title == "Keys"]
+        keys.callback()
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert not app.screen.query("HelpPanel")
