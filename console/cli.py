@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
+import hostlist
 
 from agents.protocol import PROTOCOL_VERSION, GpufleetError, clip, parse_since, to_builtins
 from console import __version__
@@ -607,7 +608,7 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
     inv = load_inventory(find_inventory(reach.inventory))
     selector = reach.selector or ("all",)  # reading acts on nothing: all by default
     nodes = chosen_nodes(inv, selector)
-    code, got, missing = asyncio.run(
+    code, got, missing, asked = asyncio.run(
         gather_audit(inv, nodes, start, reach.options, reach.wait, selector)
     )
     if reach.as_json:
@@ -618,6 +619,13 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
             click.echo(line)
     for line in missing:
         click.echo(f"no audit log from {line}", err=True)
+    answered = [n for n in asked if not any(m.startswith(f"{n}: ") for m in missing)]
+    if not asked:  # the selector's states or pools, known once the nodes answered
+        click.echo(f"gpufleet: no node matches {' '.join(selector)!r}", err=True)
+    elif not got and answered and not reach.as_json:  # an empty answer reads as no run
+        when = f" since {since}" if since is not None else ""
+        where = hostlist.collect_hostlist(answered)
+        click.echo(f"no audit entry on {where}{when}: nothing was done there", err=True)
     sys.exit(code)
 
 

@@ -186,6 +186,22 @@ def test_the_fleet_audit_merges_the_nodes_logs(fleet: Path) -> None:
     assert "--since 'soon'" in bad.stderr
 
 
+def test_an_audit_with_no_entries_says_so(fleet: Path) -> None:
+    """An audit of nodes nothing was done on printed nothing at all, exit 0: an empty answer
+    reads as a command that did not run."""
+    done = gpufleet(fleet, "audit", "demo04")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "no audit entry on demo04: nothing was done there" in done.stderr
+    since = gpufleet(fleet, "audit", "demo04", "--since", "1h")
+    assert "no audit entry on demo04 since 1h: nothing was done there" in since.stderr
+    assert gpufleet(fleet, "audit", "demo04", "--json").stdout.strip() == "[]"
+    none = gpufleet(fleet, "audit", "demo04", "state=draining")  # asked of no node
+    assert none.returncode == 0
+    assert "gpufleet: no node matches 'demo04 state=draining'" in none.stderr, none.stderr
+    assert "no audit entry" not in none.stderr, none.stderr
+
+
 def test_the_guard_weighs_the_pool_a_reassigned_node_is_in_now(fleet: Path) -> None:
     """demo08, moved from infer to train, is drained as a member of train: the guard reaches
     train's nodes too, and counts demo01, drained there already."""
