@@ -380,3 +380,24 @@ async def test_the_palettes_keys_are_the_views_help() -> None:
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
         assert not app.screen.query("HelpPanel")
+
+
+async def test_a_notification_never_covers_the_helps_last_line() -> None:
+    """The help's last line (how to close it, where the log is) was under the toasts."""
+    sim = SimFleet()
+    log = "/root/.local/state/gpufleet/console.log"
+    app = FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, log=log)
+    async with app.run_test(size=SMALL, notifications=True) as pilot:
+        await pilot.press("question_mark")
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        for _ in range(2):  # as the demo's incidents come, one on another
+            app.notify(
+                "demo03: gpu 6: cooling failure, temperature climbing to about 92 C "
+                "(slowdown at 89 C)",
+                title="demo incident",
+            )
+        await until(lambda: len(help_screen.query(Toast)) == 2, "the notifications")
+        await pilot.pause()
+        for toast in help_screen.query(Toast):
+            assert not toast.region.overlaps(help_screen.query_one("#hint").region)
