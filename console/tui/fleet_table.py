@@ -212,7 +212,7 @@ class FleetTable(ScrollView, can_focus=True):
         text = Text(" ", style=style, no_wrap=True)
         for c, w in zip(self.columns, self._widths, strict=True):
             if w is not None:
-                text.append(fit(c.label, w) + " ", style)
+                text.append(fit(c.label_in(w), w) + " ", style)
         return Strip(list(text.render(self.app.console))).extend_cell_length(self._width, style)
 
     def _line(self, row: NodeRow, cursor: bool, marked: bool) -> Strip:

@@ -59,7 +59,7 @@ GPU_COLUMNS: Final = (
     TableColumn("clocks", "SM/MEM MHz", 10, priority=9),
     TableColumn("ecc", "ECC UNCORR", 10, priority=6),
     TableColumn("remap", "REMAPPED", 16, 8, priority=7),
-    TableColumn("reasons", "CLOCKS LIMITED BY", 24, 12, priority=5, grow=True),
+    TableColumn("reasons", "CLOCKS LIMITED BY", 24, 12, priority=5, grow=True, short="LIMITED BY"),
 )
 PROC_COLUMNS: Final = (
     TableColumn("gpu", "GPU", 3, priority=1),

@@ -207,3 +207,16 @@ async def test_an_actions_results_wrap_within_the_screen() -> None:
         table = app.screen.query_one("#results", DataTable)
         assert table.virtual_size.width <= table.size.width, "the results run past the screen"
         assert words.strip() in str(table.get_row_at(0)[2]), "the whole text, wrapped"
+
+
+async def test_the_node_views_headers_are_whole_at_80_columns() -> None:
+    """At 80 columns the clocks' reasons' header was cut to "CLOCKS LIMI…" (its values fit)."""
+    app = make(SimFleet())
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.open_node("gpu01")
+        await pilot.pause()
+        rendered = app.screen.query_one("#gpus").render()
+        assert isinstance(rendered, Text | Content)
+        header = rendered.plain.splitlines()[0]
+        assert "…" not in header, header
+        assert header.split()[-2:] == ["LIMITED", "BY"], header
