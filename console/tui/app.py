@@ -64,6 +64,9 @@ class KeepsUp(Protocol):
 class FleetApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "gpufleet"
+    #: On the views under the one on top (app.tcss hides their notifications: the one on top
+    #: shows them, and a dialog leaves the view behind it in sight).
+    SUSPENDED_SCREEN_CLASS = "-covered"
     COMMANDS: ClassVar = App.COMMANDS | {FleetCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding(

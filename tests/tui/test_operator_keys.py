@@ -401,3 +401,22 @@ async def test_a_notification_never_covers_the_helps_last_line() -> None:
         await pilot.pause()
         for toast in help_screen.query(Toast):
             assert not toast.region.overlaps(help_screen.query_one("#hint").region)
+
+
+async def test_a_notification_shows_once_over_a_dialog() -> None:
+    """A toast up when a dialog opened stayed drawn on the view behind the dialog (below it at
+    80x24), and again at the dialog's top: the same words twice, one of them stale."""
+    app = make()
+    async with app.run_test(size=SMALL, notifications=True) as pilot:
+        behind = app.screen
+        app.notify("demo02: its agent stopped", title="demo incident")
+        await until(lambda: list(behind.query(Toast)), "the notification")
+        await pilot.press("d")
+        d = dialog(app)
+        await until(lambda: list(d.query(Toast)), "the notification on the dialog")
+        await pilot.pause()
+        shown = [t for t in behind.query(Toast) if t.display and t.visible]
+        assert not shown, "also drawn behind the dialog"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert [t for t in behind.query(Toast) if t.display and t.visible], "back when it closes"
