@@ -50,6 +50,7 @@ from console.actions import (
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
 from console.tui.text_table import rest_width
+from console.words import plural
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -204,9 +205,9 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         if len(procs) > SHOWN_PROCESSES:
             lines.append(f"... and {len(procs) - SHOWN_PROCESSES} more")
         users = sorted({clean(p.user or "?") for p in procs})
-        return f"Running there ({len(procs)} processes; users {', '.join(users)}):\n" + "\n".join(
-            lines
-        )
+        who = "user" if len(users) == 1 else "users"
+        counted = f"{plural(len(procs), 'process', 'processes')}; {who} {', '.join(users)}"
+        return f"Running there ({counted}):\n" + "\n".join(lines)
 
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()  # a stray enter must not act

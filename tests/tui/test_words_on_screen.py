@@ -111,3 +111,16 @@ async def test_a_down_nodes_last_readings_are_not_shown_as_current() -> None:
         await pilot.pause()
         assert "not current" not in str(screen.query_one("#node-head").render())
         assert not screen.query_one("#gpus").has_class("old")
+
+
+async def test_the_dialog_counts_one_process_and_one_user_in_the_singular() -> None:
+    """ "Running there (1 processes; users bob)"."""
+    from console.tui.action_dialog import ActionDialog
+
+    app = make(SimFleet())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down", "down", "down", "u")  # gpu04: one process, alice's
+        dialog = app.screen
+        assert isinstance(dialog, ActionDialog)
+        said = str(dialog.query_one("#affected").render())
+        assert said.startswith("Running there (1 process; user alice):"), said
