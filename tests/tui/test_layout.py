@@ -220,3 +220,20 @@ async def test_the_node_views_headers_are_whole_at_80_columns() -> None:
         header = rendered.plain.splitlines()[0]
         assert "…" not in header, header
         assert header.split()[-2:] == ["LIMITED", "BY"], header
+
+
+@pytest.mark.parametrize("size", [(80, 12), (160, 12)])
+async def test_a_fleet_taller_than_the_screen_never_scrolls_sideways(size: tuple[int, int]) -> None:
+    """With more nodes than rows (a vertical scrollbar), the rows were laid out for the full
+    width, under the scrollbar: the table scrolled sideways, a horizontal scrollbar took a row,
+    and at 80x24 it showed whenever the filter box was open."""
+    app = make(SimFleet())
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        table = screen.table
+        assert table.virtual_size.height > table.scrollable_content_region.height, "scrolls"
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+        header = table.render_line(0).text
+        assert header.rstrip().endswith("REASON"), header
