@@ -47,6 +47,7 @@ from console.actions import (
     run_action,
     why_no_restart_targets,
 )
+from console.fleet import DOWN_STATES, NodeView
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
 from console.tui.text_table import rest_width
@@ -168,7 +169,15 @@ class ActionDialog(ModalScreen[Confirmed | None]):
             warnings = guard_warnings(fleet, self.nodes, self.verb)
             if spec.choice == "target" and (why := why_no_restart_targets(fleet, self.nodes)):
                 warnings.append(why)
-            hidden = busy_without_processes(fleet, self.nodes)
+            down = [n for n in self.nodes if fleet.nodes[n].link in DOWN_STATES]
+            if down:
+                links = ", ".join(sorted({fleet.nodes[n].link for n in down}))
+                warnings.append(
+                    f"{hostlist.collect_hostlist(down)}: not reachable now ({links}): the "
+                    "request cannot get there"
+                )
+            current = [n for n in self.nodes if _current(fleet.nodes[n])]
+            hidden = busy_without_processes(fleet, current)
             if hidden and not self._processes_carried():
                 warnings.append(
                     f"process lists are not in Prometheus: busy GPUs on "
@@ -195,9 +204,23 @@ class ActionDialog(ModalScreen[Confirmed | None]):
                 "GPU processes: not known here (process lists are not in Prometheus; the "
                 "SSH source, gpufleet --source ssh, lists them)."
             )
-        procs = affected(self.fleet_app.fleet, self.nodes)
+        fleet = self.fleet_app.fleet
+        unknown = [n for n in self.nodes if not _current(fleet.nodes[n])]
+        known = [n for n in self.nodes if n not in unknown]
+        said = []
+        if known:
+            said.append(self._processes_text(known))
+        if unknown:  # not known is not none
+            said.append(
+                f"GPU processes on {hostlist.collect_hostlist(unknown)}: not known "
+                "(no current sample)."
+            )
+        return "\n".join(said)
+
+    def _processes_text(self, nodes: list[str]) -> str:
+        procs = affected(self.fleet_app.fleet, nodes)
         if not procs:
-            return "No GPU processes listed on these nodes."
+            return f"No GPU processes listed on {hostlist.collect_hostlist(nodes)}."
         lines = [
             clean(f"{p.node} GPU {p.gpu}: pid {p.pid} {p.user or '?'} {p.command or ''}".rstrip())
             for p in procs[:SHOWN_PROCESSES]
@@ -282,6 +305,12 @@ class ActionDialog(ModalScreen[Confirmed | None]):
             self.query_one("#error", Static).update(clean(str(exc)))
             return
         self.dismiss(Confirmed(self.verb, self.nodes, args))
+
+
+def _current(view: NodeView) -> bool:
+    """Whether the node's latest sample is its present (a live or stale link): a node down
+    may hold an old one, which says nothing of what runs there now."""
+    return view.sample is not None and view.link not in DOWN_STATES
 
 
 class ActionResults(Screen[None]):

@@ -124,3 +124,20 @@ async def test_the_dialog_counts_one_process_and_one_user_in_the_singular() -> N
         assert isinstance(dialog, ActionDialog)
         said = str(dialog.query_one("#affected").render())
         assert said.startswith("Running there (1 process; user alice):"), said
+
+
+async def test_the_dialog_on_an_unreachable_node_says_what_is_not_known() -> None:
+    """On a node never reached, the dialog said "No GPU processes listed on these nodes." (not
+    known is not none) and nothing about the request being unable to reach it."""
+    from console.tui.action_dialog import ActionDialog
+
+    app = make(SimFleet())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("end", "d")  # inf2: unreachable since the start
+        dialog = app.screen
+        assert isinstance(dialog, ActionDialog)
+        assert dialog.nodes == ["inf2"]
+        said = str(dialog.query_one("#affected").render())
+        assert said == "GPU processes on inf2: not known (no current sample).", said
+        warned = str(dialog.query_one("#warnings").render())
+        assert "inf2: not reachable now (unreachable): the request cannot get there" in warned
