@@ -246,6 +246,10 @@ class NodeScreen(Screen[None]):
                     (reasons, bad if ALARMING_REASONS & set(r.clock_reasons or ()) else ""),
                 ]
             )
+        if sample is None:  # never answered: no table of nothing
+            self.query_one("#gpus", TextBlock).update("GPUs: no sample yet")
+            self.query_one("#procs", TextBlock).update("GPU processes: not known (no sample)")
+            return
         self.query_one("#gpus", TextBlock).update(text_table(GPU_COLUMNS, rows, table_width))
         procs: list[list[Cell]] = [
             [

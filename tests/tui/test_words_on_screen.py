@@ -141,3 +141,18 @@ async def test_the_dialog_on_an_unreachable_node_says_what_is_not_known() -> Non
         assert said == "GPU processes on inf2: not known (no current sample).", said
         warned = str(dialog.query_one("#warnings").render())
         assert "inf2: not reachable now (unreachable): the request cannot get there" in warned
+
+
+async def test_the_node_view_of_a_node_never_reached_says_no_sample() -> None:
+    """It showed the GPU table's header over no rows and "no GPU processes listed" (not
+    known is not none)."""
+    from console.tui.node_view import NodeScreen
+
+    app = make(SimFleet())
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_node("inf2")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NodeScreen)
+        assert str(screen.query_one("#gpus").render()) == "GPUs: no sample yet"
+        assert str(screen.query_one("#procs").render()) == "GPU processes: not known (no sample)"
