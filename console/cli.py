@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import click
+import hostlist
 
 from agents.protocol import PROTOCOL_VERSION, GpufleetError, clip, parse_since, to_builtins
 from console import __version__
@@ -226,8 +227,7 @@ def main(
     inv = load_inventory(find_inventory(inventory))
     options = _link_options(known_hosts, accept_new, identity, ssh_config, fan_out)
     log = _log_to_file(debug)
-    source = f"{inv.source}  (log: {log})"
-    asyncio.run(_screen(inv, options, readonly, source=source, live=live, log=log))
+    asyncio.run(_screen(inv, options, readonly, source=inv.source, live=live, log=log))
 
 
 #: The screen's log file rotates at this size, keeping LOG_BACKUPS older files: a console
@@ -341,10 +341,12 @@ async def _screen(
 
         feed = PromSource(inv.nodes, live.url)
         actions = ActionLinks(inv.nodes, options)
-        app = FleetApp(feed.fleet, feed=feed, requester=actions, readonly=readonly, source=source)
+        app = FleetApp(
+            feed.fleet, feed=feed, requester=actions, readonly=readonly, source=source, log=log
+        )
     else:
         links = FleetLinks(inv.nodes, options)
-        app = FleetApp(links.fleet, links=links, readonly=readonly, source=source)
+        app = FleetApp(links.fleet, links=links, readonly=readonly, source=source, log=log)
     extra = asyncio.create_task(background(app)) if background is not None else None
     try:
         await app.run_async()
@@ -639,7 +641,7 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
     inv = load_inventory(find_inventory(reach.inventory))
     selector = reach.selector or ("all",)  # reading acts on nothing: all by default
     nodes = chosen_nodes(inv, selector)
-    code, got, missing = asyncio.run(
+    code, got, missing, asked = asyncio.run(
         gather_audit(inv, nodes, start, reach.options, reach.wait, selector, _say)
     )
     if reach.as_json:
@@ -650,6 +652,11 @@ def fleet_audit(reach: Reach, since: str | None) -> None:
             click.echo(line)
     for line in missing:
         click.echo(f"no audit log from {line}", err=True)
+    answered = [n for n in asked if not any(m.startswith(f"{n}: ") for m in missing)]
+    if not got and answered and not reach.as_json:  # an empty answer reads as no run
+        when = f" since {since}" if since is not None else ""
+        where = hostlist.collect_hostlist(answered)
+        click.echo(f"no audit entry on {where}{when}: nothing was done there", err=True)
     sys.exit(code)
 
 
@@ -753,7 +760,7 @@ async def _demo(
                 finally:
                     app.exit()
 
-            source = f"demo: {nodes} nodes x {gpus} simulated H100s over SSH  (log: {log})"
+            source = f"demo: {nodes} nodes x {gpus} simulated H100s over SSH"
             inv = load_inventory(where)
             await _screen(inv, LinkOptions(), readonly, source, on_screen, log=log)
             return

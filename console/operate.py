@@ -428,10 +428,11 @@ async def fleet_audit(
     wait: float,
     selector: tuple[str, ...] = (),
     say: Callable[[str], None] = lambda _line: None,
-) -> tuple[int, list[tuple[str, AuditEntry]], list[str]]:
+) -> tuple[int, list[tuple[str, AuditEntry]], list[str], list[str]]:
     """The audit logs of ``chosen``, narrowed by the selector's terms once the nodes have
-    answered (``pool=`` is the agents' pool), merged oldest first, and the nodes that gave
-    none. ``say``: told if the terms leave no node (nothing to read is not an empty log)."""
+    answered (``pool=`` is the agents' pool), merged oldest first; the nodes that gave none;
+    and the nodes asked (so that an empty answer can say whose it is). ``say``: told if the
+    terms leave no node (nothing to read is not an empty log)."""
     entries = [e for e in inv.nodes if e.name in chosen]
     links = FleetLinks(entries, one_shot(options))
     got: list[tuple[str, AuditEntry]] = []
@@ -462,5 +463,6 @@ async def fleet_audit(
         await asyncio.gather(*(one(n) for n in chosen))
     got.sort(key=lambda pair: pair[1].ts)
     if not missing:
-        return EXIT_ALL, got, missing
-    return (EXIT_NONE if len(missing) == len(chosen) else EXIT_SOME_MISSING), got, missing
+        return EXIT_ALL, got, missing, chosen
+    code = EXIT_NONE if len(missing) == len(chosen) else EXIT_SOME_MISSING
+    return code, got, missing, chosen

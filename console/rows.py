@@ -155,9 +155,13 @@ class Totals:
     gpus_unknown: int = 0  # on nodes not live, or not reading utilization
 
     def line(self) -> str:
-        """Every GPU is counted once, so the parts add up to the whole; counts of none are left
-        out (all but live and the GPUs' busy and idle): the line fits 80 columns when all is
-        well, and what is not well stands out."""
+        return " ".join(self.parts())
+
+    def parts(self) -> list[str]:
+        """The nodes, the GPUs and the alerts, each said whole (the screen wraps the line between
+        them, never within one). Every GPU is counted once, so the parts add up to the whole;
+        counts of none are left out (all but live and the GPUs' busy and idle): the line fits
+        80 columns when all is well, and what is not well stands out."""
         counts = (
             (self.stale, "stale"),
             (self.down, "down"),
@@ -171,10 +175,11 @@ class Totals:
             gpus.append(f"{self.gpus_lost} lost")
         if self.gpus_unknown:
             gpus.append(f"{self.gpus_unknown} n/a")
-        return (
-            f"{plural(self.nodes, 'node')}: {nodes}; {plural(self.gpus, 'GPU')}: "
-            f"{', '.join(gpus)}; {plural(self.alerts, 'alert')}"
-        )
+        return [
+            f"{plural(self.nodes, 'node')}: {nodes};",
+            f"{plural(self.gpus, 'GPU')}: {', '.join(gpus)};",
+            plural(self.alerts, "alert"),
+        ]
 
 
 def fleet_totals(rows: Iterable[NodeRow]) -> Totals:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, get_args
 
 import hostlist
 from rich.text import Text
@@ -30,11 +30,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.widgets.data_table import RowKey
 
 from console.actions import (
     VERBS,
     ActionError,
     NodeResult,
+    Outcome,
     Verb,
     affected,
     busy_without_processes,
@@ -45,8 +47,10 @@ from console.actions import (
     run_action,
     why_no_restart_targets,
 )
+from console.fleet import DOWN_STATES, NodeView
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
+from console.tui.text_table import rest_width
 from console.words import plural
 
 if TYPE_CHECKING:
@@ -165,7 +169,15 @@ class ActionDialog(ModalScreen[Confirmed | None]):
             warnings = guard_warnings(fleet, self.nodes, self.verb)
             if spec.choice == "target" and (why := why_no_restart_targets(fleet, self.nodes)):
                 warnings.append(why)
-            hidden = busy_without_processes(fleet, self.nodes)
+            down = [n for n in self.nodes if fleet.nodes[n].link in DOWN_STATES]
+            if down:
+                links = ", ".join(sorted({fleet.nodes[n].link for n in down}))
+                warnings.append(
+                    f"{hostlist.collect_hostlist(down)}: not reachable now ({links}): the "
+                    "request cannot get there"
+                )
+            current = [n for n in self.nodes if _current(fleet.nodes[n])]
+            hidden = busy_without_processes(fleet, current)
             if hidden and not self._processes_carried():
                 warnings.append(
                     f"process lists are not in Prometheus: busy GPUs on "
@@ -192,9 +204,23 @@ class ActionDialog(ModalScreen[Confirmed | None]):
                 "GPU processes: not known here (process lists are not in Prometheus; the "
                 "SSH source, gpufleet --source ssh, lists them)."
             )
-        procs = affected(self.fleet_app.fleet, self.nodes)
+        fleet = self.fleet_app.fleet
+        unknown = [n for n in self.nodes if not _current(fleet.nodes[n])]
+        known = [n for n in self.nodes if n not in unknown]
+        said = []
+        if known:
+            said.append(self._processes_text(known))
+        if unknown:  # not known is not none
+            said.append(
+                f"GPU processes on {hostlist.collect_hostlist(unknown)}: not known "
+                "(no current sample)."
+            )
+        return "\n".join(said)
+
+    def _processes_text(self, nodes: list[str]) -> str:
+        procs = affected(self.fleet_app.fleet, nodes)
         if not procs:
-            return "No GPU processes listed on these nodes."
+            return f"No GPU processes listed on {hostlist.collect_hostlist(nodes)}."
         lines = [
             clean(f"{p.node} GPU {p.gpu}: pid {p.pid} {p.user or '?'} {p.command or ''}".rstrip())
             for p in procs[:SHOWN_PROCESSES]
@@ -202,8 +228,9 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         if len(procs) > SHOWN_PROCESSES:
             lines.append(f"... and {len(procs) - SHOWN_PROCESSES} more")
         users = sorted({clean(p.user or "?") for p in procs})
-        said = f"{plural(len(procs), 'process', 'processes')}; {plural(len(users), 'user')}:"
-        return f"Running there ({said} {', '.join(users)}):\n" + "\n".join(lines)
+        who = "user" if len(users) == 1 else "users"
+        counted = f"{plural(len(procs), 'process', 'processes')}; {who} {', '.join(users)}"
+        return f"Running there ({counted}):\n" + "\n".join(lines)
 
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()  # a stray enter must not act
@@ -280,6 +307,12 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         self.dismiss(Confirmed(self.verb, self.nodes, args))
 
 
+def _current(view: NodeView) -> bool:
+    """Whether the node's latest sample is its present (a live or stale link): a node down
+    may hold an old one, which says nothing of what runs there now."""
+    return view.sample is not None and view.link not in DOWN_STATES
+
+
 class ActionResults(Screen[None]):
     """Each node's result as it comes; failures stay on screen until dismissed."""
 
@@ -301,25 +334,43 @@ class ActionResults(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Label("", id="summary", markup=False)
-        table: DataTable[Text] = DataTable(id="results", cursor_type="row")
-        table.add_column("NODE", key="node")
-        table.add_column("RESULT", key="outcome")
-        table.add_column("DETAIL", key="detail")
-        yield table
+        yield DataTable[Text](id="results", cursor_type="row")
         yield KeyBar()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for node, r in self.results.items():
-            table.add_row(*self._cells(r), key=node)
+        self._order = {node: i for i, node in enumerate(self.results)}
+        self._detail_width = 0
+        self._lay_out()
         self._summarise()
         # The app's worker, not this screen's: leaving the screen must not cancel requests
         # already on their way (their outcome would then be unknown to everyone).
         self.app.run_worker(self._send(), group="action")
 
+    def on_resize(self) -> None:
+        self._lay_out()
+
+    def _lay_out(self) -> None:
+        """The columns for the screen's width, the agent's answer wrapped in what the node and
+        the outcome leave: an answer never runs past the screen (it did at 80 columns)."""
+        table = self.query_one(DataTable)
+        node = min(24, max(len(n) for n in self.results))
+        outcome = max(len(o) for o in get_args(Outcome))
+        detail = rest_width(table.size.width or self.app.size.width, [node, outcome])
+        if detail == self._detail_width:
+            return
+        self._detail_width = detail
+        table.clear(columns=True)
+        table.add_column("NODE", key="node", width=node)
+        table.add_column("RESULT", key="outcome", width=outcome)
+        table.add_column("DETAIL", key="detail", width=detail)
+        for node_name, r in self.results.items():
+            table.add_row(*self._cells(r), key=node_name, height=None)
+
     def _cells(self, r: NodeResult) -> list[Text]:
         tone = {"ok": "good", "pending": "dim"}.get(r.outcome, "bad")
-        return [plain(r.node), toned(self.app, r.outcome, tone), plain(r.message)]  # type: ignore[arg-type]
+        said = r.outcome.replace("_", " ")
+        detail = Text(clean(r.message), end="")  # wrapped in its column
+        return [plain(r.node), toned(self.app, said, tone), detail]  # type: ignore[arg-type]
 
     async def _send(self) -> None:
         requester = self.fleet_app.requester
@@ -331,17 +382,14 @@ class ActionResults(Screen[None]):
         results = await run_action(requester, a.nodes, a.verb, a.args, self._show)
         if not self.is_attached:  # the operator left before the end: say how it ended
             failed = [r for r in results if r.outcome != "ok"]
-            title = VERBS[a.verb].title
-            where = hostlist.collect_hostlist(a.nodes)
             if failed:
                 self.app.notify(
-                    f"{title} {where}: {len(failed)} of {len(results)} not done "
-                    f"(e.g. {failed[0].node}: {failed[0].message})",
+                    f"{self._said()} (e.g. {failed[0].node}: {failed[0].message})",
                     severity="error",
                     timeout=15,
                 )
             else:
-                self.app.notify(f"{title} {where}: done on all {len(results)}")
+                self.app.notify(self._said())
 
     def _show(self, result: NodeResult) -> None:
         self.results[result.node] = result
@@ -349,16 +397,26 @@ class ActionResults(Screen[None]):
             return
         table = self.query_one(DataTable)
         cells = self._cells(result)
-        table.update_cell(result.node, "outcome", cells[1], update_width=True)
-        table.update_cell(result.node, "detail", cells[2], update_width=True)
+        lines = len(cells[2].wrap(self.app.console, self._detail_width))
+        if lines == table.rows[RowKey(result.node)].height:
+            table.update_cell(result.node, "outcome", cells[1])
+            table.update_cell(result.node, "detail", cells[2])
+        else:  # a row's height is measured when it is added: added again, put back in place
+            table.remove_row(result.node)
+            table.add_row(*cells, key=result.node, height=None)
+            table.sort("node", key=lambda node: self._order[node.plain])
         self._summarise()
 
-    def _summarise(self) -> None:
+    def _said(self) -> str:
+        """The action and how many nodes ended each way ("Drain demo[01-03]: 2 ok, 1
+        refused"): on this screen, and in the notice when the operator left it before the
+        end (which once said "done on all 1")."""
         counts: dict[str, int] = {}
         for r in self.results.values():
             counts[r.outcome] = counts.get(r.outcome, 0) + 1
         said = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()))
         title = VERBS[self.action.verb].title
-        self.query_one("#summary", Label).update(
-            clean(f"{title} {hostlist.collect_hostlist(self.action.nodes)}: {said}")
-        )
+        return f"{title} {hostlist.collect_hostlist(self.action.nodes)}: {said}"
+
+    def _summarise(self) -> None:
+        self.query_one("#summary", Label).update(clean(self._said()))

@@ -19,6 +19,7 @@ from console.fleet import AlertRecord
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
 from console.tui.text_line import TextBlock
+from console.tui.text_table import rest_width
 from console.words import ago
 
 if TYPE_CHECKING:
@@ -29,12 +30,15 @@ if TYPE_CHECKING:
 AGES_EVERY_S = 5.0
 
 
+#: The longest age said (``words.age``: "9m59s", as long as "9h59m" and "9d23h"), ago.
+AGO_WIDTH = len(ago(9 * 60 + 59))
 #: The columns before the alert's text: (key, label, width). Widths from the values' domain:
-#: "59m ago", "ended 59m ago", "critical"; the node's is the fleet's longest name.
-COLUMNS = (("since", "RAISED", 9), ("status", "STATUS", 14), ("severity", "SEVERITY", 8))
-#: Cells around each column (DataTable's padding), and the narrowest the alert's text gets.
-CELL_PAD = 2
-MESSAGE_MIN = 20
+#: "9m59s ago", "ended 9m59s ago", "critical"; the node's is the fleet's longest name.
+COLUMNS = (
+    ("since", "RAISED", AGO_WIDTH),
+    ("status", "STATUS", len("ended ") + AGO_WIDTH),
+    ("severity", "SEVERITY", 8),
+)
 
 
 class AlertsScreen(Screen[None]):
@@ -70,8 +74,7 @@ class AlertsScreen(Screen[None]):
         fleet = self.fleet_app.fleet
         node = min(24, max((len(n) for n in fleet.nodes), default=4))
         width = table.size.width or self.app.size.width
-        fixed = sum(w + CELL_PAD for _, _, w in COLUMNS) + node + CELL_PAD
-        message = max(MESSAGE_MIN, width - fixed - CELL_PAD - 2)
+        message = rest_width(width, [*(w for _, _, w in COLUMNS), node])
         if message == self._message_width:
             return
         self._message_width = message

@@ -12,12 +12,12 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from textual import events
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
@@ -65,6 +65,9 @@ class KeepsUp(Protocol):
 class FleetApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "gpufleet"
+    #: On the views under the one on top (app.tcss hides their notifications: the one on top
+    #: shows them, and a dialog leaves the view behind it in sight).
+    SUSPENDED_SCREEN_CLASS = "-covered"
     COMMANDS: ClassVar = App.COMMANDS | {FleetCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding(
@@ -88,8 +91,12 @@ class FleetApp(App[None]):
         clock: Callable[[], float] = time.monotonic,
         refresh_s: float | None = REFRESH_S,
         source: str = "",
+        log: str | None = None,
     ) -> None:
         super().__init__()
+        #: Where the console's log goes, said in every view's help (``?``): at the end of the
+        #: title, 80 columns cut it off, and the source with it.
+        self.log_path = log
         self.fleet = fleet
         #: What keeps the model current: the links, or another source (Prometheus), whose
         #: state the fleet view shows above the table.
@@ -98,7 +105,10 @@ class FleetApp(App[None]):
         self.readonly = readonly
         self.clock = clock
         self._refresh_s = refresh_s
-        self.sub_title = clean(source) + ("  [read-only]" if readonly else "")
+        # "read-only" in the title, which comes first: at the end of the subtitle (the source
+        # and the log's path) 80 columns cut it off.
+        self.title = f"{self.TITLE} (read-only)" if readonly else self.TITLE
+        self.sub_title = clean(source)
         #: Keeps full collections short (40 to 80 ms at 1,000 nodes otherwise), see heap.py.
         self.heap = HeapFreezer(fleet, links.links if links is not None else None)
         self._last_input = -math.inf  # by ``clock``
@@ -118,6 +128,18 @@ class FleetApp(App[None]):
         super().notify(
             clean(message), title=clean(title), severity=severity, timeout=timeout, markup=False
         )
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Textual's own palette commands, but "Keys" is the view's help (what ``?`` shows,
+        not Textual's side panel of the focused widget's cursor keys) and no "Maximize" (a
+        table maximized hides the fleet's totals and the key bar)."""
+        for command in super().get_system_commands(screen):
+            if command.title == "Keys":
+                help_ = getattr(screen, "action_help", None)
+                if callable(help_):
+                    yield SystemCommand("Keys", "the view's keys, as ? shows them", help_)
+            elif command.title not in ("Maximize", "Minimize"):
+                yield command
 
     def _handle_exception(self, error: Exception) -> None:
         """A failure in the screen ends it, as Textual does (``return_code`` 1), with the

@@ -144,7 +144,7 @@ class FleetTable(ScrollView, can_focus=True):
         cursor = self._index.get(current, 0) if current else 0
         moved = cursor != self.cursor_row
         self.cursor_row = min(cursor, max(0, len(rows) - 1))
-        self.virtual_size = Size(self.size.width, len(rows) + 1)
+        self.virtual_size = Size(self._room(), len(rows) + 1)
         if moved and not top <= self.cursor_row < top + height:
             self.move_to(self.cursor_row)  # the node the cursor is on stays in sight
             return
@@ -156,7 +156,7 @@ class FleetTable(ScrollView, can_focus=True):
             return
         for y, (old, new) in enumerate(zip(before, after, strict=True)):
             if old != new:
-                self.refresh(Region(0, y + 1, self.size.width, 1))
+                self.refresh(Region(0, y + 1, self._room(), 1))
 
     def cell_text(self, node: str, column: str) -> str:
         """What a cell says (for tests and the command palette), untruncated."""
@@ -166,7 +166,7 @@ class FleetTable(ScrollView, can_focus=True):
 
     def shown_columns(self) -> list[str]:
         """The keys of the columns on screen at its width, left to right."""
-        self._lay_out(self.size.width)
+        self._lay_out(self._room())
         return [c.key for c, w in zip(self.columns, self._widths, strict=True) if w is not None]
 
     def _lay_out(self, width: int) -> None:
@@ -177,7 +177,7 @@ class FleetTable(ScrollView, can_focus=True):
             self._widths = layout(self.columns, width - 1, 1)
 
     def on_resize(self) -> None:
-        self.virtual_size = Size(self.size.width, len(self.rows) + 1)
+        self.virtual_size = Size(self._room(), len(self.rows) + 1)
         self.refresh()
 
     def set_marked(self, marked: set[str]) -> None:
@@ -188,7 +188,7 @@ class FleetTable(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
-        width = self.size.width
+        width = self._room()
         self._lay_out(width)
         if y == 0:
             return self._header().crop_extend(scroll_x, scroll_x + width, None)
@@ -212,7 +212,7 @@ class FleetTable(ScrollView, can_focus=True):
         text = Text(" ", style=style, no_wrap=True)
         for c, w in zip(self.columns, self._widths, strict=True):
             if w is not None:
-                text.append(fit(c.label, w) + " ", style)
+                text.append(fit(c.label_in(w), w) + " ", style)
         return Strip(list(text.render(self.app.console))).extend_cell_length(self._width, style)
 
     def _line(self, row: NodeRow, cursor: bool, marked: bool) -> Strip:
@@ -249,7 +249,7 @@ class FleetTable(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor_row - body + 1, animate=False)
         else:  # no scroll: only the two lines the cursor left and reached are redrawn
             for row in (before, self.cursor_row):
-                self.refresh(Region(0, row - top + 1, self.size.width, 1))
+                self.refresh(Region(0, row - top + 1, self._room(), 1))
             return
         self.refresh()
 
@@ -258,6 +258,11 @@ class FleetTable(ScrollView, can_focus=True):
 
     def action_page(self, step: int) -> None:
         self.move_to(self.cursor_row + step * max(1, self._body() - 1))
+
+    def _room(self) -> int:
+        """Cells a row may take: the width less a vertical scrollbar (a fleet taller than the
+        screen), so that the rows never run under it and the table never scrolls sideways."""
+        return self.scrollable_content_region.width or self.size.width
 
     def _body(self) -> int:
         """Rows of nodes on screen: the height less the header (and a horizontal scrollbar,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Header, Input
 
@@ -29,8 +30,8 @@ from console.rows import (
 from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
 from console.tui.fleet_table import Cell, FleetTable, fleet_columns
 from console.tui.key_bar import KeyBar
-from console.tui.style import Tone, na
-from console.tui.text_line import TextLine
+from console.tui.style import Tone, clean, na
+from console.tui.text_line import PartsLine, TextLine
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -96,7 +97,7 @@ class FleetScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         self.rows = RowCache(self.fleet_app.fleet)
         yield Header(show_clock=False)
-        yield TextLine(id="totals")
+        yield PartsLine(id="totals")
         yield TextLine(id="source")
         yield TextLine(id="banner")
         fleet = self.fleet_app.fleet
@@ -166,10 +167,10 @@ class FleetScreen(Screen[None]):
     def _draw_head(self, now: float) -> None:
         totals = fleet_totals(self.rows.all())
         shown = (
-            f" | {filter_note(self.table.row_count, self.filter_text)}" if self.row_filter else ""
+            [f"| {filter_note(self.table.row_count, self.filter_text)}"] if self.row_filter else []
         )
-        sort = f" | sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
-        self.query_one("#totals", TextLine).text = totals.line() + shown + sort
+        sort = f"| sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
+        self.query_one("#totals", PartsLine).parts = (*totals.parts(), *shown, sort)
         self._draw_source(now)
         banner = self.query_one("#banner", TextLine)
         if totals.nodes and totals.down == totals.nodes:
@@ -288,12 +289,20 @@ class FleetScreen(Screen[None]):
                 parse_filter(text, self.fleet_app.fleet.nodes.values()) if text else None
             )
         except SelectorError as exc:
-            self.notify(str(exc), title="filter", severity="error")
+            # Said on the box, which stays open to be put right: a toast covered the box's
+            # right half at 80x24.
+            event.input.border_title = Content(clean(str(exc)))  # it quotes the filter: text
+            event.input.add_class("-invalid")
             return
         self.filter_text = text
         event.input.display = False
         self.table.focus()
         self.redraw()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter" and event.input.border_title:
+            event.input.border_title = None  # the error was about the text before
+            event.input.remove_class("-invalid")
 
     def action_clear(self) -> None:
         """esc: close the filter box, else drop the filter, else drop the marks."""

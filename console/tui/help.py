@@ -30,4 +30,6 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help", can_focus=False):
             yield Label(f"keys: {title} view", id="title", markup=False)
             yield Static("\n".join(lines), id="keys", markup=False)
-            yield Label("esc closes", id="hint", markup=False)
+            log = getattr(self.app, "log_path", None)
+            hint = f"esc closes · the console's log: {log}" if log else "esc closes"
+            yield Label(hint, id="hint", markup=False)

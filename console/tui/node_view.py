@@ -25,13 +25,14 @@ from agents.protocol import (
     clock_reason_words,
 )
 from console.actions import VERBS
+from console.fleet import DOWN_STATES
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
 from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, na, tone_style
-from console.tui.text_line import TextBlock
+from console.tui.text_line import TextBlock, packed
 from console.tui.text_table import Cell, TableColumn, layout, text_table
 from console.words import age, plural
 
@@ -58,7 +59,7 @@ GPU_COLUMNS: Final = (
     TableColumn("clocks", "SM/MEM MHz", 10, priority=9),
     TableColumn("ecc", "ECC UNCORR", 10, priority=6),
     TableColumn("remap", "REMAPPED", 16, 8, priority=7),
-    TableColumn("reasons", "CLOCKS LIMITED BY", 24, 12, priority=5, grow=True),
+    TableColumn("reasons", "CLOCKS LIMITED BY", 24, 12, priority=5, grow=True, short="LIMITED BY"),
 )
 PROC_COLUMNS: Final = (
     TableColumn("gpu", "GPU", 3, priority=1),
@@ -138,6 +139,7 @@ class NodeScreen(Screen[None]):
         here = self.is_current and self.node in self.fleet_app.fleet.nodes
         if here and self._table_width() != self._drawn_width:
             self._draw_gpus()
+            self._draw_host()
 
     def _table_width(self) -> int:
         """Cells the tables may take: the scrolling area's width, less their padding (before
@@ -162,10 +164,18 @@ class NodeScreen(Screen[None]):
         pool = clean(view.pool)
         if view.pool != view.entry.pool:  # reassigned: where the pool comes from
             pool += f" (the agent's; inventory: {clean(view.entry.pool)})"
+        # A node the console cannot reach: its last readings are kept on screen, dimmed and
+        # said to be old (the fleet view leaves them out), never as if current.
+        old = view.sample is not None and view.link in DOWN_STATES
+        sample_age = age(view.age(now)) if view.age(now) else ""
         head = [
             f"{clean(view.name)}  pool {pool}  state {ops}",
-            f"link {link}" + (f"  (sample {age(view.age(now))} old)" if view.age(now) else ""),
+            f"link {link}" + (f"  (sample {sample_age} old)" if sample_age and not old else ""),
         ]
+        if old:
+            head.append(f"below: the last readings, {sample_age} old: not current")
+        for part in ("#gpus", "#procs", "#host"):
+            self.query_one(part).set_class(old, "old")
         if inv is not None:
             head.append(
                 f"{plural(len(inv.gpus), 'GPU')} via {inv.backend}, "
@@ -236,6 +246,10 @@ class NodeScreen(Screen[None]):
                     (reasons, bad if ALARMING_REASONS & set(r.clock_reasons or ()) else ""),
                 ]
             )
+        if sample is None:  # never answered: no table of nothing
+            self.query_one("#gpus", TextBlock).update("GPUs: no sample yet")
+            self.query_one("#procs", TextBlock).update("GPU processes: not known (no sample)")
+            return
         self.query_one("#gpus", TextBlock).update(text_table(GPU_COLUMNS, rows, table_width))
         procs: list[list[Cell]] = [
             [
@@ -268,10 +282,24 @@ class NodeScreen(Screen[None]):
             else "net n/a"
         )
         cpu = sparkline(self.view.history.host_cpu(), SPARK_WIDTH, hi=100.0)
-        self.query_one("#host", TextBlock).update(
-            f"host  cpu {cpu} {na(h.cpu_percent, '{:.0f}%')}  load {load}  "
-            f"memory {h.mem_used / (1 << 30):.1f}/{h.mem_total / (1 << 30):.1f} GiB  {net}"
-        )
+        total = f"{h.mem_total / (1 << 30):.1f}"
+        parts = [
+            f"host  cpu {cpu} {na(h.cpu_percent, '{:.0f}%')}",
+            f"load {load}",
+            f"memory {h.mem_used / (1 << 30):.1f}/{total} GiB",
+            net,
+        ]
+        # Broken where the values at their widest would be, so a reading gaining a digit
+        # never moves a part to the other line.
+        widest = [
+            f"host  cpu {cpu} 100%",
+            "load 99.99 99.99 99.99",
+            f"memory {total}/{total} GiB",
+            "net rx 9999.9 MB/s tx 9999.9 MB/s",
+        ]
+        room = [max(len(w), len(p)) for w, p in zip(widest, parts, strict=True)]
+        width = self._table_width()
+        self.query_one("#host", TextBlock).update("\n".join(packed(parts, width, room, "  ")))
 
     def _draw_events(self) -> None:
         events = list(self.view.events)[-EVENTS_SHOWN:]

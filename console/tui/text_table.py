@@ -29,7 +29,8 @@ class TableColumn:
     ``width`` fits every value of the column's domain (or the most a text column should take
     while others need room); ``min`` is the narrowest it may be before it is dropped (its
     label may then be cut); ``priority`` orders both: 1 is the last column to shrink or drop
-    and the first to get room. A ``grow`` column takes what room is left at the end.
+    and the first to get room. A ``grow`` column takes what room is left at the end. ``short``:
+    the label where the column is narrower than its label (rather than the label cut).
     """
 
     key: str
@@ -38,6 +39,11 @@ class TableColumn:
     min: int = 0  # 0: the same as width (a fixed column)
     priority: int = 1
     grow: bool = False
+    short: str = ""
+
+    def label_in(self, width: int) -> str:
+        """The label for the column at ``width`` cells."""
+        return self.short if self.short and cell_len(self.label) > width else self.label
 
     @property
     def narrowest(self) -> int:
@@ -93,7 +99,7 @@ def text_table(
     last = shown[-1][0] if shown else -1
     out = Text(no_wrap=True, overflow="ellipsis", end="")
     for i, w in shown:
-        out.append(fit(columns[i].label, w) + (" " * gap if i != last else ""), style="bold")
+        out.append(fit(columns[i].label_in(w), w) + (" " * gap if i != last else ""), style="bold")
     for row in rows:
         out.append("\n")
         for i, w in shown:
@@ -103,3 +109,16 @@ def text_table(
                 out.append(" " * gap)
     out.rstrip()
     return out
+
+
+#: Cells a DataTable puts around each column's text, and the room kept for its vertical
+#: scrollbar.
+CELL_PAD = 2
+SCROLLBAR = 2
+
+
+def rest_width(table_width: int, widths: Sequence[int], narrowest: int = 20) -> int:
+    """The width left to a DataTable's last column (an alert's text, an agent's answer, which
+    wrap in it) after the columns of ``widths``: so that the table never scrolls sideways."""
+    taken = sum(w + CELL_PAD for w in widths) + CELL_PAD + SCROLLBAR
+    return max(narrowest, table_width - taken)

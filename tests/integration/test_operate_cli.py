@@ -232,6 +232,23 @@ def test_a_selector_that_matches_no_node_says_so_in_every_command(fleet: Path) -
     assert f"gpufleet: no node matches '{term}'" in audit.stderr
 
 
+def test_an_audit_with_no_entries_says_so(fleet: Path) -> None:
+    """An audit of nodes nothing was done on printed nothing at all, exit 0: an empty answer
+    reads as a command that did not run."""
+    # the fleet is shared by this module's tests: "since" a date to come, nothing was done
+    done = gpufleet(fleet, "audit", "demo0[3-4]", "--since", "2099-01-01")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    said = "no audit entry on demo[03-04] since 2099-01-01: nothing was done there"
+    assert said in done.stderr, done.stderr
+    doc = gpufleet(fleet, "audit", "demo04", "--since", "2099-01-01", "--json").stdout
+    assert doc.strip() == "[]"
+    none = gpufleet(fleet, "audit", "demo04", "state=draining")  # asked of no node
+    assert none.returncode == 0
+    assert "gpufleet: no node matches 'demo04 state=draining'" in none.stderr, none.stderr
+    assert "no audit entry" not in none.stderr, none.stderr
+
+
 def test_the_guard_weighs_the_pool_a_reassigned_node_is_in_now(fleet: Path) -> None:
     """demo08, moved from infer to train, is drained as a member of train: the guard reaches
     train's nodes too, and counts demo01, drained there already."""

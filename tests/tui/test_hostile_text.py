@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.text import Text
 from textual.content import Content
+from textual.geometry import Region
 from textual.widgets import DataTable, Input, Static
 
 import console.tui
@@ -209,7 +210,7 @@ async def walk(text: str) -> None:
         assert any(clean(text) in p.plain for p in pools), prompts
         assert all(isinstance(p, Content) for p in prompts), "a str prompt is read as markup"
 
-        # the filter: an operator's own text, said back in the totals or in a toast
+        # the filter: an operator's own text, said back in the totals or on the box's border
         fleet_screen = app.screen
         assert isinstance(fleet_screen, FleetScreen)
         fleet_screen.action_filter()
@@ -218,6 +219,8 @@ async def walk(text: str) -> None:
         await box.action_submit()
         await pilot.pause()
         assert_drawable(shown(fleet_screen.query_one("#totals")))
+        edge = box.render_lines(Region(0, 0, box.size.width, 1))[0].text
+        assert_drawable(edge)
     assert app.failure is None
     assert app.return_code in (None, 0)
 

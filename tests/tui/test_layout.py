@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from rich.text import Text
 from textual.content import Content
+from textual.geometry import Region
 from textual.widgets import DataTable
 
 from console.tui.alerts_view import AlertsScreen
@@ -120,3 +121,119 @@ async def test_alert_text_wraps_within_the_screen() -> None:
         row = next(i for i in range(table.row_count) if "inf2" in str(table.get_row_at(i)[3]))
         assert reason.strip() in str(table.get_row_at(row)[4]), "the whole text, wrapped"
         assert table.rows[list(table.rows)[row]].height > 1
+
+
+async def test_the_alerts_ages_are_shown_whole() -> None:
+    """ "ended 4m26s ago" was cut to "ended 4m26s a…": the columns were sized for "59m ago"."""
+    sim = SimFleet()
+    app = make(sim)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.refresh_fleet()
+        sim.clock.now += 1.0
+        sim.fleet.set_link("inf2", "live", "", sim.clock.now)  # its link's alert ends
+        app.refresh_fleet()
+        sim.clock.now += 9 * 60 + 58
+        app.open_alerts()
+        await pilot.pause()
+        table = app.screen.query_one("#alerts", DataTable)
+        lines = [table.render_line(y).text for y in range(1, table.size.height)]
+        assert any("ended 9m58s ago" in line for line in lines), lines
+        assert all(not line.rstrip().endswith("…") for line in lines), lines
+
+
+async def test_the_host_line_breaks_in_the_same_place_as_readings_change() -> None:
+    """At 80 columns the host line wrapped wherever its words ended: "net" jumped between the
+    first line and the second as the CPU went from 7% to 27% or the load past 10."""
+    from agents.protocol import HostReading
+    from tests.fakes.simnode import QuietHost
+
+    class Host(QuietHost):
+        cpu, net, load = 7.0, 0.2e6, 0.92
+
+        def read(self) -> HostReading:
+            r = super().read()
+            return HostReading(
+                **{
+                    **{f: getattr(r, f) for f in r.__struct_fields__},
+                    "cpu_percent": self.cpu,
+                    "load": (self.load, 1.15, 1.55),
+                    "mem_total": int(23.5 * (1 << 30)),
+                    "mem_used": int(0.7 * (1 << 30)),
+                    "net_rx_bps": self.net,
+                    "net_tx_bps": self.net,
+                }
+            )
+
+    sim = SimFleet()
+    host = Host()
+    sim.nodes["gpu01"].sampler.host = host
+    app = make(sim)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.open_node("gpu01")
+        await pilot.pause()
+        frames = set()
+        for cpu, net, load in ((7.0, 0.2e6, 0.92), (27.0, 0.2e6, 10.5), (100.0, 12.5e6, 0.5)):
+            host.cpu, host.net, host.load = cpu, net, load
+            sim.step()
+            app.refresh_fleet()
+            await pilot.pause()
+            w = app.screen.query_one("#host")
+            lines = [s.text for s in w.render_lines(Region(0, 0, w.size.width, w.size.height))]
+            frames.add(tuple(line.split()[0] for line in lines if line.strip()))
+            for part in ("net rx", "load ", "memory 0.7/23.5 GiB"):
+                assert any(part in line for line in lines), (part, lines)
+        assert len(frames) == 1, f"each line starts with a different part: {frames}"
+
+
+async def test_an_actions_results_wrap_within_the_screen() -> None:
+    """An agent's refusal ran past 80 columns: the results table scrolled sideways."""
+    from agents.protocol import Response
+    from console.tui.action_dialog import ActionResults, Confirmed
+
+    words = "gpu3 is busy: end its work (or drain the node) first, " * 3
+
+    class Refuses(Requests):
+        async def request(
+            self, node: str, op: str, args: dict[str, object], wait: float = 30.0
+        ) -> Response:
+            return Response(id=1, ok=False, code="gpu_busy", error=words)
+
+    sim = SimFleet()
+    app = FleetApp(sim.fleet, requester=Refuses(), clock=sim.clock, refresh_s=None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.push_screen(ActionResults(Confirmed("restart", ["gpu01"], {"reason": "r"})))
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        table = app.screen.query_one("#results", DataTable)
+        assert table.virtual_size.width <= table.size.width, "the results run past the screen"
+        assert words.strip() in str(table.get_row_at(0)[2]), "the whole text, wrapped"
+
+
+async def test_the_node_views_headers_are_whole_at_80_columns() -> None:
+    """At 80 columns the clocks' reasons' header was cut to "CLOCKS LIMI…" (its values fit)."""
+    app = make(SimFleet())
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.open_node("gpu01")
+        await pilot.pause()
+        rendered = app.screen.query_one("#gpus").render()
+        assert isinstance(rendered, Text | Content)
+        header = rendered.plain.splitlines()[0]
+        assert "…" not in header, header
+        assert header.split()[-2:] == ["LIMITED", "BY"], header
+
+
+@pytest.mark.parametrize("size", [(80, 12), (160, 12)])
+async def test_a_fleet_taller_than_the_screen_never_scrolls_sideways(size: tuple[int, int]) -> None:
+    """With more nodes than rows (a vertical scrollbar), the rows were laid out for the full
+    width, under the scrollbar: the table scrolled sideways, a horizontal scrollbar took a row,
+    and at 80x24 it showed whenever the filter box was open."""
+    app = make(SimFleet())
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        table = screen.table
+        assert table.virtual_size.height > table.scrollable_content_region.height, "scrolls"
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+        header = table.render_line(0).text
+        assert header.rstrip().endswith("REASON"), header

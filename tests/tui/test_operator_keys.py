@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from textual.content import Content
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
 from textual.widgets._toast import Toast
@@ -296,14 +297,126 @@ async def test_at_80_columns_the_key_bar_and_the_totals_keep_what_matters(
     keys: list[str],
 ) -> None:
     """The key bar is cut at the right: "? help" (the way to every key) comes first. The
-    totals leave out counts of none, so GPUs and alerts fit."""
+    totals leave out counts of none, so GPUs and alerts fit one line; the sort goes on to the
+    next (test_totals_80.py)."""
     app = make()
     async with app.run_test(size=SMALL) as pilot:
         totals = str(app.screen.query_one("#totals").render())
         assert totals.startswith("8 nodes: 7 live, 1 down, 1 drained; 32 GPUs: ")
-        assert len(totals.split(" | sort")[0]) <= 78, totals
+        assert totals.splitlines()[0].endswith("; 1 alert"), totals
+        assert all(len(line) <= 78 for line in totals.splitlines()), totals
         await pilot.press(*keys)
         assert key_bar(app).startswith("? help  ")
         await pilot.press("space")
         if not keys:
             assert key_bar(app).startswith("1 marked (esc clears)  ? help  ")
+
+
+async def test_a_notification_at_80x24_takes_no_more_rows_than_its_words() -> None:
+    """A toast's blank padding rows hid two more rows of the table (or of a dialog's details)
+    at 80x24: the demo's incidents covered half the fleet's rows."""
+    app = make()
+    async with app.run_test(size=SMALL, notifications=True) as pilot:
+        app.notify("demo03: gpu 6: cooling failure, about 92 C", title="demo incident")
+        await until(lambda: list(app.screen.query(Toast)), "the notification")
+        await pilot.pause()
+        (toast,) = app.screen.query(Toast)
+        words = toast.render()
+        assert isinstance(words, Content)
+        lines = len(words.wrap(toast.content_size.width))
+        assert toast.region.height == lines, (toast.region.height, lines)
+
+
+async def test_readonly_is_said_at_80_columns() -> None:
+    """ "[read-only]" ended the header's long subtitle (the source and the log's path), which
+    80 columns cut: a read-only screen looked like one whose keys were missing."""
+    from textual.geometry import Region
+    from textual.widgets._header import HeaderTitle
+
+    sim = SimFleet()
+    source = "demo: 16 nodes x 8 simulated H100s over SSH  (log: /root/.local/state/x.log)"
+    app = FleetApp(
+        sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, readonly=True,
+        source=source,
+    )  # fmt: skip
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.pause()
+        title = app.screen.query_one(HeaderTitle)
+        drawn = title.render_lines(Region(0, 0, title.size.width, 1))[0].text
+        assert "read-only" in drawn, drawn
+
+
+async def test_the_logs_path_is_in_the_help_not_cut_off_the_title() -> None:
+    """At 80 columns the title ended "(log:…": the path was cut, and the source with it."""
+    from textual.geometry import Region
+    from textual.widgets._header import HeaderTitle
+
+    sim = SimFleet()
+    source = "demo: 16 nodes x 8 simulated H100s over SSH"
+    log = "/root/.local/state/gpufleet/console.log"
+    app = FleetApp(
+        sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, source=source, log=log
+    )
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.pause()
+        title = app.screen.query_one(HeaderTitle)
+        drawn = title.render_lines(Region(0, 0, title.size.width, 1))[0].text
+        assert source in drawn and "…" not in drawn, drawn
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        said = str(app.screen.query_one("#hint").render())
+        assert f"the console's log: {log}" in said, said
+
+
+async def test_the_palettes_keys_are_the_views_help() -> None:
+    """The palette's own "Keys" opened Textual's side panel of widget keys (the table's
+    cursor keys), not the view's keys that ``?`` shows; "Maximize" hid the totals."""
+    app = make()
+    async with app.run_test(size=SMALL) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Maximize" not in titles
+        (keys,) = [c for c in app.get_system_commands(app.screen) if c.title == "Keys"]
+        keys.callback()
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert not app.screen.query("HelpPanel")
+
+
+async def test_a_notification_never_covers_the_helps_last_line() -> None:
+    """The help's last line (how to close it, where the log is) was under the toasts."""
+    sim = SimFleet()
+    log = "/root/.local/state/gpufleet/console.log"
+    app = FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, log=log)
+    async with app.run_test(size=SMALL, notifications=True) as pilot:
+        await pilot.press("question_mark")
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        for _ in range(2):  # as the demo's incidents come, one on another
+            app.notify(
+                "demo03: gpu 6: cooling failure, temperature climbing to about 92 C "
+                "(slowdown at 89 C)",
+                title="demo incident",
+            )
+        await until(lambda: len(help_screen.query(Toast)) == 2, "the notifications")
+        await pilot.pause()
+        for toast in help_screen.query(Toast):
+            assert not toast.region.overlaps(help_screen.query_one("#hint").region)
+
+
+async def test_a_notification_shows_once_over_a_dialog() -> None:
+    """A toast up when a dialog opened stayed drawn on the view behind the dialog (below it at
+    80x24), and again at the dialog's top: the same words twice, one of them stale."""
+    app = make()
+    async with app.run_test(size=SMALL, notifications=True) as pilot:
+        behind = app.screen
+        app.notify("demo02: its agent stopped", title="demo incident")
+        await until(lambda: list(behind.query(Toast)), "the notification")
+        await pilot.press("d")
+        d = dialog(app)
+        await until(lambda: list(d.query(Toast)), "the notification on the dialog")
+        await pilot.pause()
+        shown = [t for t in behind.query(Toast) if t.display and t.visible]
+        assert not shown, "also drawn behind the dialog"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert [t for t in behind.query(Toast) if t.display and t.visible], "back when it closes"

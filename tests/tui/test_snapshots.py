@@ -63,6 +63,23 @@ def test_stale_node(snap_compare: Snap, size: str) -> None:
 
 
 @pytest.mark.parametrize("size", VIEW_SIZES)
+def test_down_node_view(snap_compare: Snap, size: str) -> None:
+    """gpu02's agent stopped 22 s ago: its last readings dimmed and said to be old."""
+    sim = SimFleet()
+    for _ in range(22):
+        sim.step(skip=("gpu02",))
+    sim.fleet.set_link("gpu02", "agent_down", "no agent at /run/gpufleet.sock", sim.clock.now)
+    app = make(sim)
+
+    async def open_it(pilot: Pilot[Any]) -> None:
+        app.refresh_fleet()
+        app.open_node("gpu02")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=VIEW_SIZES[size], run_before=open_it)
+
+
+@pytest.mark.parametrize("size", VIEW_SIZES)
 def test_drained_node_view(snap_compare: Snap, size: str) -> None:
     app = make(SimFleet())
     keys = ["down", "down", "down", "enter"]
