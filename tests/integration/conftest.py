@@ -23,6 +23,14 @@ def sshd(short_tmp: Path) -> Iterator[Sshd]:
     server.stop()
 
 
+def gpufleet(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``gpufleet ARGS --inventory INVENTORY`` as a script runs it: no terminal to ask on."""
+    return subprocess.run(
+        [sys.executable, "-m", "console", *args, "--inventory", str(inventory)],
+        capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def demo_process(
     root: Path, *, nodes: int, faults: bool

@@ -19,7 +19,7 @@ from agents.client import AgentClient
 from agents.protocol import Sample
 from console.inventory import load_inventory
 from tests.conftest import wait_for
-from tests.integration.conftest import demo_process
+from tests.integration.conftest import demo_process, gpufleet
 
 pytestmark = pytest.mark.integration
 TRICKY = 'fan "A"; $(reboot) `id` ünï'
@@ -30,13 +30,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Eight quiet nodes: demo01-04 in pool train, demo05-08 in pool infer."""
     with demo_process(tmp_path_factory.mktemp("ops"), nodes=8, faults=False) as (_, inventory):
         yield inventory
-
-
-def gpufleet(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "console", *args, "--inventory", str(inventory)],
-        capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def states(inventory: Path, nodes: str) -> dict[str, tuple[str, str | None]]:

@@ -4,14 +4,12 @@ demo's own fleet: its SSH server, its real agents on simulated GPUs."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import demo_process
+from tests.integration.conftest import demo_process, gpufleet
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +19,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Three quiet nodes: demo01-02 in pool train, demo03 in pool infer."""
     with demo_process(tmp_path_factory.mktemp("readouts"), nodes=3, faults=False) as (_, inv):
         yield inv
-
-
-def gpufleet(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "console", *args, "--inventory", str(inventory)],
-        capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def columns(header: str, line: str) -> dict[str, str]:

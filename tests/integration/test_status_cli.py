@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -147,26 +147,44 @@ def test_inventory_check_says_what_is_wrong_per_node(
     assert all("ssh to it once, or use accept-new" in line for line in lines)
 
 
-def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -> None:
+@pytest.fixture
+def silent() -> Iterator[socket.socket]:
+    """A loopback port that accepts TCP and never says a word (no SSH banner)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock
+    sock.close()
+
+
+def quiet_fleet(short_tmp: Path, nodes: str, silent: socket.socket) -> Path:
+    """An inventory whose ``nodes`` all sit behind the silent port."""
+    inventory = short_tmp / "fleet.toml"
+    port = silent.getsockname()[1]
+    inventory.write_text(
+        f'[[group]]\nname = "g"\nnodes = "{nodes}"\nhostname = "127.0.0.1"\nport = {port}\n'
+    )
+    return inventory
+
+
+def console_argv(
+    short_tmp: Path, inventory: Path, *args: str, config: str = "/dev/null"
+) -> list[str]:
+    """``gpufleet ARGS`` on that inventory, with no known host and no ssh_config of the user's."""
+    return [
+        sys.executable, "-m", "console", *args, "--inventory", str(inventory),
+        "--known-hosts", str(short_tmp / "kh"), "--ssh-config", config,
+    ]  # fmt: skip
+
+
+def test_a_node_that_never_answers_does_not_hang_the_snapshot(
+    short_tmp: Path, silent: socket.socket
+) -> None:
     """A port that accepts TCP and then says nothing (no SSH banner): `status` gives up on that
     node after --connect-wait and says so, instead of hanging."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    port = silent.getsockname()[1]
-    inventory = short_tmp / "fleet.toml"
-    inventory.write_text(
-        f'[[group]]\nname = "g"\nnodes = "quiet1"\nhostname = "127.0.0.1"\nport = {port}\n'
-    )
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
-             "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
-             "--connect-wait", "1", "--json"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    finally:
-        silent.close()
+    inventory = quiet_fleet(short_tmp, "quiet1", silent)
+    argv = console_argv(short_tmp, inventory, "status", "--connect-wait", "1", "--json")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 3
     [node] = json.loads(out.stdout)
     assert (node["link"], node["link_reason"]) == ("unreachable", "no answer in 1 s")
@@ -174,23 +192,14 @@ def test_a_node_that_never_answers_does_not_hang_the_snapshot(short_tmp: Path) -
 
 @pytest.mark.parametrize("command", [["status"], ["inventory", "check"]])
 def test_ctrl_c_while_nodes_are_asked_says_so_and_exits_130(
-    short_tmp: Path, command: list[str]
+    short_tmp: Path, command: list[str], silent: socket.socket
 ) -> None:
     """Ctrl-C while a snapshot waits on a node that never answers: our one line and the
     shell's status for an interrupt (130), as the verbs give; not click's "Aborted!" and 1,
     which a script would read as "some nodes did not answer"."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    port = silent.getsockname()[1]
-    inventory = short_tmp / "fleet.toml"
-    inventory.write_text(
-        f'[[group]]\nname = "g"\nnodes = "quiet1"\nhostname = "127.0.0.1"\nport = {port}\n'
-    )
+    inventory = quiet_fleet(short_tmp, "quiet1", silent)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "console", *command, "--inventory", str(inventory),
-         "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
-         "--connect-wait", "60"],
+        console_argv(short_tmp, inventory, *command, "--connect-wait", "60"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -202,7 +211,6 @@ def test_ctrl_c_while_nodes_are_asked_says_so_and_exits_130(
         held.close()
     finally:
         proc.kill()
-        silent.close()
     assert proc.returncode == 130, err
     assert err.splitlines()[-1] == "gpufleet: interrupted; nothing was changed", err
     assert "Aborted!" not in err and "Traceback" not in err
@@ -216,12 +224,10 @@ def test_a_proxycommand_that_fails_is_not_blamed_on_max_startups(short_tmp: Path
     config.write_text("Host proxied1\n  ProxyCommand /bin/false %h %p\n")
     inventory = short_tmp / "fleet.toml"
     inventory.write_text('[[group]]\nname = "g"\nnodes = "proxied1"\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
-         "--known-hosts", str(short_tmp / "kh"), "--ssh-config", str(config),
-         "--connect-wait", "2", "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    argv = console_argv(
+        short_tmp, inventory, "status", "--connect-wait", "2", "--json", config=str(config)
+    )
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 3, out.stderr
     [node] = json.loads(out.stdout)
     assert node["link"] == "unreachable"
@@ -237,27 +243,17 @@ def test_a_proxycommand_that_fails_is_not_blamed_on_max_startups(short_tmp: Path
     assert out.stderr == "", out.stderr
 
 
-def test_a_node_never_tried_is_not_tried_not_unreachable(short_tmp: Path) -> None:
+def test_a_node_never_tried_is_not_tried_not_unreachable(
+    short_tmp: Path, silent: socket.socket
+) -> None:
     """More nodes than the fan-out can reach in the wait (six behind a port that accepts TCP
     and never answers, two handshakes at a time, one second): the two tried are unreachable,
     the four never tried say so, with the count and what to widen, in JSON and on stderr."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    port = silent.getsockname()[1]
-    inventory = short_tmp / "fleet.toml"
-    inventory.write_text(
-        f'[[group]]\nname = "g"\nnodes = "quiet[1-6]"\nhostname = "127.0.0.1"\nport = {port}\n'
+    inventory = quiet_fleet(short_tmp, "quiet[1-6]", silent)
+    argv = console_argv(
+        short_tmp, inventory, "status", "--connect-wait", "1", "--fan-out", "2", "--json"
     )
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
-             "--known-hosts", str(short_tmp / "kh"), "--ssh-config", "/dev/null",
-             "--connect-wait", "1", "--fan-out", "2", "--json"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    finally:
-        silent.close()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 3, out.stderr
     nodes = json.loads(out.stdout)
     links = sorted(n["link"] for n in nodes)
