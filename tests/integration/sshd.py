@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -22,6 +23,21 @@ from tests.conftest import ensure_tool, skip_or_fail, wait_for
 
 
 def free_port() -> int:
+    """A loopback port free now, for a server started next: picked below the kernel's range
+    for outgoing connections, where one of the tests' own client connections cannot take it
+    between this check and the server's bind (port 0 hands out a port from that range: a
+    Slurm daemon once lost its port so)."""
+    low, _high = (
+        int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    )
+    for _ in range(200):
+        port = random.randrange(10000, max(10001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
