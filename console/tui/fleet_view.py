@@ -28,7 +28,7 @@ from console.rows import (
     parse_filter,
 )
 from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
-from console.tui.fleet_table import Cell, FleetTable, fleet_columns
+from console.tui.fleet_table import FLEET_COLUMNS, Cell, FleetTable, fleet_columns
 from console.tui.key_bar import KeyBar
 from console.tui.style import Tone, clean, na
 from console.tui.text_line import PartsLine, TextLine
@@ -37,18 +37,9 @@ if TYPE_CHECKING:
     from console.tui.app import FleetApp
 
 GIB: Final = 1 << 30
+#: The sortable columns' labels, as the table declares them (FLEET_COLUMNS).
 LABELS: Final[dict[Column, str]] = {
-    "name": "NODE",
-    "pool": "POOL",
-    "state": "STATE",
-    "link": "LINK",
-    "gpus": "GPUS",
-    "util": "UTIL",
-    "util_max": "MAX",
-    "mem": "MEM GiB",
-    "temp": "HOT",
-    "power": "POWER W",
-    "alerts": "ALERTS",
+    key: label for key, label, *_ in FLEET_COLUMNS if key in COLUMNS
 }
 
 
