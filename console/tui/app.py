@@ -188,7 +188,13 @@ class FleetApp(App[None]):
             await requester.stop()  # links opened for actions only
 
     def refresh_fleet(self) -> None:
-        """Age the model and show what changed (called at the steady rate, or by tests)."""
+        """Age the model and show what changed (called at the steady rate, or by tests).
+
+        Textual's timers tick on while the app closes its screens (it stops them only after),
+        and a screen half taken down has no table to draw into: once closing, nothing is
+        drawn (every quit of a fast-refreshing screen raised NoMatches before this)."""
+        if not self.is_running:
+            return
         now = self.clock()
         self.heap.step(busy=now - self._last_input < TYPING_S)
         self.fleet.tick(now)
