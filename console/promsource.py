@@ -265,7 +265,14 @@ class PromSource:
                 slowest[0] = max(slowest[0], self._now() - t0)
             return q.key, (got, hosts)
 
-        answers = dict(await asyncio.gather(*(one(q, None) for q in heads[1:])))
+        # Every head query ends (each within its timeout) before a failure is raised: a
+        # failed poll that left its queries running would overlap the next poll's on a
+        # Prometheus already too busy to answer, and hold the threads the next one needs.
+        heads_got = await asyncio.gather(*(one(q, None) for q in heads[1:]), return_exceptions=True)
+        for answer in heads_got:
+            if isinstance(answer, BaseException):
+                raise answer
+        answers = dict(a for a in heads_got if not isinstance(a, BaseException))
         answers[first.key] = (vec, None)
         scraped = {labels.get("Hostname", ""): v for labels, v in answers["scraped"][0].series}
         plan = self._plan(scraped)
