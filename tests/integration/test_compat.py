@@ -48,6 +48,8 @@ pytestmark = pytest.mark.integration
 VERSIONS = FIXTURES / "protocol_versions.toml"
 FAST = ("--backend", "sim", "--gpus", "2", "--interval", "0.2")
 PREVIOUS = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR - 1}"
+#: Where the protocol's version is written (``agents/protocol.py`` before it was a package).
+VERSION_FILE = "agents/protocol/frames.py"
 _LINE = re.compile(r"^PROTOCOL_(MAJOR|MINOR): Final = (\d+)", re.MULTILINE)
 
 
@@ -55,7 +57,7 @@ def last_commits() -> dict[str, str]:
     return dict(tomllib.loads(VERSIONS.read_text())["last_commit"])
 
 
-def git(*args: str) -> bytes:
+def git(*args: str, check: bool = True) -> bytes:
     """git in this checkout, or a skip (a failure under CI) saying what is missing: the older
     code these tests run comes from the repository's history."""
     tool = shutil.which("git")
@@ -63,6 +65,8 @@ def git(*args: str) -> bytes:
         skip_or_fail("git is not installed: the previous protocol minor's code comes from history")
         raise AssertionError("unreachable")
     out = subprocess.run([tool, "-C", str(REPO), *args], capture_output=True, timeout=60)
+    if out.returncode != 0 and not check:
+        return b""
     if out.returncode != 0:
         said = out.stderr.decode(errors="replace").strip()
         skip_or_fail(f"git {' '.join(args)}: {said} (a shallow clone, or no .git?)")
@@ -70,8 +74,10 @@ def git(*args: str) -> bytes:
 
 
 def version_at(commit: str) -> str:
-    """MAJOR.MINOR as ``agents/protocol.py`` said it at ``commit``."""
-    found = dict(_LINE.findall(git("show", f"{commit}:agents/protocol.py").decode()))
+    """MAJOR.MINOR as the protocol said it at ``commit`` (a module, later a package)."""
+    old = "agents/protocol.py"
+    path = old if git("cat-file", "-t", f"{commit}:{old}", check=False) else VERSION_FILE
+    found = dict(_LINE.findall(git("show", f"{commit}:{path}").decode()))
     return f"{found['MAJOR']}.{found['MINOR']}"
 
 
@@ -333,14 +339,14 @@ def next_major(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(
             REPO / package, tree / package, ignore=shutil.ignore_patterns("__pycache__")
         )
-    proto = tree / "agents" / "protocol.py"
+    proto = tree / VERSION_FILE
     text = proto.read_text()
     for old, new in (
         (r"^PROTOCOL_MAJOR: Final = \d+", f"PROTOCOL_MAJOR: Final = {PROTOCOL_MAJOR + 1}"),
         (r"if major != PROTOCOL_MAJOR:", "if major not in (PROTOCOL_MAJOR, PROTOCOL_MAJOR - 1):"),
     ):
         text, n = re.subn(old, new, text, flags=re.MULTILINE)
-        assert n == 1, f"{old!r} is not in agents/protocol.py any more"
+        assert n == 1, f"{old!r} is not in {VERSION_FILE} any more"
     proto.write_text(text)
     return tree
 
