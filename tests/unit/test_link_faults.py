@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,49 @@ async def test_a_bug_in_frame_handling_is_a_fault_with_its_traceback_not_unreach
     assert "unreachable" not in text
     assert "INFO gpufleet.console.link: node=n1 SSH connected to " in text
     assert "node=n1 SSH connected again to " in text
+
+
+class _Pauses:
+    """``asyncio`` as the link sees it, but for ``sleep``: each pause it asks for is noted
+    and not waited, so the backoff is read exactly instead of timed."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float) -> None:
+        self.asked.append(delay)
+        await asyncio.sleep(0)
+
+
+async def test_a_session_ending_in_a_fault_does_not_reset_the_backoff(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every session reaches the agent and meets the same bug: were that a session that
+    worked, the link would reconnect every second, for ever; it backs off instead, to
+    ``backoff_max``."""
+
+    async def connect(host: str, **kw: object) -> _AgentConn:
+        return _AgentConn()
+
+    def frame_handling_with_a_bug(node: str, frame: object, now: float) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'gpus'")
+
+    pauses = _Pauses()
+    monkeypatch.setattr(asyncssh, "connect", connect)
+    monkeypatch.setattr(link, "asyncio", pauses)
+    monkeypatch.setattr(random, "uniform", lambda low, high: 1.0)  # no jitter
+    options = LinkOptions(
+        known_hosts=tmp_path / "kh", ssh_config=[], backoff_initial=1.0, backoff_max=8.0
+    )
+    links = FleetLinks(NODE, options)
+    monkeypatch.setattr(links.fleet, "apply", frame_handling_with_a_bug)
+    async with links:
+        await until(lambda: len(pauses.asked) >= 6, "six tries")
+        assert links.links["n1"].sessions >= 6, "each session reached the agent"
+    assert pauses.asked[:6] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
 async def test_a_bug_in_the_links_own_loop_stops_it_and_says_so(
