@@ -293,7 +293,7 @@ def _log_path(uid: int) -> Path | None:
 
 
 #: The loggers logged at INFO: ours, every module's named under it (``console.logs``). Every
-#: other library's INFO lines would bury ours (asyncssh logs each step of every connection:
+#: other package's INFO lines would bury ours (asyncssh logs each step of every connection:
 #: 98 % of a day's log), so only their warnings reach the log, unless ``--debug``.
 OUR_LOGGERS = ROOT
 
