@@ -36,6 +36,7 @@ from console.fleet import FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory, find_inventory, load_inventory
 from console.link import CONNECTING_AT_ONCE, LinkOptions
+from console.logs import ROOT, get_logger
 from console.operate import (
     EXIT_INTERRUPTED,
     Operation,
@@ -291,10 +292,10 @@ def _log_path(uid: int) -> Path | None:
     return None
 
 
-#: The loggers logged at INFO. Every other library's INFO lines would bury ours (asyncssh logs
-#: each step of every connection: 98 % of a day's log), so only their warnings reach the log,
-#: unless ``--debug``.
-OUR_LOGGERS = "gpufleet"
+#: The loggers logged at INFO: ours, every module's named under it (``console.logs``). Every
+#: other package's INFO lines would bury ours (asyncssh logs each step of every connection:
+#: 98 % of a day's log), so only their warnings reach the log, unless ``--debug``.
+OUR_LOGGERS = ROOT
 
 
 def _log_to_file(debug: bool = False) -> str:
@@ -351,7 +352,7 @@ async def _screen(
     try:
         await app.run_async()
     except Exception as exc:  # outside the app's own handling (its driver, its start)
-        logging.getLogger("gpufleet.console").exception("the screen failed")
+        get_logger(__name__).exception("the screen failed")
         app.failure = app.failure or exc
     finally:
         if extra is not None:
@@ -756,7 +757,7 @@ async def _demo(
                 except TimeoutError:
                     pass  # --seconds ran out
                 except Exception:
-                    logging.getLogger("gpufleet.console").exception("demo incidents failed")
+                    get_logger(__name__).exception("demo incidents failed")
                 finally:
                     app.exit()
 

@@ -44,11 +44,12 @@ LinkState = Literal[
     "protocol_mismatch",
     "no_data",  # the Prometheus source has no series for the node
     "not_tried",  # a snapshot ended before this node's turn for a handshake came
+    "fault",  # a fault of gpufleet's own code in the node's feed: the traceback is in the log
 ]
 #: Link states in which the node's data cannot be trusted as current.
 DOWN_STATES: Final = frozenset(
     {"unreachable", "auth_failed", "hostkey_unknown", "hostkey_changed", "agent_down",
-     "protocol_mismatch", "no_data", "not_tried"}
+     "protocol_mismatch", "no_data", "not_tried", "fault"}
 )  # fmt: skip
 
 Severity = Literal["warning", "critical"]
@@ -76,7 +77,7 @@ class AlertRules:
 class Alert:
     node: str
     kind: str  # temperature, slowdown, xid, ecc, remap_pending, gpu_lost, stale, unreachable,
-    # not_tried (a snapshot's node whose handshake never started)
+    # not_tried (a snapshot's node whose handshake never started), fault (gpufleet's own)
     severity: Severity
     message: str
     gpu: int | None = None
@@ -312,6 +313,8 @@ class FleetState:
         name = view.name
         if view.link == "not_tried":  # nothing is known of it: not down, nobody to page
             yield Alert(name, "not_tried", "warning", view.link_reason)
+        elif view.link == "fault":  # ours, not the node's: not "unreachable"
+            yield Alert(name, "fault", "critical", view.link_reason)
         elif view.link in DOWN_STATES:
             yield Alert(name, "unreachable", "critical", f"{view.link}: {view.link_reason}")
         elif view.link == "stale":

@@ -6,6 +6,11 @@ ssh_config): sshd's MaxStartups drops connections past about 10 at once, and a j
 load balancer or one sshd serving many node names is one sshd for every node behind it.
 Requests go to a node's live session by name. Headless: the TUI drives the model's clock and
 refresh; this only keeps the links up.
+
+A fault of gpufleet's own code in a link (``console.link.classify``: ``fault``) shows on its
+node and, as the feed's fault, above the table, naming where the traceback is: one bug can
+strike every node, and the operator should see it is the console's, once, not a fleet of
+failing nodes. Its traceback is logged once for the fleet (``InternalErrors``, shared).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
 from console.link import CONNECTING_AT_ONCE as CONNECTING_AT_ONCE
 from console.link import CONNECTING_PER_HOST, LinkOptions, NodeLink, stop_links
+from console.logs import InternalErrors
 from console.source import SSH, FeedStatus, data_age
 from console.words import plural
 
@@ -47,8 +53,17 @@ class FleetLinks:
         gate = asyncio.Semaphore(self.fan_out)
         jumps = {e.jump: asyncio.Semaphore(CONNECTING_PER_JUMP) for e in entries if e.jump}
         hosts: dict[str, asyncio.Semaphore] = {}  # per destination sshd, filled as links resolve
+        errors = InternalErrors()
         self.links = {
-            e.name: NodeLink(e, self.fleet, options, gate, via=jumps.get(e.jump or ""), hosts=hosts)
+            e.name: NodeLink(
+                e,
+                self.fleet,
+                options,
+                gate,
+                via=jumps.get(e.jump or ""),
+                hosts=hosts,
+                errors=errors,
+            )
             for e in entries
         }
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,7 +138,24 @@ class FleetLinks:
             self.fleet.set_link(name, "not_tried", why, now)
 
     def status(self, now: float) -> FeedStatus:
-        return FeedStatus(self.spec, f"({len(self.links)} links)", None, data_age(self.fleet, now))
+        where = f"({len(self.links)} links)"
+        return FeedStatus(self.spec, where, self.fault(), data_age(self.fleet, now))
+
+    def fault(self) -> str | None:
+        """A fault of ours in any of these links (its node ``fault``, or stale on its way
+        there), as the feed's: the first one's words and how many nodes have one; None if
+        none does."""
+        faults = []
+        for name in self.links:
+            view = self.fleet.nodes[name]
+            if view.link == "fault":
+                faults.append((name, view.link_reason))
+            elif view.lost is not None and view.lost[0] == "fault":
+                faults.append((name, view.lost[1]))
+        if not faults:
+            return None
+        (first, words), others = faults[0], len(faults) - 1
+        return f"{words} ({first}" + (f" and {plural(others, 'other node')})" if others else ")")
 
     async def request(
         self, node: str, op: str, args: dict[str, Any], wait: float = 30.0

@@ -21,14 +21,14 @@ and the soak bench call ``step`` at their refresh rate.
 from __future__ import annotations
 
 import gc
-import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
 from console.fleet import FleetState
+from console.logs import get_logger
 
-log = logging.getLogger("gpufleet.console.heap")
+log = get_logger(__name__)
 
 #: Freeze by then even if some nodes are still connecting.
 FREEZE_AFTER_S: Final = 60.0

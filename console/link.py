@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import asyncssh
-from asyncssh.config import SSHClientConfig, SSHConfig
+from asyncssh.config import ConfigParseError, SSHClientConfig, SSHConfig
 
 from agents.protocol import (
     PROTOCOL_MINOR,
@@ -57,9 +57,10 @@ from agents.protocol import (
 from console import __version__
 from console.fleet import FleetState, LinkState
 from console.inventory import NodeEntry
+from console.logs import ContextLog, InternalErrors, get_logger, internal_words
 from console.words import plural
 
-log = logging.getLogger("gpufleet.console.link")
+log = get_logger(__name__)
 
 
 #: SSH handshakes in flight at once, fleet-wide, unless ``--fan-out`` says otherwise (pdsh's
@@ -169,9 +170,12 @@ class HostKeyPolicy(asyncssh.SSHClient):
     every mode. An unreadable known_hosts file is refused too, never taken as empty.
     """
 
-    def __init__(self, known_hosts: Path, learn: bool) -> None:
+    def __init__(
+        self, known_hosts: Path, learn: bool, said: logging.Logger | ContextLog = log
+    ) -> None:
         self._path = known_hosts
         self._learn = learn
+        self._log = said  # the node's (``node=...``): the host alone may be many nodes'
         self.verdict: Literal["unknown", "changed"] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         #: The key type the server offered, and those known_hosts holds for it (a changed
@@ -199,7 +203,7 @@ class HostKeyPolicy(asyncssh.SSHClient):
         try:
             seen = self._seen(host, addr, port)
         except (OSError, ValueError) as exc:
-            log.error("%s: cannot read %s: %s", host, self._path, exc)
+            self._log.warning("%s: cannot read %s: %s", host, self._path, exc)
             self.verdict = "changed"
             return False
         self.verdict = "changed" if seen else "unknown"
@@ -210,7 +214,7 @@ class HostKeyPolicy(asyncssh.SSHClient):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._path.open("a") as f:
             f.write(f"{where} {key.export_public_key('openssh').decode().strip()}\n")
-        log.warning("%s: learned its host key (accept-new)", host)
+        self._log.warning("%s: learned its host key (accept-new)", host)
         return True
 
     def _seen(self, host: str, addr: str, port: int) -> bool:
@@ -235,6 +239,28 @@ def _trusted(path: Path) -> asyncssh.SSHKnownHosts | list[str]:
         ) from None
 
 
+#: Link states an operator must act on to mend (a key, a login, a version): logged at
+#: WARNING the first time. The others are routine, and mend themselves (INFO).
+NEEDS_AN_OPERATOR: Final[frozenset[LinkState]] = frozenset(
+    {"auth_failed", "hostkey_unknown", "hostkey_changed", "protocol_mismatch"}
+)
+
+#: What a link meets from the network, SSH, the operator's SSH set-up and the agent: the
+#: fleet's failures, each a link state an operator can act on (``classify``). Anything else
+#: raised in a link (a KeyError, TypeError, AttributeError...) is a fault of gpufleet's own
+#: code: ``fault``, with its traceback in the log, never ``unreachable``, which would send
+#: the operator to a node that is fine.
+EXPECTED: Final[tuple[type[BaseException], ...]] = (
+    GpufleetError,  # ours, in a person's words: LinkFailure, ProtocolError...
+    asyncssh.Error,  # SSH: disconnected, channel refused, permission denied...
+    OSError,  # the network: refused, reset, no route, cannot resolve
+    TimeoutError,
+    EOFError,
+    asyncssh.KeyImportError,  # a key file the operator named that asyncssh cannot read
+    ConfigParseError,  # an ssh_config asyncssh cannot parse
+)
+
+
 def classify(
     exc: BaseException,
     entry: NodeEntry,
@@ -244,7 +270,9 @@ def classify(
     policy: HostKeyPolicy | None = None,
 ) -> LinkFailure:
     """The link state an operator needs, in an operator's words, with what to do. ``where``
-    is the host:port the handshake went to; the raw error goes to the log, not here."""
+    is the host:port the handshake went to; the raw error goes to the log, not here. An
+    exception not ``EXPECTED`` is a fault of ours: ``fault``, saying where its traceback is
+    (logging it is the caller's, once: ``InternalErrors``)."""
     if isinstance(exc, LinkFailure):
         return exc
     name = entry.name
@@ -279,7 +307,9 @@ def classify(
         return LinkFailure("unreachable", f"the SSH connection to {where} ended: {reason}")
     if isinstance(exc, OSError | TimeoutError | EOFError):
         return LinkFailure("unreachable", f"the SSH connection to {where} was lost")
-    return LinkFailure("unreachable", f"{type(exc).__name__}: {clip(str(exc))}")
+    if isinstance(exc, EXPECTED):
+        return LinkFailure("unreachable", f"{type(exc).__name__}: {clip(str(exc))}")
+    return LinkFailure("fault", internal_words(exc, log))
 
 
 def _same(policy: HostKeyPolicy) -> HostKeyPolicy:
@@ -410,10 +440,12 @@ class NodeLink:
         via: asyncio.Semaphore | None = None,
         hosts: dict[str, asyncio.Semaphore] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        errors: InternalErrors | None = None,
     ) -> None:
         """``connecting`` bounds handshakes fleet-wide; ``via`` those through this node's
         jump host, one sshd for many nodes; ``hosts`` holds one bound per destination sshd
-        (``destination``), shared by every link of the fleet."""
+        (``destination``), shared by every link of the fleet; ``errors``, the faults of our
+        own code whose traceback was logged, shared too (one traceback a bug, not a node)."""
         self.entry = entry
         self.fleet = fleet
         self.options = options
@@ -438,6 +470,11 @@ class NodeLink:
         #: A handshake was started (a snapshot tells a node never tried from one that did
         #: not answer).
         self.tried = False
+        self._log = ContextLog(log, node=entry.name)
+        self._errors = errors if errors is not None else InternalErrors()
+        #: The failure last logged, and the sessions then: the same again is DEBUG.
+        self._said: tuple[LinkState, str, int] | None = None
+        self._connections = 0  # SSH connections made (the first is "connected", then "again")
 
     def stop(self) -> None:
         """Ask the link to end. Its task is cancelled too, but a cancellation alone can be
@@ -505,28 +542,48 @@ class NodeLink:
                 )
 
     async def run(self) -> None:
-        """Keep the node's stream flowing until cancelled."""
+        """Keep the node's stream flowing until cancelled.
+
+        Every failure of the network, SSH or the agent is a link state, and the link tries
+        again with backoff. So is a fault of our own code met in a session (``fault``, its
+        traceback logged): the link tries again rather than stopping, because a bug that one
+        unusual frame sets off would otherwise blind the console to that node until it is
+        restarted, and the traceback is in the log already. Such a session does not reset
+        the backoff even if it reached the agent, so a bug that every session meets costs a
+        reconnect every ``backoff_max`` seconds, not one a second, and the node stays
+        ``fault`` meanwhile. A fault in this loop itself (in reporting a failure) cannot be
+        retried safely: the link stops, and says so on the node and in the log."""
+        try:
+            await self._keep_up()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._stopped(exc)
+
+    async def _keep_up(self) -> None:
         delay = self.options.backoff_initial
         while True:
             self._check_stop()
             reached = self.sessions
+            state: LinkState | None = None
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is a link state, never a crash
                 self._check_stop()  # a failure that swallowed our stop is no failure
-                self._failed(exc)
-            if self.sessions > reached:
+                state = self._failed(exc)
+            if self.sessions > reached and state != "fault":
                 delay = self.options.backoff_initial  # this session worked: start over gently
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
             delay = min(self.options.backoff_max, delay * 2)
 
-    def _failed(self, exc: Exception) -> None:
-        """Report a session's end. A method of its own so that nothing in ``run`` keeps the
-        failure once reported: a ``LinkFailure`` raised inside the session carries its
-        traceback, whose frames hold the ended session's connection and channel, which a
-        local variable in ``run`` would keep alive until the next failure."""
+    def _failed(self, exc: Exception) -> LinkState:
+        """Report a session's end, and return the link state it left. A method of its own so
+        that nothing in ``run`` keeps the failure once reported: a ``LinkFailure`` raised
+        inside the session carries its traceback, whose frames hold the ended session's
+        connection and channel, which a local variable in ``run`` would keep alive until the
+        next failure."""
         failure = classify(
             exc,
             self.entry,
@@ -534,9 +591,39 @@ class NodeLink:
             where=self.destination,
             policy=self._policy,
         )
+        if failure.state == "fault":
+            self._errors.report(exc, self._log, "reconnecting with backoff")
+            self._said = None
+        else:
+            raw = "" if isinstance(exc, LinkFailure) else f" ({type(exc).__name__}: {exc})"
+            self._say(failure.state, failure.reason, raw)
         self.fleet.set_link(self.entry.name, failure.state, failure.reason, self._now())
-        raw = "" if isinstance(exc, LinkFailure) else f" ({type(exc).__name__}: {exc})"
-        log.info("%s: %s: %s%s", self.entry.name, failure.state, failure.reason, raw)
+        return failure.state
+
+    def _say(self, state: LinkState, reason: str, more: str = "") -> None:
+        """Log a failure: the first time at INFO when it is routine (a node or an agent down,
+        restarting, cut off: the screen shows it, and it mends itself), at WARNING when an
+        operator must act (``NEEDS_AN_OPERATOR``); the same failure again, with no session
+        between, at DEBUG, so that a node down for a day is one line, not one a retry."""
+        said = (state, reason, self.sessions)
+        if said == self._said:
+            level = logging.DEBUG
+        elif state in NEEDS_AN_OPERATOR:
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        self._said = said
+        self._log.log(level, "%s: %s%s", state, reason, more)
+
+    def _stopped(self, exc: Exception) -> None:
+        """The link's own loop failed (a fault of ours in reporting a failure): it ends,
+        the node showing why, since nothing will update it any more."""
+        words = self._errors.report(exc, self._log, "the link stopped")
+        try:
+            reason = f"{words}; the link stopped (restart the console to reconnect it)"
+            self.fleet.set_link(self.entry.name, "fault", reason, self._now())
+        except Exception:
+            self._log.exception("the fault could not be shown on the node")
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         e, o = self.entry, self.options
@@ -562,7 +649,9 @@ class NodeLink:
         self.drops = 0
         every_type = False  # offer every host key type, not only those known_hosts holds
         while True:
-            policy = HostKeyPolicy(self._known_hosts, learn=o.host_keys == "accept-new")
+            policy = HostKeyPolicy(
+                self._known_hosts, learn=o.host_keys == "accept-new", said=self._log
+            )
             self._policy = policy
             try:
                 async with self._via or contextlib.nullcontext(), self._turn():
@@ -584,7 +673,7 @@ class NodeLink:
                 reached = policy.reached()
                 if isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.PermissionDenied):
                     raise
-                log.info("%s: handshake with %s failed: %r", e.name, self.destination, exc)
+                self._log.info("handshake with %s failed: %r", self.destination, exc)
                 if reached == "tcp" and not isinstance(exc, TimeoutError):
                     # Closed before its banner: an sshd past its MaxStartups does that.
                     self.drops += 1
@@ -681,6 +770,9 @@ class NodeLink:
         async with await self._connect() as conn:
             self._check_stop()  # a connection made as the stop came: closed, not used
             streamlocal = False  # the agent's socket has answered on this connection
+            self._connections += 1
+            again = " again" if self._connections > 1 else ""
+            self._log.info("SSH connected%s to %s", again, self.destination)
             while True:
                 reached = self.sessions
                 try:
@@ -691,7 +783,7 @@ class NodeLink:
                     if down is None:
                         raise
                     self.fleet.set_link(self.entry.name, "agent_down", down, self._now())
-                    log.info("%s: agent_down: %s (asking again)", self.entry.name, down)
+                    self._say("agent_down", down, " (asking again)")
                 # Once streamlocal has worked here, a refusal means the socket is not there:
                 # no attach to run on the node every retry, only to be told the same.
                 streamlocal = streamlocal or (self.sessions > reached and not self.via_attach)
@@ -786,7 +878,7 @@ class NodeLink:
                 if exc.code != UNKNOWN_KIND or not newer:
                     raise
                 if not self._skipped_newer:
-                    log.info("%s: skipping frames a newer agent sent: %s", self.entry.name, exc)
+                    self._log.info("skipping frames a newer agent sent: %s", exc)
                 self._skipped_newer = True
 
     async def _open(

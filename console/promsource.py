@@ -20,6 +20,10 @@ and the alerts work unchanged. What is particular to this source:
   at once and ``no_data`` after the stale window, as a broken SSH stream does.
 - Prometheus itself unreachable, or answering errors, is a fault of the source: shown above
   the table and in ``status``, never fatal; every node's data ages as it would over a cut link.
+- A fault of gpufleet's own code in a poll (a KeyError, a TypeError: not Prometheus failing)
+  is a fault of the source as well, saying so (``internal error: ...``, and where the log is),
+  its traceback logged once; the nodes age into ``fault``, not ``unreachable``, since nothing
+  is known to be wrong with them, and the next poll comes on time, as after any failed poll.
 
 Actions never go through here: ``console.actionlinks`` opens SSH to the chosen nodes only.
 """
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -38,8 +41,9 @@ from typing import Final
 import msgspec
 
 from agents.protocol import Event, Inventory, NodeState
-from console.fleet import FleetState
+from console.fleet import FleetState, LinkState
 from console.inventory import NodeEntry
+from console.logs import ContextLog, InternalErrors, get_logger
 from console.prometheus import QUERY_TIMEOUT_S, PromClient, PromError, Querier, Vector
 from console.promview import (
     HEAD_KEYS,
@@ -56,7 +60,7 @@ from console.promview import (
 from console.source import FeedStatus, SourceSpec, data_age
 from console.words import plural
 
-log = logging.getLogger("gpufleet.console.prometheus")
+log = ContextLog(get_logger(__name__), source="prometheus")
 
 #: Seconds between polls of Prometheus.
 POLL_S: Final = 5.0
@@ -156,6 +160,7 @@ class PromSource:
         self._seen: dict[str, _Seen] = {}
         self._told_unknown: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._errors = InternalErrors()
 
     # -- FleetFeed --------------------------------------------------------------------------
 
@@ -195,7 +200,7 @@ class PromSource:
         self.took = took
         self.period = max(self.poll_s, took / MAX_BUSY)
         if self.period > self.poll_s:
-            log.info("prometheus: a poll took %.1f s: polling every %.1f s", took, self.period)
+            log.info("a poll took %.1f s: polling every %.1f s", took, self.period)
         return self.period - took
 
     async def poll(self) -> None:
@@ -206,18 +211,27 @@ class PromSource:
         last scraped, its ops state) go to every node, the fast ones only to the nodes scraped
         since the last poll, and the static and slow sets only to the nodes they are due for
         (``_plan``); only those nodes' frames are rebuilt. The first poll reads only what
-        the table needs, so the screen shows every node before the rest is read."""
+        the table needs, so the screen shows every node before the rest is read.
+
+        Never raises but to be cancelled: Prometheus failing, or a fault of our own code in
+        the poll, is the source's fault (``fault``), and the next poll tries again."""
         try:
             at, answers, rebuild = await self._query()
+            present, nodes = await asyncio.to_thread(self._convert, answers, rebuild)
+            self.polls += 1
+            if self.fault is not None:
+                log.info("answering again, after: %s", self.fault)
+            self.fault = None
+            now = self._now()
+            self._answered_at = now
+            self._apply(present, nodes, at, now)
         except PromError as exc:
             self._failed(str(exc))
-            return
-        present, nodes = await asyncio.to_thread(self._convert, answers, rebuild)
-        self.polls += 1
-        self.fault = None
-        now = self._now()
-        self._answered_at = now
-        self._apply(present, nodes, at, now)
+        except Exception as exc:  # not Prometheus: ours
+            words = self._errors.report(exc, log, f"polling again in {self.poll_s:g} s")
+            self._failed(words, "fault", said=True)
+        else:
+            log.debug("a poll answered: %d hosts, %d rebuilt", len(present), len(nodes))
 
     def _timeout(self, key: str, hosts: set[str] | None) -> float:
         """A whole-fleet read of what was never read (the first poll) may take far longer
@@ -292,7 +306,7 @@ class PromSource:
         for (q, _), answer in zip(asked, got, strict=True):
             if isinstance(answer, PromError) and self.polls and q.cadence != "fast":
                 failed.add(q.cadence)  # the fast view stands; these stay due for the next poll
-                log.warning("prometheus: the %s set was not read: %s", q.cadence, answer)
+                log.warning("the %s set was not read: %s", q.cadence, answer)
             elif isinstance(answer, BaseException):
                 raise answer
             else:
@@ -372,13 +386,17 @@ class PromSource:
                     self._static[host] = (self._index.value("stamp", host), at, fresh)
         return present, nodes_of(self._index, present if rebuild is None else rebuild)
 
-    def _failed(self, why: str) -> None:
-        if self.fault != why:
-            log.warning("prometheus: %s", why)
+    def _failed(self, why: str, link: LinkState = "unreachable", said: bool = False) -> None:
+        """The source's fault, and every node's data left to age into ``link``: Prometheus
+        failing (logged at WARNING, once while it says the same), or, ``fault``, our own
+        code (``said``: logged already, with the traceback)."""
+        if self.fault != why and not said:
+            log.warning("%s", why)
         self.fault = why
         now = self._now()
+        where = "Prometheus" if link == "unreachable" else "the Prometheus source"
         for name in self.fleet.nodes:
-            self.fleet.set_link(name, "unreachable", f"Prometheus: {why}", now)
+            self.fleet.set_link(name, link, f"{where}: {why}", now)
         self.fleet.tick(now)
 
     def _apply(self, present: list[str], nodes: dict[str, PromNode], at: float, now: float) -> None:
@@ -410,7 +428,7 @@ class PromSource:
             self.fleet.set_link(name, "no_data", why, now)
         new = unknown - self._told_unknown
         if new:
-            log.info("prometheus: not in the inventory, ignored: %s", ", ".join(sorted(new)))
+            log.info("not in the inventory, ignored: %s", ", ".join(sorted(new)))
             self._told_unknown |= new
         self.unknown = unknown
         self.fleet.tick(now)

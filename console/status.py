@@ -174,6 +174,7 @@ NEXT_STEP: Final[dict[LinkState, str]] = {
     "protocol_mismatch": "upgrade the older side, the console or gpufleet-agent",
     "no_data": "check that Prometheus scrapes the node's agent",
     "not_tried": "check fewer nodes at once, or widen what the detail names",
+    "fault": "a fault of gpufleet's own: report it, with the traceback from the log it names",
 }
 
 

@@ -9,7 +9,6 @@ whatever the rate of frames, so 1,000 nodes streaming cost one redraw of what ch
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +25,7 @@ from console.actions import Requester
 from console.fleet import FleetState
 from console.fleetlinks import FleetLinks
 from console.heap import HeapFreezer
+from console.logs import get_logger
 from console.tui.commands import FleetCommands
 from console.tui.style import clean
 
@@ -39,7 +39,7 @@ REFRESH_S = 0.5
 #: frozen (a full collection) until they pause.
 TYPING_S = 2.0
 
-log = logging.getLogger("gpufleet.console")
+log = get_logger(__name__)
 
 
 @runtime_checkable

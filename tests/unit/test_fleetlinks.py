@@ -264,3 +264,17 @@ def test_a_failed_handshake_is_said_in_an_operators_words(exc: Exception, words:
     """What the screen and `status` show for a handshake that failed: what happened and what
     to look at, never `[Errno 111] Connect call failed (...)` (that goes to the log)."""
     assert handshake_words(exc, "10.0.0.7:22", 10.0) == words
+
+
+def test_a_fault_of_our_own_on_any_link_is_the_feeds_fault_on_the_source_line() -> None:
+    """One bug can strike every node: the line above the table says it once, as the
+    console's, with how many nodes it struck, rather than leaving a fleet of red rows to
+    be read as failing nodes. Other failures are the nodes', not the feed's."""
+    links = FleetLinks(parse_inventory(FLEET, "f").nodes, LinkOptions())
+    links.fleet.set_link("a2", "unreachable", "connection refused", 1.0)
+    assert links.status(1.0).fault is None
+    words = "internal error: KeyError: 'gpu9', see the log at /tmp/console.log"
+    for name in ("b1", "d2", "a3"):
+        links.fleet.set_link(name, "fault", words, 1.0)
+    assert links.status(1.0).fault == f"{words} (a3 and 2 other nodes)"
+    assert f"FAULT: {words} (a3 and 2 other nodes)" in links.status(1.0).line()

@@ -12,6 +12,7 @@ the live server in tests/integration/test_promsource.py.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -25,9 +26,10 @@ from console.fleet import NodeView
 from console.inventory import parse_inventory
 from console.prometheus import QUERY_TIMEOUT_S, PromClient, PromError, Vector, decode_vector
 from console.promsource import FIRST_QUERY_TIMEOUT_S, NameIndex, PromSource
-from console.promview import HEAD_KEYS, QUERIES, nodes_from
+from console.promview import HEAD_KEYS, QUERIES, nodes_from, nodes_of
 from console.rows import node_row
 from console.source import SSH, SourceError, SourceSpec, parse_source
+from tests.conftest import until
 from tests.fakes.prometheus import ANSWERS, Recorded
 
 URL = "http://prom.example:9090"
@@ -407,3 +409,74 @@ async def test_polls_that_run_long_stretch_the_period_and_the_stale_window() -> 
     src.fault = None
     assert src._next_wait(1.0) == pytest.approx(4.0), "quick again: back to poll_s"
     assert src.period == src.poll_s
+
+
+async def test_a_fault_of_our_own_in_a_poll_is_the_sources_with_its_traceback_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a poll (here the answers' conversion raising KeyError): the source's fault
+    says it is ours and where the log is, the traceback is logged once, the nodes age into
+    ``fault`` (not ``unreachable``: nothing is known to be wrong with them), and the next
+    poll that works clears it."""
+    client, clock = Recorded(), Clock()
+    src = source(client, clock)
+    await src.poll()
+    assert link_of(src, "gpu02") == "live"
+
+    def conversion_with_a_bug(*args: object) -> object:
+        raise KeyError("Hostname")
+
+    monkeypatch.setattr(promsource, "nodes_of", conversion_with_a_bug)
+    caplog.set_level(logging.DEBUG, "gpufleet.console.promsource")
+    for _ in range(2):
+        clock.now += 2
+        await src.poll()
+    fault = src.status(clock.now).fault
+    assert fault is not None and fault.startswith(
+        "internal error: KeyError: 'Hostname', see the log"
+    )
+    assert f"FAULT: {fault}" in src.status(clock.now).line()
+    traced = [r for r in caplog.records if r.exc_info is not None]
+    assert len(traced) == 1, "the traceback once, not once a poll"
+    assert traced[0].levelno == logging.ERROR
+    assert traced[0].getMessage().startswith(f"source=prometheus {fault}")
+    assert "in conversion_with_a_bug" in caplog.text and "KeyError: 'Hostname'" in caplog.text
+    assert link_of(src, "gpu02") == "stale", "recent data ages as over any failed poll"
+    view = src.fleet.nodes["gpu02"]
+    clock.now += 3 * view.interval + 1
+    src.fleet.tick(clock.now)
+    assert (view.link, view.link_reason) == ("fault", f"the Prometheus source: {fault}")
+    assert {a.kind for a in view.alerts} == {"fault"}
+
+    monkeypatch.undo()
+    clock.now += 2
+    await src.poll()
+    assert src.status(clock.now).fault is None
+    assert "answering again" in caplog.text
+
+
+async def test_the_poller_goes_on_after_a_fault_of_our_own() -> None:
+    """The poll loop itself: a poll that meets a bug does not end it; the next poll comes
+    on time and, the bug gone, answers."""
+    calls = 0
+    real = nodes_of
+
+    def fails_once(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TypeError("unsupported operand type(s) for -: 'float' and 'NoneType'")
+        return real(*args)
+
+    nodes = parse_inventory(INVENTORY, "test").nodes
+    src = PromSource(nodes, URL, client=Recorded(), poll_s=0.05)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(promsource, "nodes_of", fails_once)
+        src.start()
+        try:
+            await until(lambda: src.fault is not None, "the first poll's fault")
+            assert src.fault is not None and src.fault.startswith("internal error: TypeError")
+            await until(lambda: src.polls >= 1 and src.fault is None, "a poll after it")
+        finally:
+            await src.stop()
+    assert link_of(src, "gpu01") == "live"
