@@ -2,7 +2,10 @@
 already knows (``Inventory``, ``Sample``, XID ``Event``), one node at a time.
 
 The metric names and units are the exposition contract in ``agents.protocol`` (dcgm-exporter's
-``DCGM_FI_DEV_*`` and our ``gpufleet_*``); nothing here is named twice. Pure functions of query
+``DCGM_FI_DEV_*`` and our ``gpufleet_*``), and so are which field each metric carries, its scale
+and the cadence it is read at (``METRICS``): the queries and the decoding of plain fields are
+derived from that table; only what is not one field (labels, lost GPUs, reasons, XIDs, the ops
+state, the agent's info) is coded here. Pure functions of query
 results, so the conversion is tested on a recorded answer without a server.
 
 Cost, which is what a 40,000-GPU fleet is about: one query per metric for the whole fleet,

@@ -10,10 +10,16 @@ import msgspec
 from agents.protocol.readings import GpuInfo, GpuReading, HostReading, NodeState
 
 # What an agent with ``[metrics] listen`` set serves on ``/metrics``, and what the console's
-# Prometheus source reads back: one table, so the two sides cannot drift. Readings dcgm-exporter
-# also exports keep its names, units and labels (``DCGM_FI_DEV_*``), so that Grafana dashboards
-# and alert rules written for it work unchanged; ours, and any of ours whose meaning differs from
-# DCGM's (PCIe throughput: a rate here, a cumulative KB counter there), are ``gpufleet_*``.
+# Prometheus source reads back: one table, so the two sides cannot drift. For each metric it
+# says where the value comes from (one field of a reading struct and its scale to the exported
+# unit, or a rule in words) and how often the console reads it. The agent's exporter
+# (agents/metrics.py) and the console's queries and decoding (console/promview.py) are derived
+# from it; tests/unit/test_metrics_roundtrip.py takes every field through both and back.
+#
+# Readings dcgm-exporter also exports keep its names, units and labels (``DCGM_FI_DEV_*``), so
+# that Grafana dashboards and alert rules written for it work unchanged; ours, and any of ours
+# whose meaning differs from DCGM's (PCIe throughput: a rate here, a cumulative KB counter
+# there), are ``gpufleet_*``.
 #
 # Rules both sides rely on:
 # - A value the hardware did not give (NotSupported, a lost GPU) is absent: no series, never 0.
