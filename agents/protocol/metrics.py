@@ -409,13 +409,15 @@ LABEL_FIELDS: Final[dict[str, str]] = {
 #: field added to a struct is either exported or left out on purpose.
 NOT_EXPORTED: Final[dict[str, str]] = {
     "GpuReading.index": "the gpu label",
-    "GpuInfo.serial": "dcgm-exporter does not label with it; an inventory fact, not a metric",
+    "GpuInfo.serial": "on the wire's inventory; /metrics names a GPU by UUID and PCI bus id",
     "GpuInfo.memory_total": "DCGM_FI_DEV_FB_TOTAL carries GpuReading.mem_total, the same size",
     "GpuInfo.mig_enabled": "MIG is not modelled on /metrics (no per-instance series)",
-    "GpuInfo.persistence_mode": "configuration shown by status over SSH, not a fleet metric",
-    "GpuInfo.ecc_enabled": "configuration shown by status over SSH, not a fleet metric",
-    "GpuInfo.pcie_max_gen": "not read by anything that consumes /metrics",
-    "GpuInfo.sm_clock_max_mhz": "not read by anything that consumes /metrics",
+    "GpuInfo.persistence_mode": "a configuration fact on the wire's inventory; nothing read "
+    "from Prometheus shows it",
+    "GpuInfo.ecc_enabled": "a configuration fact on the wire's inventory; nothing read from "
+    "Prometheus shows it",
+    "GpuInfo.pcie_max_gen": "on the wire's inventory; nothing read from Prometheus shows it",
+    "GpuInfo.sm_clock_max_mhz": "on the wire's inventory; nothing read from Prometheus shows it",
     "HostReading.cpu_per_core": "one series per core would multiply a node's series by its cores",
     "HostReading.boot_id": "a string that changes on reboot; uptime says the same as a number",
     "NodeState.deadline": "the agent's own drain bookkeeping, not shown from Prometheus",
