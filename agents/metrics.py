@@ -40,51 +40,20 @@ from agents.protocol import (
     NodeState,
     Sample,
 )
+from agents.protocol.metrics import FieldRef, FieldStruct
+
+
+def _plain(struct: FieldStruct) -> tuple[tuple[str, FieldRef], ...]:
+    """The table's metrics that are one field of ``struct``: (metric, field)."""
+    return tuple((m.name, m.field) for m in METRICS if m.field and m.field.struct == struct)
+
 
 #: Per-GPU readings taken straight from a field (value as is, or scaled to the exported unit).
-_GPU_FIELDS: Final[tuple[tuple[str, str, float], ...]] = (
-    ("DCGM_FI_DEV_SM_CLOCK", "sm_clock_mhz", 1),
-    ("DCGM_FI_DEV_MEM_CLOCK", "mem_clock_mhz", 1),
-    ("DCGM_FI_DEV_MEMORY_TEMP", "temp_mem_c", 1),
-    ("DCGM_FI_DEV_GPU_TEMP", "temp_c", 1),
-    ("DCGM_FI_DEV_POWER_USAGE", "power_mw", 1 / 1000),
-    ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "energy_mj", 1),
-    ("DCGM_FI_DEV_GPU_UTIL", "util_gpu", 1),
-    ("DCGM_FI_DEV_MEM_COPY_UTIL", "util_mem", 1),
-    ("DCGM_FI_DEV_FB_USED", "mem_used", 1 / MIB),
-    ("DCGM_FI_DEV_FB_TOTAL", "mem_total", 1 / MIB),
-    ("DCGM_FI_DEV_FB_RESERVED", "mem_reserved", 1 / MIB),
-    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "ecc_uncorrected_volatile", 1),
-    ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "remapped_uncorrectable", 1),
-    ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "remapped_correctable", 1),
-    ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "remap_failure", 1),
-    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "remap_pending", 1),
-    ("DCGM_FI_DEV_PSTATE", "pstate", 1),
-    ("gpufleet_gpu_pcie_link_width", "pcie_width", 1),
-    ("gpufleet_gpu_pcie_tx_bytes_per_second", "pcie_tx_kbs", 1024),  # NVML's KB is 1024 B
-    ("gpufleet_gpu_pcie_rx_bytes_per_second", "pcie_rx_kbs", 1024),
-)
+_GPU_FIELDS: Final = _plain("GpuReading")
 #: Per-GPU static facts from the inventory, served whether or not the sample is fresh.
-_INFO_FIELDS: Final[tuple[tuple[str, str, float], ...]] = (
-    ("gpufleet_gpu_pcie_link_width_max", "pcie_max_width", 1),
-    ("gpufleet_gpu_temperature_slowdown_celsius", "temp_slowdown_c", 1),
-    ("gpufleet_gpu_temperature_shutdown_celsius", "temp_shutdown_c", 1),
-    ("gpufleet_gpu_memory_temperature_max_celsius", "temp_mem_max_c", 1),
-    ("gpufleet_gpu_power_limit_watts", "power_limit_mw", 1 / 1000),
-)
-_HOST_FIELDS: Final[tuple[tuple[str, str], ...]] = (
-    ("gpufleet_host_cpu_utilization_percent", "cpu_percent"),
-    ("gpufleet_host_memory_total_bytes", "mem_total"),
-    ("gpufleet_host_memory_used_bytes", "mem_used"),
-    ("gpufleet_host_memory_available_bytes", "mem_available"),
-    ("gpufleet_host_swap_total_bytes", "swap_total"),
-    ("gpufleet_host_swap_used_bytes", "swap_used"),
-    ("gpufleet_host_disk_read_bytes_per_second", "disk_read_bps"),
-    ("gpufleet_host_disk_write_bytes_per_second", "disk_write_bps"),
-    ("gpufleet_host_network_receive_bytes_per_second", "net_rx_bps"),
-    ("gpufleet_host_network_transmit_bytes_per_second", "net_tx_bps"),
-    ("gpufleet_host_uptime_seconds", "uptime_s"),
-)
+_INFO_FIELDS: Final = _plain("GpuInfo")
+_HOST_FIELDS: Final = _plain("HostReading")
+_STATE_FIELDS: Final = _plain("NodeState")
 
 
 class _Families:
@@ -183,8 +152,7 @@ class MetricsCollector(Collector):
         if state is not None:
             info_labels = {**node, "reason": state.reason or "", "who": state.who or ""}
             out.add("gpufleet_node_state_info", info_labels, 1)
-            if state.since is not None:
-                out.add("gpufleet_node_state_since_timestamp_seconds", node, state.since)
+            _fields(out, node, state, _STATE_FIELDS)
         out.add("gpufleet_node_gpus", node, len(inv.gpus))
         if sample is not None:
             out.add("gpufleet_sample_timestamp_seconds", node, sample.ts)
@@ -203,7 +171,7 @@ class MetricsCollector(Collector):
         out.add("gpufleet_agent_info", agent, 1)
         out.add("gpufleet_inventory_timestamp_seconds", node, since)
         if sample is not None and fresh:
-            _host(out, node, sample.host)
+            _fields(out, node, sample.host, _HOST_FIELDS)
         return iter(out)
 
     def _gpu_labels(self, index: int, info: GpuInfo | None, node: dict[str, str]) -> dict[str, str]:
@@ -223,13 +191,13 @@ class MetricsCollector(Collector):
 def _fields(
     out: _Families,
     labels: dict[str, str],
-    obj: GpuInfo | GpuReading,
-    table: tuple[tuple[str, str, float], ...],
+    obj: GpuInfo | GpuReading | HostReading | NodeState,
+    table: tuple[tuple[str, FieldRef], ...],
 ) -> None:
-    for name, field, scale in table:
-        value = getattr(obj, field)
+    for name, field in table:
+        value = field.export(obj)
         if value is not None:  # not given by the hardware: no series, never 0
-            out.add(name, labels, value * scale if scale != 1 else value)
+            out.add(name, labels, value)
 
 
 def _gpu_reading(out: _Families, labels: dict[str, str], r: GpuReading) -> None:
@@ -246,20 +214,6 @@ def _gpu_reading(out: _Families, labels: dict[str, str], r: GpuReading) -> None:
             out.add("gpufleet_gpu_clock_event_active", {**labels, "reason": reason}, 1)
     if r.processes is not None:
         out.add("gpufleet_gpu_processes", labels, len(r.processes))
-
-
-def _host(out: _Families, labels: dict[str, str], h: HostReading) -> None:
-    for name, field in _HOST_FIELDS:
-        value = getattr(h, field)
-        if value is not None:
-            out.add(name, labels, value)
-    if h.load is not None:
-        for name, value in zip(
-            ("gpufleet_host_load1", "gpufleet_host_load5", "gpufleet_host_load15"),
-            h.load,
-            strict=True,
-        ):
-            out.add(name, labels, value)
 
 
 def _number(value: float) -> str:

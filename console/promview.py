@@ -2,7 +2,10 @@
 already knows (``Inventory``, ``Sample``, XID ``Event``), one node at a time.
 
 The metric names and units are the exposition contract in ``agents.protocol`` (dcgm-exporter's
-``DCGM_FI_DEV_*`` and our ``gpufleet_*``); nothing here is named twice. Pure functions of query
+``DCGM_FI_DEV_*`` and our ``gpufleet_*``), and so are which field each metric carries, its scale
+and the cadence it is read at (``METRICS``): the queries and the decoding of plain fields are
+derived from that table; only what is not one field (labels, lost GPUs, reasons, XIDs, the ops
+state, the agent's info) is coded here. Pure functions of query
 results, so the conversion is tested on a recorded answer without a server.
 
 Cost, which is what a 40,000-GPU fleet is about: one query per metric for the whole fleet,
@@ -29,14 +32,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
+
+import msgspec
 
 from agents.protocol import (
     METRIC_SPECS,
-    MIB,
     Event,
     GpuInfo,
     GpuReading,
@@ -47,6 +51,7 @@ from agents.protocol import (
     OpsState,
     Sample,
 )
+from agents.protocol.metrics import METRICS, FieldRef, FieldStruct
 from console.prometheus import Vector
 
 #: Polls between two reads of one node's slow readings.
@@ -82,107 +87,95 @@ def _known(name: str) -> None:
         raise AssertionError(f"{name} is not in agents.protocol.METRICS")
 
 
-#: GPU readings: (GpuReading field, metric, scale to the protocol's unit, cadence).
-GPU_READINGS: Final[tuple[tuple[str, str, float, Cadence], ...]] = (
-    ("util_gpu", "DCGM_FI_DEV_GPU_UTIL", 1, "fast"),
-    ("mem_used", "DCGM_FI_DEV_FB_USED", MIB, "fast"),
-    ("temp_c", "DCGM_FI_DEV_GPU_TEMP", 1, "fast"),
-    ("power_mw", "DCGM_FI_DEV_POWER_USAGE", 1000, "fast"),
-    ("util_mem", "DCGM_FI_DEV_MEM_COPY_UTIL", 1, "slow"),
-    ("mem_total", "DCGM_FI_DEV_FB_TOTAL", MIB, "static"),
-    ("mem_reserved", "DCGM_FI_DEV_FB_RESERVED", MIB, "slow"),
-    ("temp_mem_c", "DCGM_FI_DEV_MEMORY_TEMP", 1, "slow"),
-    ("energy_mj", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 1, "slow"),
-    ("sm_clock_mhz", "DCGM_FI_DEV_SM_CLOCK", 1, "slow"),
-    ("mem_clock_mhz", "DCGM_FI_DEV_MEM_CLOCK", 1, "slow"),
-    ("pstate", "DCGM_FI_DEV_PSTATE", 1, "slow"),
-    ("remapped_correctable", "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", 1, "slow"),
-    ("remapped_uncorrectable", "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", 1, "slow"),
-    ("remap_failure", "DCGM_FI_DEV_ROW_REMAP_FAILURE", 1, "slow"),
-    ("pcie_width", "gpufleet_gpu_pcie_link_width", 1, "slow"),
-    ("pcie_tx_kbs", "gpufleet_gpu_pcie_tx_bytes_per_second", 1 / 1024, "slow"),
-    ("pcie_rx_kbs", "gpufleet_gpu_pcie_rx_bytes_per_second", 1 / 1024, "slow"),
-)
-#: Readings that raise alerts, read every poll for their non-zero series only (and all of
-#: them on the slow cadence): (GpuReading field or "xid", metric).
-GPU_ALERTING: Final[tuple[tuple[str, str], ...]] = (
-    ("ecc_uncorrected_volatile", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"),
-    ("remap_pending", "DCGM_FI_DEV_ROW_REMAP_PENDING"),
-    ("xid", "DCGM_FI_DEV_XID_ERRORS"),
-)
-#: What does not change while an agent runs (GpuInfo field, metric, scale).
-GPU_LIMITS: Final[tuple[tuple[str, str, float], ...]] = (
-    ("temp_slowdown_c", "gpufleet_gpu_temperature_slowdown_celsius", 1),
-    ("temp_shutdown_c", "gpufleet_gpu_temperature_shutdown_celsius", 1),
-    ("temp_mem_max_c", "gpufleet_gpu_memory_temperature_max_celsius", 1),
-    ("power_limit_mw", "gpufleet_gpu_power_limit_watts", 1000),
-    ("pcie_max_width", "gpufleet_gpu_pcie_link_width_max", 1),
-)
-#: Host readings (HostReading field, metric, cadence).
-HOST_READINGS: Final[tuple[tuple[str, str, Cadence], ...]] = (
-    ("cpu_percent", "gpufleet_host_cpu_utilization_percent", "fast"),
-    ("load1", "gpufleet_host_load1", "fast"),
-    ("load5", "gpufleet_host_load5", "fast"),
-    ("load15", "gpufleet_host_load15", "fast"),
-    ("mem_total", "gpufleet_host_memory_total_bytes", "fast"),
-    ("mem_used", "gpufleet_host_memory_used_bytes", "fast"),
-    ("mem_available", "gpufleet_host_memory_available_bytes", "fast"),
-    ("swap_total", "gpufleet_host_swap_total_bytes", "slow"),
-    ("swap_used", "gpufleet_host_swap_used_bytes", "slow"),
-    ("disk_read_bps", "gpufleet_host_disk_read_bytes_per_second", "slow"),
-    ("disk_write_bps", "gpufleet_host_disk_write_bytes_per_second", "slow"),
-    ("net_rx_bps", "gpufleet_host_network_receive_bytes_per_second", "slow"),
-    ("net_tx_bps", "gpufleet_host_network_transmit_bytes_per_second", "slow"),
-    ("uptime_s", "gpufleet_host_uptime_seconds", "slow"),
-)
+def _cadence(name: str) -> Cadence:
+    """How often the table says the console reads ``name``: one query, one cadence."""
+    _known(name)
+    read = METRIC_SPECS[name].read
+    if read is None or read == "alerting":
+        raise AssertionError(f"{name} is read as {read}, not on one cadence")
+    return read
+
+
+def _plain(struct: FieldStruct) -> dict[str, FieldRef]:
+    """The table's metrics the console reads that are one field of ``struct``: field by
+    metric, in the table's order."""
+    return {
+        m.name: m.field
+        for m in METRICS
+        if m.field is not None and m.field.struct == struct and m.read is not None
+    }
+
+
+#: GPU readings (``GpuReading`` fields), the alerting ones included (see ``ALERTING``).
+GPU_READINGS: Final = _plain("GpuReading")
+#: What does not change while an agent runs (``GpuInfo`` fields).
+GPU_LIMITS: Final = _plain("GpuInfo")
+#: Host readings (``HostReading`` fields; the load average one metric per element).
+HOST_READINGS: Final = _plain("HostReading")
+#: Readings that raise alerts, read every poll for their non-zero series only, and all of
+#: them with the static set: the XID (an event, not a field) and the alerting fields.
+ALERTING: Final = tuple(m.name for m in METRICS if m.read == "alerting")
+_XID: Final = "DCGM_FI_DEV_XID_ERRORS"
 _STATE_LABELS: Final = "Hostname, state, pool, reason, who"
 _AGENT_LABELS: Final = (
     "Hostname, version, protocol, backend, driver_version, cuda_version, scheduler, restart_targets"
 )
 _GPU_IDS: Final = "Hostname, gpu, UUID, modelName, pci_bus_id"
-#: Static facts the first screen needs: the memory column's total and the temperature alert's
-#: limit.
-_FIRST_STATIC: Final = frozenset(
-    {"DCGM_FI_DEV_FB_TOTAL", "gpufleet_gpu_temperature_slowdown_celsius"}
-)
 
 
 def _queries() -> tuple[PromQuery, ...]:
+    stamp, state = "gpufleet_sample_timestamp_seconds", "gpufleet_node_state_info"
     out = [
         # When each node's agent sampled (its clock), and when Prometheus scraped it (its own).
-        PromQuery("sample_ts", _node("gpufleet_sample_timestamp_seconds"), "fast"),
+        PromQuery("sample_ts", _node(stamp), _cadence(stamp)),
+        PromQuery("scraped", f"max by (Hostname) (timestamp({stamp}))", _cadence(stamp)),
+        PromQuery("fresh", _node("gpufleet_sample_fresh"), _cadence("gpufleet_sample_fresh")),
+        PromQuery("state", f"max by ({_STATE_LABELS}) ({state})", _cadence(state)),
         PromQuery(
-            "scraped",
-            "max by (Hostname) (timestamp(gpufleet_sample_timestamp_seconds))",
-            "fast",
+            "since",
+            _node("gpufleet_node_state_since_timestamp_seconds"),
+            _cadence("gpufleet_node_state_since_timestamp_seconds"),
         ),
-        PromQuery("fresh", _node("gpufleet_sample_fresh"), "fast"),
-        PromQuery("state", f"max by ({_STATE_LABELS}) (gpufleet_node_state_info)", "fast"),
-        PromQuery("since", _node("gpufleet_node_state_since_timestamp_seconds"), "fast"),
-        # Lost GPUs only: the slow ``ids`` says which GPUs a node has.
-        PromQuery("lost", _gpu("gpufleet_gpu_lost", " > 0"), "fast"),
+        # Lost GPUs only: the static ``ids`` says which GPUs a node has.
+        PromQuery("lost", _gpu("gpufleet_gpu_lost", " > 0"), _cadence("gpufleet_gpu_lost")),
         PromQuery(
             "reasons",
             "max by (Hostname, gpu, reason) (gpufleet_gpu_clock_event_active) > 0",
-            "fast",
+            _cadence("gpufleet_gpu_clock_event_active"),
         ),
-        PromQuery("xid_ts", _gpu("gpufleet_gpu_last_xid_timestamp_seconds"), "fast"),
+        PromQuery(
+            "xid_ts",
+            _gpu("gpufleet_gpu_last_xid_timestamp_seconds"),
+            _cadence("gpufleet_gpu_last_xid_timestamp_seconds"),
+        ),
         # When the agent's static facts last changed: which nodes' static set to read again.
-        PromQuery("stamp", _node("gpufleet_inventory_timestamp_seconds"), "fast"),
-        PromQuery("interval", _node("gpufleet_sample_interval_seconds"), "static"),
-        PromQuery("agent", f"max by ({_AGENT_LABELS}) (gpufleet_agent_info)", "static"),
-        # The one per-GPU series an agent always serves, fresh or not, lost or not.
-        PromQuery("ids", f"max by ({_GPU_IDS}) (DCGM_FI_DEV_XID_ERRORS)", "static"),
+        PromQuery(
+            "stamp",
+            _node("gpufleet_inventory_timestamp_seconds"),
+            _cadence("gpufleet_inventory_timestamp_seconds"),
+        ),
+        PromQuery(
+            "interval",
+            _node("gpufleet_sample_interval_seconds"),
+            _cadence("gpufleet_sample_interval_seconds"),
+        ),
+        PromQuery(
+            "agent",
+            f"max by ({_AGENT_LABELS}) (gpufleet_agent_info)",
+            _cadence("gpufleet_agent_info"),
+        ),
+        # The one per-GPU series an agent always serves, fresh or not, lost or not: its
+        # labels, read with the static set as the XID's own (alerting) read is.
+        PromQuery("ids", f"max by ({_GPU_IDS}) ({_XID})", "static"),
     ]
-    out += [
-        PromQuery(m, _gpu(m), cadence, first=m in _FIRST_STATIC)
-        for _, m, _, cadence in GPU_READINGS
-    ]
-    for _, m in GPU_ALERTING:
-        out.append(PromQuery(f"{m}>0", _gpu(m, " > 0"), "fast"))
-        out.append(PromQuery(m, _gpu(m), "static"))
-    out += [PromQuery(m, _gpu(m), "static", first=m in _FIRST_STATIC) for _, m, _ in GPU_LIMITS]
-    out += [PromQuery(m, _node(m), cadence) for _, m, cadence in HOST_READINGS]
+    for m in METRICS:
+        if m.read == "alerting":
+            out.append(PromQuery(f"{m.name}>0", _gpu(m.name, " > 0"), "fast"))
+            out.append(PromQuery(m.name, _gpu(m.name), "static"))
+        elif m.name in GPU_READINGS or m.name in GPU_LIMITS:
+            out.append(PromQuery(m.name, _gpu(m.name), _cadence(m.name), first=m.first))
+        elif m.name in HOST_READINGS:
+            out.append(PromQuery(m.name, _node(m.name), _cadence(m.name), first=m.first))
     return tuple(PromQuery(q.key, q.expr, q.cadence, q.first or q.cadence == "fast") for q in out)
 
 
@@ -273,24 +266,22 @@ class FleetIndex:
         return out
 
 
-#: (field, scale) by metric: the readings and the limits, as ``_fields_by_gpu`` reads them.
-GPU_READINGS_BY_METRIC: Final = {m: (f, scale) for f, m, scale, _ in GPU_READINGS}
-GPU_LIMITS_BY_METRIC: Final = {m: (f, scale) for f, m, scale in GPU_LIMITS}
-
-
 def _fields_by_gpu(
-    index: FleetIndex, host: str, table: Mapping[str, tuple[str, float]]
+    index: FleetIndex, host: str, table: Mapping[str, FieldRef]
 ) -> dict[int, dict[str, Any]]:
-    """GPU index -> {field: value in the protocol's unit} for one host."""
+    """GPU index -> {field: value in the protocol's unit and type} for one host."""
     out: dict[int, dict[str, Any]] = {}
-    for metric, (field_name, scale) in table.items():
+    for metric, field_ref in table.items():
+        if metric in ALERTING:  # read by its own two queries (``node_from``)
+            continue
+        decode, field_name = field_ref.decode, field_ref.name
         for labels, value in index.series(metric, host):
             gpu = labels.get("gpu", "")
             if gpu.isdigit():
                 g = int(gpu)
                 if g not in out:
                     out[g] = {}
-                out[g][field_name] = round(value * scale)
+                out[g][field_name] = decode(value)
     return out
 
 
@@ -325,12 +316,12 @@ def node_from(index: FleetIndex, name: str) -> PromNode | None:
     since = index.value("since", name)
     states = _states(index.series("state", name), {name: since} if since is not None else {})
     agents = _agents(index.series("agent", name))
-    h = {key: index.value(m, name) for key, m, _ in HOST_READINGS}
+    h = _host_fields(index, name)
 
     # Per GPU, its readings and limits (absent: not known), each series read once.
-    readings = _fields_by_gpu(index, name, GPU_READINGS_BY_METRIC)
-    limits = _fields_by_gpu(index, name, GPU_LIMITS_BY_METRIC)
-    alerting = {f: (index.by_gpu(f"{m}>0", name), index.by_gpu(m, name)) for f, m in GPU_ALERTING}
+    readings = _fields_by_gpu(index, name, GPU_READINGS)
+    limits = _fields_by_gpu(index, name, GPU_LIMITS)
+    alerting = {m: (index.by_gpu(f"{m}>0", name), index.by_gpu(m, name)) for m in ALERTING}
     lost = index.by_gpu("lost", name)
     xid_ts = index.by_gpu("xid_ts", name)
     reasons: dict[int, list[str]] = defaultdict(list)
@@ -359,10 +350,11 @@ def node_from(index: FleetIndex, name: str) -> PromNode | None:
                 **limits.get(key, {}),
             )
         )
-        alerts: dict[str, int | None] = {}
-        for f, (nonzero, every) in alerting.items():
-            alerts[f] = _int(nonzero[key]) if key in nonzero else 0 if key in every else None
-        xid, when = alerts["xid"], xid_ts.get(key)
+        # Non-zero where the filtered read has it, else 0 where the static read has it.
+        alerts: dict[str, float | None] = {}
+        for m, (nonzero, every) in alerting.items():
+            alerts[m] = nonzero.get(key, 0 if key in every else None)
+        xid, when = _int(alerts[_XID]), xid_ts.get(key)
         if xid and when is not None:
             xids.append(
                 Event(seq=0, ts=when, kind="xid", gpu=key, xid=xid,
@@ -371,17 +363,13 @@ def node_from(index: FleetIndex, name: str) -> PromNode | None:
         if lost.get(key):
             gpu_readings.append(GpuReading(index=key, lost=True))
             continue
-        values = dict(values)
-        pending, failure = alerts["remap_pending"], values.pop("remap_failure", None)
+        alerted: dict[str, Any] = {
+            GPU_READINGS[m].name: None if v is None else GPU_READINGS[m].decode(v)
+            for m, v in alerts.items()
+            if m in GPU_READINGS
+        }
         gpu_readings.append(
-            GpuReading(
-                index=key,
-                clock_reasons=sorted(reasons.get(key, [])),
-                ecc_uncorrected_volatile=alerts["ecc_uncorrected_volatile"],
-                remap_pending=None if pending is None else bool(pending),
-                remap_failure=None if failure is None else bool(failure),
-                **values,
-            )
+            GpuReading(index=key, clock_reasons=sorted(reasons.get(key, [])), **values, **alerted)
         )
     agent = agents.get(name, {})
     inventory = Inventory(
@@ -394,7 +382,7 @@ def node_from(index: FleetIndex, name: str) -> PromNode | None:
             hostname=name,
             kernel="",
             cpu_count=0,
-            memory_total=_int(h["mem_total"]) or 0,
+            memory_total=h.get("mem_total", 0),
             boot_id=None,
         ),
         gpus=infos,
@@ -441,24 +429,36 @@ def _backend(text: str | None) -> Literal["nvml", "sim", "none"]:
     return "nvml" if text == "nvml" else "sim" if text == "sim" else "none"
 
 
-def _host(h: Mapping[str, float | None]) -> HostReading:
-    """The exported host readings. The protocol's counts of bytes and seconds are not
-    optional; when Prometheus lacks one (an older agent) it reads 0 here, which only the
-    node view's host line shows."""
-    load = (h["load1"], h["load5"], h["load15"])
-    return HostReading(
-        cpu_percent=h["cpu_percent"],
-        cpu_per_core=None,
-        load=None if None in load else (load[0] or 0.0, load[1] or 0.0, load[2] or 0.0),
-        mem_total=_int(h["mem_total"]) or 0,
-        mem_used=_int(h["mem_used"]) or 0,
-        mem_available=_int(h["mem_available"]) or 0,
-        swap_total=_int(h["swap_total"]) or 0,
-        swap_used=_int(h["swap_used"]) or 0,
-        disk_read_bps=h["disk_read_bps"],
-        disk_write_bps=h["disk_write_bps"],
-        net_rx_bps=h["net_rx_bps"],
-        net_tx_bps=h["net_tx_bps"],
-        uptime_s=h["uptime_s"] or 0.0,
-        boot_id=None,
-    )
+#: How many metrics carry each tuple field of the host (the load average: three).
+_HOST_ITEMS: Final = Counter(f.name for f in HOST_READINGS.values() if f.item is not None)
+#: A host field Prometheus lacks (an older agent, a value not given): None where the protocol
+#: allows it; 0 where it does not (counts of bytes and seconds), which only the node view's
+#: host line shows.
+_HOST_ABSENT: Final[dict[str, Any]] = {
+    f.name: None if type(None) in get_args(f.type) else f.type()
+    for f in msgspec.structs.fields(HostReading)
+}
+
+
+def _host_fields(index: FleetIndex, name: str) -> dict[str, Any]:
+    """The host's exported fields Prometheus has, as ``HostReading`` holds them."""
+    out: dict[str, Any] = {}
+    items: dict[str, dict[int, Any]] = {}
+    for metric, f in HOST_READINGS.items():
+        value = index.value(metric, name)
+        if value is None:
+            continue
+        if f.item is None:
+            out[f.name] = f.decode(value)
+        else:
+            items.setdefault(f.name, {})[f.item] = f.decode(value)
+    for field_name, parts in items.items():
+        if len(parts) == _HOST_ITEMS[field_name]:  # a tuple only whole
+            out[field_name] = tuple(parts[i] for i in sorted(parts))
+    return out
+
+
+def _host(h: Mapping[str, Any]) -> HostReading:
+    """The exported host readings; what is not exported (per-core CPU, the boot id) or not
+    in Prometheus reads as ``_HOST_ABSENT`` says."""
+    return HostReading(**{**_HOST_ABSENT, **h})
