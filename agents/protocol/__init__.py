@@ -64,8 +64,8 @@ from agents.protocol.metrics import (
 )
 from agents.protocol.readings import (
     ALARMING_REASONS,
-    BUSY_UTIL_PERCENT,
     CLOCK_REASONS,
+    IDLE_UTIL_PERCENT,
     AuditEntry,
     EventKind,
     GpuInfo,
@@ -78,6 +78,7 @@ from agents.protocol.readings import (
     Role,
     at_work,
     clock_reason_words,
+    computing,
 )
 from agents.protocol.requests import (
     MAX_AUDIT_READ,
@@ -99,9 +100,9 @@ from agents.protocol.requests import (
 
 __all__ = [
     "ALARMING_REASONS",
-    "BUSY_UTIL_PERCENT",
     "CLOCK_REASONS",
     "GPU_LABELS",
+    "IDLE_UTIL_PERCENT",
     "MAX_AUDIT_READ",
     "MAX_BAD_FRAMES",
     "MAX_ECHO",
@@ -156,6 +157,7 @@ __all__ = [
     "check_version",
     "clip",
     "clock_reason_words",
+    "computing",
     "decode",
     "decode_args",
     "encode",

@@ -1,0 +1,94 @@
+"""Facts the agent and the console both judge by, each defined once (agents.protocol, or the
+console's model): every user gives the same answer for the same reading, and the docs state
+the numbers the code uses."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.protocol import (
+    IDLE_UTIL_PERCENT,
+    GpuProcess,
+    GpuReading,
+    Sample,
+    at_work,
+    computing,
+)
+from console.actions import busy_without_processes
+from console.fleet import FleetState
+from console.inventory import parse_inventory
+from console.rows import fleet_totals, node_row
+from tests.conftest import REPO
+from tests.fakes.simnode import Node, QuietHost
+
+FLEET = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-2]"\n'
+JOB = [GpuProcess(pid=4242, used_memory=1 << 30, user="carol", command="python train.py")]
+
+
+def fleet_of(*gpus: list[GpuReading]) -> FleetState:
+    """gpu1, gpu2, ... each live with the readings given (the inventory a simulated agent's)."""
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    for n, readings in enumerate(gpus, start=1):
+        name = f"gpu{n}"
+        fleet.apply(name, Node(name, gpus=len(readings)).inventory(), 0.0)
+        sample = Sample(seq=1, ts=1.0, host=QuietHost().read(), gpus=readings)
+        fleet.apply(name, sample, 1.0)
+    return fleet
+
+
+# -- a busy GPU: computing (load) and at work (a job on it) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("util", "expected"),
+    [(None, False), (0, False), (IDLE_UTIL_PERCENT, False), (IDLE_UTIL_PERCENT + 1, True)],
+)
+def test_computing_is_utilization_above_what_an_idle_card_reads(
+    util: int | None, expected: bool
+) -> None:
+    assert computing(GpuReading(index=0, util_gpu=util)) is expected
+    assert at_work(GpuReading(index=0, util_gpu=util)) is expected, "no process: load alone"
+
+
+def test_a_job_that_waits_is_at_work_but_not_computing() -> None:
+    waiting = GpuReading(index=0, util_gpu=0, processes=JOB)
+    assert at_work(waiting) and not computing(waiting)
+
+
+def test_a_lost_gpu_is_neither_computing_nor_at_work() -> None:
+    lost = GpuReading(index=0, lost=True, util_gpu=100, processes=JOB)
+    assert not computing(lost) and not at_work(lost)
+
+
+def test_the_totals_count_computing_gpus_as_busy() -> None:
+    """A GPU just above the idle reading is busy (it was idle up to 10 % before the totals
+    used the agent's threshold); a job that holds a GPU without computing leaves it idle."""
+    fleet = fleet_of(
+        [
+            GpuReading(index=0, util_gpu=IDLE_UTIL_PERCENT + 1),
+            GpuReading(index=1, util_gpu=IDLE_UTIL_PERCENT),
+            GpuReading(index=2, util_gpu=0, processes=JOB),
+            GpuReading(index=3, util_gpu=97, processes=JOB),
+        ]
+    )
+    row = node_row(fleet.nodes["gpu1"], 1.0)
+    assert (row.gpus_busy, row.gpus_idle) == (2, 2)
+    assert "4 GPUs: 2 busy, 2 idle;" in fleet_totals([row]).line()
+
+
+def test_the_dialog_points_out_the_work_a_drain_waits_for_that_lists_no_process() -> None:
+    """A GPU reading a few percent with no process is idle to the agent's drain: the dialog
+    no longer warns of hidden work there (it did at any utilization above 0)."""
+    fleet = fleet_of(
+        [GpuReading(index=0, util_gpu=IDLE_UTIL_PERCENT)],
+        [GpuReading(index=0, util_gpu=IDLE_UTIL_PERCENT + 1)],
+    )
+    assert busy_without_processes(fleet, ["gpu1", "gpu2"]) == ["gpu2"]
+    listed = fleet_of([GpuReading(index=0, util_gpu=90, processes=JOB)])
+    assert busy_without_processes(listed, ["gpu1"]) == [], "its work is in the list already"
+
+
+@pytest.mark.parametrize("doc", ["screen.md", "agent.md", "design.md"])
+def test_the_docs_state_the_utilization_the_code_uses(doc: str) -> None:
+    text = " ".join((REPO / "docs" / doc).read_text(encoding="utf-8").split())
+    assert f"above {IDLE_UTIL_PERCENT} % utilization" in text
