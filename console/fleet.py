@@ -71,6 +71,15 @@ class AlertRules:
     #: History kept per node for sparklines (samples).
     history: int = 300
 
+    def temperature(self, temp: int | None, limit: int | None) -> Severity | None:
+        """The temperature rule, against the GPU's own slowdown threshold (``limit``,
+        ``GpuInfo.temp_slowdown_c``), not a fixed number: cards differ. Critical at the
+        threshold, a warning within ``temp_margin_c`` of it, else None (and None when either
+        is not known). The alert and the node view's hot temperature both ask this."""
+        if temp is None or limit is None or temp < limit - self.temp_margin_c:
+            return None
+        return "critical" if temp >= limit else "warning"
+
 
 @dataclass(frozen=True, slots=True)
 class Alert:
@@ -347,10 +356,9 @@ class FleetState:
     def _temperature(
         self, node: str, gpu: int, temp: int | None, limit: int | None
     ) -> Alert | None:
-        """Against the GPU's own slowdown threshold, not a fixed number: cards differ."""
-        if temp is None or limit is None or temp < limit - self.rules.temp_margin_c:
+        severity = self.rules.temperature(temp, limit)
+        if severity is None:
             return None
-        severity: Severity = "critical" if temp >= limit else "warning"
         return Alert(
             node, "temperature", severity, f"GPU {gpu}: {temp} C, slowdown at {limit} C", gpu
         )

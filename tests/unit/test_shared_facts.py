@@ -15,7 +15,7 @@ from agents.protocol import (
     computing,
 )
 from console.actions import busy_without_processes
-from console.fleet import FleetState
+from console.fleet import AlertRules, FleetState
 from console.inventory import parse_inventory
 from console.rows import fleet_totals, node_row
 from tests.conftest import REPO
@@ -25,9 +25,9 @@ FLEET = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-2]"\n'
 JOB = [GpuProcess(pid=4242, used_memory=1 << 30, user="carol", command="python train.py")]
 
 
-def fleet_of(*gpus: list[GpuReading]) -> FleetState:
+def fleet_of(*gpus: list[GpuReading], rules: AlertRules | None = None) -> FleetState:
     """gpu1, gpu2, ... each live with the readings given (the inventory a simulated agent's)."""
-    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes, rules)
     for n, readings in enumerate(gpus, start=1):
         name = f"gpu{n}"
         fleet.apply(name, Node(name, gpus=len(readings)).inventory(), 0.0)
@@ -92,3 +92,36 @@ def test_the_dialog_points_out_the_work_a_drain_waits_for_that_lists_no_process(
 def test_the_docs_state_the_utilization_the_code_uses(doc: str) -> None:
     text = " ".join((REPO / "docs" / doc).read_text(encoding="utf-8").split())
     assert f"above {IDLE_UTIL_PERCENT} % utilization" in text
+
+
+# -- the temperature rule ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("temp", "limit", "expected"),
+    [
+        (85, 89, None),
+        (86, 89, "warning"),
+        (88, 89, "warning"),
+        (89, 89, "critical"),
+        (95, 89, "critical"),
+        (None, 89, None),
+        (95, None, None),
+    ],
+)
+def test_the_temperature_rule_is_against_the_gpus_own_slowdown(
+    temp: int | None, limit: int | None, expected: str | None
+) -> None:
+    assert AlertRules(temp_margin_c=3).temperature(temp, limit) == expected
+
+
+def test_the_temperature_alert_follows_the_rule_and_its_margin() -> None:
+    limit = Node("gpu1", gpus=1).inventory().gpus[0].temp_slowdown_c
+    assert limit is not None
+    reading = [GpuReading(index=0, temp_c=limit - 5)]
+    for margin, expected in [(3, None), (5, "warning")]:
+        rules = AlertRules(temp_margin_c=margin)
+        alerts = fleet_of(reading, rules=rules).nodes["gpu1"].alerts
+        hot = [a.severity for a in alerts if a.kind == "temperature"]
+        assert hot == ([] if expected is None else [expected])
+        assert rules.temperature(limit - 5, limit) == expected
