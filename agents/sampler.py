@@ -20,7 +20,6 @@ import msgspec
 from agents.gpu.base import SLOW_FIELDS, GpuBackend, GpuInventory
 from agents.host import HostSampler
 from agents.protocol import (
-    ALARMING_REASONS,
     Event,
     EventKind,
     GpuReading,
@@ -31,6 +30,7 @@ from agents.protocol import (
     Sample,
     clock_reason_words,
     encode,
+    slowdown_reasons,
 )
 
 
@@ -78,12 +78,6 @@ _HEALTHY = GpuReading(index=-1)
 EVENT_HISTORY = 64
 
 
-def _slowed(r: GpuReading) -> frozenset[str]:
-    """The alarming clocks-event reasons set: heat, or a hardware brake; the power cap that a
-    busy GPU always sits at is not one of them (design.md §2)."""
-    return ALARMING_REASONS.intersection(r.clock_reasons or ())
-
-
 def derive_findings(prev: GpuReading | None, cur: GpuReading) -> list[Finding]:
     """What changed between two readings of one GPU that an operator must hear about."""
     before = prev if prev is not None else _HEALTHY
@@ -108,7 +102,7 @@ def derive_findings(prev: GpuReading | None, cur: GpuReading) -> list[Finding]:
         )
     if cur.remap_pending and not before.remap_pending:
         out.append(Finding("remap_pending", i, f"GPU {i}: row remapping pending, needs a reset"))
-    slowed, was = _slowed(cur), _slowed(before)
+    slowed, was = slowdown_reasons(cur), slowdown_reasons(before)
     if slowed and not was:
         words = clock_reason_words(slowed)
         out.append(Finding("slowdown", i, f"GPU {i}: clocks slowed down by {words}"))

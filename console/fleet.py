@@ -20,13 +20,13 @@ from typing import Final, Literal
 import msgspec
 
 from agents.protocol import (
-    ALARMING_REASONS,
     STALE_INTERVALS,
     Event,
     Inventory,
     NodeState,
     Sample,
     clock_reason_words,
+    slowdown_reasons,
 )
 from console.history import History
 from console.inventory import NodeEntry
@@ -341,7 +341,7 @@ class FleetState:
             hot = self._temperature(name, i, r.temp_c, limit)
             if hot is not None:
                 yield hot
-            slowed = ALARMING_REASONS.intersection(r.clock_reasons or ())
+            slowed = slowdown_reasons(r)
             if slowed:
                 msg = f"GPU {i}: clocks slowed down by {clock_reason_words(slowed)}"
                 yield Alert(name, "slowdown", "warning", msg, i)

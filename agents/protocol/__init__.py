@@ -79,6 +79,7 @@ from agents.protocol.readings import (
     at_work,
     clock_reason_words,
     computing,
+    slowdown_reasons,
 )
 from agents.protocol.requests import (
     MAX_AUDIT_READ,
@@ -163,5 +164,6 @@ __all__ = [
     "encode",
     "parse_since",
     "parse_version",
+    "slowdown_reasons",
     "to_builtins",
 ]

@@ -124,6 +124,13 @@ class GpuReading(msgspec.Struct, kw_only=True, frozen=True):
     processes: list[GpuProcess] | None = None
 
 
+def slowdown_reasons(r: GpuReading) -> frozenset[str]:
+    """The clocks-event reasons set on the reading that are an alarm (``ALARMING_REASONS``):
+    what the agent's ``slowdown`` event, the console's alert and the node view's highlight all
+    go by, so none of them sees a slowdown the others do not."""
+    return ALARMING_REASONS.intersection(r.clock_reasons or ())
+
+
 #: The utilization (percent) an idle GPU may read: at or below it a GPU is not computing. An
 #: idle card reads a few percent now and then (the driver's own work, a monitoring read), so
 #: "above 0" would call it busy; a job computing reads far above (90 to 100 on the H100).

@@ -18,11 +18,11 @@ from textual.screen import Screen
 from textual.widgets import Header
 
 from agents.protocol import (
-    ALARMING_REASONS,
     MIB,
     AuditEntry,
     GpufleetError,
     clock_reason_words,
+    slowdown_reasons,
 )
 from console.actions import VERBS
 from console.fleet import DOWN_STATES
@@ -240,7 +240,7 @@ class NodeScreen(Screen[None]):
                     (f"{na(r.sm_clock_mhz)}/{na(r.mem_clock_mhz)}", ""),
                     (na(r.ecc_uncorrected_volatile), bad if r.ecc_uncorrected_volatile else ""),
                     (remap, bad if r.remap_pending or r.remap_failure else ""),
-                    (reasons, bad if ALARMING_REASONS & set(r.clock_reasons or ()) else ""),
+                    (reasons, bad if slowdown_reasons(r) else ""),
                 ]
             )
         if sample is None:  # never answered: no table of nothing

@@ -7,13 +7,16 @@ from __future__ import annotations
 import pytest
 
 from agents.protocol import (
+    CLOCK_REASONS,
     IDLE_UTIL_PERCENT,
     GpuProcess,
     GpuReading,
     Sample,
     at_work,
     computing,
+    slowdown_reasons,
 )
+from agents.sampler import derive_findings
 from console.actions import busy_without_processes
 from console.fleet import AlertRules, FleetState
 from console.inventory import parse_inventory
@@ -125,3 +128,41 @@ def test_the_temperature_alert_follows_the_rule_and_its_margin() -> None:
         hot = [a.severity for a in alerts if a.kind == "temperature"]
         assert hot == ([] if expected is None else [expected])
         assert rules.temperature(limit - 5, limit) == expected
+
+
+# -- clocks-event reasons ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reasons", "alarming"),
+    [
+        (None, set()),
+        (["sw_power_cap"], set()),
+        (["gpu_idle"], set()),
+        (["sw_power_cap", "sw_thermal_slowdown"], {"sw_thermal_slowdown"}),
+        (["hw_slowdown", "hw_power_brake_slowdown"], {"hw_slowdown", "hw_power_brake_slowdown"}),
+        (["bit_0x200"], set()),
+    ],
+)
+def test_the_power_cap_a_busy_gpu_sits_at_is_no_slowdown(
+    reasons: list[str] | None, alarming: set[str]
+) -> None:
+    assert slowdown_reasons(GpuReading(index=0, clock_reasons=reasons)) == alarming
+
+
+def test_agent_event_console_alert_and_node_view_see_the_same_slowdown() -> None:
+    """The agent's event and the console's alert for one reading name the same reasons, in the
+    same words; a reading with the power cap alone raises neither."""
+    hot = GpuReading(index=0, clock_reasons=["sw_power_cap", "hw_thermal_slowdown"])
+    capped = GpuReading(index=0, clock_reasons=["sw_power_cap"])
+    event = [f.message for f in derive_findings(capped, hot) if f.kind == "slowdown"]
+    alert = [a.message for a in fleet_of([hot]).nodes["gpu1"].alerts if a.kind == "slowdown"]
+    assert event == alert == ["GPU 0: clocks slowed down by thermal (HW)"]
+    assert not [f for f in derive_findings(None, capped) if f.kind == "slowdown"]
+    assert not [a for a in fleet_of([capped]).nodes["gpu1"].alerts if a.kind == "slowdown"]
+
+
+def test_the_docs_list_every_reason_in_the_words_shown() -> None:
+    text = " ".join((REPO / "docs" / "agent.md").read_text(encoding="utf-8").split())
+    missing = [words for _, words in CLOCK_REASONS.values() if f"`{words}`" not in text]
+    assert missing == []
