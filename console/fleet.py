@@ -25,12 +25,16 @@ from agents.protocol import (
     Inventory,
     NodeState,
     Sample,
-    clock_reason_words,
+    ecc_message,
+    gpu_lost_message,
+    remap_pending_message,
+    slowdown_message,
     slowdown_reasons,
+    xid_message,
 )
 from console.history import History
 from console.inventory import NodeEntry
-from console.words import age, plural
+from console.words import age
 
 LinkState = Literal[
     "connecting",  # only until the first answer: a retry keeps the data, or the node down
@@ -327,14 +331,14 @@ class FleetState:
             yield Alert(name, "stale", "warning", view.link_reason)
         for gpu, (at, xid) in sorted(view.xids_seen.items()):
             if now - at <= self.rules.xid_window_s:
-                yield Alert(name, "xid", "critical", f"GPU {gpu}: XID {xid}", gpu)
+                yield Alert(name, "xid", "critical", xid_message(gpu, xid), gpu)
         if view.sample is None:
             return
         infos = {g.index: g for g in view.inventory.gpus} if view.inventory else {}
         for r in view.sample.gpus:
             i = r.index
             if r.lost:
-                yield Alert(name, "gpu_lost", "critical", f"GPU {i} is lost", i)
+                yield Alert(name, "gpu_lost", "critical", gpu_lost_message(i), i)
                 continue
             info = infos.get(i)
             limit = info.temp_slowdown_c if info else None
@@ -343,15 +347,12 @@ class FleetState:
                 yield hot
             slowed = slowdown_reasons(r)
             if slowed:
-                msg = f"GPU {i}: clocks slowed down by {clock_reason_words(slowed)}"
-                yield Alert(name, "slowdown", "warning", msg, i)
+                yield Alert(name, "slowdown", "warning", slowdown_message(i, slowed), i)
             if r.ecc_uncorrected_volatile:
-                errors = plural(r.ecc_uncorrected_volatile, "uncorrected ECC error")
-                msg = f"GPU {i}: {errors}"
+                msg = ecc_message(i, r.ecc_uncorrected_volatile)
                 yield Alert(name, "ecc", "critical", msg, i)
             if r.remap_pending:
-                msg = f"GPU {i}: row remapping pending, needs a reset"
-                yield Alert(name, "remap_pending", "warning", msg, i)
+                yield Alert(name, "remap_pending", "warning", remap_pending_message(i), i)
 
     def _temperature(
         self, node: str, gpu: int, temp: int | None, limit: int | None

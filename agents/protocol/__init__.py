@@ -18,8 +18,9 @@ never 0, never a sentinel string, so a reader can always tell "zero" from "unkno
 
 The package's modules, each one concern: ``errors`` (what is raised, and how a peer's text is
 echoed), ``readings`` (what a node reports), ``frames`` (the frames, versions, encoding),
-``requests`` (the closed set of operations and their arguments) and ``metrics`` (the Prometheus
-exposition). Everything is re-exported here: importers say ``from agents.protocol import X``.
+``requests`` (the closed set of operations and their arguments), ``metrics`` (the Prometheus
+exposition) and ``messages`` (how a GPU's faults are worded, in events and alerts alike).
+Everything is re-exported here: importers say ``from agents.protocol import X``.
 """
 
 from agents.protocol.errors import (
@@ -49,6 +50,16 @@ from agents.protocol.frames import (
     encode,
     parse_version,
     to_builtins,
+)
+from agents.protocol.messages import (
+    ecc_message,
+    ecc_rose_message,
+    gpu_back_message,
+    gpu_lost_message,
+    remap_pending_message,
+    slowdown_ended_message,
+    slowdown_message,
+    xid_message,
 )
 from agents.protocol.metrics import (
     GPU_LABELS,
@@ -161,9 +172,17 @@ __all__ = [
     "computing",
     "decode",
     "decode_args",
+    "ecc_message",
+    "ecc_rose_message",
     "encode",
+    "gpu_back_message",
+    "gpu_lost_message",
     "parse_since",
     "parse_version",
+    "remap_pending_message",
+    "slowdown_ended_message",
+    "slowdown_message",
     "slowdown_reasons",
     "to_builtins",
+    "xid_message",
 ]

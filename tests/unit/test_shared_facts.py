@@ -14,6 +14,8 @@ from agents.protocol import (
     Sample,
     at_work,
     computing,
+    ecc_message,
+    ecc_rose_message,
     slowdown_reasons,
 )
 from agents.sampler import derive_findings
@@ -22,7 +24,7 @@ from console.fleet import AlertRules, FleetState
 from console.inventory import parse_inventory
 from console.rows import fleet_totals, node_row
 from tests.conftest import REPO
-from tests.fakes.simnode import Node, QuietHost
+from tests.fakes.simnode import Node, QuietHost, feed
 
 FLEET = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-2]"\n'
 JOB = [GpuProcess(pid=4242, used_memory=1 << 30, user="carol", command="python train.py")]
@@ -166,3 +168,42 @@ def test_the_docs_list_every_reason_in_the_words_shown() -> None:
     text = " ".join((REPO / "docs" / "agent.md").read_text(encoding="utf-8").split())
     missing = [words for _, words in CLOCK_REASONS.values() if f"`{words}`" not in text]
     assert missing == []
+
+
+# -- how a GPU's faults are worded ------------------------------------------------------------
+
+
+def test_the_agents_events_and_the_consoles_alerts_word_a_fault_alike() -> None:
+    """The simulated agent's own events for an XID 79 (the GPU then lost), an ECC error with a
+    row remap pending, and the GPU back, beside the alerts the console raises from the same
+    stream: one wording, the one the screens have always shown."""
+    fleet = fleet_of()
+    node = Node("gpu1", gpus=3)
+    fleet.apply("gpu1", node.inventory(), 0.0)
+    feed(fleet, node, 1.0)
+    node.backend.inject("xid79", 1)
+    node.backend.inject("ecc", 0)
+    events = {(e.kind, e.gpu): e.message for t in (2.0, 3.0) for e in feed(fleet, node, t)}
+    alerts = {(a.kind, a.gpu): a.message for a in fleet.nodes["gpu1"].alerts}
+    assert events[("xid", 1)] == alerts[("xid", 1)] == "GPU 1: XID 79"
+    assert (
+        events[("remap_pending", 0)]
+        == alerts[("remap_pending", 0)]
+        == ("GPU 0: row remapping pending, needs a reset")
+    )
+    assert alerts[("gpu_lost", 1)] == "GPU 1 is lost"
+    assert events[("gpu_lost", 1)] == "GPU 1 is lost (not answering the driver)"
+    assert events[("ecc", 0)] == "GPU 0: volatile uncorrected ECC errors 0 -> 1"
+    assert alerts[("ecc", 0)] == "GPU 0: 1 uncorrected ECC error"
+    node.backend.inject("clear", 1)
+    back = [e.message for t in (4.0, 5.0) for e in feed(fleet, node, t) if e.kind == "gpu_back"]
+    assert back == ["GPU 1 answers again"]
+    assert ("gpu_lost", 1) not in {(a.kind, a.gpu) for a in fleet.nodes["gpu1"].alerts}
+
+
+@pytest.mark.parametrize(
+    ("count", "said"), [(1, "1 uncorrected ECC error"), (3, "3 uncorrected ECC errors")]
+)
+def test_an_ecc_count_agrees_with_its_noun(count: int, said: str) -> None:
+    assert ecc_message(2, count) == f"GPU 2: {said}"
+    assert ecc_rose_message(2, 1, count) == f"GPU 2: volatile uncorrected ECC errors 1 -> {count}"
