@@ -110,6 +110,10 @@ class NodeView:
     link: LinkState = "connecting"
     link_reason: str = ""
     link_since: float = 0.0
+    #: The node's inventory frame, as its agent (or the Prometheus source) last sent it, with
+    #: the ops state one field of it, kept current by state events (``FleetState.apply``):
+    #: the one place the console holds either, so a source compares what it reads against
+    #: this frame whole, and nothing is kept beside it or stripped from it.
     inventory: Inventory | None = None
     sample: Sample | None = None
     sample_at: float | None = None  # console monotonic time the latest sample arrived
@@ -140,7 +144,7 @@ class NodeView:
 
     @property
     def state(self) -> NodeState | None:
-        """The ops state, from the latest inventory or state event."""
+        """The ops state: the inventory frame's, which the latest state event set."""
         return self.inventory.state if self.inventory else None
 
     @property
@@ -401,4 +405,5 @@ def _known(events: Iterable[Event], event: Event) -> bool:
 
 
 def _with_state(inv: Inventory, state: NodeState) -> Inventory:
+    """The inventory frame with a new ops state: a state event changes that field alone."""
     return msgspec.structs.replace(inv, state=state)

@@ -4,6 +4,9 @@ the numbers the code uses."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from agents.protocol import (
@@ -20,10 +23,12 @@ from agents.protocol import (
 )
 from agents.sampler import derive_findings
 from console.actions import busy_without_processes
-from console.fleet import AlertRules, FleetState
+from console.fleet import AlertRules, FleetState, NodeView
 from console.inventory import parse_inventory
+from console.promsource import PromSource
 from console.rows import fleet_totals, node_row
 from tests.conftest import REPO
+from tests.fakes.prometheus import ANSWERS, Recorded
 from tests.fakes.simnode import Node, QuietHost, feed
 
 FLEET = '[[group]]\nname = "train"\npool = "train"\nnodes = "gpu[1-2]"\n'
@@ -207,3 +212,85 @@ def test_the_agents_events_and_the_consoles_alerts_word_a_fault_alike() -> None:
 def test_an_ecc_count_agrees_with_its_noun(count: int, said: str) -> None:
     assert ecc_message(2, count) == f"GPU 2: {said}"
     assert ecc_rose_message(2, 1, count) == f"GPU 2: volatile uncorrected ECC errors 1 -> {count}"
+
+
+# -- the ops state: one field of the node's one inventory frame --------------------------------
+
+
+def _answer(key: str, series: dict[str, dict[str, str]], value: str = "1") -> dict[str, Any]:
+    """A Prometheus answer to ``key`` with one series per host, its labels as given."""
+    at = ANSWERS["scraped"]["data"]["result"][0]["value"][0]
+    result = [{"metric": {"Hostname": h, **m}, "value": [at, value]} for h, m in series.items()]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+def _scraped_again(client: Recorded, by: float) -> None:
+    """Every host scraped ``by`` seconds after the recording: each has news for a poll."""
+    doc = json.loads(json.dumps(ANSWERS["scraped"]))
+    for s in doc["data"]["result"]:
+        s["value"][1] = repr(float(s["value"][1]) + by)
+    client.changed["scraped"] = doc
+
+
+def ops(view: NodeView) -> str | None:
+    """The node's ops state as the table shows it (None: not known)."""
+    return view.state.state if view.state is not None else None
+
+
+async def test_prometheus_state_news_changes_the_frames_state_field_alone() -> None:
+    """gpu02, drained in the recording, is resumed: the model's inventory frame is the same
+    frame with the new state in it, the change told as the agent tells it (a state event),
+    and the history stays. Then Prometheus says no state at all: the state is not known (it
+    was the last one read, kept as if current, before the state became the frame's field)."""
+    client = Recorded()
+    nodes = parse_inventory('[[group]]\nname = "t"\npool = "t"\nnodes = "gpu02"\n', "t").nodes
+    src = PromSource(nodes, "http://prom.example:9090", client=client, monotonic=lambda: 1000.0)
+    await src.poll()
+    await src.poll()  # the static and slow sets
+    view = src.fleet.nodes["gpu02"]
+    before, history = view.inventory, len(view.history)
+    assert before is not None and ops(view) == "drained"
+
+    _scraped_again(client, 15)
+    client.changed["state"] = _answer("state", {"gpu02": {"state": "schedulable"}})
+    await src.poll()
+    assert ops(view) == "schedulable"
+    assert view.inventory is not None and view.inventory.state == view.state
+    assert (view.inventory.gpus, view.inventory.host) == (before.gpus, before.host)
+    assert [e.message for e in view.events if e.kind == "state"] == ["schedulable"]
+    assert len(view.history) >= history
+
+    _scraped_again(client, 30)
+    client.changed["state"] = _answer("state", {})
+    await src.poll()
+    assert view.state is None and view.inventory is not None
+    assert (view.inventory.gpus, view.inventory.host) == (before.gpus, before.host)
+
+
+async def test_a_state_read_with_a_new_inventory_is_told_too() -> None:
+    """gpu02's agent is upgraded (a new inventory time, a new driver) and resumes the node: the
+    poll that reads the new inventory tells the state change as well (it was taken in with
+    the inventory, and not told, when the source compared inventories stripped of state)."""
+    client = Recorded()
+    nodes = parse_inventory('[[group]]\nname = "t"\npool = "t"\nnodes = "gpu02"\n', "t").nodes
+    src = PromSource(nodes, "http://prom.example:9090", client=client, monotonic=lambda: 1000.0)
+    client.changed["stamp"] = _answer("stamp", {"gpu02": {}}, "100.0")
+    await src.poll()
+    await src.poll()
+    view = src.fleet.nodes["gpu02"]
+    assert view.inventory is not None and view.inventory.driver_version == "580.159.04"
+    assert ops(view) == "drained"
+
+    _scraped_again(client, 15)
+    client.changed["stamp"] = _answer("stamp", {"gpu02": {}}, "200.0")
+    await src.poll()  # the news: the inventory time moved
+    agent = json.loads(json.dumps(ANSWERS["agent"]))
+    for s in agent["data"]["result"]:
+        s["metric"]["driver_version"] = "590.1"
+    client.changed["agent"] = agent
+    client.changed["state"] = _answer("state", {"gpu02": {"state": "schedulable"}})
+    _scraped_again(client, 30)
+    await src.poll()  # the static set again, and the state
+    assert view.inventory is not None and view.inventory.driver_version == "590.1"
+    assert ops(view) == "schedulable"
+    assert [e.message for e in view.events if e.kind == "state"] == ["schedulable"]
