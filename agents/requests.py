@@ -123,9 +123,9 @@ class RequestHandler:
         """``save_state`` persists a new ops state durably (blocking: it runs on a thread);
         ``state_changed`` then tells the rest of the agent (on the event loop), and ``told``
         passes on a line for the operators (a reboot that failed after the reply);
-        ``busy_gpus`` names the GPUs with work still on them (a drain waits for them, a reset
-        refuses them); ``gpus`` lists the GPUs there are. ``restart`` is the allowlist (None:
-        nothing may be restarted)."""
+        ``busy_gpus`` names the GPUs with work still on them (``agents.protocol.at_work``: a
+        drain waits for them, a reset refuses them); ``gpus`` lists the GPUs there are.
+        ``restart`` is the allowlist (None: nothing may be restarted)."""
         self._node = node
         self._audit = audit
         self._get_state = get_state

@@ -20,7 +20,6 @@ import msgspec
 from agents.gpu.base import SLOW_FIELDS, GpuBackend, GpuInventory
 from agents.host import HostSampler
 from agents.protocol import (
-    ALARMING_REASONS,
     Event,
     EventKind,
     GpuReading,
@@ -29,8 +28,15 @@ from agents.protocol import (
     Inventory,
     NodeState,
     Sample,
-    clock_reason_words,
+    ecc_rose_message,
     encode,
+    gpu_back_message,
+    gpu_lost_message,
+    remap_pending_message,
+    slowdown_ended_message,
+    slowdown_message,
+    slowdown_reasons,
+    xid_message,
 )
 
 
@@ -78,42 +84,28 @@ _HEALTHY = GpuReading(index=-1)
 EVENT_HISTORY = 64
 
 
-def _slowed(r: GpuReading) -> frozenset[str]:
-    """The alarming clocks-event reasons set: heat, or a hardware brake; the power cap that a
-    busy GPU always sits at is not one of them (design.md §2)."""
-    return ALARMING_REASONS.intersection(r.clock_reasons or ())
-
-
 def derive_findings(prev: GpuReading | None, cur: GpuReading) -> list[Finding]:
     """What changed between two readings of one GPU that an operator must hear about."""
     before = prev if prev is not None else _HEALTHY
     i = cur.index
     out: list[Finding] = []
     if cur.lost and not before.lost:
-        out.append(Finding("gpu_lost", i, f"GPU {i} is lost (not answering the driver)"))
+        out.append(Finding("gpu_lost", i, gpu_lost_message(i, news=True)))
         return out
     if before.lost and not cur.lost:
-        out.append(Finding("gpu_back", i, f"GPU {i} answers again"))
+        out.append(Finding("gpu_back", i, gpu_back_message(i)))
     if cur.lost:
         return out
     new_ecc, old_ecc = cur.ecc_uncorrected_volatile, before.ecc_uncorrected_volatile
     if prev is not None and new_ecc is not None and old_ecc is not None and new_ecc > old_ecc:
-        out.append(
-            Finding(
-                "ecc",
-                i,
-                f"GPU {i}: volatile uncorrected ECC errors {old_ecc} -> {new_ecc}",
-                count=new_ecc,
-            )
-        )
+        out.append(Finding("ecc", i, ecc_rose_message(i, old_ecc, new_ecc), count=new_ecc))
     if cur.remap_pending and not before.remap_pending:
-        out.append(Finding("remap_pending", i, f"GPU {i}: row remapping pending, needs a reset"))
-    slowed, was = _slowed(cur), _slowed(before)
+        out.append(Finding("remap_pending", i, remap_pending_message(i)))
+    slowed, was = slowdown_reasons(cur), slowdown_reasons(before)
     if slowed and not was:
-        words = clock_reason_words(slowed)
-        out.append(Finding("slowdown", i, f"GPU {i}: clocks slowed down by {words}"))
+        out.append(Finding("slowdown", i, slowdown_message(i, slowed)))
     elif prev is not None and was and not slowed:
-        out.append(Finding("slowdown", i, f"GPU {i}: slowdown ended"))
+        out.append(Finding("slowdown", i, slowdown_ended_message(i)))
     return out
 
 
@@ -242,7 +234,7 @@ class Sampler:
         gpus = self._merge_slow(self.backend.read())
         host = self.host.read()
         xids = [
-            Finding("xid", e.gpu, f"GPU {e.gpu}: XID {e.xid}", xid=e.xid)
+            Finding("xid", e.gpu, xid_message(e.gpu, e.xid), xid=e.xid)
             for e in self.backend.drain_events()
         ]
         return RawTick(gpus, host, xids)

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal, Protocol
 
 import hostlist
 
-from agents.protocol import GpufleetError, Response
+from agents.protocol import GpufleetError, Response, at_work
 from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.link import AgentTooOld, NotDelivered
 
@@ -135,12 +135,13 @@ def affected(fleet: FleetState, nodes: Iterable[str]) -> list[Affected]:
 
 
 def busy_without_processes(fleet: FleetState, nodes: Iterable[str]) -> list[str]:
-    """Nodes with a busy GPU but no process listed: the list above is not the whole story."""
+    """Nodes with work on a GPU but no process listed (``at_work``, as the agent's drain
+    decides it): the list above is not the whole story."""
     out = []
     for name in nodes:
         sample = fleet.nodes[name].sample
         for r in sample.gpus if sample else []:
-            if (r.util_gpu or 0) > 0 and not r.processes:
+            if at_work(r) and not r.processes:
                 out.append(name)
                 break
     return out

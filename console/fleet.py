@@ -20,17 +20,21 @@ from typing import Final, Literal
 import msgspec
 
 from agents.protocol import (
-    ALARMING_REASONS,
     STALE_INTERVALS,
     Event,
     Inventory,
     NodeState,
     Sample,
-    clock_reason_words,
+    ecc_message,
+    gpu_lost_message,
+    remap_pending_message,
+    slowdown_message,
+    slowdown_reasons,
+    xid_message,
 )
 from console.history import History
 from console.inventory import NodeEntry
-from console.words import age, plural
+from console.words import age
 
 LinkState = Literal[
     "connecting",  # only until the first answer: a retry keeps the data, or the node down
@@ -72,6 +76,15 @@ class AlertRules:
     #: History kept per node for sparklines (samples).
     history: int = 300
 
+    def temperature(self, temp: int | None, limit: int | None) -> Severity | None:
+        """The temperature rule, against the GPU's own slowdown threshold (``limit``,
+        ``GpuInfo.temp_slowdown_c``), not a fixed number: cards differ. Critical at the
+        threshold, a warning within ``temp_margin_c`` of it, else None (and None when either
+        is not known). The alert and the node view's hot temperature both ask this."""
+        if temp is None or limit is None or temp < limit - self.temp_margin_c:
+            return None
+        return "critical" if temp >= limit else "warning"
+
 
 @dataclass(frozen=True, slots=True)
 class Alert:
@@ -98,6 +111,10 @@ class NodeView:
     link: LinkState = "connecting"
     link_reason: str = ""
     link_since: float = 0.0
+    #: The node's inventory frame, as its agent (or the Prometheus source) last sent it, with
+    #: the ops state one field of it, kept current by state events (``FleetState.apply``):
+    #: the one place the console holds either, so a source compares what it reads against
+    #: this frame whole, and nothing is kept beside it or stripped from it.
     inventory: Inventory | None = None
     sample: Sample | None = None
     sample_at: float | None = None  # console monotonic time the latest sample arrived
@@ -128,7 +145,7 @@ class NodeView:
 
     @property
     def state(self) -> NodeState | None:
-        """The ops state, from the latest inventory or state event."""
+        """The ops state: the inventory frame's, which the latest state event set."""
         return self.inventory.state if self.inventory else None
 
     @property
@@ -321,39 +338,35 @@ class FleetState:
             yield Alert(name, "stale", "warning", view.link_reason)
         for gpu, (at, xid) in sorted(view.xids_seen.items()):
             if now - at <= self.rules.xid_window_s:
-                yield Alert(name, "xid", "critical", f"GPU {gpu}: XID {xid}", gpu)
+                yield Alert(name, "xid", "critical", xid_message(gpu, xid), gpu)
         if view.sample is None:
             return
         infos = {g.index: g for g in view.inventory.gpus} if view.inventory else {}
         for r in view.sample.gpus:
             i = r.index
             if r.lost:
-                yield Alert(name, "gpu_lost", "critical", f"GPU {i} is lost", i)
+                yield Alert(name, "gpu_lost", "critical", gpu_lost_message(i), i)
                 continue
             info = infos.get(i)
             limit = info.temp_slowdown_c if info else None
             hot = self._temperature(name, i, r.temp_c, limit)
             if hot is not None:
                 yield hot
-            slowed = ALARMING_REASONS.intersection(r.clock_reasons or ())
+            slowed = slowdown_reasons(r)
             if slowed:
-                msg = f"GPU {i}: clocks slowed down by {clock_reason_words(slowed)}"
-                yield Alert(name, "slowdown", "warning", msg, i)
+                yield Alert(name, "slowdown", "warning", slowdown_message(i, slowed), i)
             if r.ecc_uncorrected_volatile:
-                errors = plural(r.ecc_uncorrected_volatile, "uncorrected ECC error")
-                msg = f"GPU {i}: {errors}"
+                msg = ecc_message(i, r.ecc_uncorrected_volatile)
                 yield Alert(name, "ecc", "critical", msg, i)
             if r.remap_pending:
-                msg = f"GPU {i}: row remapping pending, needs a reset"
-                yield Alert(name, "remap_pending", "warning", msg, i)
+                yield Alert(name, "remap_pending", "warning", remap_pending_message(i), i)
 
     def _temperature(
         self, node: str, gpu: int, temp: int | None, limit: int | None
     ) -> Alert | None:
-        """Against the GPU's own slowdown threshold, not a fixed number: cards differ."""
-        if temp is None or limit is None or temp < limit - self.rules.temp_margin_c:
+        severity = self.rules.temperature(temp, limit)
+        if severity is None:
             return None
-        severity: Severity = "critical" if temp >= limit else "warning"
         return Alert(
             node, "temperature", severity, f"GPU {gpu}: {temp} C, slowdown at {limit} C", gpu
         )
@@ -395,4 +408,5 @@ def _known(events: Iterable[Event], event: Event) -> bool:
 
 
 def _with_state(inv: Inventory, state: NodeState) -> Inventory:
+    """The inventory frame with a new ops state: a state event changes that field alone."""
     return msgspec.structs.replace(inv, state=state)

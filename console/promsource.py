@@ -40,7 +40,7 @@ from typing import Final
 
 import msgspec
 
-from agents.protocol import Event, Inventory, NodeState
+from agents.protocol import Event, NodeState
 from console.fleet import FleetState, LinkState
 from console.inventory import NodeEntry
 from console.logs import ContextLog, InternalErrors, get_logger
@@ -96,7 +96,6 @@ class _Seen:
     gap: float | None = None  # between the two latest scrapes seen
     sample_ts: float | None = None
     seq: int = 0
-    static: Inventory | None = None  # the inventory applied, without its ops state
     agent: tuple[str, str, float] | None = None
     xids: set[tuple[int, float]] = field(default_factory=set)
 
@@ -445,14 +444,15 @@ class PromSource:
             seen.agent = (*agent, interval)
             fleet.set_agent(name, agent[0], agent[1], interval)
 
-        static = msgspec.structs.replace(node.inventory, state=None)
-        state = node.inventory.state
+        # The model holds the node's one inventory frame, its ops state a field of it: a new
+        # state is told first, as the agent tells it (an event), and what then still differs
+        # is a new inventory (GPUs, agent). Nothing kept beside it, nothing stripped.
         view = fleet.nodes[name]
-        if static != seen.static:
-            seen.static = static  # new GPUs or agent: the history starts afresh
-            fleet.apply(name, node.inventory, now)
-        elif state is not None and state != view.state:
+        state = node.inventory.state
+        if view.inventory is not None and state is not None and state != view.state:
             fleet.apply(name, _state_event(state, at), now)
+        if node.inventory != view.inventory:
+            fleet.apply(name, node.inventory, now)
 
         sample = node.sample
         if sample is not None and node.sample_ts != seen.sample_ts:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from agents.protocol import computing
 from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.selector import Selector, SelectorError, check_pools, known_pools, parse_selector
 from console.words import age, plural
@@ -23,7 +24,6 @@ Column = Literal[
 COLUMNS: Final[tuple[Column, ...]] = (
     "name", "pool", "state", "link", "gpus", "util", "util_max", "mem", "temp", "power", "alerts"
 )  # fmt: skip
-BUSY_UTIL: Final = 10  # a GPU above this utilization % counts as busy in the totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +44,10 @@ class NodeRow:
     alerts: int
     critical: bool
     live_data: bool  # numbers are from a live stream (not stale, not down)
-    gpus_busy: int = 0  # live GPUs above BUSY_UTIL
-    gpus_idle: int = 0  # live GPUs at or below it
+    #: Live GPUs computing (``agents.protocol.computing``): busy counts load, not whether work
+    #: holds the GPU (a drain's ``at_work``), so the totals say how much of the fleet computes.
+    gpus_busy: int = 0
+    gpus_idle: int = 0  # live GPUs with a utilization reading, not computing
     gpus_lost: int = 0  # live node's GPUs the driver lost
     #: The rest of ``gpus``: on a node not live, or without a utilization reading, so that
     #: busy + idle + lost + unknown is always ``gpus``.
@@ -102,7 +104,7 @@ def node_row(view: NodeView, now: float) -> NodeRow:
         if u is not None:
             n_util += 1
             util_sum += u
-            busy += u > BUSY_UTIL
+            busy += computing(r)
             util_max = u if util_max is None or u > util_max else util_max
         if r.temp_c is not None:
             temp = r.temp_c if temp is None or r.temp_c > temp else temp

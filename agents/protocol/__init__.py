@@ -18,8 +18,9 @@ never 0, never a sentinel string, so a reader can always tell "zero" from "unkno
 
 The package's modules, each one concern: ``errors`` (what is raised, and how a peer's text is
 echoed), ``readings`` (what a node reports), ``frames`` (the frames, versions, encoding),
-``requests`` (the closed set of operations and their arguments) and ``metrics`` (the Prometheus
-exposition). Everything is re-exported here: importers say ``from agents.protocol import X``.
+``requests`` (the closed set of operations and their arguments), ``metrics`` (the Prometheus
+exposition) and ``messages`` (how a GPU's faults are worded, in events and alerts alike).
+Everything is re-exported here: importers say ``from agents.protocol import X``.
 """
 
 from agents.protocol.errors import (
@@ -50,6 +51,16 @@ from agents.protocol.frames import (
     parse_version,
     to_builtins,
 )
+from agents.protocol.messages import (
+    ecc_message,
+    ecc_rose_message,
+    gpu_back_message,
+    gpu_lost_message,
+    remap_pending_message,
+    slowdown_ended_message,
+    slowdown_message,
+    xid_message,
+)
 from agents.protocol.metrics import (
     GPU_LABELS,
     METRIC_SPECS,
@@ -64,8 +75,8 @@ from agents.protocol.metrics import (
 )
 from agents.protocol.readings import (
     ALARMING_REASONS,
-    BUSY_UTIL_PERCENT,
     CLOCK_REASONS,
+    IDLE_UTIL_PERCENT,
     AuditEntry,
     EventKind,
     GpuInfo,
@@ -78,6 +89,8 @@ from agents.protocol.readings import (
     Role,
     at_work,
     clock_reason_words,
+    computing,
+    slowdown_reasons,
 )
 from agents.protocol.requests import (
     MAX_AUDIT_READ,
@@ -99,9 +112,9 @@ from agents.protocol.requests import (
 
 __all__ = [
     "ALARMING_REASONS",
-    "BUSY_UTIL_PERCENT",
     "CLOCK_REASONS",
     "GPU_LABELS",
+    "IDLE_UTIL_PERCENT",
     "MAX_AUDIT_READ",
     "MAX_BAD_FRAMES",
     "MAX_ECHO",
@@ -156,10 +169,20 @@ __all__ = [
     "check_version",
     "clip",
     "clock_reason_words",
+    "computing",
     "decode",
     "decode_args",
+    "ecc_message",
+    "ecc_rose_message",
     "encode",
+    "gpu_back_message",
+    "gpu_lost_message",
     "parse_since",
     "parse_version",
+    "remap_pending_message",
+    "slowdown_ended_message",
+    "slowdown_message",
+    "slowdown_reasons",
     "to_builtins",
+    "xid_message",
 ]

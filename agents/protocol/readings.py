@@ -124,15 +124,34 @@ class GpuReading(msgspec.Struct, kw_only=True, frozen=True):
     processes: list[GpuProcess] | None = None
 
 
-#: A GPU above this utilization counts as still working, process listed or not.
-BUSY_UTIL_PERCENT: Final = 5
+def slowdown_reasons(r: GpuReading) -> frozenset[str]:
+    """The clocks-event reasons set on the reading that are an alarm (``ALARMING_REASONS``):
+    what the agent's ``slowdown`` event, the console's alert and the node view's highlight all
+    go by, so none of them sees a slowdown the others do not."""
+    return ALARMING_REASONS.intersection(r.clock_reasons or ())
+
+
+#: The utilization (percent) an idle GPU may read: at or below it a GPU is not computing. An
+#: idle card reads a few percent now and then (the driver's own work, a monitoring read), so
+#: "above 0" would call it busy; a job computing reads far above (90 to 100 on the H100).
+IDLE_UTIL_PERCENT: Final = 5
+
+
+def computing(r: GpuReading) -> bool:
+    """Whether the GPU is computing now: its utilization above what an idle card reads
+    (``IDLE_UTIL_PERCENT``). This is what "busy" means where GPUs are counted by their load
+    (the fleet's totals: busy or idle). It is not the same as work being on the GPU
+    (``at_work``): a job that holds a GPU but waits (on data, on a peer, on a debugger) is not
+    computing, yet a drain must wait for it."""
+    return not r.lost and (r.util_gpu or 0) > IDLE_UTIL_PERCENT
 
 
 def at_work(r: GpuReading) -> bool:
-    """Whether work is still on the GPU: a process listed, or busy with none listed (work in
-    another PID namespace lists no process). The one rule for a drain waiting for the GPUs and
-    a reset refusing a busy one, on the agent, and for the console checking before it asks."""
-    return not r.lost and bool(r.processes or (r.util_gpu or 0) > BUSY_UTIL_PERCENT)
+    """Whether work is still on the GPU: a process listed, or computing with none listed (work
+    in another PID namespace lists no process, design.md §2). The one rule for a drain waiting
+    for the GPUs and a reset refusing a busy one, on the agent, and for the console checking
+    before it asks or warning that the process list it shows is short."""
+    return not r.lost and (bool(r.processes) or computing(r))
 
 
 class HostReading(msgspec.Struct, kw_only=True, frozen=True):

@@ -18,11 +18,11 @@ from textual.screen import Screen
 from textual.widgets import Header
 
 from agents.protocol import (
-    ALARMING_REASONS,
     MIB,
     AuditEntry,
     GpufleetError,
     clock_reason_words,
+    slowdown_reasons,
 )
 from console.actions import VERBS
 from console.fleet import DOWN_STATES
@@ -219,11 +219,8 @@ class NodeScreen(Screen[None]):
             power_hi = info.power_limit_mw / 1000 if info and info.power_limit_mw else None
             temp_hi = float(info.temp_shutdown_c) if info and info.temp_shutdown_c else None
             reasons = clock_reason_words(r.clock_reasons or []) or "none"
-            hot = (
-                info is not None
-                and info.temp_slowdown_c is not None
-                and (r.temp_c or 0) >= (info.temp_slowdown_c - app.fleet.rules.temp_margin_c)
-            )
+            limit = info.temp_slowdown_c if info else None
+            hot = app.fleet.rules.temperature(r.temp_c, limit) is not None
             remap = (
                 na(r.remapped_uncorrectable)
                 + (" pending" if r.remap_pending else "")
@@ -243,7 +240,7 @@ class NodeScreen(Screen[None]):
                     (f"{na(r.sm_clock_mhz)}/{na(r.mem_clock_mhz)}", ""),
                     (na(r.ecc_uncorrected_volatile), bad if r.ecc_uncorrected_volatile else ""),
                     (remap, bad if r.remap_pending or r.remap_failure else ""),
-                    (reasons, bad if ALARMING_REASONS & set(r.clock_reasons or ()) else ""),
+                    (reasons, bad if slowdown_reasons(r) else ""),
                 ]
             )
         if sample is None:  # never answered: no table of nothing
