@@ -17,6 +17,7 @@ from agents.protocol import (
     Response,
     Sample,
     clock_reason_words,
+    computing,
 )
 
 NA = "n/a"
@@ -111,7 +112,7 @@ def sample_report(inv: Inventory, sample: Sample) -> str:
 def frame_line(frame: Frame) -> str:
     """One line per frame for ``watch``: enough to see the stream is alive and what it says."""
     if isinstance(frame, Sample):
-        busy = sum(1 for g in frame.gpus if (g.util_gpu or 0) >= 50)
+        busy = sum(1 for g in frame.gpus if computing(g))
         lost = sum(1 for g in frame.gpus if g.lost)
         power = sum(g.power_mw or 0 for g in frame.gpus) / 1000
         hottest = max((g.temp_c for g in frame.gpus if g.temp_c is not None), default=None)

@@ -50,6 +50,7 @@ from agents.protocol import (
     NodeState,
     OpsState,
     Sample,
+    xid_message,
 )
 from agents.protocol.metrics import METRICS, FieldRef, FieldStruct
 from console.prometheus import Vector
@@ -358,7 +359,7 @@ def node_from(index: FleetIndex, name: str) -> PromNode | None:
         if xid and when is not None:
             xids.append(
                 Event(seq=0, ts=when, kind="xid", gpu=key, xid=xid,
-                      message=f"GPU {key}: XID {xid}", replay=True)
+                      message=xid_message(key, xid), replay=True)
             )  # fmt: skip
         if lost.get(key):
             gpu_readings.append(GpuReading(index=key, lost=True))

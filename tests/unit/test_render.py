@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.protocol import (
+    IDLE_UTIL_PERCENT,
     Event,
     GpuInfo,
     GpuProcess,
@@ -223,11 +224,16 @@ def test_frame_line_sample_with_lost_and_unknown_temps() -> None:
         seq=4,
         ts=1.0,
         host=host(),
-        gpus=[GpuReading(index=0, lost=True), GpuReading(index=1, util_gpu=90, power_mw=None)],
+        gpus=[
+            GpuReading(index=0, lost=True),
+            GpuReading(index=1, util_gpu=90, power_mw=None),
+            GpuReading(index=2, util_gpu=20),  # computing: busy, as the screen's totals say
+            GpuReading(index=3, util_gpu=IDLE_UTIL_PERCENT),  # idle, as everywhere else
+        ],
     )
     line = frame_line(sample)
     assert "LOST 1" in line
-    assert "busy 1/2" in line
+    assert "busy 2/4" in line
     assert f"hottest {NA}" in line
     assert f"cpu {NA}" in line
 
