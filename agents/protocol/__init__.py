@@ -18,8 +18,9 @@ never 0, never a sentinel string, so a reader can always tell "zero" from "unkno
 
 The package's modules, each one concern: ``errors`` (what is raised, and how a peer's text is
 echoed), ``readings`` (what a node reports), ``frames`` (the frames, versions, encoding),
-``requests`` (the closed set of operations and their arguments) and ``metrics`` (the Prometheus
-exposition). Everything is re-exported here: importers say ``from agents.protocol import X``.
+``handshake`` (each side's hello, accepting the peer's, refusing it), ``requests`` (the closed
+set of operations and their arguments) and ``metrics`` (the Prometheus exposition). Everything
+is re-exported here: importers say ``from agents.protocol import X``.
 """
 
 from agents.protocol.errors import (
@@ -35,6 +36,7 @@ from agents.protocol.frames import (
     PROTOCOL_MINOR,
     PROTOCOL_VERSION,
     UNKNOWN_KIND,
+    VERSION_MISMATCH,
     Error,
     Event,
     Frame,
@@ -49,6 +51,15 @@ from agents.protocol.frames import (
     encode,
     parse_version,
     to_builtins,
+)
+from agents.protocol.handshake import (
+    NO_HELLO,
+    Greeting,
+    Side,
+    fatal_error,
+    is_mismatch,
+    our_hello,
+    read_hello,
 )
 from agents.protocol.metrics import (
     GPU_LABELS,
@@ -112,6 +123,7 @@ __all__ = [
     "METRIC_SPECS",
     "MIB",
     "NODE_LABELS",
+    "NO_HELLO",
     "POOL_NAME",
     "PROTOCOL_MAJOR",
     "PROTOCOL_MINOR",
@@ -119,6 +131,7 @@ __all__ = [
     "REQUEST_SPECS",
     "STALE_INTERVALS",
     "UNKNOWN_KIND",
+    "VERSION_MISMATCH",
     "AuditArgs",
     "AuditEntry",
     "DrainArgs",
@@ -131,6 +144,7 @@ __all__ = [
     "GpuProcess",
     "GpuReading",
     "GpufleetError",
+    "Greeting",
     "Hello",
     "HostInfo",
     "HostReading",
@@ -150,6 +164,7 @@ __all__ = [
     "ResumeArgs",
     "Role",
     "Sample",
+    "Side",
     "SimInjectArgs",
     "WhoAmI",
     "at_work",
@@ -159,7 +174,11 @@ __all__ = [
     "decode",
     "decode_args",
     "encode",
+    "fatal_error",
+    "is_mismatch",
+    "our_hello",
     "parse_since",
     "parse_version",
+    "read_hello",
     "to_builtins",
 ]
