@@ -36,6 +36,7 @@ from asyncssh.config import SSHClientConfig, SSHConfig
 
 from agents.protocol import (
     PROTOCOL_MINOR,
+    REQUEST_SPECS,
     UNKNOWN_KIND,
     Error,
     Event,
@@ -119,22 +120,11 @@ class AgentTooOld(GpufleetError):
     answer "unknown request"); the message says which versions and what to do."""
 
 
-#: The protocol minor (of this major) in which each request first appeared. Sent to an agent
-#: that speaks an older minor, it would come back as "unknown request" (and, from an operator,
-#: land in the node's audit log as refused): the console says instead that the agent is too
-#: old. A new request goes here with the minor that brings it (a test holds every request in
-#: ``REQUEST_SPECS`` to having an entry).
-REQUEST_SINCE: Final[dict[str, int]] = {
-    "ping": 0,
-    "whoami": 0,
-    "state": 0,
-    "sim_inject": 0,
-    "audit": 2,
-    "drain": 3,
-    "resume": 3,
-    "reassign": 3,
-    "restart": 4,
-}
+#: The protocol minor (of this major) in which each request first appeared, as the protocol
+#: declares it (``RequestSpec.since``). Sent to an agent that speaks an older minor, it would
+#: come back as "unknown request" (and, from an operator, land in the node's audit log as
+#: refused): the console says instead that the agent is too old.
+REQUEST_SINCE: Final[dict[str, int]] = {op: spec.since for op, spec in REQUEST_SPECS.items()}
 
 
 def knows(protocol: tuple[int, int] | None, op: str) -> bool:

@@ -19,9 +19,9 @@ from agents.protocol.readings import (
 )
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 4  # 1.1 Event.replay; 1.2 audit; 1.3 drain, resume, reassign;
-#                            1.4 restart, Inventory.scheduler and restart_targets,
-#                            NodeState.resume_after_boot
+PROTOCOL_MINOR: Final = 4  # 1.1 Event.replay; 1.4 Inventory.scheduler and restart_targets,
+#                            NodeState.resume_after_boot; the requests each minor brought:
+#                            ``RequestSpec.since`` (requests.py)
 PROTOCOL_VERSION: Final = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 #: Largest frame either side accepts, newline included. A sample of 8 GPUs with a few

@@ -143,22 +143,26 @@ class RestartArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError(f"target {clip(self.target, 60)!r} is not a restart target name")
 
 
-class RequestSpec(msgspec.Struct, frozen=True):
+class RequestSpec(msgspec.Struct, frozen=True, kw_only=True):
     args: type[msgspec.Struct]
     role: Role  # the least role allowed to make it
     audited: bool  # whether it changes anything and so goes to the audit log
+    #: The protocol minor (of this major) that brought it. An agent of an older minor would
+    #: answer "unknown request" (and, to an operator, audit it as refused): a client that
+    #: knows the agent's version says instead that the agent is too old, and sends nothing.
+    since: int
 
 
 REQUEST_SPECS: Final[dict[str, RequestSpec]] = {
-    "ping": RequestSpec(NoArgs, "viewer", audited=False),
-    "whoami": RequestSpec(NoArgs, "viewer", audited=False),
-    "state": RequestSpec(NoArgs, "viewer", audited=False),
-    "sim_inject": RequestSpec(SimInjectArgs, "operator", audited=True),
-    "audit": RequestSpec(AuditArgs, "viewer", audited=False),
-    "drain": RequestSpec(DrainArgs, "operator", audited=True),
-    "resume": RequestSpec(ResumeArgs, "operator", audited=True),
-    "reassign": RequestSpec(ReassignArgs, "operator", audited=True),
-    "restart": RequestSpec(RestartArgs, "operator", audited=True),
+    "ping": RequestSpec(args=NoArgs, role="viewer", audited=False, since=0),
+    "whoami": RequestSpec(args=NoArgs, role="viewer", audited=False, since=0),
+    "state": RequestSpec(args=NoArgs, role="viewer", audited=False, since=0),
+    "sim_inject": RequestSpec(args=SimInjectArgs, role="operator", audited=True, since=0),
+    "audit": RequestSpec(args=AuditArgs, role="viewer", audited=False, since=2),
+    "drain": RequestSpec(args=DrainArgs, role="operator", audited=True, since=3),
+    "resume": RequestSpec(args=ResumeArgs, role="operator", audited=True, since=3),
+    "reassign": RequestSpec(args=ReassignArgs, role="operator", audited=True, since=3),
+    "restart": RequestSpec(args=RestartArgs, role="operator", audited=True, since=4),
 }
 
 
