@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -29,18 +28,24 @@ from agents.protocol import (
     REQUEST_SPECS,
     AuditArgs,
     AuditEntry,
+    AuditResult,
     DrainArgs,
     GpufleetError,
     NodeState,
     OpsState,
+    PingResult,
     ProtocolError,
     ReassignArgs,
+    RefusalCode,
     Request,
     Response,
     RestartArgs,
+    RestartResult,
     ResumeArgs,
     Role,
+    Said,
     SimInjectArgs,
+    StateChange,
     WhoAmI,
     clip,
     decode_args,
@@ -73,15 +78,25 @@ MAX_AUDITED_ARGS = 4096
 class RequestRefused(GpufleetError):
     """The op ran into a rule (wrong node kind, bad target); ``code`` for scripts."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: RefusalCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
 def _changed(message: str, change: Change) -> Outcome:
     before, after = change.before, change.after
-    result = {"message": message, "before": to_builtins(before), "after": to_builtins(after)}
+    result = StateChange(message=message, before=before, after=after)
     return Outcome(result, message=message, before=before, after=after)
+
+
+def _rebooting(message: str, change: Change, then: list[str] | None = None) -> Outcome:
+    before, after = change.before, change.after
+    result = RestartResult(message=message, before=before, after=after)
+    return Outcome(result, message=message, before=before, after=after, then=then)
+
+
+def _said(message: str) -> Outcome:
+    return Outcome(Said(message=message), message=message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +107,7 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    result: dict[str, Any]
+    result: msgspec.Struct  # the op's ``RequestSpec.result``
     message: str | None = None
     before: NodeState | None = None
     after: NodeState | None = None
@@ -169,7 +184,8 @@ class RequestHandler:
         try:
             args = decode_args(request)
         except ProtocolError as exc:
-            return await self._refuse(caller, request, exc.code, exc.message, audit=spec.audited)
+            # The op is known (above), so its arguments are what did not fit.
+            return await self._refuse(caller, request, "bad_args", exc.message, audit=spec.audited)
         # A change and its audit entry under one lock: the log's order is the order of events.
         async with self._acting if spec.audited else contextlib.nullcontext():
             try:
@@ -191,7 +207,8 @@ class RequestHandler:
                     )
         if outcome.then is not None:
             self._run_later(outcome.then)
-        return Response(id=request.id, ok=True, result=outcome.result)
+        assert isinstance(outcome.result, spec.result), f"{request.op} answered {outcome.result!r}"
+        return Response(id=request.id, ok=True, result=to_builtins(outcome.result))
 
     def _run_later(self, argv: list[str]) -> None:
         """Run a command that ends this agent or the node once its reply (and the audit
@@ -214,7 +231,7 @@ class RequestHandler:
         self,
         caller: Caller,
         request: Request,
-        code: str,
+        code: RefusalCode,
         message: str,
         *,
         audit: bool = True,
@@ -259,7 +276,7 @@ class RequestHandler:
         log.info("audit: %s %s %s: %s", caller.peer, entry.op, entry.result, message or "")
 
     async def _ping(self, caller: Caller, args: Any) -> Outcome:
-        return Outcome({"node": self._node, "ts": self._clock()})
+        return Outcome(PingResult(node=self._node, ts=self._clock()))
 
     async def _whoami(self, caller: Caller, args: Any) -> Outcome:
         who = WhoAmI(
@@ -268,10 +285,10 @@ class RequestHandler:
             groups=list(caller.peer.groups),
             role=caller.role,
         )
-        return Outcome(to_builtins(who))
+        return Outcome(who)
 
     async def _state(self, caller: Caller, args: Any) -> Outcome:
-        return Outcome(to_builtins(self._node_state.state))
+        return Outcome(self._node_state.state)
 
     async def _audit_tail(self, caller: Caller, args: AuditArgs) -> Outcome:
         """The newest entries, oldest first. Reads the log through (off the event loop): it
@@ -280,7 +297,7 @@ class RequestHandler:
         def tail() -> list[AuditEntry]:
             return list(deque(self._audit.entries(args.since), maxlen=args.limit))
 
-        return Outcome({"entries": to_builtins(await asyncio.to_thread(tail))})
+        return Outcome(AuditResult(entries=await asyncio.to_thread(tail)))
 
     # -- the operations ----------------------------------------------------------------------
     # On a bare node (scheduler "none") the agent's saved state is the node's state. Under a
@@ -394,7 +411,7 @@ class RequestHandler:
         if args.target == AGENT:
             message = f"restarting the agent ({r.agent_unit})"
             then = unit_argv(r.systemctl, r.agent_unit)
-            return Outcome({"message": message}, message=message, then=then)
+            return Outcome(RestartResult(message=message), message=message, then=then)
         if args.target == NODE:
             return await self._reboot(caller, args, r)
         index = gpu_index(args.target)
@@ -408,10 +425,10 @@ class RequestHandler:
             else:
                 await run_argv(gpu_reset_argv(r.nvidia_smi, index), limit=r.timeout)
                 message = f"gpu{index} reset"
-            return Outcome({"message": message}, message=message)
+            return Outcome(RestartResult(message=message), message=message)
         await run_argv(unit_argv(r.systemctl, args.target), limit=r.timeout)
         message = f"{args.target} restarted"
-        return Outcome({"message": message, "state": to_builtins(state)}, message=message)
+        return Outcome(RestartResult(message=message, state=state), message=message)
 
     async def _reboot(self, caller: Caller, args: RestartArgs, r: RestartSection) -> Outcome:
         """Slurm reboots a node itself once its jobs end (and resumes it); elsewhere the node
@@ -424,7 +441,7 @@ class RequestHandler:
                 view=view, reason=args.reason, who=caller.peer.user
             )
             message = f"reboot requested: {self._scheduler.kind} reboots the node when idle"
-            return _changed(message, change)
+            return _rebooting(message, change)
         if before.state != "drained":
             raise RequestRefused(
                 "not_drained", f"a node restart needs the node drained first (it is {before.state})"
@@ -434,8 +451,7 @@ class RequestHandler:
             raise RequestRefused("not_supported", "no boot id here: the reboot could not be told")
         change = await self._node_state.restart_begin(boot)
         message = "rebooting; back in service when the agent starts on the new boot"
-        outcome = _changed(message, change)
-        return dataclasses.replace(outcome, then=reboot_argv(r.systemctl))
+        return _rebooting(message, change, then=reboot_argv(r.systemctl))
 
     async def resume_after_reboot(self) -> None:
         """At start: a node restarted through us is put back in service once it is up on a new
@@ -462,4 +478,4 @@ class RequestHandler:
             message = self._inject(args.fault, args.gpu)
         except ValueError as exc:
             raise RequestRefused("bad_args", str(exc)) from None
-        return Outcome({"message": message}, message=message)
+        return _said(message)

@@ -492,7 +492,7 @@ class AgentServer:
         try:
             data = encode(response)
         except ProtocolError as exc:  # a result too large to send: say so instead
-            data = encode(Response(id=request.id, ok=False, code=exc.code, error=exc.message))
+            data = encode(Response(id=request.id, ok=False, code="too_large", error=exc.message))
         client.outbox.put(data)
         self._check(client)
         if response.code in ("forbidden", "unknown_op"):
