@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from agents import __version__
 from agents.protocol import (
-    PROTOCOL_VERSION,
     Error,
     Frame,
     FrameSplitter,
@@ -25,9 +24,10 @@ from agents.protocol import (
     ProtocolError,
     Request,
     Response,
-    check_version,
     decode,
     encode,
+    our_hello,
+    read_hello,
 )
 
 
@@ -82,18 +82,9 @@ class AgentClient:
         self._lines: deque[bytes | None] = deque()
         self._ids = itertools.count(1)
         try:
-            first = self.recv()
-            if not isinstance(first, Hello):
-                raise ProtocolError("handshake", f"agent sent {type(first).__name__} first")
-            check_version(first)
-            self.hello: Hello = first
-            hello = Hello(
-                proto=PROTOCOL_VERSION,
-                software=f"gpufleet-agent-client {__version__}",
-                peer=peer,
-                history=history,
-                stream=stream,
-            )
+            self.hello: Hello = read_hello(self.recv(), "the agent").hello
+            software = f"gpufleet-agent-client {__version__}"
+            hello = our_hello(peer, software, history=history, stream=stream)
             try:
                 self.send(hello)
             except ConnectionClosed:

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agents.protocol import GpufleetError, clip
+from agents.protocol import GpufleetError, RefusalCode, clip
 
 log = logging.getLogger("gpufleet.agent")
 
@@ -27,7 +27,7 @@ class CommandFailed(GpufleetError):
     """The tool could not be run, ran past its deadline, or exited non-zero. ``code`` says
     which, for scripts; the message carries the tool's own words."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: RefusalCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 

@@ -26,6 +26,7 @@ from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
 from agents.kube import KubeScheduler
 from agents.metrics import MetricsCollector
+from agents.opsstate import StateNotSaved, StateOwner
 from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample, at_work
 from agents.requests import RequestHandler
 from agents.sampler import Sampler, inventory_frame
@@ -122,9 +123,10 @@ class Agent:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise StoreError(f"cannot create the state directory {state_dir}: {reason}") from None
-        self.store = StateStore(state_dir)
-        self.state: NodeState = self.store.load()
-        self._hold_work(self.state)
+        self.store = StateStore(state_dir)  # written only through ``ops``
+        self.ops = StateOwner(self.store, node=self.node, clock=clock)
+        self.ops.listen(self._state_changed)
+        self._hold_work(self.ops.state)
         self.audit = AuditLog(state_dir)
         self.sampler = Sampler(backend, HostSampler(), history_len=config.history_len, clock=clock)
         self._host: HostInfo = host_info()
@@ -133,11 +135,9 @@ class Agent:
         self.handler = RequestHandler(
             node=self.node,
             audit=self.audit,
-            get_state=lambda: self.state,
+            ops=self.ops,
             inject=inject if callable(inject) else None,
             clock=clock,
-            save_state=self.store.save,
-            state_changed=self._state_changed,
             told=self._tell,
             busy_gpus=self._busy_gpus,
             gpus=lambda: [g.index for g in self.backend.inventory().gpus],
@@ -161,7 +161,7 @@ class Agent:
                 node=self.node,
                 latest=lambda: self.sampler.latest,
                 gpus=self.backend.inventory,
-                state=lambda: self.state,
+                state=lambda: self.ops.state,
                 interval=a.interval,
                 scheduler=self.scheduler.kind,
                 restart_targets=self.handler.restart_targets(),
@@ -174,8 +174,11 @@ class Agent:
         self._slow_thread = threading.Thread(target=self._slow_loop, name="slow", daemon=True)
         self.serving = asyncio.Event()  # set once the socket is bound and READY was sent
         self._syncs: set[asyncio.Future[None]] = set()
-        #: The drain deadline whose passing was already told (said once, not every tick).
-        self._overdue_told: float | None = None
+
+    @property
+    def state(self) -> NodeState:
+        """The node's ops state now (``ops`` holds it and makes every change to it)."""
+        return self.ops.state
 
     def inventory(self) -> Inventory:
         frame = inventory_frame(self.node, self.backend.inventory(), self._host, self.state)
@@ -280,8 +283,8 @@ class Agent:
             hold(state.state != "schedulable")
 
     def _state_changed(self, state: NodeState) -> None:
-        """A new ops state (already saved): kept, and told to every client as an event."""
-        self.state = state
+        """A new ops state (already saved): told to the simulator and, as an event, to every
+        client."""
         self._hold_work(state)
         said = f"{state.state}" + (f": {state.reason}" if state.reason else "")
         self._emit(self.sampler.event("state", said, state=state))
@@ -291,27 +294,23 @@ class Agent:
         nothing runs there (an operator reboots or resets on that word). A drain's deadline
         passing with work still running is said once, to every console, and the node stays
         DRAINING: ``drain --wait --timeout`` reports it as a timeout."""
-        s = self.state
-        if s.state != "draining":
+        if self.ops.state.state != "draining":
             return
         busy = self._busy_gpus()
         if busy:
-            overdue = s.deadline is not None and self._clock() >= s.deadline
-            if overdue and self._overdue_told != s.deadline:
-                self._overdue_told = s.deadline
+            if self.ops.deadline_passed():
                 gpus = ", ".join(f"gpu{i}" for i in sorted(busy))
                 self._tell(
                     f"drain timeout passed with work still running on {gpus}: still draining"
                 )
             return
-        after = msgspec.structs.replace(s, state="drained", deadline=None)
         try:
-            await asyncio.to_thread(self.store.save, after)
-        except StoreError as exc:
+            change = await self.ops.work_gone()
+        except StateNotSaved as exc:
             log.error("drain: cannot save the drained state: %s", exc)
             return
-        log.warning("drained (GPUs idle)")
-        self._state_changed(after)
+        if change.changed:
+            log.warning("drained (GPUs idle)")
 
     def _emit(self, event: Event) -> None:
         log.warning("event: %s", event.message)

@@ -21,7 +21,7 @@ from agents.client import AgentClient, ConnectionClosed
 from agents.config import AgentConfig, AgentSection, SimSection
 from agents.daemon import Agent
 from agents.gpu.sim import SimBackend
-from agents.protocol import GpufleetError, Inventory
+from agents.protocol import GpufleetError, Inventory, Said, result_as
 from agents.render import frame_line
 
 FAULTS = ("overheat", "xid79", "ecc", "lost", "busy", "clear")
@@ -86,7 +86,7 @@ def _print_stream(path: str, fault_every: float, seed: int, done: threading.Even
                     next_fault += fault_every
                     fault, gpu = rng.choice(FAULTS), rng.randrange(gpus)
                     reply = injector.request("sim_inject", fault=fault, gpu=gpu)
-                    said = (reply.result or {}).get("message") if reply.ok else reply.error
+                    said = result_as(reply, Said).message if reply.ok else reply.error
                     click.echo(f"demo     injected {fault} on GPU {gpu}: {said}")
     except ConnectionClosed:
         pass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -24,22 +23,29 @@ import msgspec
 from agents.commands import CommandFailed, run_argv
 from agents.config import RestartSection
 from agents.identity import Peer
+from agents.opsstate import Change, StateNotSaved, StateOwner
 from agents.protocol import (
     REQUEST_SPECS,
     AuditArgs,
     AuditEntry,
+    AuditResult,
     DrainArgs,
     GpufleetError,
     NodeState,
     OpsState,
+    PingResult,
     ProtocolError,
     ReassignArgs,
+    RefusalCode,
     Request,
     Response,
     RestartArgs,
+    RestartResult,
     ResumeArgs,
     Role,
+    Said,
     SimInjectArgs,
+    StateChange,
     WhoAmI,
     clip,
     decode_args,
@@ -54,7 +60,7 @@ from agents.restart import (
     reboot_argv,
     unit_argv,
 )
-from agents.scheduler import NoScheduler, Scheduler, SchedView, follow
+from agents.scheduler import NoScheduler, Scheduler, SchedView
 from agents.store import AuditLog, StoreError
 
 log = logging.getLogger("gpufleet.agent")
@@ -72,14 +78,25 @@ MAX_AUDITED_ARGS = 4096
 class RequestRefused(GpufleetError):
     """The op ran into a rule (wrong node kind, bad target); ``code`` for scripts."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: RefusalCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
-def _changed(message: str, before: NodeState, after: NodeState) -> Outcome:
-    result = {"message": message, "before": to_builtins(before), "after": to_builtins(after)}
+def _changed(message: str, change: Change) -> Outcome:
+    before, after = change.before, change.after
+    result = StateChange(message=message, before=before, after=after)
     return Outcome(result, message=message, before=before, after=after)
+
+
+def _rebooting(message: str, change: Change, then: list[str] | None = None) -> Outcome:
+    before, after = change.before, change.after
+    result = RestartResult(message=message, before=before, after=after)
+    return Outcome(result, message=message, before=before, after=after, then=then)
+
+
+def _said(message: str) -> Outcome:
+    return Outcome(Said(message=message), message=message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +107,7 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    result: dict[str, Any]
+    result: msgspec.Struct  # the op's ``RequestSpec.result``
     message: str | None = None
     before: NodeState | None = None
     after: NodeState | None = None
@@ -107,11 +124,9 @@ class RequestHandler:
         *,
         node: str,
         audit: AuditLog,
-        get_state: Callable[[], NodeState],
+        ops: StateOwner,
         inject: Callable[[str, int], str] | None,
         clock: Callable[[], float] = time.time,
-        save_state: Callable[[NodeState], None] | None = None,
-        state_changed: Callable[[NodeState], None] | None = None,
         told: Callable[[str], None] = lambda message: None,
         busy_gpus: Callable[[], frozenset[int]] = frozenset,
         gpus: Callable[[], list[int]] = list,
@@ -120,19 +135,17 @@ class RequestHandler:
         restart: RestartSection | None = None,
         boot_id: Callable[[], str | None] = lambda: None,
     ) -> None:
-        """``save_state`` persists a new ops state durably (blocking: it runs on a thread);
-        ``state_changed`` then tells the rest of the agent (on the event loop), and ``told``
-        passes on a line for the operators (a reboot that failed after the reply);
-        ``busy_gpus`` names the GPUs with work still on them (``agents.protocol.at_work``: a
-        drain waits for them, a reset refuses them); ``gpus`` lists the GPUs there are.
-        ``restart`` is the allowlist (None: nothing may be restarted)."""
+        """``ops`` holds the node's ops state and makes every change to it (saved, then
+        announced to the rest of the agent); ``told`` passes on a line for the operators (a
+        reboot that failed after the reply); ``busy_gpus`` names the GPUs with work still on
+        them (``agents.protocol.at_work``: a drain waits for them, a reset refuses them);
+        ``gpus`` lists the GPUs there are. ``restart`` is the allowlist (None: nothing may be
+        restarted)."""
         self._node = node
         self._audit = audit
-        self._get_state = get_state
+        self._node_state = ops
         self._inject = inject
         self._clock = clock
-        self._save_state = save_state
-        self._state_changed = state_changed
         self._told = told
         self._busy_gpus = busy_gpus
         self._gpus = gpus
@@ -171,12 +184,13 @@ class RequestHandler:
         try:
             args = decode_args(request)
         except ProtocolError as exc:
-            return await self._refuse(caller, request, exc.code, exc.message, audit=spec.audited)
+            # The op is known (above), so its arguments are what did not fit.
+            return await self._refuse(caller, request, "bad_args", exc.message, audit=spec.audited)
         # A change and its audit entry under one lock: the log's order is the order of events.
         async with self._acting if spec.audited else contextlib.nullcontext():
             try:
                 outcome = await self._ops[request.op](caller, args)
-            except RequestRefused as exc:
+            except (RequestRefused, StateNotSaved) as exc:
                 return await self._refuse(caller, request, exc.code, str(exc), audit=spec.audited)
             except CommandFailed as exc:  # the scheduler's or the tool's own words
                 return await self._refuse(caller, request, exc.code, str(exc), result="failed")
@@ -193,7 +207,8 @@ class RequestHandler:
                     )
         if outcome.then is not None:
             self._run_later(outcome.then)
-        return Response(id=request.id, ok=True, result=outcome.result)
+        assert isinstance(outcome.result, spec.result), f"{request.op} answered {outcome.result!r}"
+        return Response(id=request.id, ok=True, result=to_builtins(outcome.result))
 
     def _run_later(self, argv: list[str]) -> None:
         """Run a command that ends this agent or the node once its reply (and the audit
@@ -216,7 +231,7 @@ class RequestHandler:
         self,
         caller: Caller,
         request: Request,
-        code: str,
+        code: RefusalCode,
         message: str,
         *,
         audit: bool = True,
@@ -261,7 +276,7 @@ class RequestHandler:
         log.info("audit: %s %s %s: %s", caller.peer, entry.op, entry.result, message or "")
 
     async def _ping(self, caller: Caller, args: Any) -> Outcome:
-        return Outcome({"node": self._node, "ts": self._clock()})
+        return Outcome(PingResult(node=self._node, ts=self._clock()))
 
     async def _whoami(self, caller: Caller, args: Any) -> Outcome:
         who = WhoAmI(
@@ -270,10 +285,10 @@ class RequestHandler:
             groups=list(caller.peer.groups),
             role=caller.role,
         )
-        return Outcome(to_builtins(who))
+        return Outcome(who)
 
     async def _state(self, caller: Caller, args: Any) -> Outcome:
-        return Outcome(to_builtins(self._get_state()))
+        return Outcome(self._node_state.state)
 
     async def _audit_tail(self, caller: Caller, args: AuditArgs) -> Outcome:
         """The newest entries, oldest first. Reads the log through (off the event loop): it
@@ -282,7 +297,7 @@ class RequestHandler:
         def tail() -> list[AuditEntry]:
             return list(deque(self._audit.entries(args.since), maxlen=args.limit))
 
-        return Outcome({"entries": to_builtins(await asyncio.to_thread(tail))})
+        return Outcome(AuditResult(entries=await asyncio.to_thread(tail)))
 
     # -- the operations ----------------------------------------------------------------------
     # On a bare node (scheduler "none") the agent's saved state is the node's state. Under a
@@ -291,31 +306,30 @@ class RequestHandler:
 
     async def sync(self) -> None:
         """Bring the saved state in line with the scheduler's view (the agent's poll): Slurm's
-        DRAINING turning DRAINED, or an admin's own scontrol. A failed read is logged only."""
+        DRAINING turning DRAINED, or an admin's own scontrol. A failed read or save is logged
+        only: the next poll tries again."""
         async with self._acting:
             try:
                 await self._current(strict=True)
             except CommandFailed as exc:
                 log.warning("%s: cannot read the node's state: %s", self._scheduler.kind, exc)
+            except StateNotSaved as exc:
+                log.error("%s: cannot follow the node's state: %s", self._scheduler.kind, exc)
 
     async def _current(self, *, strict: bool = False) -> NodeState:
         """The state to act from: the scheduler's view where there is one. If it cannot be
         read, the saved state, unless ``strict``: the scheduler's own command comes next and
         will refuse in its own words (a node Slurm does not know, a controller down)."""
-        saved = self._get_state()
         try:
             view = await self._scheduler.view()
         except CommandFailed as exc:
             if strict:
                 raise
             log.warning("acting on the saved state: %s", exc)
-            return saved
+            return self._node_state.state
         if view is None:
-            return saved
-        now = follow(saved, view, self._clock(), self._scheduler.kind)
-        if now != saved:
-            await self._persist(now)
-        return now
+            return self._node_state.state
+        return (await self._node_state.follow(view, self._scheduler.kind)).after
 
     async def _view_after(self, state: OpsState, pool: str | None = None) -> SchedView | None:
         """The scheduler's view just after a change it accepted; if that read fails, the
@@ -325,62 +339,33 @@ class RequestHandler:
             return await self._scheduler.view()
         except CommandFailed as exc:
             log.warning("cannot read the state back after the change: %s", exc)
-            return SchedView(state=state, pool=pool or self._get_state().pool, reason=None)
-
-    async def _persist(self, after: NodeState) -> None:
-        """Save (fsync'd, off the loop), then announce."""
-        if self._save_state is None or self._state_changed is None:
-            raise RequestRefused("not_supported", f"{self._node} cannot change its state here")
-        try:
-            await asyncio.to_thread(self._save_state, after)
-        except StoreError as exc:
-            raise RequestRefused("state_failed", f"state not changed: {exc}") from None
-        self._state_changed(after)
-
-    async def _change(self, before: NodeState, after: NodeState, message: str) -> Outcome:
-        await self._persist(after)
-        return _changed(message, before, after)
+            return SchedView(state=state, pool=pool or self._node_state.state.pool, reason=None)
 
     async def _drain(self, caller: Caller, args: DrainArgs) -> Outcome:
         before = await self._current()
         if before.state != "schedulable":  # idempotent: the first drain's reason stands
-            return _changed(f"already {before.state}", before, before)
+            return _changed(f"already {before.state}", Change(before, before))
         busy = bool(self._busy_gpus())
         await self._scheduler.drain(args.reason, args.timeout)
         view = await self._view_after("draining")
-        now = self._clock()
-        state: OpsState = view.state if view else "draining" if busy else "drained"
-        bare = view is None
-        after = NodeState(
-            state=state,
-            pool=view.pool if view else before.pool,
-            reason=args.reason,
-            who=caller.peer.user,
-            since=now,
-            deadline=now + args.timeout
-            if bare and state == "draining" and args.timeout is not None
-            else None,
+        change = await self._node_state.drain(
+            view=view, reason=args.reason, who=caller.peer.user, within=args.timeout, busy=busy
         )
-        if state == "drained":
+        bare = view is None
+        if change.after.state == "drained":
             said = "drained: GPUs idle" if bare else f"drained ({self._scheduler.kind})"
         else:
             said = f"draining: waiting for the {'GPU work' if bare else 'jobs'} to end"
-        return await self._change(before, after, said)
+        return _changed(said, change)
 
     async def _resume(self, caller: Caller, args: ResumeArgs) -> Outcome:
         before = await self._current()
         if before.state == "schedulable":
-            return _changed("already schedulable", before, before)
+            return _changed("already schedulable", Change(before, before))
         await self._scheduler.resume(args.reason)
         view = await self._view_after("schedulable")
-        after = NodeState(
-            state=view.state if view else "schedulable",
-            pool=view.pool if view else before.pool,
-            reason=args.reason or None,
-            who=caller.peer.user,
-            since=self._clock(),
-        )
-        return await self._change(before, after, after.state)
+        change = await self._node_state.resume(view=view, reason=args.reason, who=caller.peer.user)
+        return _changed(change.after.state, change)
 
     async def _reassign(self, caller: Caller, args: ReassignArgs) -> Outcome:
         if self._pools and args.pool not in self._pools:
@@ -388,16 +373,14 @@ class RequestHandler:
             raise RequestRefused("unknown_pool", f"no pool {args.pool} here (pools: {allowed})")
         before = await self._current()
         if before.pool == args.pool:
-            return _changed(f"already in pool {args.pool}", before, before)
+            return _changed(f"already in pool {args.pool}", Change(before, before))
         await self._scheduler.move(before.pool, args.pool, args.reason)
         view = await self._view_after(before.state, args.pool)
-        # The ops state's reason, who and since stay: they say why it is out of service. The
-        # move itself is in the audit log, with its own reason.
-        after = msgspec.structs.replace(before, pool=view.pool if view else args.pool)
+        change = await self._node_state.reassign(view.pool if view else args.pool)
         # A node with no pool of its own was in its console's inventory pool, which the agent
         # does not know: it says so rather than "none" (the console names that pool).
-        was = before.pool or "(not set on the node: the inventory's)"
-        return await self._change(before, after, f"pool {was} -> {args.pool}")
+        was = change.before.pool or "(not set on the node: the inventory's)"
+        return _changed(f"pool {was} -> {args.pool}", change)
 
     def restart_targets(self) -> list[str]:
         """The allowlist. A simulated node offers its GPUs' resets only (and a reboot where
@@ -424,11 +407,11 @@ class RequestHandler:
                 "unknown_target",
                 f"{args.target} is not a restart target on {self._node} (allowed: {listed})",
             )
-        state = self._get_state()
+        state = self._node_state.state
         if args.target == AGENT:
             message = f"restarting the agent ({r.agent_unit})"
             then = unit_argv(r.systemctl, r.agent_unit)
-            return Outcome({"message": message}, message=message, then=then)
+            return Outcome(RestartResult(message=message), message=message, then=then)
         if args.target == NODE:
             return await self._reboot(caller, args, r)
         index = gpu_index(args.target)
@@ -442,10 +425,10 @@ class RequestHandler:
             else:
                 await run_argv(gpu_reset_argv(r.nvidia_smi, index), limit=r.timeout)
                 message = f"gpu{index} reset"
-            return Outcome({"message": message}, message=message)
+            return Outcome(RestartResult(message=message), message=message)
         await run_argv(unit_argv(r.systemctl, args.target), limit=r.timeout)
         message = f"{args.target} restarted"
-        return Outcome({"message": message, "state": to_builtins(state)}, message=message)
+        return Outcome(RestartResult(message=message, state=state), message=message)
 
     async def _reboot(self, caller: Caller, args: RestartArgs, r: RestartSection) -> Outcome:
         """Slurm reboots a node itself once its jobs end (and resumes it); elsewhere the node
@@ -454,18 +437,11 @@ class RequestHandler:
         if self._scheduler.reboots:
             await self._scheduler.reboot(args.reason)
             view = await self._view_after("draining")
-            after = before
-            if view is not None and (view.state, view.pool) != (before.state, before.pool):
-                after = NodeState(
-                    state=view.state,
-                    pool=view.pool,
-                    reason=args.reason,
-                    who=caller.peer.user,
-                    since=self._clock(),
-                )
-                await self._persist(after)
+            change = await self._node_state.reboot_asked(
+                view=view, reason=args.reason, who=caller.peer.user
+            )
             message = f"reboot requested: {self._scheduler.kind} reboots the node when idle"
-            return _changed(message, before, after)
+            return _rebooting(message, change)
         if before.state != "drained":
             raise RequestRefused(
                 "not_drained", f"a node restart needs the node drained first (it is {before.state})"
@@ -473,27 +449,23 @@ class RequestHandler:
         boot = self._boot_id()
         if boot is None:
             raise RequestRefused("not_supported", "no boot id here: the reboot could not be told")
-        after = msgspec.structs.replace(before, resume_after_boot=boot)
-        await self._persist(after)
+        change = await self._node_state.restart_begin(boot)
         message = "rebooting; back in service when the agent starts on the new boot"
-        outcome = _changed(message, before, after)
-        return dataclasses.replace(outcome, then=reboot_argv(r.systemctl))
+        return _rebooting(message, change, then=reboot_argv(r.systemctl))
 
     async def resume_after_reboot(self) -> None:
         """At start: a node restarted through us is put back in service once it is up on a new
         boot, audited as the agent's own act (the operator's request is in the log above)."""
-        before = self._get_state()
-        boot = self._boot_id()
-        if before.resume_after_boot is None or boot is None or before.resume_after_boot == boot:
+        if not self._node_state.boot_resume_due(self._boot_id()):
             return
-        reason = f"back after the reboot asked by {before.who or 'unknown'}"
+        reason = f"back after the reboot asked by {self._node_state.state.who or 'unknown'}"
         request = Request(id=0, op="resume", args={"reason": reason})
         me = Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), user=AGENT_USER, groups=())
         caller = Caller(me, "operator")
         async with self._acting:
             try:
                 outcome = await self._resume(caller, ResumeArgs(reason=reason))
-            except (CommandFailed, RequestRefused) as exc:
+            except (CommandFailed, RequestRefused, StateNotSaved) as exc:
                 log.error("resume after the reboot: %s", exc)
                 self._told(f"not resumed after the reboot: {exc}")
                 return
@@ -506,4 +478,4 @@ class RequestHandler:
             message = self._inject(args.fault, args.gpu)
         except ValueError as exc:
             raise RequestRefused("bad_args", str(exc)) from None
-        return Outcome({"message": message}, message=message)
+        return _said(message)

@@ -31,7 +31,7 @@ from agents.identity import Peer, peer_of, role_of
 from agents.outbox import Outbox
 from agents.protocol import (
     MAX_BAD_FRAMES,
-    PROTOCOL_VERSION,
+    NO_HELLO,
     Error,
     Event,
     Frame,
@@ -43,9 +43,12 @@ from agents.protocol import (
     Request,
     Response,
     Sample,
-    check_version,
     decode,
     encode,
+    fatal_error,
+    is_mismatch,
+    our_hello,
+    read_hello,
 )
 from agents.requests import Caller, RequestHandler
 
@@ -53,10 +56,6 @@ log = logging.getLogger("gpufleet.agent")
 
 CLOSE_GRACE = 5.0  # seconds a closing client has to read its last frame
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between summaries of refused connections, per user
-
-
-def _fatal(code: str, message: str) -> Error:
-    return Error(code=code, message=message, fatal=True)
 
 
 #: Frames that may be suspended rather than finished or running: never cleared here, since
@@ -307,7 +306,7 @@ class AgentServer:
         if self._server is not None:
             self._server.close()
         for client in list(self._clients):
-            self._disconnect(client, _fatal("shutdown", "agent stopping"))
+            self._disconnect(client, fatal_error("shutdown", "agent stopping"))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_GRACE + 1)
         for task in self._tasks:
@@ -338,7 +337,7 @@ class AgentServer:
     def _check(self, client: ClientConn) -> None:
         if client.outbox.overflowed and not client.closing:
             log.warning("%s too far behind (%s): disconnecting", client, client.outbox.overflowed)
-            self._disconnect(client, _fatal("too_slow", client.outbox.overflowed))
+            self._disconnect(client, fatal_error("too_slow", client.outbox.overflowed))
 
     # -- one connection ----------------------------------------------------------------------
 
@@ -368,23 +367,16 @@ class AgentServer:
         sock: socket.socket = writer.get_extra_info("socket")
         # Off the loop: with LDAP or sssd behind it, a user lookup can take a while.
         peer = await asyncio.to_thread(peer_of, sock)
+        software = f"gpufleet-agent {__version__}"
         writer.write(
-            encode(
-                Hello(
-                    proto=PROTOCOL_VERSION,
-                    software=f"gpufleet-agent {__version__}",
-                    peer="agent",
-                    node=self._node,
-                    interval_s=self._interval,
-                )
-            )
+            encode(our_hello("agent", software, node=self._node, interval_s=self._interval))
         )
         refusal = self._admit(peer)
         if refusal is None:
             await self._session(peer, reader, writer)
             return
         self._refused(peer, refusal)
-        writer.write(encode(_fatal("busy", refusal)))
+        writer.write(encode(fatal_error("busy", refusal)))
         # Half-close and read what the client sends (its hello) before closing: closing with
         # its bytes unread would reset the connection, and the client would lose the reason
         # we just gave it.
@@ -428,7 +420,9 @@ class AgentServer:
             pass
         except Exception:  # a bug of ours: say so to the client and the log, keep serving
             log.exception("%s: internal error", client)
-            self._disconnect(client, _fatal("internal", "internal error in the agent; see its log"))
+            self._disconnect(
+                client, fatal_error("internal", "internal error in the agent; see its log")
+            )
         finally:
             self._disconnect(client, None)
             # A read that failed re-raised the transport's error here: its traceback now
@@ -452,8 +446,10 @@ class AgentServer:
                 async with asyncio.timeout_at(limit):
                     data = await client.reader.read(65536)
             except TimeoutError:
-                why = "no hello" if not client.greeted else f"idle for {c.idle_timeout:g} s"
-                self._disconnect(client, _fatal("handshake" if not client.greeted else "idle", why))
+                if client.greeted:
+                    self._disconnect(client, fatal_error("idle", f"idle for {c.idle_timeout:g} s"))
+                else:
+                    self._disconnect(client, fatal_error(NO_HELLO, "no hello"))
                 return
             if not data:
                 return
@@ -472,7 +468,7 @@ class AgentServer:
         except ProtocolError as exc:
             client.bad_frames += 1
             if client.bad_frames >= MAX_BAD_FRAMES or not client.greeted:
-                self._disconnect(client, _fatal(exc.code, exc.message))
+                self._disconnect(client, fatal_error(exc.code, exc.message))
             else:
                 client.outbox.put(encode(Error(code=exc.code, message=exc.message)))
             return
@@ -496,29 +492,26 @@ class AgentServer:
         try:
             data = encode(response)
         except ProtocolError as exc:  # a result too large to send: say so instead
-            data = encode(Response(id=request.id, ok=False, code=exc.code, error=exc.message))
+            data = encode(Response(id=request.id, ok=False, code="too_large", error=exc.message))
         client.outbox.put(data)
         self._check(client)
         if response.code in ("forbidden", "unknown_op"):
             client.refusals += 1
             limit = self._config.clients.max_refusals
             if client.refusals >= limit:
-                self._disconnect(client, _fatal("forbidden", f"{limit} requests refused"))
+                self._disconnect(client, fatal_error("forbidden", f"{limit} requests refused"))
         await asyncio.sleep(0)
 
     def _on_hello(self, client: ClientConn, frame: Frame) -> None:
-        if not isinstance(frame, Hello):
-            kind = type(frame).__name__.lower()
-            self._disconnect(client, _fatal("handshake", f"expected hello first, got {kind}"))
-            return
         try:
-            check_version(frame)
+            greeting = read_hello(frame, "the client")
         except ProtocolError as exc:
-            log.warning("%s: %s", client, exc.message)
-            self._disconnect(client, _fatal("version", exc.message))
+            if is_mismatch(exc.code):
+                log.warning("%s: %s", client, exc.message)
+            self._disconnect(client, fatal_error(exc.code, exc.message))
             return
         client.greeted = True
-        self._start_stream(client, frame)
+        self._start_stream(client, greeting.hello)
 
     def _start_stream(self, client: ClientConn, hello: Hello) -> None:
         """Start the client's writer. Runs without awaiting, so the inventory and history

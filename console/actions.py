@@ -15,7 +15,15 @@ from typing import Any, Final, Literal, Protocol
 
 import hostlist
 
-from agents.protocol import GpufleetError, Response, at_work
+from agents.protocol import (
+    GpufleetError,
+    NodeState,
+    ProtocolError,
+    Response,
+    Said,
+    at_work,
+    result_as,
+)
 from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.link import AgentTooOld, NotDelivered
 
@@ -212,16 +220,19 @@ class NodeResult:
 
 def _result(node: str, response: Response) -> NodeResult:
     if response.ok:
-        said = (response.result or {}).get("message")
-        return NodeResult(node, "ok", str(said) if said else "done")
+        try:
+            said = result_as(response, Said).message
+        except ProtocolError:  # it was done; only its words are unreadable
+            said = ""
+        return NodeResult(node, "ok", said or "done")
     return NodeResult(node, "refused", f"{response.code}: {response.error}")
 
 
-def _said_state(state: dict[str, Any]) -> str:
-    out = str(state.get("state"))
-    if state.get("state") != "schedulable" and state.get("reason"):
-        out += f" ({state['reason']!r} by {state.get('who') or '?'})"
-    return out + (f", pool {state['pool']}" if state.get("pool") else "")
+def _said_state(state: NodeState) -> str:
+    out: str = state.state
+    if state.state != "schedulable" and state.reason:
+        out += f" ({state.reason!r} by {state.who or '?'})"
+    return out + (f", pool {state.pool}" if state.pool else "")
 
 
 async def reread(requester: Requester, node: str, lost: str, within: float) -> NodeResult:
@@ -240,7 +251,10 @@ async def reread(requester: Requester, node: str, lost: str, within: float) -> N
             await asyncio.sleep(0.2)  # the link is down: wait for it to come back
             continue
         if answer.ok and answer.result:
-            now = _said_state(answer.result)
+            try:
+                now = _said_state(result_as(answer, NodeState))
+            except ProtocolError as exc:
+                return NodeResult(node, "unknown", f"{lost}; reading its state: {exc}")
             return NodeResult(node, "unknown", f"{lost}; the node is now {now}")
         return NodeResult(node, "unknown", f"{lost}; reading its state: {answer.error}")
 

@@ -36,23 +36,23 @@ from asyncssh.config import ConfigParseError, SSHClientConfig, SSHConfig
 
 from agents.protocol import (
     PROTOCOL_MINOR,
-    PROTOCOL_VERSION,
+    REQUEST_SPECS,
     UNKNOWN_KIND,
     Error,
     Event,
     FrameSplitter,
     GpufleetError,
-    Hello,
     Inventory,
     ProtocolError,
     Request,
     Response,
     Sample,
-    check_version,
     clip,
     decode,
     encode,
-    parse_version,
+    is_mismatch,
+    our_hello,
+    read_hello,
 )
 from console import __version__
 from console.fleet import FleetState, LinkState
@@ -121,22 +121,11 @@ class AgentTooOld(GpufleetError):
     answer "unknown request"); the message says which versions and what to do."""
 
 
-#: The protocol minor (of this major) in which each request first appeared. Sent to an agent
-#: that speaks an older minor, it would come back as "unknown request" (and, from an operator,
-#: land in the node's audit log as refused): the console says instead that the agent is too
-#: old. A new request goes here with the minor that brings it (a test holds every request in
-#: ``REQUEST_SPECS`` to having an entry).
-REQUEST_SINCE: Final[dict[str, int]] = {
-    "ping": 0,
-    "whoami": 0,
-    "state": 0,
-    "sim_inject": 0,
-    "audit": 2,
-    "drain": 3,
-    "resume": 3,
-    "reassign": 3,
-    "restart": 4,
-}
+#: The protocol minor (of this major) in which each request first appeared, as the protocol
+#: declares it (``RequestSpec.since``). Sent to an agent that speaks an older minor, it would
+#: come back as "unknown request" (and, from an operator, land in the node's audit log as
+#: refused): the console says instead that the agent is too old.
+REQUEST_SINCE: Final[dict[str, int]] = {op: spec.since for op, spec in REQUEST_SPECS.items()}
 
 
 def knows(protocol: tuple[int, int] | None, op: str) -> bool:
@@ -818,23 +807,18 @@ class NodeLink:
                 first = await frames.next()
         except TimeoutError:
             raise LinkFailure("agent_down", f"the agent said nothing in {wait:g} s") from None
-        if not isinstance(first, Hello):
-            raise LinkFailure("agent_down", f"the agent sent {type(first).__name__} first")
-        check_version(first)
-        self.agent_proto = parse_version(first.proto)
+        # Not a hello: agent_down; another major: protocol_mismatch (``classify``).
+        greeting = read_hello(first, "the agent")
+        self.agent_proto = greeting.version
         self._skipped_newer = False  # logged once a session
-        self.fleet.set_agent(name, first.software, first.proto, first.interval_s)
-        hello = Hello(
-            proto=PROTOCOL_VERSION,
-            software=f"gpufleet {__version__}",
-            peer="console",
-            history=self.options.history,
-        )
-        writer.write(encode(hello))
+        agent = greeting.hello
+        self.fleet.set_agent(name, agent.software, agent.proto, agent.interval_s)
+        software = f"gpufleet {__version__}"
+        writer.write(encode(our_hello("console", software, history=self.options.history)))
         self.sessions += 1
         self._writer = writer
         why = "the session ended"
-        pace = _Pace(first.interval_s)
+        pace = _Pace(agent.interval_s)
         try:
             try:  # a stalled agent greets and then says nothing: that is down, not slow
                 async with asyncio.timeout(wait):
@@ -856,7 +840,7 @@ class NodeLink:
                     # The agent refusing our version is a mismatch (one side to
                     # upgrade), not an agent that is down.
                     state: LinkState = (
-                        "protocol_mismatch" if frame.code == "version" else "agent_down"
+                        "protocol_mismatch" if is_mismatch(frame.code) else "agent_down"
                     )
                     raise AgentRefused(state, f"agent: {frame.message}")
                 frame = await self._next_known(frames)

@@ -23,18 +23,19 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import hostlist
-import msgspec
 
 from agents.protocol import (
     MAX_AUDIT_READ,
     REQUEST_SPECS,
     AuditEntry,
+    AuditResult,
     GpufleetError,
     ProtocolError,
     Request,
     Response,
     at_work,
     decode_args,
+    result_as,
 )
 from console.actions import (
     NodeResult,
@@ -457,8 +458,12 @@ async def fleet_audit(
             if not answer.ok:
                 missing.append(f"{node}: {answer.code}: {answer.error}")
                 return
-            for raw in (answer.result or {}).get("entries", []):
-                got.append((node, msgspec.convert(raw, AuditEntry)))
+            try:
+                entries = result_as(answer, AuditResult).entries
+            except ProtocolError as exc:
+                missing.append(f"{node}: {exc}")
+                return
+            got.extend((node, entry) for entry in entries)
 
         await asyncio.gather(*(one(n) for n in chosen))
     got.sort(key=lambda pair: pair[1].ts)

@@ -18,9 +18,10 @@ never 0, never a sentinel string, so a reader can always tell "zero" from "unkno
 
 The package's modules, each one concern: ``errors`` (what is raised, and how a peer's text is
 echoed), ``readings`` (what a node reports), ``frames`` (the frames, versions, encoding),
-``requests`` (the closed set of operations and their arguments), ``metrics`` (the Prometheus
-exposition) and ``messages`` (how a GPU's faults are worded, in events and alerts alike).
-Everything is re-exported here: importers say ``from agents.protocol import X``.
+``handshake`` (each side's hello, accepting the peer's, refusing it), ``requests`` (the closed
+set of operations and their arguments), ``metrics`` (the Prometheus exposition) and
+``messages`` (how a GPU's faults are worded, in events and alerts alike). Everything is
+re-exported here: importers say ``from agents.protocol import X``.
 """
 
 from agents.protocol.errors import (
@@ -36,6 +37,7 @@ from agents.protocol.frames import (
     PROTOCOL_MINOR,
     PROTOCOL_VERSION,
     UNKNOWN_KIND,
+    VERSION_MISMATCH,
     Error,
     Event,
     Frame,
@@ -50,6 +52,15 @@ from agents.protocol.frames import (
     encode,
     parse_version,
     to_builtins,
+)
+from agents.protocol.handshake import (
+    NO_HELLO,
+    Greeting,
+    Side,
+    fatal_error,
+    is_mismatch,
+    our_hello,
+    read_hello,
 )
 from agents.protocol.messages import (
     ecc_message,
@@ -98,16 +109,23 @@ from agents.protocol.requests import (
     POOL_NAME,
     REQUEST_SPECS,
     AuditArgs,
+    AuditResult,
     DrainArgs,
     NoArgs,
+    PingResult,
     ReassignArgs,
+    RefusalCode,
     RequestSpec,
     RestartArgs,
+    RestartResult,
     ResumeArgs,
+    Said,
     SimInjectArgs,
+    StateChange,
     WhoAmI,
     decode_args,
     parse_since,
+    result_as,
 )
 
 __all__ = [
@@ -125,6 +143,7 @@ __all__ = [
     "METRIC_SPECS",
     "MIB",
     "NODE_LABELS",
+    "NO_HELLO",
     "POOL_NAME",
     "PROTOCOL_MAJOR",
     "PROTOCOL_MINOR",
@@ -132,8 +151,10 @@ __all__ = [
     "REQUEST_SPECS",
     "STALE_INTERVALS",
     "UNKNOWN_KIND",
+    "VERSION_MISMATCH",
     "AuditArgs",
     "AuditEntry",
+    "AuditResult",
     "DrainArgs",
     "Error",
     "Event",
@@ -144,6 +165,7 @@ __all__ = [
     "GpuProcess",
     "GpuReading",
     "GpufleetError",
+    "Greeting",
     "Hello",
     "HostInfo",
     "HostReading",
@@ -154,16 +176,22 @@ __all__ = [
     "NoArgs",
     "NodeState",
     "OpsState",
+    "PingResult",
     "ProtocolError",
     "ReassignArgs",
+    "RefusalCode",
     "Request",
     "RequestSpec",
     "Response",
     "RestartArgs",
+    "RestartResult",
     "ResumeArgs",
     "Role",
+    "Said",
     "Sample",
+    "Side",
     "SimInjectArgs",
+    "StateChange",
     "WhoAmI",
     "at_work",
     "check_version",
@@ -175,11 +203,16 @@ __all__ = [
     "ecc_message",
     "ecc_rose_message",
     "encode",
+    "fatal_error",
     "gpu_back_message",
     "gpu_lost_message",
+    "is_mismatch",
+    "our_hello",
     "parse_since",
     "parse_version",
+    "read_hello",
     "remap_pending_message",
+    "result_as",
     "slowdown_ended_message",
     "slowdown_message",
     "slowdown_reasons",

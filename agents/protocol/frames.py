@@ -19,9 +19,9 @@ from agents.protocol.readings import (
 )
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 4  # 1.1 Event.replay; 1.2 audit; 1.3 drain, resume, reassign;
-#                            1.4 restart, Inventory.scheduler and restart_targets,
-#                            NodeState.resume_after_boot
+PROTOCOL_MINOR: Final = 4  # 1.1 Event.replay; 1.4 Inventory.scheduler and restart_targets,
+#                            NodeState.resume_after_boot; the requests each minor brought:
+#                            ``RequestSpec.since`` (requests.py)
 PROTOCOL_VERSION: Final = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 #: Largest frame either side accepts, newline included. A sample of 8 GPUs with a few
@@ -159,11 +159,15 @@ def decode(line: bytes) -> Frame:
 
 _VERSION_RE: Final = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})")
 
+#: ``ProtocolError.code`` (and a refusal's ``Error.code``) of a version this side cannot
+#: speak: a mismatch, one side to upgrade (see ``handshake``).
+VERSION_MISMATCH: Final = "version"
+
 
 def parse_version(proto: str) -> tuple[int, int]:
     m = _VERSION_RE.fullmatch(proto)
     if m is None:
-        raise ProtocolError("version", f"unreadable protocol version {clip(proto)!r}")
+        raise ProtocolError(VERSION_MISMATCH, f"unreadable protocol version {clip(proto)!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -172,7 +176,7 @@ def check_version(hello: Hello) -> None:
     major, _ = parse_version(hello.proto)
     if major != PROTOCOL_MAJOR:
         raise ProtocolError(
-            "version",
+            VERSION_MISMATCH,
             f"protocol {hello.proto} from {clip(hello.software)!r} is not compatible with "
             f"{PROTOCOL_VERSION}: upgrade the older side",
         )

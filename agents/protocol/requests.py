@@ -4,14 +4,14 @@ who may ask each, and the checks every argument passes before an agent acts on i
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 from unicodedata import category as _category
 
 import msgspec
 
 from agents.protocol.errors import ProtocolError, clip
-from agents.protocol.frames import Request
-from agents.protocol.readings import Role
+from agents.protocol.frames import Request, Response
+from agents.protocol.readings import AuditEntry, NodeState, Role
 
 
 class NoArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -143,23 +143,15 @@ class RestartArgs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError(f"target {clip(self.target, 60)!r} is not a restart target name")
 
 
-class RequestSpec(msgspec.Struct, frozen=True):
-    args: type[msgspec.Struct]
-    role: Role  # the least role allowed to make it
-    audited: bool  # whether it changes anything and so goes to the audit log
+# -- results ----------------------------------------------------------------------------------
+# What each op answers with, in ``Response.result``. Encoded as JSON objects as before these
+# had types; a reader ignores fields it does not know (a newer minor's), and ``omit_defaults``
+# leaves out the fields an answer does not use.
 
 
-REQUEST_SPECS: Final[dict[str, RequestSpec]] = {
-    "ping": RequestSpec(NoArgs, "viewer", audited=False),
-    "whoami": RequestSpec(NoArgs, "viewer", audited=False),
-    "state": RequestSpec(NoArgs, "viewer", audited=False),
-    "sim_inject": RequestSpec(SimInjectArgs, "operator", audited=True),
-    "audit": RequestSpec(AuditArgs, "viewer", audited=False),
-    "drain": RequestSpec(DrainArgs, "operator", audited=True),
-    "resume": RequestSpec(ResumeArgs, "operator", audited=True),
-    "reassign": RequestSpec(ReassignArgs, "operator", audited=True),
-    "restart": RequestSpec(RestartArgs, "operator", audited=True),
-}
+class PingResult(msgspec.Struct, frozen=True):
+    node: str
+    ts: float  # unix time at the agent
 
 
 class WhoAmI(msgspec.Struct, frozen=True):
@@ -167,6 +159,108 @@ class WhoAmI(msgspec.Struct, frozen=True):
     user: str
     groups: list[str]
     role: Role
+
+
+class AuditResult(msgspec.Struct, frozen=True):
+    entries: list[AuditEntry]  # oldest first
+
+
+class Said(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the agent did, in a line for a person (every acting op says one)."""
+
+    message: str
+
+
+class StateChange(Said, frozen=True, kw_only=True, omit_defaults=True):
+    """An op on the node's ops state: the state before and after (the same when there was
+    nothing to do: draining a drained node)."""
+
+    before: NodeState
+    after: NodeState
+
+
+class RestartResult(Said, frozen=True, kw_only=True, omit_defaults=True):
+    """A restart: of the node, with its ops state before and after (a reboot changes it); of
+    a unit, with the ops state it was done in; of a GPU or the agent, the message alone."""
+
+    before: NodeState | None = None
+    after: NodeState | None = None
+    state: NodeState | None = None
+
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+
+def result_as(response: Response, kind: type[R]) -> R:
+    """An ``ok`` response's result read as ``kind`` (the op's result, or a part of it such as
+    ``Said``); ProtocolError("invalid") when it does not fit, as a frame that does not."""
+    try:
+        return msgspec.convert(response.result or {}, kind)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(
+            "invalid", f"invalid {kind.__name__} result: {clip(str(exc))}"
+        ) from None
+
+
+#: Why the agent refused a request or could not do it (``Response.code``): a closed set, so a
+#: script can act on every code there is. The wire keeps ``Response.code`` a string, so that a
+#: code a newer agent adds reaches an older console as a refusal, never as a frame it cannot
+#: read (and a request it never hears back from).
+RefusalCode = Literal[
+    # the request itself
+    "unknown_op",  # no such op
+    "forbidden",  # the caller's role may not make it
+    "bad_args",  # its arguments do not fit the op
+    "too_large",  # its answer would exceed the frame limit
+    # the op's rules
+    "not_supported",  # not on this node (no scheduler reboots, no boot id, no state)
+    "not_simulated",  # sim_inject on real GPUs
+    "not_drained",  # a node restart before the node is drained
+    "unknown_pool",  # a pool this node (or its scheduler) does not have
+    "unknown_target",  # not on the node's restart allowlist
+    "gpu_busy",  # a GPU reset while the GPU has work
+    "unknown_node",  # the scheduler does not know this node
+    # what went wrong doing it
+    "state_failed",  # the ops state could not be saved: nothing changed
+    "audit_failed",  # done, but the audit log could not record it
+    "command_failed",  # the scheduler's or the tool's command failed (its words follow)
+    "not_found",  # the tool is not there
+    "timeout",  # the tool did not answer in time
+]
+
+
+class RequestSpec(msgspec.Struct, frozen=True, kw_only=True):
+    args: type[msgspec.Struct]
+    result: type[msgspec.Struct]  # what an ``ok`` answer's result reads as
+    role: Role  # the least role allowed to make it
+    audited: bool  # whether it changes anything and so goes to the audit log
+    #: The protocol minor (of this major) that brought it. An agent of an older minor would
+    #: answer "unknown request" (and, to an operator, audit it as refused): a client that
+    #: knows the agent's version says instead that the agent is too old, and sends nothing.
+    since: int
+
+
+REQUEST_SPECS: Final[dict[str, RequestSpec]] = {
+    "ping": RequestSpec(args=NoArgs, result=PingResult, role="viewer", audited=False, since=0),
+    "whoami": RequestSpec(args=NoArgs, result=WhoAmI, role="viewer", audited=False, since=0),
+    "state": RequestSpec(args=NoArgs, result=NodeState, role="viewer", audited=False, since=0),
+    "sim_inject": RequestSpec(
+        args=SimInjectArgs, result=Said, role="operator", audited=True, since=0
+    ),
+    "audit": RequestSpec(args=AuditArgs, result=AuditResult, role="viewer", audited=False, since=2),
+    "drain": RequestSpec(
+        args=DrainArgs, result=StateChange, role="operator", audited=True, since=3
+    ),
+    "resume": RequestSpec(
+        args=ResumeArgs, result=StateChange, role="operator", audited=True, since=3
+    ),
+    "reassign": RequestSpec(
+        args=ReassignArgs, result=StateChange, role="operator", audited=True, since=3
+    ),
+    "restart": RequestSpec(
+        args=RestartArgs, result=RestartResult, role="operator", audited=True, since=4
+    ),
+}
 
 
 def decode_args(request: Request) -> msgspec.Struct:

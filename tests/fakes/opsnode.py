@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.identity import Peer
+from agents.opsstate import StateOwner
 from agents.protocol import NodeState, Request
 from agents.requests import Caller, RequestHandler
 from agents.store import AuditLog, StateStore
@@ -24,26 +25,28 @@ class Node:
     def __init__(self, root: Path, busy: bool = False, gpus: int = 2, **extra: Any) -> None:
         self.store = StateStore(root)
         self.audit = AuditLog(root)
-        self.state = self.store.load()
+        self.ops = StateOwner(self.store, node="n1", clock=lambda: NOW)
+        self.ops.listen(self._changed)
         self.announced: list[NodeState] = []
         self.told: list[str] = []
         self.busy: set[int] = {0} if busy else set()
         self.handler = RequestHandler(
             node="n1",
             audit=self.audit,
-            get_state=lambda: self.state,
+            ops=self.ops,
             inject=extra.pop("inject", None),
             clock=lambda: NOW,
-            save_state=self.store.save,
-            state_changed=self._changed,
             told=self.told.append,
             busy_gpus=lambda: frozenset(self.busy),
             gpus=lambda: list(range(gpus)),
             **extra,
         )
 
+    @property
+    def state(self) -> NodeState:
+        return self.ops.state
+
     def _changed(self, state: NodeState) -> None:
-        self.state = state
         self.announced.append(state)
 
     async def ask(self, op: str, caller: Caller = OLGA, **args: Any) -> Any:

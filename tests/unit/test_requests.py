@@ -11,6 +11,7 @@ import pytest
 
 from agents.config import RolesSection
 from agents.identity import Peer, role_of
+from agents.opsstate import StateOwner
 from agents.protocol import AuditEntry, NodeState, Request, Response
 from agents.requests import Caller, RequestHandler
 from agents.store import AuditLog
@@ -37,7 +38,7 @@ def handler(state_dir: Path, inject: FakeInject | None) -> tuple[RequestHandler,
     h = RequestHandler(
         node="n1",
         audit=audit,
-        get_state=lambda: NodeState(state="draining", reason="r"),
+        ops=StateOwner(None, node="n1", state=NodeState(state="draining", reason="r")),
         inject=inject,
         clock=lambda: NOW,
     )
