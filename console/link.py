@@ -289,7 +289,7 @@ def classify(
             f"no agent at {entry.socket} ({exc.reason}): is gpufleet-agent running there?",
         )
     if isinstance(exc, ProtocolError):
-        state: LinkState = "protocol_mismatch" if exc.code == "version" else "agent_down"
+        state: LinkState = "protocol_mismatch" if is_mismatch(exc.code) else "agent_down"
         return LinkFailure(state, exc.message)
     if isinstance(exc, asyncssh.DisconnectError):
         reason = clip(exc.reason)
