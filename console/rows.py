@@ -1,7 +1,8 @@
 """What the fleet table shows for each node, and the fleet's totals, from the model alone.
 
-Headless, so the screen, its tests and its benchmark share one definition of every number: a
-row is computed from a ``NodeView`` and the console's clock, and knows how to sort. Values not
+Headless, so the screen, ``gpufleet status`` (table and JSON), the tests and the benchmark
+share one definition of every number: a row is a node's summary (``NodeSummary``), computed
+from a ``NodeView`` and the console's clock, and knows how to sort. Values not
 known are ``None`` and are shown as ``n/a`` (never 0). A node that is not live shows no GPU
 numbers as current: stale ones carry their age, down ones show nothing but the reason.
 """
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from console.fleet import DOWN_STATES, FleetState, NodeView
+from agents.protocol import GpuInfo, GpuReading, NodeState, Sample
+from console.fleet import DOWN_STATES, Alert, FleetState, LinkState, NodeView, PoolSource
 from console.selector import Selector, SelectorError, check_pools, known_pools, parse_selector
 from console.words import age, plural
 
@@ -26,13 +28,61 @@ COLUMNS: Final[tuple[Column, ...]] = (
 BUSY_UTIL: Final = 10  # a GPU above this utilization % counts as busy in the totals
 
 
+#: Which readings a node's summary carries: ``current`` (a live node's), ``old`` (a stale
+#: node's last, with their age) or ``none`` (a node down, connecting or never reached: its last
+#: readings, if any, are not its present).
+Readings = Literal["current", "old", "none"]
+
+
+def when(ts: float | None, seconds: bool = False) -> str:
+    """An agent timestamp as the operator reads it: UTC, to the minute (or second)."""
+    if ts is None:
+        return "?"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime(
+        "%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M"
+    )
+
+
 @dataclass(frozen=True, slots=True)
-class NodeRow:
+class GpuSummary:
+    """One GPU's readings as every view reports them: ``None`` where the driver said nothing
+    (a lost GPU's readings are all ``None``), power in watts."""
+
+    index: int
+    uuid: str | None
+    name: str | None
+    util: int | None
+    mem_used: int | None
+    mem_total: int | None
+    temp: int | None
+    power_w: float | None
+    lost: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HostSummary:
+    cpu: float | None
+    load: tuple[float, ...] | None
+    mem_used: int | None
+    mem_total: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSummary:
+    """What is known of a node now, decided once for the screen's row and for ``gpufleet
+    status`` (its table and its ``--json``): which readings it has (a node down none, a stale
+    one old ones with their age), what is not known (``None``, shown as ``n/a``, never 0), and
+    how its GPUs add up. The views only format it, so they cannot disagree.
+
+    The fields compared (and hashed) are what a row shows, so the screen tells a changed row
+    from an unchanged one by equality; the rest (the sample behind the numbers, the alerts'
+    wording, the agent's ops state) ride along for the views that list them."""
+
     name: str
     pool: str
     state: str  # schedulable, draining, drained, or "unknown" before the agent says
     state_detail: str  # "reason (who@when)" when not schedulable
-    link: str
+    link: LinkState
     link_text: str  # "live", "stale 12s", "agent_down: why"
     gpus: int | None  # from the node's inventory (or its sample); None: never heard of
     util: float | None  # mean over GPUs that answered
@@ -50,6 +100,15 @@ class NodeRow:
     #: The rest of ``gpus``: on a node not live, or without a utilization reading, so that
     #: busy + idle + lost + unknown is always ``gpus``.
     gpus_unknown: int = 0
+    readings: Readings = "none"
+    age_s: float | None = field(default=None, compare=False)  # since the latest sample came
+    link_reason: str = field(default="", compare=False)
+    pool_source: PoolSource = field(default="inventory", compare=False)
+    inventory_pool: str = field(default="", compare=False)
+    ops: NodeState | None = field(default=None, compare=False)  # the agent's word, if any
+    alert_list: tuple[Alert, ...] = field(default=(), compare=False)
+    sample: Sample | None = field(default=None, compare=False)  # None when readings is none
+    gpu_infos: tuple[GpuInfo, ...] = field(default=(), compare=False)
 
     def key(self, column: Column) -> tuple[Any, ...]:
         """Sort key: unknown values sort last whichever way, names break ties."""
@@ -68,17 +127,43 @@ class NodeRow:
         }[column]
         return (value is None, value if value is not None else 0, self.name)
 
+    def gpu_readings(self) -> list[GpuSummary]:
+        """Each GPU's readings (none when ``readings`` is ``none``), named from the
+        inventory where it lists the GPU."""
+        if self.sample is None:
+            return []
+        infos = {g.index: g for g in self.gpu_infos}
+        return [_gpu(r, infos.get(r.index)) for r in self.sample.gpus]
 
-def when(ts: float | None, seconds: bool = False) -> str:
-    """An agent timestamp as the operator reads it: UTC, to the minute (or second)."""
-    if ts is None:
-        return "?"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime(
-        "%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M"
+    def host_readings(self) -> HostSummary | None:
+        """The host's readings (``None`` when ``readings`` is ``none``)."""
+        if self.sample is None:
+            return None
+        h = self.sample.host
+        load = tuple(h.load) if h.load else None
+        return HostSummary(h.cpu_percent, load, h.mem_used, h.mem_total)
+
+
+#: The screen's name for a node's summary: a row of the fleet table is one.
+NodeRow = NodeSummary
+
+
+def _gpu(r: GpuReading, info: GpuInfo | None) -> GpuSummary:
+    return GpuSummary(
+        index=r.index,
+        uuid=info.uuid if info else None,
+        name=info.name if info else None,
+        util=r.util_gpu,
+        mem_used=r.mem_used,
+        mem_total=r.mem_total,
+        temp=r.temp_c,
+        power_w=None if r.power_mw is None else r.power_mw / 1000,
+        lost=r.lost,
     )
 
 
-def node_row(view: NodeView, now: float) -> NodeRow:
+def summarize(view: NodeView, now: float) -> NodeSummary:
+    """The node's summary at ``now`` (the console's clock)."""
     state = view.state
     detail = ""
     if state is not None and state.state != "schedulable":
@@ -92,6 +177,7 @@ def node_row(view: NodeView, now: float) -> NodeRow:
     # Numbers only from a live stream, or a stale one (said so, with its age): a node down or
     # still connecting may hold a replayed or last sample, which is not its present.
     sample = view.sample if view.link in ("live", "stale") else None
+    readings: Readings = "none" if sample is None else "current" if view.link == "live" else "old"
     n_util = util_sum = busy = lost = 0
     util_max = temp = power = used = total = None
     for r in sample.gpus if sample else ():  # one pass: this runs for every row, twice a second
@@ -112,11 +198,12 @@ def node_row(view: NodeView, now: float) -> NodeRow:
             used = r.mem_used + (used or 0)
         if r.mem_total is not None:
             total = r.mem_total + (total or 0)
-    gpus = len(view.inventory.gpus) if view.inventory else len(sample.gpus) if sample else None
+    inventory = view.inventory
+    gpus = len(inventory.gpus) if inventory else len(sample.gpus) if sample else None
     live = view.link == "live"
     counted = (busy, n_util - busy, lost) if live else (0, 0, 0)  # the totals: live GPUs only
-    alerts = view.alerts
-    return NodeRow(
+    alerts = tuple(view.alerts)
+    return NodeSummary(
         view.name,
         view.pool,
         state.state if state else "unknown",
@@ -135,7 +222,20 @@ def node_row(view: NodeView, now: float) -> NodeRow:
         live,
         *counted,
         max(0, (gpus or 0) - sum(counted)),
+        readings=readings,
+        age_s=view.age(now),
+        link_reason=view.link_reason,
+        pool_source=view.pool_source,
+        inventory_pool=view.entry.pool,
+        ops=state,
+        alert_list=alerts,
+        sample=sample,
+        gpu_infos=tuple(inventory.gpus) if inventory else (),
     )
+
+
+#: The name the screen and its tests know the summary by.
+node_row = summarize
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +377,11 @@ class RowCache:
 __all__ = [
     "COLUMNS",
     "Column",
+    "GpuSummary",
+    "HostSummary",
     "NodeRow",
+    "NodeSummary",
+    "Readings",
     "RowCache",
     "RowFilter",
     "SelectorError",
@@ -286,4 +390,6 @@ __all__ = [
     "fleet_totals",
     "node_row",
     "parse_filter",
+    "summarize",
+    "when",
 ]
