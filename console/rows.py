@@ -10,21 +10,17 @@ numbers as current: stale ones carry their age, down ones show nothing but the r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from agents.protocol import GpuInfo, GpuReading, NodeState, Sample
 from console.fleet import DOWN_STATES, Alert, FleetState, LinkState, NodeView, PoolSource
 from console.selector import Selector, SelectorError, check_pools, known_pools, parse_selector
-from console.words import age, plural
+from console.words import age, na, plural
 
-Column = Literal[
-    "name", "pool", "state", "link", "gpus", "util", "util_max", "mem", "temp", "power", "alerts"
-]
-COLUMNS: Final[tuple[Column, ...]] = (
-    "name", "pool", "state", "link", "gpus", "util", "util_max", "mem", "temp", "power", "alerts"
-)  # fmt: skip
+#: A column's key (``COLUMNS`` declares them).
+Column = str
 BUSY_UTIL: Final = 10  # a GPU above this utilization % counts as busy in the totals
 
 
@@ -111,20 +107,12 @@ class NodeSummary:
     gpu_infos: tuple[GpuInfo, ...] = field(default=(), compare=False)
 
     def key(self, column: Column) -> tuple[Any, ...]:
-        """Sort key: unknown values sort last whichever way, names break ties."""
-        value: Any = {
-            "name": self.name,
-            "pool": self.pool,
-            "state": self.state,
-            "link": self.link,
-            "gpus": self.gpus,
-            "util": self.util,
-            "util_max": self.util_max,
-            "mem": self.mem_used,
-            "temp": self.temp,
-            "power": self.power_w,
-            "alerts": self.alerts,
-        }[column]
+        """Sort key by a sortable column (``COLUMNS``): unknown values sort last whichever
+        way, names break ties."""
+        sort = COLUMN[column].sort
+        if sort is None:
+            raise KeyError(f"{column!r} is not a column to sort by")
+        value = sort(self)
         return (value is None, value if value is not None else 0, self.name)
 
     def gpu_readings(self) -> list[GpuSummary]:
@@ -236,6 +224,99 @@ def summarize(view: NodeView, now: float) -> NodeSummary:
 
 #: The name the screen and its tests know the summary by.
 node_row = summarize
+
+
+# -- the columns --------------------------------------------------------------------------------
+
+#: How serious a cell is, by meaning; the screen takes each tone's colour from its theme.
+Tone = Literal["bad", "warn", "good", "dim", "plain"]
+GIB: Final = 1 << 30
+
+
+def row_tone(s: NodeSummary) -> Tone:
+    """The tone of a node's name and link: down or critical is bad; stale, alerting or out of
+    service is a warning; connecting is dim."""
+    if s.critical or s.link in DOWN_STATES:
+        return "bad"
+    if s.link == "stale" or s.alerts or s.state in ("draining", "drained"):
+        return "warn"
+    if s.link == "connecting":
+        return "dim"
+    return "plain"
+
+
+def _plain(s: NodeSummary) -> Tone:
+    return "plain"
+
+
+def _state_tone(s: NodeSummary) -> Tone:
+    return "warn" if s.state in ("draining", "drained") else "plain"
+
+
+def _alerts_tone(s: NodeSummary) -> Tone:
+    return ("bad" if s.critical else "warn") if s.alerts else "plain"
+
+
+def _mem(s: NodeSummary) -> str:
+    if s.mem_used is None or not s.mem_total:
+        return "n/a"
+    return f"{s.mem_used / GIB:.0f}/{s.mem_total / GIB:.0f}"
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """One column of a node's row, declared once for the screen's fleet table, its sort and
+    ``gpufleet status``'s table: adding a column is adding one of these to ``COLUMNS``.
+
+    ``width`` is the values' domain ("draining", "100%", "640/640"), 0 for as wide as the
+    fleet's longest value; ``narrowest`` how far it may be cut; ``priority`` which goes
+    first on a narrow terminal (the highest first)."""
+
+    key: str
+    header: str
+    width: int
+    narrowest: int
+    priority: int
+    text: Callable[[NodeSummary], str]
+    #: The value it sorts by (``None``: not known, sorted last either way); no ``sort``: the
+    #: column is not one to sort by.
+    sort: Callable[[NodeSummary], object] | None
+    tone: Callable[[NodeSummary], Tone] = _plain
+    #: A reading: left blank on the screen for a node with no readings, current or old (its
+    #: "n/a" would read as a reading not reported).
+    reading: bool = False
+    grow: bool = False  # takes the room left on a wide terminal
+
+
+#: The fleet table's columns, left to right. The node's name, the state and the alerts are the
+#: last to go, then the reason, the link, the numbers an operator scans for heat and power;
+#: the pool, the GPU count, memory and the busiest GPU drop first on a narrow terminal. A
+#: node's name and a pool are as wide as the fleet's longest; a name may be cut, a pool is
+#: shown whole or not at all.
+# fmt: off
+COLUMNS: Final[tuple[ColumnSpec, ...]] = (
+    ColumnSpec("name", "NODE", 0, 12, 1, lambda s: s.name, lambda s: s.name, row_tone),
+    ColumnSpec("pool", "POOL", 0, 0, 9, lambda s: s.pool, lambda s: s.pool),
+    ColumnSpec("state", "STATE", 11, 11, 2, lambda s: s.state, lambda s: s.state, _state_tone),
+    ColumnSpec("link", "LINK", 32, 12, 5, lambda s: s.link_text, lambda s: s.link, row_tone),
+    ColumnSpec("gpus", "GPUS", 4, 4, 10, lambda s: na(s.gpus), lambda s: s.gpus),
+    ColumnSpec("util", "UTIL", 4, 4, 6, lambda s: na(s.util, "{:.0f}%"), lambda s: s.util,
+               reading=True),
+    ColumnSpec("util_max", "MAX", 4, 4, 12, lambda s: na(s.util_max, "{}%"),
+               lambda s: s.util_max, reading=True),
+    ColumnSpec("mem", "MEM GiB", 9, 9, 11, _mem, lambda s: s.mem_used, reading=True),
+    ColumnSpec("temp", "HOT", 4, 4, 7, lambda s: na(s.temp, "{}C"), lambda s: s.temp,
+               reading=True),
+    ColumnSpec("power", "POWER W", 7, 7, 8, lambda s: na(s.power_w, "{:.0f}"),
+               lambda s: s.power_w, reading=True),
+    ColumnSpec("alerts", "ALERTS", 6, 6, 3, lambda s: str(s.alerts) if s.alerts else "",
+               lambda s: s.alerts, _alerts_tone),
+    ColumnSpec("reason", "REASON", 48, 12, 4, lambda s: s.state_detail, None, grow=True),
+)
+# fmt: on
+COLUMN: Final[dict[str, ColumnSpec]] = {c.key: c for c in COLUMNS}
+#: The columns a table may be sorted by (``s`` steps through them in this order).
+SORTABLE: Final[tuple[str, ...]] = tuple(c.key for c in COLUMNS if c.sort is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,8 +456,11 @@ class RowCache:
 
 
 __all__ = [
+    "COLUMN",
     "COLUMNS",
+    "SORTABLE",
     "Column",
+    "ColumnSpec",
     "GpuSummary",
     "HostSummary",
     "NodeRow",
@@ -385,11 +469,13 @@ __all__ = [
     "RowCache",
     "RowFilter",
     "SelectorError",
+    "Tone",
     "Totals",
     "filter_note",
     "fleet_totals",
     "node_row",
     "parse_filter",
+    "row_tone",
     "summarize",
     "when",
 ]

@@ -10,7 +10,7 @@ are current (``gpus``, ``host``) or marked old (``last_seen``), never old as if 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from agents.protocol import clip
@@ -18,8 +18,8 @@ from console.fleet import FleetState, LinkState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
 from console.link import LinkOptions, one_shot
-from console.rows import NodeSummary, summarize
-from console.words import aligned, na, plural
+from console.rows import COLUMN, NodeSummary, summarize
+from console.words import aligned, plural
 
 EXIT_ALL: Final = 0
 EXIT_SOME_MISSING: Final = 1
@@ -117,9 +117,19 @@ async def snapshot(
     return links.fleet
 
 
-TABLE_HEADER: Final = (
-    "NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "REASON", "ALERTS",
+#: The table's columns, left to right, as the screen declares them (``console.rows.COLUMNS``).
+TABLE_COLUMNS: Final = (
+    "name", "pool", "link", "state", "gpus", "util", "temp", "power", "reason", "alerts",
 )  # fmt: skip
+TABLE_HEADER: Final = tuple(COLUMN[key].header for key in TABLE_COLUMNS)
+#: Where the command's words differ from the screen's: a line of text has no colour and no
+#: node view, so the link says its reason only when stale (the reason is under ALERTS, where
+#: a down node's alert says it), an empty cell is "-", and the alerts are said whole.
+OWN_TEXT: Final[dict[str, Callable[[NodeSummary], str]]] = {
+    "link": lambda s: s.link_text if s.link == "stale" else s.link,
+    "reason": lambda s: clip(s.state_detail) or "-",  # one line: a newline shows as \\n
+    "alerts": lambda s: "; ".join(a.message for a in s.alert_list) or "-",
+}
 
 
 def not_tried_note(views: Iterable[NodeView]) -> str | None:
@@ -135,23 +145,8 @@ def table(views: Iterable[NodeView], now: float) -> str:
     n/a where nothing is known; numbers only from a live node, or a stale one whose LINK
     says how old they are; a node down shows none, its reason is under ALERTS. REASON: why
     a node is out of service and who took it out when (the screen's), "-" for one in it."""
-    rows = []
-    for v in views:
-        r = summarize(v, now)
-        rows.append(
-            [
-                r.name,
-                r.pool,
-                r.link_text if r.link == "stale" else r.link,
-                r.state,
-                na(r.gpus),
-                na(r.util, "{:.0f}%"),
-                na(r.temp, "{}C"),
-                na(r.power_w, "{:.0f}"),
-                clip(r.state_detail) or "-",  # one line: a newline in a reason shows as \\n
-                "; ".join(a.message for a in r.alert_list) or "-",
-            ]
-        )
+    texts = [OWN_TEXT.get(key, COLUMN[key].text) for key in TABLE_COLUMNS]
+    rows = [[text(s) for text in texts] for s in (summarize(v, now) for v in views)]
     return "\n".join(aligned(TABLE_HEADER, rows))
 
 

@@ -15,9 +15,10 @@ from textual.screen import Screen
 from textual.widgets import Header, Input
 
 from console.actions import VERBS
-from console.fleet import DOWN_STATES
 from console.rows import (
+    COLUMN,
     COLUMNS,
+    SORTABLE,
     Column,
     NodeRow,
     RowCache,
@@ -28,33 +29,16 @@ from console.rows import (
     parse_filter,
 )
 from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
-from console.tui.fleet_table import FLEET_COLUMNS, Cell, FleetTable, fleet_columns
+from console.tui.fleet_table import Cell, FleetTable, fleet_columns
 from console.tui.key_bar import KeyBar
-from console.tui.style import Tone, clean, na
+from console.tui.style import clean
 from console.tui.text_line import PartsLine, TextLine
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
 
-GIB: Final = 1 << 30
-#: The sortable columns' labels, as the table declares them (FLEET_COLUMNS).
-LABELS: Final[dict[Column, str]] = {
-    key: label for key, label, *_ in FLEET_COLUMNS if key in COLUMNS
-}
-
-
 #: Rows recomputed per message during a refresh (about 2.5 ms of work each).
 ROWS_PER_SLICE: Final = 100
-
-
-def _tone(row: NodeRow) -> Tone:
-    if row.critical or row.link in DOWN_STATES:
-        return "bad"
-    if row.link == "stale" or row.alerts or row.state in ("draining", "drained"):
-        return "warn"
-    if row.link == "connecting":
-        return "dim"
-    return "plain"
 
 
 class FleetScreen(Screen[None]):
@@ -160,7 +144,7 @@ class FleetScreen(Screen[None]):
         shown = (
             [f"| {filter_note(self.table.row_count, self.filter_text)}"] if self.row_filter else []
         )
-        sort = f"| sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
+        sort = f"| sort {COLUMN[self.sort_column].header}{' desc' if self.sort_reverse else ''}"
         self.query_one("#totals", PartsLine).parts = (*totals.parts(), *shown, sort)
         self._draw_source(now)
         banner = self.query_one("#banner", TextLine)
@@ -186,33 +170,11 @@ class FleetScreen(Screen[None]):
         line.set_class(status.fault is not None, "fault")
 
     def _cells(self, row: NodeRow) -> list[Cell]:
-        tone = _tone(row)
-        mem = (
-            f"{row.mem_used / GIB:.0f}/{row.mem_total / GIB:.0f}"
-            if row.mem_used is not None and row.mem_total
-            else "n/a"
-        )
-        numbers: list[Cell] = [
-            (na(row.util, "{:.0f}%"), "plain"),
-            (na(row.util_max, "{}%"), "plain"),
-            (mem, "plain"),
-            (na(row.temp, "{}C"), "plain"),
-            (na(row.power_w, "{:.0f}"), "plain"),
-        ]
-        if not (row.live_data or row.link == "stale"):  # no old numbers shown as current
-            numbers = [("", "plain")] * len(numbers)
-        alerts: Cell = ("", "plain")
-        if row.alerts:
-            alerts = (str(row.alerts), "bad" if row.critical else "warn")
+        """Each column's words and tone, as ``COLUMNS`` declares them; a node with no
+        readings (down, connecting) shows none, not even "n/a": no old numbers as current."""
+        blank = not (row.live_data or row.link == "stale")
         return [
-            (row.name, tone),
-            (row.pool, "plain"),
-            (row.state, "warn" if row.state in ("draining", "drained") else "plain"),
-            (row.link_text, tone),
-            (na(row.gpus), "plain"),
-            *numbers,
-            alerts,
-            (row.state_detail, "plain"),
+            ("", "plain") if blank and c.reading else (c.text(row), c.tone(row)) for c in COLUMNS
         ]
 
     # -- the cursor and the marks ------------------------------------------------------------
@@ -239,7 +201,7 @@ class FleetScreen(Screen[None]):
         self.fleet_app.open_node(event.node)
 
     def on_fleet_table_header_clicked(self, event: FleetTable.HeaderClicked) -> None:
-        if event.column in COLUMNS:
+        if event.column in SORTABLE:
             column: Column = event.column
             self.sort_reverse = not self.sort_reverse if column == self.sort_column else False
             self.sort_column = column
@@ -258,7 +220,7 @@ class FleetScreen(Screen[None]):
         self.query_one(KeyBar).refresh()
 
     def action_sort(self) -> None:
-        self.sort_column = COLUMNS[(COLUMNS.index(self.sort_column) + 1) % len(COLUMNS)]
+        self.sort_column = SORTABLE[(SORTABLE.index(self.sort_column) + 1) % len(SORTABLE)]
         self.redraw()
 
     def action_reverse(self) -> None:
