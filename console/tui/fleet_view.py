@@ -6,12 +6,11 @@ the same node across refreshes, and redraws only the rows that changed when the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import ClassVar, Final
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.content import Content
-from textual.screen import Screen
 from textual.widgets import Header, Input
 
 from console.actions import VERBS
@@ -28,24 +27,23 @@ from console.rows import (
     fleet_totals,
     parse_filter,
 )
-from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
+from console.tui.action_dialog import VERB_BINDINGS, start_action
+from console.tui.base import Acts, FleetView
 from console.tui.fleet_table import Cell, FleetTable, fleet_columns
+from console.tui.help import HelpScreen
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean
 from console.tui.text_line import PartsLine, TextLine
-
-if TYPE_CHECKING:
-    from console.tui.app import FleetApp
 
 #: Rows recomputed per message during a refresh (about 2.5 ms of work each).
 ROWS_PER_SLICE: Final = 100
 
 
-class FleetScreen(Screen[None]):
+class FleetScreen(FleetView[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_node", "node", show=True),
         Binding("slash", "filter", "filter"),
-        Binding("space", "mark", "mark"),
+        Acts("space", "mark", "mark"),  # marks only choose what a verb acts on
         Binding("s", "sort", "sort"),
         Binding("S", "reverse", "reverse", show=False),
         Binding("a", "alerts", "alerts"),
@@ -61,13 +59,6 @@ class FleetScreen(Screen[None]):
         self.row_filter: RowFilter | None = None
         self.filter_text = ""
         self.marked: set[str] = set()
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        from console.tui.app import FleetApp
-
-        assert isinstance(self.app, FleetApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         self.rows = RowCache(self.fleet_app.fleet)
@@ -99,13 +90,6 @@ class FleetScreen(Screen[None]):
 
     def keep_up(self, changed: set[str], now: float) -> None:
         self.rows.update(now, changed)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # --readonly: the verbs are not there at all (not shown, not bound), nor the marks,
-        # which only choose what a verb acts on
-        if action == "mark" and self.fleet_app.readonly:
-            return False
-        return verbs_allowed(self.fleet_app, action)
 
     @property
     def key_note(self) -> str:
@@ -274,13 +258,9 @@ class FleetScreen(Screen[None]):
         self.fleet_app.open_alerts()
 
     def action_help(self) -> None:
-        from console.tui.help import HelpScreen
-
         self.app.push_screen(HelpScreen(self))
 
     def action_verb(self, verb: str) -> None:
-        from console.tui.action_dialog import start_action
-
         if verb in VERBS:
             start_action(self.fleet_app, VERBS[verb].verb, self.chosen(), self._marks_spent)
 
