@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from agents.protocol import GpuInfo, GpuReading, NodeState, Sample
 from console.fleet import DOWN_STATES, Alert, FleetState, LinkState, NodeView, PoolSource
@@ -63,6 +63,25 @@ class HostSummary:
     mem_total: int | None
 
 
+class Carried(NamedTuple):
+    """What a node's summary carries beside what its row shows, for the views that list it
+    (``status --json``, the table's ALERTS). One tuple, not eight more fields: a frozen
+    dataclass sets each field apart, and summaries are made for every changed row twice a
+    second."""
+
+    age_s: float | None  # since the latest sample came
+    link_reason: str
+    pool_source: PoolSource
+    inventory_pool: str
+    ops: NodeState | None  # the agent's word on the node's state, if any
+    alerts: tuple[Alert, ...]
+    sample: Sample | None  # None when the summary's readings are none
+    gpu_infos: tuple[GpuInfo, ...]
+
+
+NOTHING_CARRIED: Final = Carried(None, "", "inventory", "", None, (), None, ())
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSummary:
     """What is known of a node now, decided once for the screen's row and for ``gpufleet
@@ -71,8 +90,9 @@ class NodeSummary:
     how its GPUs add up. The views only format it, so they cannot disagree.
 
     The fields compared (and hashed) are what a row shows, so the screen tells a changed row
-    from an unchanged one by equality; the rest (the sample behind the numbers, the alerts'
-    wording, the agent's ops state) ride along for the views that list them."""
+    from an unchanged one by equality; ``carried`` (the sample behind the numbers, the alerts'
+    wording, the agent's ops state) rides along, out of equality, for the views that list
+    them."""
 
     name: str
     pool: str
@@ -97,14 +117,7 @@ class NodeSummary:
     #: busy + idle + lost + unknown is always ``gpus``.
     gpus_unknown: int = 0
     readings: Readings = "none"
-    age_s: float | None = field(default=None, compare=False)  # since the latest sample came
-    link_reason: str = field(default="", compare=False)
-    pool_source: PoolSource = field(default="inventory", compare=False)
-    inventory_pool: str = field(default="", compare=False)
-    ops: NodeState | None = field(default=None, compare=False)  # the agent's word, if any
-    alert_list: tuple[Alert, ...] = field(default=(), compare=False)
-    sample: Sample | None = field(default=None, compare=False)  # None when readings is none
-    gpu_infos: tuple[GpuInfo, ...] = field(default=(), compare=False)
+    carried: Carried = field(default=NOTHING_CARRIED, compare=False)
 
     def key(self, column: Column) -> tuple[Any, ...]:
         """Sort key by a sortable column (``COLUMNS``): unknown values sort last whichever
@@ -118,16 +131,18 @@ class NodeSummary:
     def gpu_readings(self) -> list[GpuSummary]:
         """Each GPU's readings (none when ``readings`` is ``none``), named from the
         inventory where it lists the GPU."""
-        if self.sample is None:
+        sample = self.carried.sample
+        if sample is None:
             return []
-        infos = {g.index: g for g in self.gpu_infos}
-        return [_gpu(r, infos.get(r.index)) for r in self.sample.gpus]
+        infos = {g.index: g for g in self.carried.gpu_infos}
+        return [_gpu(r, infos.get(r.index)) for r in sample.gpus]
 
     def host_readings(self) -> HostSummary | None:
         """The host's readings (``None`` when ``readings`` is ``none``)."""
-        if self.sample is None:
+        sample = self.carried.sample
+        if sample is None:
             return None
-        h = self.sample.host
+        h = sample.host
         load = tuple(h.load) if h.load else None
         return HostSummary(h.cpu_percent, load, h.mem_used, h.mem_total)
 
@@ -210,15 +225,17 @@ def summarize(view: NodeView, now: float) -> NodeSummary:
         live,
         *counted,
         max(0, (gpus or 0) - sum(counted)),
-        readings=readings,
-        age_s=view.age(now),
-        link_reason=view.link_reason,
-        pool_source=view.pool_source,
-        inventory_pool=view.entry.pool,
-        ops=state,
-        alert_list=alerts,
-        sample=sample,
-        gpu_infos=tuple(inventory.gpus) if inventory else (),
+        readings,
+        Carried(
+            view.age(now),
+            view.link_reason,
+            view.pool_source,
+            view.entry.pool,
+            state,
+            alerts,
+            sample,
+            tuple(inventory.gpus) if inventory else (),
+        ),
     )
 
 
@@ -459,6 +476,7 @@ __all__ = [
     "COLUMN",
     "COLUMNS",
     "SORTABLE",
+    "Carried",
     "Column",
     "ColumnSpec",
     "GpuSummary",

@@ -65,29 +65,29 @@ def node_doc(view: NodeView, now: float) -> dict[str, Any]:
     readings are under ``last_seen``, with their age; a node down or never reached has
     none (its last readings are not its present, and a script must not take them for it)."""
     s = summarize(view, now)
-    state = s.ops
+    state = s.carried.ops
     gpus: list[dict[str, Any]] = []
     host = last_seen = None
     if s.readings == "current":
         gpus, host = _readings(s)
     elif s.readings == "old":
         old, old_host = _readings(s)
-        last_seen = {"age_s": s.age_s, "gpus": old, "host": old_host}
+        last_seen = {"age_s": s.carried.age_s, "gpus": old, "host": old_host}
     return {
         "name": s.name,
         "pool": s.pool,  # the agent's once it has one, else the inventory's
-        "pool_source": s.pool_source,
-        "inventory_pool": s.inventory_pool,
+        "pool_source": s.carried.pool_source,
+        "inventory_pool": s.carried.inventory_pool,
         "link": s.link,
-        "link_reason": s.link_reason or None,
-        "age_s": s.age_s,
+        "link_reason": s.carried.link_reason or None,
+        "age_s": s.carried.age_s,
         "state": state.state if state else None,
         "reason": state.reason if state else None,
         "who": state.who if state else None,
         "since": state.since if state else None,
         "alerts": [
             {"kind": a.kind, "severity": a.severity, "gpu": a.gpu, "message": a.message}
-            for a in s.alert_list
+            for a in s.carried.alerts
         ],
         "gpus": gpus,
         "host": host,
@@ -128,7 +128,7 @@ TABLE_HEADER: Final = tuple(COLUMN[key].header for key in TABLE_COLUMNS)
 OWN_TEXT: Final[dict[str, Callable[[NodeSummary], str]]] = {
     "link": lambda s: s.link_text if s.link == "stale" else s.link,
     "reason": lambda s: clip(s.state_detail) or "-",  # one line: a newline shows as \\n
-    "alerts": lambda s: "; ".join(a.message for a in s.alert_list) or "-",
+    "alerts": lambda s: "; ".join(a.message for a in s.carried.alerts) or "-",
 }
 
 

@@ -56,7 +56,7 @@ def test_the_row_the_table_and_the_json_agree(link: str) -> None:
     header, line = table([view], now).splitlines()
     util = line[header.index("UTIL") : header.index("HOT")].strip()
     assert util == ("n/a" if s.util is None else f"{s.util:.0f}%")
-    assert doc["link"] == s.link and doc["age_s"] == s.age_s
+    assert doc["link"] == s.link and doc["age_s"] == s.carried.age_s
 
 
 def test_a_row_changes_with_what_it_shows_not_with_the_sample_behind_it() -> None:
@@ -65,8 +65,8 @@ def test_a_row_changes_with_what_it_shows_not_with_the_sample_behind_it() -> Non
     fleet = _fleet("live")
     view = fleet.nodes["gpu1"]
     first = summarize(view, 13.0)
-    assert first.sample is not None
-    fleet.apply("gpu1", first.sample, 14.0)  # the same readings again, a new arrival
+    assert first.carried.sample is not None
+    fleet.apply("gpu1", first.carried.sample, 14.0)  # the same readings again, a new arrival
     again = summarize(view, 14.0)
     assert again == first and hash(again) == hash(first)
     fleet.set_link("gpu1", "unreachable", "connection refused", 14.5)
