@@ -460,7 +460,7 @@ class RowCache:
     def update(self, now: float, changed: Iterable[str] | None = None) -> None:
         """Recompute the rows of ``changed`` (every row when None)."""
         for name in self.fleet.nodes if changed is None else changed:
-            self._rows[name] = node_row(self.fleet.nodes[name], now)
+            self._rows[name] = summarize(self.fleet.nodes[name], now)
 
     def all(self) -> list[NodeRow]:
         return list(self._rows.values())
