@@ -334,7 +334,7 @@ async def _screen(
 ) -> None:
     """The fleet screen over live links (or Prometheus), until the operator quits. An error
     that ends it raises ``ScreenFailed`` (one line; the traceback went to ``log``)."""
-    from console.tui.app import FleetApp
+    from console.tui.app import make_app
 
     if live.url is not None:
         from console.actionlinks import ActionLinks
@@ -342,12 +342,10 @@ async def _screen(
 
         feed = PromSource(inv.nodes, live.url)
         actions = ActionLinks(inv.nodes, options)
-        app = FleetApp(
-            feed.fleet, feed=feed, requester=actions, readonly=readonly, source=source, log=log
-        )
+        app = make_app(feed, requester=actions, readonly=readonly, source=source, log=log)
     else:
         links = FleetLinks(inv.nodes, options)
-        app = FleetApp(links.fleet, links=links, readonly=readonly, source=source, log=log)
+        app = make_app(links, readonly=readonly, source=source, log=log)
     extra = asyncio.create_task(background(app)) if background is not None else None
     try:
         await app.run_async()

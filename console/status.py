@@ -10,7 +10,7 @@ are current (``gpus``, ``host``) or marked old (``last_seen``), never old as if 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from agents.protocol import clip
@@ -18,8 +18,8 @@ from console.fleet import FleetState, LinkState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import NodeEntry
 from console.link import LinkOptions, one_shot
-from console.rows import node_row
-from console.words import aligned, na, plural
+from console.rows import COLUMN, NodeSummary, summarize
+from console.words import aligned, plural
 
 EXIT_ALL: Final = 0
 EXIT_SOME_MISSING: Final = 1
@@ -35,64 +35,59 @@ def exit_code(views: Iterable[NodeView]) -> int:
     return EXIT_SOME_MISSING if any(got) else EXIT_NONE
 
 
-def _readings(view: NodeView) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The GPUs' and the host's readings in the node's sample."""
-    infos = {g.index: g for g in view.inventory.gpus} if view.inventory else {}
-    sample = view.sample
-    gpus = []
-    for r in sample.gpus if sample else []:
-        info = infos.get(r.index)
-        gpus.append(
-            {
-                "index": r.index,
-                "uuid": info.uuid if info else None,
-                "name": info.name if info else None,
-                "util": r.util_gpu,
-                "mem_used": r.mem_used,
-                "mem_total": r.mem_total,
-                "temp": r.temp_c,
-                "power": None if r.power_mw is None else r.power_mw / 1000,  # watts
-                "lost": r.lost,
-            }
-        )
-    host = None
-    if sample is not None:
-        h = sample.host
-        host = {
-            "cpu": h.cpu_percent,
-            "load": list(h.load) if h.load else None,
-            "memory": {"used": h.mem_used, "total": h.mem_total},
+def _readings(s: NodeSummary) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The GPUs' and the host's readings the summary carries, as the contract spells them."""
+    gpus = [
+        {
+            "index": g.index,
+            "uuid": g.uuid,
+            "name": g.name,
+            "util": g.util,
+            "mem_used": g.mem_used,
+            "mem_total": g.mem_total,
+            "temp": g.temp,
+            "power": g.power_w,  # watts
+            "lost": g.lost,
         }
+        for g in s.gpu_readings()
+    ]
+    h = s.host_readings()
+    host = None
+    if h is not None:
+        load = list(h.load) if h.load else None
+        host = {"cpu": h.cpu, "load": load, "memory": {"used": h.mem_used, "total": h.mem_total}}
     return gpus, host
 
 
 def node_doc(view: NodeView, now: float) -> dict[str, Any]:
-    """``gpus`` and ``host`` hold current readings only: a live node's. A stale node's last
+    """The node's summary (``summarize``, the screen's too) as the contract spells it.
+    ``gpus`` and ``host`` hold current readings only: a live node's. A stale node's last
     readings are under ``last_seen``, with their age; a node down or never reached has
     none (its last readings are not its present, and a script must not take them for it)."""
-    state = view.state
+    s = summarize(view, now)
+    state = s.carried.ops
     gpus: list[dict[str, Any]] = []
     host = last_seen = None
-    if view.link == "live":
-        gpus, host = _readings(view)
-    elif view.link == "stale" and view.sample is not None:
-        old, old_host = _readings(view)
-        last_seen = {"age_s": view.age(now), "gpus": old, "host": old_host}
+    if s.readings == "current":
+        gpus, host = _readings(s)
+    elif s.readings == "old":
+        old, old_host = _readings(s)
+        last_seen = {"age_s": s.carried.age_s, "gpus": old, "host": old_host}
     return {
-        "name": view.name,
-        "pool": view.pool,  # the agent's once it has one, else the inventory's
-        "pool_source": view.pool_source,
-        "inventory_pool": view.entry.pool,
-        "link": view.link,
-        "link_reason": view.link_reason or None,
-        "age_s": view.age(now),
+        "name": s.name,
+        "pool": s.pool,  # the agent's once it has one, else the inventory's
+        "pool_source": s.carried.pool_source,
+        "inventory_pool": s.carried.inventory_pool,
+        "link": s.link,
+        "link_reason": s.carried.link_reason or None,
+        "age_s": s.carried.age_s,
         "state": state.state if state else None,
         "reason": state.reason if state else None,
         "who": state.who if state else None,
         "since": state.since if state else None,
         "alerts": [
             {"kind": a.kind, "severity": a.severity, "gpu": a.gpu, "message": a.message}
-            for a in view.alerts
+            for a in s.carried.alerts
         ],
         "gpus": gpus,
         "host": host,
@@ -122,9 +117,19 @@ async def snapshot(
     return links.fleet
 
 
-TABLE_HEADER: Final = (
-    "NODE", "POOL", "LINK", "STATE", "GPUS", "UTIL", "HOT", "POWER W", "REASON", "ALERTS",
+#: The table's columns, left to right, as the screen declares them (``console.rows.COLUMNS``).
+TABLE_COLUMNS: Final = (
+    "name", "pool", "link", "state", "gpus", "util", "temp", "power", "reason", "alerts",
 )  # fmt: skip
+TABLE_HEADER: Final = tuple(COLUMN[key].header for key in TABLE_COLUMNS)
+#: Where the command's words differ from the screen's: a line of text has no colour and no
+#: node view, so the link says its reason only when stale (the reason is under ALERTS, where
+#: a down node's alert says it), an empty cell is "-", and the alerts are said whole.
+OWN_TEXT: Final[dict[str, Callable[[NodeSummary], str]]] = {
+    "link": lambda s: s.link_text if s.link == "stale" else s.link,
+    "reason": lambda s: clip(s.state_detail) or "-",  # one line: a newline shows as \\n
+    "alerts": lambda s: "; ".join(a.message for a in s.carried.alerts) or "-",
+}
 
 
 def not_tried_note(views: Iterable[NodeView]) -> str | None:
@@ -135,27 +140,13 @@ def not_tried_note(views: Iterable[NodeView]) -> str | None:
 
 
 def table(views: Iterable[NodeView], now: float) -> str:
-    """The human view of a snapshot: a row per node, as the screen computes it (``node_row``).
+    """The human view of a snapshot: a row per node, from the summary the screen's rows are
+    (``summarize``).
     n/a where nothing is known; numbers only from a live node, or a stale one whose LINK
     says how old they are; a node down shows none, its reason is under ALERTS. REASON: why
     a node is out of service and who took it out when (the screen's), "-" for one in it."""
-    rows = []
-    for v in views:
-        r = node_row(v, now)
-        rows.append(
-            [
-                r.name,
-                r.pool,
-                r.link_text if r.link == "stale" else r.link,
-                r.state,
-                na(r.gpus),
-                na(r.util, "{:.0f}%"),
-                na(r.temp, "{}C"),
-                na(r.power_w, "{:.0f}"),
-                clip(r.state_detail) or "-",  # one line: a newline in a reason shows as \\n
-                "; ".join(a.message for a in v.alerts) or "-",
-            ]
-        )
+    texts = [OWN_TEXT.get(key, COLUMN[key].text) for key in TABLE_COLUMNS]
+    rows = [[text(s) for text in texts] for s in (summarize(v, now) for v in views)]
     return "\n".join(aligned(TABLE_HEADER, rows))
 
 

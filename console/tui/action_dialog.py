@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final, get_args
+from typing import Any, ClassVar, Final, get_args
 
 import hostlist
 from rich.text import Text
@@ -27,7 +27,6 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.widgets.data_table import RowKey
@@ -48,13 +47,11 @@ from console.actions import (
     why_no_restart_targets,
 )
 from console.fleet import DOWN_STATES, NodeView
+from console.tui.base import Acts, FleetAppBase, FleetDialog, FleetView
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
 from console.tui.text_table import rest_width
 from console.words import plural
-
-if TYPE_CHECKING:
-    from console.tui.app import FleetApp
 
 #: Processes listed in the dialog before "and N more".
 SHOWN_PROCESSES = 8
@@ -68,23 +65,17 @@ class Confirmed:
 
 
 #: The verbs' keys, the same in every view that shows nodes (the fleet and the node view),
-#: each bound to that view's ``action_verb``; ``verbs_allowed`` hides them in read-only mode.
+#: each bound to that view's ``action_verb``; flagged ``Acts``, so read-only removes them.
 VERB_BINDINGS: Final[list[BindingType]] = [
-    Binding("d", "verb('drain')", "drain"),
-    Binding("u", "verb('resume')", "resume"),
-    Binding("r", "verb('restart')", "restart"),
-    Binding("p", "verb('reassign')", "reassign"),
+    Acts("d", "verb('drain')", "drain"),
+    Acts("u", "verb('resume')", "resume"),
+    Acts("r", "verb('restart')", "restart"),
+    Acts("p", "verb('reassign')", "reassign"),
 ]
 
 
-def verbs_allowed(app: FleetApp, action: str) -> bool:
-    """For a view's ``check_action``: read-only, the verbs are not there at all (not shown,
-    not bound, not in the palette)."""
-    return not (action == "verb" and app.readonly)
-
-
 def start_action(
-    app: FleetApp, verb: Verb, nodes: list[str], on_sent: Callable[[], None] | None = None
+    app: FleetAppBase, verb: Verb, nodes: list[str], on_sent: Callable[[], None] | None = None
 ) -> None:
     """Open the dialog for ``verb`` on ``nodes``; on confirmation, send and show results.
     ``on_sent`` runs once the operator confirmed (the view's marks are spent then)."""
@@ -116,7 +107,7 @@ def confirm_hint(verb: Verb) -> str:
     )
 
 
-class ActionDialog(ModalScreen[Confirmed | None]):
+class ActionDialog(FleetDialog[Confirmed | None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "cancel"),
         Binding("tab", "cycle(1)", "next", show=False),
@@ -129,13 +120,6 @@ class ActionDialog(ModalScreen[Confirmed | None]):
         super().__init__()
         self.verb = verb
         self.nodes = nodes
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        from console.tui.app import FleetApp
-
-        assert isinstance(self.app, FleetApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         fleet = self.fleet_app.fleet
@@ -313,7 +297,7 @@ def _current(view: NodeView) -> bool:
     return view.sample is not None and view.link not in DOWN_STATES
 
 
-class ActionResults(Screen[None]):
+class ActionResults(FleetView[None]):
     """Each node's result as it comes; failures stay on screen until dismissed."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "back")]
@@ -324,13 +308,6 @@ class ActionResults(Screen[None]):
         self.results: dict[str, NodeResult] = {
             n: NodeResult(n, "pending", "sent, waiting for the agent") for n in action.nodes
         }
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        from console.tui.app import FleetApp
-
-        assert isinstance(self.app, FleetApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Label("", id="summary", markup=False)

@@ -7,24 +7,21 @@ reads a ``str`` cell as markup."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.screen import Screen
 from textual.widgets import DataTable, Header
 
 from console.fleet import AlertRecord
+from console.tui.base import FleetView
+from console.tui.help import HelpScreen
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
 from console.tui.text_line import TextBlock
 from console.tui.text_table import rest_width
 from console.words import ago
-
-if TYPE_CHECKING:
-    from console.tui.app import FleetApp
-
 
 #: Seconds between redraws for the ages alone ("12s ago") when no alert came or went.
 AGES_EVERY_S = 5.0
@@ -41,19 +38,12 @@ COLUMNS = (
 )
 
 
-class AlertsScreen(Screen[None]):
+class AlertsScreen(FleetView[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_node", "node"),
         Binding("escape", "app.pop_screen", "back"),
         Binding("question_mark", "help", "help"),
     ]
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        from console.tui.app import FleetApp
-
-        assert isinstance(self.app, FleetApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -141,6 +131,4 @@ class AlertsScreen(Screen[None]):
         self.action_open_node()
 
     def action_help(self) -> None:
-        from console.tui.help import HelpScreen
-
         self.app.push_screen(HelpScreen(self))

@@ -26,12 +26,15 @@ from console.fleet import FleetState
 from console.fleetlinks import FleetLinks
 from console.heap import HeapFreezer
 from console.logs import get_logger
+from console.tui.alerts_view import AlertsScreen
+from console.tui.base import FleetAppBase
 from console.tui.commands import FleetCommands
+from console.tui.fleet_view import FleetScreen
+from console.tui.node_view import NodeScreen
 from console.tui.style import clean
 
 if TYPE_CHECKING:
     from console.source import FleetFeed
-    from console.tui.node_view import NodeScreen
 
 #: Seconds between screen refreshes (about 2 Hz, design.md §4).
 REFRESH_S = 0.5
@@ -62,7 +65,7 @@ class KeepsUp(Protocol):
     def keep_up(self, changed: set[str], now: float) -> None: ...
 
 
-class FleetApp(App[None]):
+class FleetApp(FleetAppBase):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "gpufleet"
     #: On the views under the one on top (app.tcss hides their notifications: the one on top
@@ -167,8 +170,6 @@ class FleetApp(App[None]):
             loop.set_task_factory(None)
 
     def on_mount(self) -> None:
-        from console.tui.fleet_view import FleetScreen
-
         if self.feed is not None:
             self.feed.start()
         self.push_screen(FleetScreen())
@@ -219,8 +220,6 @@ class FleetApp(App[None]):
         return shown
 
     def open_node(self, name: str) -> None:
-        from console.tui.node_view import NodeScreen
-
         if name not in self.fleet.nodes:
             return
         if not self.is_screen_installed("node"):
@@ -241,6 +240,40 @@ class FleetApp(App[None]):
         screen.on_screen_resume()
 
     def open_alerts(self) -> None:
-        from console.tui.alerts_view import AlertsScreen
-
         self.push_screen(AlertsScreen())
+
+
+def make_app(
+    feed: FleetState | FleetFeed,
+    *,
+    requester: Requester | None = None,
+    readonly: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+    refresh_s: float | None = REFRESH_S,
+    source: str = "",
+    log: str | None = None,
+) -> FleetApp:
+    """The fleet screen on ``feed``, as the command line and the tests build it.
+
+    ``feed`` is the links (which carry the actions too, and whose connections the heap
+    freezer knows), another source of the model (Prometheus, with actions through
+    ``requester``), or a bare model that a test feeds itself. Deciding here which is which
+    keeps one way to build the screen: the app's own arguments let a caller pass a fleet
+    other than its feed's, or links as a feed but not as links."""
+    if isinstance(feed, FleetState):
+        fleet, links, other = feed, None, None
+    elif isinstance(feed, FleetLinks):
+        fleet, links, other = feed.fleet, feed, None
+    else:
+        fleet, links, other = feed.fleet, None, feed
+    return FleetApp(
+        fleet,
+        requester=requester,
+        links=links,
+        feed=other,
+        readonly=readonly,
+        clock=clock,
+        refresh_s=refresh_s,
+        source=source,
+        log=log,
+    )

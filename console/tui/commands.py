@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import hostlist
 from textual.command import DiscoveryHit, Hit, Hits, Matcher, Provider
@@ -15,10 +15,10 @@ from textual.content import Content
 from textual.screen import Screen
 
 from console.actions import VERBS
+from console.rows import parse_filter
+from console.tui.base import FleetAppBase
+from console.tui.fleet_view import FleetScreen
 from console.tui.style import clean
-
-if TYPE_CHECKING:
-    from console.tui.app import FleetApp
 
 
 @runtime_checkable
@@ -49,11 +49,8 @@ def _actions(screen: Screen[Any]) -> list[tuple[str, Callable[[], None], str]]:
 
 class FleetCommands(Provider):
     def _commands(self) -> list[tuple[str, Callable[[], None], str]]:
-        from console.tui.app import FleetApp
-        from console.tui.fleet_view import FleetScreen
-
         app = self.app
-        assert isinstance(app, FleetApp)
+        assert isinstance(app, FleetAppBase)
         out: list[tuple[str, Callable[[], None], str]] = [
             ("alerts", app.open_alerts, "active and recent alerts across the fleet"),
         ]
@@ -91,10 +88,7 @@ def _highlight(matcher: Matcher, text: str) -> Content:
     return content
 
 
-def _filter(app: FleetApp, text: str) -> None:
-    from console.rows import parse_filter
-    from console.tui.fleet_view import FleetScreen
-
+def _filter(app: FleetAppBase, text: str) -> None:
     while not isinstance(app.screen, FleetScreen) and len(app.screen_stack) > 2:
         app.pop_screen()
     screen = app.screen

@@ -22,44 +22,25 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from console.rows import NodeRow
+from console.rows import COLUMNS, NodeRow
 from console.tui.style import Tone, tone_style
 from console.tui.text_table import TableColumn, fit, layout
 
-__all__ = ["FLEET_COLUMNS", "Cell", "CellsOf", "FleetTable", "TableColumn", "fleet_columns"]
+__all__ = ["Cell", "CellsOf", "FleetTable", "TableColumn", "fleet_columns"]
 
-#: The fleet table's columns: (key, label, width, narrowest, priority). Widths are the values'
-#: domain ("draining", "100%", "640/640", "5600"); the node's name, the state and the alerts
-#: are the last to go, then the reason, the link, the numbers an operator scans for heat and
-#: power; the pool, the GPU count, memory and the busiest GPU drop first on a narrow terminal.
-#: A node's name and a pool are as wide as the fleet's longest (up to NAME_WIDTH_MAX); a name
-#: may be cut to NAME_WIDTH_MIN, a pool is shown whole or not at all.
-FLEET_COLUMNS: Final = (
-    ("name", "NODE", 0, 12, 1),
-    ("pool", "POOL", 0, 0, 9),
-    ("state", "STATE", 11, 11, 2),
-    ("link", "LINK", 32, 12, 5),
-    ("gpus", "GPUS", 4, 4, 10),
-    ("util", "UTIL", 4, 4, 6),
-    ("util_max", "MAX", 4, 4, 12),
-    ("mem", "MEM GiB", 9, 9, 11),
-    ("temp", "HOT", 4, 4, 7),
-    ("power", "POWER W", 7, 7, 8),
-    ("alerts", "ALERTS", 6, 6, 3),
-    ("reason", "REASON", 48, 12, 4),
-)
+#: A node's name and a pool are as wide as the fleet's longest, up to this.
 NAME_WIDTH_MAX: Final = 24
 
 
 def fleet_columns(fits: dict[str, int]) -> list[TableColumn]:
-    """The declaration with the name's and pool's widths from the fleet (``fits``: the longest
-    of each); the reason takes the room left on a wide terminal."""
+    """The columns as ``console.rows.COLUMNS`` declares them, with the widths the fleet sets
+    (``fits``: the longest name and pool); the reason takes the room left on a wide
+    terminal."""
     out = []
-    for key, label, width, narrowest, priority in FLEET_COLUMNS:
-        if not width:
-            width = min(NAME_WIDTH_MAX, max(fits.get(key, 0), len(label)))
-        narrowest = min(narrowest or width, width)
-        out.append(TableColumn(key, label, width, narrowest, priority, grow=key == "reason"))
+    for c in COLUMNS:
+        width = c.width or min(NAME_WIDTH_MAX, max(fits.get(c.key, 0), len(c.header)))
+        narrowest = min(c.narrowest or width, width)
+        out.append(TableColumn(c.key, c.header, width, narrowest, c.priority, grow=c.grow))
     return out
 
 

@@ -6,18 +6,18 @@ the same node across refreshes, and redraws only the rows that changed when the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import ClassVar, Final
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.content import Content
-from textual.screen import Screen
 from textual.widgets import Header, Input
 
 from console.actions import VERBS
-from console.fleet import DOWN_STATES
 from console.rows import (
+    COLUMN,
     COLUMNS,
+    SORTABLE,
     Column,
     NodeRow,
     RowCache,
@@ -27,41 +27,23 @@ from console.rows import (
     fleet_totals,
     parse_filter,
 )
-from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
-from console.tui.fleet_table import FLEET_COLUMNS, Cell, FleetTable, fleet_columns
+from console.tui.action_dialog import VERB_BINDINGS, start_action
+from console.tui.base import Acts, FleetView
+from console.tui.fleet_table import Cell, FleetTable, fleet_columns
+from console.tui.help import HelpScreen
 from console.tui.key_bar import KeyBar
-from console.tui.style import Tone, clean, na
+from console.tui.style import clean
 from console.tui.text_line import PartsLine, TextLine
-
-if TYPE_CHECKING:
-    from console.tui.app import FleetApp
-
-GIB: Final = 1 << 30
-#: The sortable columns' labels, as the table declares them (FLEET_COLUMNS).
-LABELS: Final[dict[Column, str]] = {
-    key: label for key, label, *_ in FLEET_COLUMNS if key in COLUMNS
-}
-
 
 #: Rows recomputed per message during a refresh (about 2.5 ms of work each).
 ROWS_PER_SLICE: Final = 100
 
 
-def _tone(row: NodeRow) -> Tone:
-    if row.critical or row.link in DOWN_STATES:
-        return "bad"
-    if row.link == "stale" or row.alerts or row.state in ("draining", "drained"):
-        return "warn"
-    if row.link == "connecting":
-        return "dim"
-    return "plain"
-
-
-class FleetScreen(Screen[None]):
+class FleetScreen(FleetView[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_node", "node", show=True),
         Binding("slash", "filter", "filter"),
-        Binding("space", "mark", "mark"),
+        Acts("space", "mark", "mark"),  # marks only choose what a verb acts on
         Binding("s", "sort", "sort"),
         Binding("S", "reverse", "reverse", show=False),
         Binding("a", "alerts", "alerts"),
@@ -77,13 +59,6 @@ class FleetScreen(Screen[None]):
         self.row_filter: RowFilter | None = None
         self.filter_text = ""
         self.marked: set[str] = set()
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        from console.tui.app import FleetApp
-
-        assert isinstance(self.app, FleetApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         self.rows = RowCache(self.fleet_app.fleet)
@@ -115,13 +90,6 @@ class FleetScreen(Screen[None]):
 
     def keep_up(self, changed: set[str], now: float) -> None:
         self.rows.update(now, changed)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # --readonly: the verbs are not there at all (not shown, not bound), nor the marks,
-        # which only choose what a verb acts on
-        if action == "mark" and self.fleet_app.readonly:
-            return False
-        return verbs_allowed(self.fleet_app, action)
 
     @property
     def key_note(self) -> str:
@@ -160,7 +128,7 @@ class FleetScreen(Screen[None]):
         shown = (
             [f"| {filter_note(self.table.row_count, self.filter_text)}"] if self.row_filter else []
         )
-        sort = f"| sort {LABELS[self.sort_column]}{' desc' if self.sort_reverse else ''}"
+        sort = f"| sort {COLUMN[self.sort_column].header}{' desc' if self.sort_reverse else ''}"
         self.query_one("#totals", PartsLine).parts = (*totals.parts(), *shown, sort)
         self._draw_source(now)
         banner = self.query_one("#banner", TextLine)
@@ -186,33 +154,11 @@ class FleetScreen(Screen[None]):
         line.set_class(status.fault is not None, "fault")
 
     def _cells(self, row: NodeRow) -> list[Cell]:
-        tone = _tone(row)
-        mem = (
-            f"{row.mem_used / GIB:.0f}/{row.mem_total / GIB:.0f}"
-            if row.mem_used is not None and row.mem_total
-            else "n/a"
-        )
-        numbers: list[Cell] = [
-            (na(row.util, "{:.0f}%"), "plain"),
-            (na(row.util_max, "{}%"), "plain"),
-            (mem, "plain"),
-            (na(row.temp, "{}C"), "plain"),
-            (na(row.power_w, "{:.0f}"), "plain"),
-        ]
-        if not (row.live_data or row.link == "stale"):  # no old numbers shown as current
-            numbers = [("", "plain")] * len(numbers)
-        alerts: Cell = ("", "plain")
-        if row.alerts:
-            alerts = (str(row.alerts), "bad" if row.critical else "warn")
+        """Each column's words and tone, as ``COLUMNS`` declares them; a node with no
+        readings (down, connecting) shows none, not even "n/a": no old numbers as current."""
+        blank = not (row.live_data or row.link == "stale")
         return [
-            (row.name, tone),
-            (row.pool, "plain"),
-            (row.state, "warn" if row.state in ("draining", "drained") else "plain"),
-            (row.link_text, tone),
-            (na(row.gpus), "plain"),
-            *numbers,
-            alerts,
-            (row.state_detail, "plain"),
+            ("", "plain") if blank and c.reading else (c.text(row), c.tone(row)) for c in COLUMNS
         ]
 
     # -- the cursor and the marks ------------------------------------------------------------
@@ -239,7 +185,7 @@ class FleetScreen(Screen[None]):
         self.fleet_app.open_node(event.node)
 
     def on_fleet_table_header_clicked(self, event: FleetTable.HeaderClicked) -> None:
-        if event.column in COLUMNS:
+        if event.column in SORTABLE:
             column: Column = event.column
             self.sort_reverse = not self.sort_reverse if column == self.sort_column else False
             self.sort_column = column
@@ -258,7 +204,7 @@ class FleetScreen(Screen[None]):
         self.query_one(KeyBar).refresh()
 
     def action_sort(self) -> None:
-        self.sort_column = COLUMNS[(COLUMNS.index(self.sort_column) + 1) % len(COLUMNS)]
+        self.sort_column = SORTABLE[(SORTABLE.index(self.sort_column) + 1) % len(SORTABLE)]
         self.redraw()
 
     def action_reverse(self) -> None:
@@ -312,13 +258,9 @@ class FleetScreen(Screen[None]):
         self.fleet_app.open_alerts()
 
     def action_help(self) -> None:
-        from console.tui.help import HelpScreen
-
         self.app.push_screen(HelpScreen(self))
 
     def action_verb(self, verb: str) -> None:
-        from console.tui.action_dialog import start_action
-
         if verb in VERBS:
             start_action(self.fleet_app, VERBS[verb].verb, self.chosen(), self._marks_spent)
 

@@ -14,7 +14,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Header
 
 from agents.protocol import (
@@ -29,7 +28,9 @@ from console.fleet import DOWN_STATES
 from console.history import Metric
 from console.rows import when
 from console.sparkline import sparkline
-from console.tui.action_dialog import VERB_BINDINGS, verbs_allowed
+from console.tui.action_dialog import VERB_BINDINGS, start_action
+from console.tui.base import FleetView
+from console.tui.help import HelpScreen
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, na, tone_style
 from console.tui.text_line import TextBlock, packed
@@ -38,7 +39,6 @@ from console.words import age, plural
 
 if TYPE_CHECKING:
     from console.fleet import NodeView
-    from console.tui.app import FleetApp
 
 SPARK_WIDTH: Final = 16
 #: The GPU table's sparklines at their widest (they shrink on a narrow terminal).
@@ -81,7 +81,7 @@ def audit_text(entries: list[dict[str, Any]]) -> str:
     return "audit log (newest first)\n" + shown
 
 
-class NodeScreen(Screen[None]):
+class NodeScreen(FleetView[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "back"),
         Binding("A", "audit", "reload audit"),
@@ -100,13 +100,6 @@ class NodeScreen(Screen[None]):
     def show(self, name: str) -> None:
         """The node this view shows next time it is pushed."""
         self.node = name
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        from console.tui.app import FleetApp
-
-        assert isinstance(self.app, FleetApp)
-        return self.app
 
     @property
     def view(self) -> NodeView:
@@ -327,19 +320,12 @@ class NodeScreen(Screen[None]):
         return audit_text((answer.result or {}).get("entries", []))
 
     def action_help(self) -> None:
-        from console.tui.help import HelpScreen
-
         self.app.push_screen(HelpScreen(self))
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return verbs_allowed(self.fleet_app, action)
 
     def chosen(self) -> list[str]:
         """The nodes a verb acts on here: this node."""
         return [self.node]
 
     def action_verb(self, verb: str) -> None:
-        from console.tui.action_dialog import start_action
-
         if verb in VERBS:
             start_action(self.fleet_app, VERBS[verb].verb, self.chosen())

@@ -11,17 +11,17 @@ its text passed through ``clean``.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Final
 from unicodedata import category
 
 from rich.text import Text
 from textual.app import App
 
+from console.rows import Tone
 from console.words import na
 
 __all__ = ["Tone", "na", "tone_style", "toned"]
 
-Tone = Literal["bad", "warn", "good", "dim", "plain"]
 
 #: Characters drawn as an escape (``\x1b``, ``\u202e``) rather than as themselves: control
 #: characters (a terminal escape, a bell, a carriage return), format characters (the

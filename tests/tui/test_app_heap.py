@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from console.heap import HeapFreezer
-from console.tui.app import TYPING_S, FleetApp
+from console.tui.app import TYPING_S, make_app
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
@@ -28,7 +28,7 @@ def _unfrozen() -> Iterator[None]:
 
 async def test_the_heap_is_frozen_again_only_once_the_operator_pauses() -> None:
     sim = SimFleet()
-    app = FleetApp(sim.fleet, requester=Requests("refuse"), clock=sim.clock, refresh_s=None)
+    app = make_app(sim.fleet, requester=Requests("refuse"), clock=sim.clock, refresh_s=None)
     links = {name: FakeLink() for name in sim.fleet.nodes}
     app.heap = HeapFreezer(sim.fleet, links, clock=sim.clock, refreeze_nodes=1, refreeze_every=0)
     async with app.run_test(size=(160, 45)) as pilot:

@@ -15,7 +15,7 @@ from console.fleetlinks import FleetLinks
 from console.inventory import load_inventory
 from console.link import LinkOptions
 from console.tui.action_dialog import ActionDialog, ActionResults
-from console.tui.app import FleetApp
+from console.tui.app import make_app
 from console.tui.fleet_view import FleetScreen
 from tests.conftest import until
 
@@ -28,7 +28,7 @@ async def test_the_screen_on_the_demo_fleet_over_ssh() -> None:
     async with demo_fleet(4, 2) as demo:
         inv = load_inventory(demo.inventory)
         links = FleetLinks(inv.nodes, LinkOptions(ssh_config=[]))
-        app = FleetApp(links.fleet, links=links, refresh_s=0.2)
+        app = make_app(links, refresh_s=0.2)
         async with app.run_test(size=(160, 45)) as pilot:
             fleet = links.fleet
             await until(lambda: all(v.link == "live" for v in fleet.nodes.values()), "all live")
@@ -88,7 +88,7 @@ async def test_the_demo_fleet_answers_on_a_loop_that_starts_tasks_eagerly() -> N
     try:
         async with demo_fleet(2, 1) as demo:
             links = FleetLinks(load_inventory(demo.inventory).nodes, LinkOptions(ssh_config=[]))
-            app = FleetApp(links.fleet, links=links, refresh_s=0.2)
+            app = make_app(links, refresh_s=0.2)
             async with app.run_test(size=(160, 45)):
                 fleet = links.fleet
                 await until(

@@ -15,10 +15,10 @@ import pytest
 from textual.widgets import Button, DataTable, Input, Select
 
 from agents.protocol import Response
-from console.rows import parse_filter
+from console.rows import COLUMNS, parse_filter, summarize
 from console.tui.action_dialog import ActionDialog, ActionResults, start_action
 from console.tui.alerts_view import AlertsScreen
-from console.tui.app import FleetApp
+from console.tui.app import FleetApp, make_app
 from console.tui.fleet_view import FleetScreen
 from console.tui.help import HelpScreen
 from console.tui.node_view import NodeScreen
@@ -29,7 +29,7 @@ SIZE = (160, 45)
 
 
 def make(sim: SimFleet, *, readonly: bool = False, answer: str = "refuse") -> FleetApp:
-    return FleetApp(
+    return make_app(
         sim.fleet,
         requester=Requests(answer),
         clock=sim.clock,
@@ -293,7 +293,7 @@ async def test_quitting_while_the_fleet_refreshes_ends_cleanly() -> None:
     a half-removed fleet screen raised NoMatches on quit (seen once in CI; every time at this
     rate before the fix). Quitting must end the program without an error."""
     sim = SimFleet()
-    app = FleetApp(sim.fleet, requester=Requests("refuse"), clock=sim.clock, refresh_s=0.0005)
+    app = make_app(sim.fleet, requester=Requests("refuse"), clock=sim.clock, refresh_s=0.0005)
     async with app.run_test(size=SIZE) as pilot:
         sim.step()
         await pilot.pause(0.01)  # refreshes are drawn; leaving the block quits the app
@@ -392,7 +392,7 @@ class SlowRequests(Requests):
 async def test_leaving_the_results_does_not_cancel_the_action() -> None:
     sim = SimFleet()
     slow = SlowRequests()
-    app = FleetApp(sim.fleet, requester=slow, clock=sim.clock, refresh_s=None)
+    app = make_app(sim.fleet, requester=slow, clock=sim.clock, refresh_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("u")
         await pilot.click("#confirm")
@@ -429,3 +429,21 @@ async def test_marks_hidden_by_the_filter_are_not_acted_on() -> None:
         screen.row_filter, screen.filter_text = parse_filter("gpu02"), "gpu02"
         screen.redraw()
         assert screen.chosen() == ["gpu02"]
+
+
+async def test_the_table_shows_each_declared_column_as_declared() -> None:
+    """The fleet table's columns, headers and cells come from one declaration
+    (``console.rows.COLUMNS``): a live node's cells are its summary's words; a down node's
+    readings are blank (no old numbers beside "unreachable")."""
+    sim = SimFleet()
+    app = make(sim)
+    async with app.run_test(size=(220, 45)):
+        table = fleet_screen(app).table
+        assert table.shown_columns() == [c.key for c in COLUMNS]
+        assert [c.label for c in table.columns] == [c.header for c in COLUMNS]
+        live = summarize(sim.fleet.nodes["gpu01"], sim.clock.now)
+        down = summarize(sim.fleet.nodes["inf2"], sim.clock.now)
+        for c in COLUMNS:
+            assert table.cell_text("gpu01", c.key) == c.text(live), c.key
+            shown = "" if c.reading else c.text(down)
+            assert table.cell_text("inf2", c.key) == shown, c.key

@@ -31,7 +31,7 @@ import console.tui
 from agents.protocol import AuditEntry, Event, GpuProcess, NodeState, Response
 from console.tui.action_dialog import ActionDialog, ActionResults, Confirmed
 from console.tui.alerts_view import AlertsScreen
-from console.tui.app import FleetApp
+from console.tui.app import make_app
 from console.tui.commands import FleetCommands
 from console.tui.fleet_view import FleetScreen
 from console.tui.node_view import NodeScreen
@@ -137,7 +137,7 @@ def hostile_fleet(text: str) -> SimFleet:
 async def walk(text: str) -> None:
     sim = hostile_fleet(text)
     agents = HostileAgents(text)
-    app = FleetApp(sim.fleet, requester=agents, clock=sim.clock, refresh_s=None)
+    app = make_app(sim.fleet, requester=agents, clock=sim.clock, refresh_s=None)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         assert isinstance(screen, FleetScreen)

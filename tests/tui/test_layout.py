@@ -11,7 +11,7 @@ from textual.geometry import Region
 from textual.widgets import DataTable
 
 from console.tui.alerts_view import AlertsScreen
-from console.tui.app import FleetApp
+from console.tui.app import FleetApp, make_app
 from console.tui.fleet_view import FleetScreen
 from console.tui.node_view import NodeScreen
 from console.tui.text_table import TableColumn, fit, layout, text_table
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.tui
 
 
 def make(sim: SimFleet) -> FleetApp:
-    return FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
+    return make_app(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
 
 
 def test_layout_shrinks_then_drops_by_priority_and_gives_room_back() -> None:
@@ -199,7 +199,7 @@ async def test_an_actions_results_wrap_within_the_screen() -> None:
             return Response(id=1, ok=False, code="gpu_busy", error=words)
 
     sim = SimFleet()
-    app = FleetApp(sim.fleet, requester=Refuses(), clock=sim.clock, refresh_s=None)
+    app = make_app(sim.fleet, requester=Refuses(), clock=sim.clock, refresh_s=None)
     async with app.run_test(size=(80, 24)) as pilot:
         app.push_screen(ActionResults(Confirmed("restart", ["gpu01"], {"reason": "r"})))
         await app.workers.wait_for_complete()

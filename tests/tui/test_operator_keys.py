@@ -14,7 +14,7 @@ from textual.widgets import Button, Input
 from textual.widgets._toast import Toast
 
 from console.tui.action_dialog import ActionDialog, ActionResults
-from console.tui.app import FleetApp
+from console.tui.app import FleetApp, make_app
 from console.tui.commands import FleetCommands
 from console.tui.fleet_view import FleetScreen
 from console.tui.help import HelpScreen
@@ -30,7 +30,7 @@ WIDE = (160, 45)
 
 def make(sim: SimFleet | None = None, *, readonly: bool = False) -> FleetApp:
     sim = sim or SimFleet()
-    return FleetApp(
+    return make_app(
         sim.fleet, requester=Requests("ok"), clock=sim.clock, refresh_s=None, readonly=readonly
     )
 
@@ -335,7 +335,7 @@ async def test_readonly_is_said_at_80_columns() -> None:
 
     sim = SimFleet()
     source = "demo: 16 nodes x 8 simulated H100s over SSH  (log: /root/.local/state/x.log)"
-    app = FleetApp(
+    app = make_app(
         sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, readonly=True,
         source=source,
     )  # fmt: skip
@@ -354,7 +354,7 @@ async def test_the_logs_path_is_in_the_help_not_cut_off_the_title() -> None:
     sim = SimFleet()
     source = "demo: 16 nodes x 8 simulated H100s over SSH"
     log = "/root/.local/state/gpufleet/console.log"
-    app = FleetApp(
+    app = make_app(
         sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, source=source, log=log
     )
     async with app.run_test(size=SMALL) as pilot:
@@ -386,7 +386,7 @@ async def test_a_notification_never_covers_the_helps_last_line() -> None:
     """The help's last line (how to close it, where the log is) was under the toasts."""
     sim = SimFleet()
     log = "/root/.local/state/gpufleet/console.log"
-    app = FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, log=log)
+    app = make_app(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None, log=log)
     async with app.run_test(size=SMALL, notifications=True) as pilot:
         await pilot.press("question_mark")
         help_screen = app.screen

@@ -11,7 +11,7 @@ import pytest
 from textual.command import CommandList, CommandPalette
 from textual.pilot import Pilot
 
-from console.tui.app import FleetApp
+from console.tui.app import FleetApp, make_app
 from tests.conftest import until
 from tests.tui.fleetdata import Requests, SimFleet
 
@@ -23,7 +23,7 @@ Snap = Callable[..., bool]
 
 
 def make(sim: SimFleet) -> FleetApp:
-    return FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
+    return make_app(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
 
 
 async def settle(pilot: Pilot[Any]) -> None:

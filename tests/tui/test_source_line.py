@@ -10,7 +10,7 @@ import pytest
 from console import words
 from console.inventory import parse_inventory
 from console.promsource import PromSource
-from console.tui.app import FleetApp
+from console.tui.app import make_app
 from console.tui.fleet_view import FleetScreen
 from console.tui.text_line import TextLine
 from tests.fakes.prometheus import Recorded
@@ -32,7 +32,7 @@ async def test_the_screen_shows_the_source_and_the_age_of_its_data() -> None:
     clock, client = Clock(), Recorded()
     feed = HandPolled(parse_inventory(INVENTORY, "t").nodes, URL, client=client, monotonic=clock)
     await feed.poll()
-    app = FleetApp(feed.fleet, feed=feed, requester=Requests(), clock=clock, refresh_s=None)
+    app = make_app(feed, requester=Requests(), clock=clock, refresh_s=None)
     async with app.run_test(size=(160, 45)) as pilot:
         screen = app.screen
         assert isinstance(screen, FleetScreen)
@@ -68,7 +68,7 @@ async def test_the_screen_shows_the_source_and_the_age_of_its_data() -> None:
 async def test_no_source_line_without_a_feed() -> None:
     """Tests (and the snapshots) that feed the model by hand show no source line."""
     sim = SimFleet()
-    app = FleetApp(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
+    app = make_app(sim.fleet, requester=Requests(), clock=sim.clock, refresh_s=None)
     async with app.run_test(size=(160, 45)):
         assert not app.screen.query_one("#source", TextLine).display
 
@@ -79,7 +79,7 @@ async def test_the_age_behind_a_dialog_keeps_counting() -> None:
     clock, client = Clock(), Recorded()
     feed = HandPolled(parse_inventory(INVENTORY, "t").nodes, URL, client=client, monotonic=clock)
     await feed.poll()
-    app = FleetApp(feed.fleet, feed=feed, requester=Requests(), clock=clock, refresh_s=None)
+    app = make_app(feed, requester=Requests(), clock=clock, refresh_s=None)
     async with app.run_test(size=(160, 45)) as pilot:
         screen = app.screen
         assert isinstance(screen, FleetScreen)

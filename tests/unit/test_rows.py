@@ -8,6 +8,8 @@ from agents.protocol import NodeState
 from console.fleet import FleetState
 from console.inventory import parse_inventory
 from console.rows import (
+    COLUMN,
+    SORTABLE,
     Column,
     NodeRow,
     RowCache,
@@ -156,3 +158,23 @@ def test_the_filter_line_says_when_nothing_matches(fleet: FleetState) -> None:
         parse_filter("pool=nope", fleet.nodes.values())
     with pytest.raises(SelectorError, match="unknown state 'bogus'"):
         parse_filter("state=bogus")
+
+
+@pytest.mark.parametrize("column", SORTABLE)
+def test_every_sortable_column_sorts_by_its_declared_value(fleet: FleetState, column: str) -> None:
+    """The sort takes each column's value from its one declaration (``COLUMNS``): known values
+    in order either way, unknown ones last either way."""
+    sort = COLUMN[column].sort
+    assert sort is not None
+    for reverse in (False, True):
+        rows = visible_rows(fleet, 10.5, None, column, reverse)
+        values = [sort(r) for r in rows]
+        known = [v for v in values if v is not None]
+        assert values == known + [None] * (len(values) - len(known)), "unknown last"
+        assert known == sorted(known, reverse=reverse)  # type: ignore[type-var]
+
+
+def test_a_column_declared_without_a_sort_is_not_sorted_by(fleet: FleetState) -> None:
+    assert "reason" in COLUMN and "reason" not in SORTABLE
+    with pytest.raises(KeyError, match="reason"):
+        visible_rows(fleet, 10.5, None, "reason", reverse=False)

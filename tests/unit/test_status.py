@@ -10,6 +10,7 @@ import msgspec
 from agents.protocol import NodeState, Sample
 from console.fleet import FleetState, LinkState
 from console.inventory import parse_inventory
+from console.rows import COLUMN, summarize
 from console.status import (
     EXIT_ALL,
     EXIT_NONE,
@@ -221,3 +222,19 @@ def test_every_failed_check_has_a_next_step() -> None:
         assert result["next"], f"no next step for {state}"
         steps[state] = result["next"]
     assert len(set(steps.values())) == len(steps), "one step repeated for two states"
+
+
+def test_the_table_takes_its_columns_from_the_screens_declaration() -> None:
+    """Headers and the words of the columns both show are the screen's own (``COLUMNS``):
+    only the link, the reason and the alerts are said the command's way."""
+    fleet = FleetState(parse_inventory(FLEET, "f").nodes)
+    n = Node("gpu1", gpus=2)
+    fleet.apply("gpu1", n.inventory(), 0.0)
+    feed(fleet, n, 1.0)
+    view = fleet.nodes["gpu1"]
+    assert table([view], 1.5).startswith(COLUMN["name"].header)
+    summary = summarize(view, 1.5)
+    [row] = _cells(table([view], 1.5))
+    for key, label in (("gpus", "GPUS"), ("util", "UTIL"), ("temp", "HOT"), ("power", "POWER W")):
+        assert COLUMN[key].header == label
+        assert row[label] == COLUMN[key].text(summary)
