@@ -108,12 +108,13 @@ from agents.protocol import (
 from agents.sampler import Sampler
 from agents.store import AuditLog
 from console.actions import Verb, pools, run_action
+from console.delivery import NotDelivered
 from console.demo import DemoFleet, demo_fleet
 from console.fleet import FleetState, LinkState
 from console.fleetlinks import FleetLinks
 from console.heap import HeapFreezer
 from console.inventory import NodeEntry, load_inventory
-from console.link import LinkOptions, NotDelivered
+from console.link import LinkOptions
 from console.operate import build
 from console.rows import RowCache, fleet_totals
 from console.tui.app import REFRESH_S

@@ -33,7 +33,7 @@ from agents.protocol import PROTOCOL_VERSION, GpufleetError, clip, parse_since, 
 from console import __version__
 from console.actions import Verb
 from console.fleet import FleetState, NodeView
-from console.fleetlinks import FleetLinks
+from console.fleetlinks import FleetLinks, snapshot
 from console.inventory import Inventory, find_inventory, load_inventory
 from console.link import CONNECTING_AT_ONCE, LinkOptions
 from console.logs import ROOT, get_logger
@@ -55,7 +55,6 @@ from console.status import (
     check_result,
     exit_code,
     not_tried_note,
-    snapshot,
     status_doc,
     table,
 )

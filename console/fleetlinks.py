@@ -16,6 +16,7 @@ failing nodes. Its traceback is logged once for the fleet (``InternalErrors``, s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterable
 from types import TracebackType
@@ -25,7 +26,7 @@ from agents.protocol import Response
 from console.fleet import DOWN_STATES, FleetState
 from console.inventory import NodeEntry
 from console.link import CONNECTING_AT_ONCE as CONNECTING_AT_ONCE
-from console.link import CONNECTING_PER_HOST, LinkOptions, NodeLink, stop_links
+from console.link import CONNECTING_PER_HOST, LinkOptions, NodeLink, one_shot, stop_links
 from console.logs import InternalErrors
 from console.source import SSH, FeedStatus, data_age
 from console.words import plural
@@ -162,3 +163,21 @@ class FleetLinks:
     ) -> Response:
         """One request to one node's agent (raises NotDelivered, see ``NodeLink.request``)."""
         return await self.links[node].request(op, args, wait)
+
+
+async def snapshot(
+    entries: list[NodeEntry],
+    options: LinkOptions,
+    *,
+    wait: float,
+    concurrency: int | None = None,
+) -> FleetState:
+    """Connect to every node, until each has answered or failed (or ``wait`` runs out).
+
+    A snapshot takes a node's first failure as its answer: retrying is for the live screen.
+    A node whose handshake never started (the fan-out was busy with others for the whole
+    wait) is ``not_tried``, never ``unreachable``: nothing is known of it."""
+    links = FleetLinks(entries, one_shot(options), concurrency=concurrency)
+    async with links:
+        links.give_up(await links.settle(wait), wait, time.monotonic())
+    return links.fleet

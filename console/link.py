@@ -36,7 +36,6 @@ from asyncssh.config import ConfigParseError, SSHClientConfig, SSHConfig
 
 from agents.protocol import (
     PROTOCOL_MINOR,
-    REQUEST_SPECS,
     UNKNOWN_KIND,
     Error,
     Event,
@@ -55,6 +54,7 @@ from agents.protocol import (
     read_hello,
 )
 from console import __version__
+from console.delivery import REQUEST_SINCE, AgentTooOld, NotDelivered, knows
 from console.fleet import FleetState, LinkState
 from console.inventory import NodeEntry
 from console.logs import ContextLog, InternalErrors, get_logger, internal_words
@@ -104,35 +104,6 @@ def one_shot(options: LinkOptions) -> LinkOptions:
 PACE_FACTOR: Final = 10.0
 #: ... after a burst of this many.
 PACE_BURST: Final = 50
-
-
-class NotDelivered(GpufleetError):
-    """A request that never reached the agent, or whose answer never came back: the caller
-    must say so, and must not guess at the outcome. ``maybe``: it was sent, so it may have
-    been applied (the answer was lost); otherwise it certainly was not."""
-
-    def __init__(self, message: str, *, maybe: bool = False) -> None:
-        super().__init__(message)
-        self.maybe = maybe
-
-
-class AgentTooOld(GpufleetError):
-    """A request the node's agent is too old to know: not sent (an older agent would only
-    answer "unknown request"); the message says which versions and what to do."""
-
-
-#: The protocol minor (of this major) in which each request first appeared, as the protocol
-#: declares it (``RequestSpec.since``). Sent to an agent that speaks an older minor, it would
-#: come back as "unknown request" (and, from an operator, land in the node's audit log as
-#: refused): the console says instead that the agent is too old.
-REQUEST_SINCE: Final[dict[str, int]] = {op: spec.since for op, spec in REQUEST_SPECS.items()}
-
-
-def knows(protocol: tuple[int, int] | None, op: str) -> bool:
-    """Whether an agent speaking ``protocol`` knows the request ``op`` (one not yet heard
-    from is given the benefit of the doubt: it is asked, and answers for itself)."""
-    since = REQUEST_SINCE.get(op)
-    return protocol is None or since is None or protocol[1] >= since
 
 
 class LinkFailure(Exception):

@@ -45,10 +45,11 @@ from console.actions import (
     request_args,
     run_action,
 )
+from console.delivery import AgentTooOld, NotDelivered, knows
 from console.fleet import DOWN_STATES, FleetState, NodeView
 from console.fleetlinks import FleetLinks
 from console.inventory import Inventory
-from console.link import AgentTooOld, LinkOptions, NotDelivered, knows, one_shot
+from console.link import LinkOptions, one_shot
 from console.selector import parse_selector, select
 from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING
 from console.words import plural

@@ -9,15 +9,11 @@ are current (``gpus``, ``host``) or marked old (``last_seen``), never old as if 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from agents.protocol import clip
-from console.fleet import FleetState, LinkState, NodeView
-from console.fleetlinks import FleetLinks
-from console.inventory import NodeEntry
-from console.link import LinkOptions, one_shot
+from console.fleet import LinkState, NodeView
 from console.rows import COLUMN, NodeSummary, summarize
 from console.words import aligned, plural
 
@@ -97,24 +93,6 @@ def node_doc(view: NodeView, now: float) -> dict[str, Any]:
 
 def status_doc(views: Iterable[NodeView], now: float) -> list[dict[str, Any]]:
     return [node_doc(v, now) for v in views]
-
-
-async def snapshot(
-    entries: list[NodeEntry],
-    options: LinkOptions,
-    *,
-    wait: float,
-    concurrency: int | None = None,
-) -> FleetState:
-    """Connect to every node, until each has answered or failed (or ``wait`` runs out).
-
-    A snapshot takes a node's first failure as its answer: retrying is for the live screen.
-    A node whose handshake never started (the fan-out was busy with others for the whole
-    wait) is ``not_tried``, never ``unreachable``: nothing is known of it."""
-    links = FleetLinks(entries, one_shot(options), concurrency=concurrency)
-    async with links:
-        links.give_up(await links.settle(wait), wait, time.monotonic())
-    return links.fleet
 
 
 #: The table's columns, left to right, as the screen declares them (``console.rows.COLUMNS``).

@@ -35,8 +35,8 @@ from agents.protocol import (
 )
 from agents.store import AuditLog
 from console.actions import restart_targets, run_action
+from console.delivery import REQUEST_SINCE
 from console.fleetlinks import FleetLinks
-from console.link import REQUEST_SINCE
 from tests.conftest import FIXTURES, REPO, AgentProc, extract_tar, skip_or_fail, until
 from tests.fakes.simnode import Node
 from tests.integration.sshd import Sshd
@@ -129,7 +129,7 @@ def test_each_commit_in_the_table_is_the_last_of_its_minor() -> None:
 
 def test_every_request_says_which_minor_brought_it() -> None:
     """The console refuses to send a request to an agent older than the request: a new
-    request without its minor in ``console.link.REQUEST_SINCE`` would be sent to any agent."""
+    request without its minor in ``console.delivery.REQUEST_SINCE`` would be sent to any agent."""
     assert set(REQUEST_SINCE) == set(REQUEST_SPECS)
     assert all(0 <= m <= PROTOCOL_MINOR for m in REQUEST_SINCE.values())
 

@@ -21,11 +21,11 @@ from agents.client import AgentClient
 from agents.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Response, Sample
 from agents.store import AuditLog
 from console.actions import run_action
+from console.delivery import NotDelivered
 from console.fleet import FleetState, LinkState
-from console.fleetlinks import FleetLinks
+from console.fleetlinks import FleetLinks, snapshot
 from console.inventory import NodeEntry
-from console.link import PACE_BURST, PACE_FACTOR, LinkOptions, NodeLink, NotDelivered
-from console.status import snapshot
+from console.link import PACE_BURST, PACE_FACTOR, LinkOptions, NodeLink
 from tests.conftest import REPO, AgentProc, until, wait_for
 from tests.integration.netns import netns
 from tests.integration.sshd import Sshd, start_sshd

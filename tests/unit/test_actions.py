@@ -22,9 +22,9 @@ from console.actions import (
     run_action,
     why_no_restart_targets,
 )
+from console.delivery import NotDelivered
 from console.fleet import FleetState
 from console.inventory import parse_inventory
-from console.link import NotDelivered
 from console.operate import outcome_code, result_lines
 from console.rows import node_row, parse_filter
 from console.selector import parse_selector, select

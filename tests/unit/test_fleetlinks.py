@@ -15,10 +15,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from console.fleetlinks import CONNECTING_PER_JUMP, FleetLinks
+from console.fleetlinks import CONNECTING_PER_JUMP, FleetLinks, snapshot
 from console.inventory import parse_inventory
 from console.link import CONNECTING_PER_HOST, LinkOptions, handshake_words, stop_links
-from console.status import snapshot
 from tests.conftest import until
 
 FLEET = """
