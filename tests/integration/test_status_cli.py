@@ -442,5 +442,8 @@ def test_inventory_check_over_thousands_of_closed_ports_ends(short_tmp: Path) ->
     assert len(results) == 3000
     assert {r["problem"] for r in results} <= {"unreachable", "not_tried"}
     assert all(r["next"] for r in results)
-    refused = [r for r in results if r["problem"] == "unreachable"]
-    assert refused and all("connection refused" in r["detail"] for r in refused)
+    # A node whose refusal had not come back when the 5 s ran out (a busy machine: 4 of 3,000
+    # once) says so; every other one was refused, and says that.
+    down = [r for r in results if r["problem"] == "unreachable"]
+    refused = [r for r in down if "connection refused" in r["detail"]]
+    assert refused and all(r in refused or r["detail"] == "no answer in 5 s" for r in down)
