@@ -161,28 +161,34 @@ def ensure_tool(tool: str, apt_package: str) -> str:
     raise AssertionError("unreachable")
 
 
-def wait_for(
-    condition: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
-) -> T:
-    """Poll ``condition`` until it returns something truthy, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
+POLL_SECONDS = 0.02
+
+
+def wait_for(condition: Callable[[], T | None], what: str, limit: float = 10.0) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; past ``limit``
+    seconds fail naming ``what`` was awaited. The one way a test blocks on a condition."""
+    deadline = time.monotonic() + limit
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+            raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
+        time.sleep(POLL_SECONDS)
 
 
-async def until(cond: Callable[[], object], what: str, limit: float = 30.0) -> None:
-    """``wait_for`` for a test running on the event loop: polls without blocking it."""
+async def until(condition: Callable[[], T | None], what: str, limit: float = 30.0) -> T:
+    """``wait_for`` for a test running on the event loop: polls without blocking it, so the
+    tasks (an agent, a Textual app) it waits on run in between."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
-    while not cond():
+    while True:
+        value = condition()
+        if value:
+            return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def agent_command() -> list[str]:
@@ -237,8 +243,8 @@ class AgentProc:
             lambda: (
                 "serving" in self.log()[mark:] or self.proc is None or self.proc.poll() is not None
             ),
-            timeout,
             "the agent to serve",
+            timeout,
         )
         if self.proc.poll() is not None:
             raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log()}")

@@ -44,7 +44,7 @@ def demo_process(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: inventory.exists() or proc.poll() is not None, 30, "the demo inventory")
+        wait_for(lambda: inventory.exists() or proc.poll() is not None, "the demo inventory", 30)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         yield proc, inventory
     finally:

@@ -111,7 +111,7 @@ class PrometheusServer:
             ok = len(active) == count and all(t["health"] == "up" for t in active)
             return active if ok else None
 
-        return wait_for(up, timeout, f"{count} Prometheus target(s) up")
+        return wait_for(up, f"{count} Prometheus target(s) up", timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -166,7 +166,7 @@ def start_prometheus(
             return False
 
     try:
-        wait_for(ready, 30, "Prometheus to be ready")
+        wait_for(ready, "Prometheus to be ready", 30)
     except BaseException:
         server.stop()
         raise

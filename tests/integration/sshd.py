@@ -85,7 +85,7 @@ class Sshd:
             with socket.socket() as s:
                 return s.connect_ex((self.address, self.port)) == 0
 
-        wait_for(listening, 15, "sshd to listen")
+        wait_for(listening, "sshd to listen", 15)
 
     def rekey(self) -> asyncssh.SSHKey:
         """Restart with a new host key, as a reinstalled (or impersonated) host would."""

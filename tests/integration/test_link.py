@@ -131,7 +131,9 @@ async def test_a_one_shot_snapshot_skips_the_history_and_takes_the_newest_as_liv
     node as answered on its newest sample, sent at once (not an interval later)."""
     agent = agent_factory("--backend", "sim", "--gpus", "2", "--interval", "0.1").start()
     with AgentClient(agent.socket, history=False) as warm:  # let the agent buffer 2 s
-        wait_for(lambda: (f := warm.recv()) is not None and getattr(f, "seq", 0) > 20, 10)
+        wait_for(
+            lambda: (f := warm.recv()) is not None and getattr(f, "seq", 0) > 20, "2 s buffered", 10
+        )
     fleet = await snapshot([entry(sshd, agent.socket)], options(sshd), wait=10)
     view = fleet.nodes["127.0.0.1"]
     assert view.answered

@@ -124,7 +124,7 @@ def test_the_prometheus_source_shows_the_same_fleet_as_the_ssh_source(site: Site
             return None  # not scraped since the drain yet
         return (code_ssh, ssh), (code_prom, prom)
 
-    (code_ssh, ssh), (code_prom, prom) = wait_for(both, 60, "the drain in both views")
+    (code_ssh, ssh), (code_prom, prom) = wait_for(both, "the drain in both views", 60)
     assert [n["name"] for n in prom] == [n["name"] for n in ssh] == list(POOLS)
     assert [stable(n) for n in prom[:3]] == [stable(n) for n in ssh[:3]]
     for node in prom[:3]:

@@ -333,7 +333,7 @@ def _held(server: Sshd) -> socket.socket:
         s.close()  # dropped: a slot was still taken by sshd's own start-up check
         return None
 
-    return wait_for(greeted, 30, "a held unauthenticated connection")
+    return wait_for(greeted, "a held unauthenticated connection", 30)
 
 
 def test_a_handshake_always_dropped_says_max_startups_and_what_to_change(

@@ -67,15 +67,15 @@ def test_the_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
     env = f"XDG_STATE_HOME={shlex.quote(str(tmp_path))}"
     tmux.run("new-session", "-d", "-x", "160", "-y", "45", "-s", "gf",
              f"env {env} {command}; echo EXITED $?; sleep 30")  # fmt: skip
-    wait_for(lambda: "4 nodes: 4 live" in tmux.screen(), 60, "four live nodes on screen")
+    wait_for(lambda: "4 nodes: 4 live" in tmux.screen(), "four live nodes on screen", 60)
     screen = tmux.screen()
     assert "demo01" in screen
     assert "d drain" in screen, "the key bar shows the verbs"
     tmux.keys("Down", "Enter")
-    wait_for(lambda: "UTIL %" in tmux.screen(), 20, "the node view")
+    wait_for(lambda: "UTIL %" in tmux.screen(), "the node view", 20)
     assert "demo02" in tmux.screen()
     tmux.keys("Escape")  # alone: an escape followed at once by a key reads as alt+key
-    wait_for(lambda: "UTIL %" not in tmux.screen(), 20, "back on the fleet view")
+    wait_for(lambda: "UTIL %" not in tmux.screen(), "back on the fleet view", 20)
     tmux.keys("q")
-    wait_for(lambda: "EXITED 0" in tmux.screen(), 30, "a clean exit on q")
+    wait_for(lambda: "EXITED 0" in tmux.screen(), "a clean exit on q", 30)
     assert (tmp_path / "gpufleet" / "console.log").exists(), "logs went to the file"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agents.config import RestartSection
 from agents.kube import KubeScheduler
-from tests.conftest import wait_for
+from tests.conftest import until
 from tests.fakes.opsnode import TRICKY, Node
 from tests.fakes.tools import calls, fake_kubectl, kube_node, recorder
 
@@ -39,7 +39,7 @@ def kube_node_on(
 
 
 async def settled(node: Node, state: str) -> None:
-    await asyncio.to_thread(wait_for, lambda: node.state.state == state, 10, state)
+    await until(lambda: node.state.state == state, f"the node {state}", 10)
 
 
 async def test_drain_cordons_then_evicts_and_is_drained_when_kubectl_returns(
@@ -64,7 +64,7 @@ async def test_an_eviction_a_budget_blocks_leaves_the_node_cordoned_and_says_why
 ) -> None:
     node, _, _ = kube_node_on(tmp_path, pdb=True)
     await node.ask("drain", reason="r", timeout=30)
-    await asyncio.to_thread(wait_for, lambda: node.told, 10, "the failure told")
+    await until(lambda: node.told, "the failure told", 10)
     [said] = node.told
     assert said.startswith("draining: pods not evicted, node stays cordoned: ")
     assert "violate the pod's disruption budget" in said
@@ -121,11 +121,11 @@ async def test_restart_node_is_drain_reboot_uncordon(tmp_path: Path) -> None:
     refused = await before.ask("restart", target="node", reason="kernel")
     assert refused.code == "not_drained", "never reboot a node with pods on it"
     await before.ask("drain", reason="kernel")
-    await asyncio.to_thread(wait_for, lambda: not sched.evicting, 10, "the eviction")
+    await until(lambda: not sched.evicting, "the eviction", 10)
     await before.handler.sync()
     assert before.state.state == "drained"
     assert (await before.ask("restart", target="node", reason="kernel")).ok
-    await asyncio.to_thread(wait_for, lambda: calls(tools / "systemctl"), 5, "the reboot")
+    await until(lambda: calls(tools / "systemctl"), "the reboot", 5)
     assert calls(tools / "systemctl") == [["reboot"]]
 
     after, _ = node_on("boot-2")
