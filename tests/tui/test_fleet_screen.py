@@ -22,6 +22,7 @@ from console.tui.app import FleetApp
 from console.tui.fleet_view import FleetScreen
 from console.tui.help import HelpScreen
 from console.tui.node_view import NodeScreen
+from tests.support.notices import Notices
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
@@ -366,12 +367,12 @@ async def test_the_mouse_moves_the_cursor_sorts_and_opens() -> None:
 
 async def test_readonly_refuses_an_action_from_anywhere() -> None:
     """Not only the keys: the one way into an action says no in read-only mode."""
-    app = make(SimFleet(), readonly=True)
-    async with app.run_test(size=SIZE) as pilot:
+    app, notices = make(SimFleet(), readonly=True), Notices()
+    async with app.run_test(size=SIZE, message_hook=notices) as pilot:
         start_action(app, "drain", ["gpu01"])
         await pilot.pause()
         assert isinstance(app.screen, FleetScreen), "no dialog"
-        assert any("read-only" in str(n.message) for n in app._notifications)
+        assert notices.any("read-only")
         assert requests(app).sent == []
 
 
@@ -393,7 +394,8 @@ async def test_leaving_the_results_does_not_cancel_the_action() -> None:
     sim = SimFleet()
     slow = SlowRequests()
     app = FleetApp(sim.fleet, requester=slow, clock=sim.clock, refresh_s=None)
-    async with app.run_test(size=SIZE) as pilot:
+    notices = Notices()
+    async with app.run_test(size=SIZE, message_hook=notices) as pilot:
         await pilot.press("u")
         await pilot.click("#confirm")
         await pilot.pause()
@@ -404,8 +406,7 @@ async def test_leaving_the_results_does_not_cancel_the_action() -> None:
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert slow.sent == [("gpu01", "resume", {})], "sent and answered, not cancelled"
-        said = [str(n.message) for n in app._notifications]
-        assert "Resume gpu01: 1 ok" in said, "in the results screen's words"
+        assert "Resume gpu01: 1 ok" in notices.said, "in the results screen's words"
 
 
 async def test_the_cursor_stays_in_sight_in_a_small_terminal() -> None:
