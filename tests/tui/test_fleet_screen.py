@@ -22,7 +22,9 @@ from console.tui.app import FleetApp
 from console.tui.fleet_view import FleetScreen
 from console.tui.help import HelpScreen
 from console.tui.node_view import NodeScreen
+from tests.conftest import until
 from tests.support.notices import Notices
+from tests.support.palette import palette_choice
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
@@ -289,15 +291,20 @@ async def test_losing_every_node_keeps_the_program_and_says_so() -> None:
         assert app.is_running
 
 
-async def test_quitting_while_the_fleet_refreshes_ends_cleanly() -> None:
+async def test_quitting_while_the_fleet_refreshes_ends_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Textual's timers tick on while the app takes its screens down; a refresh drawn into
     a half-removed fleet screen raised NoMatches on quit (seen once in CI; every time at this
     rate before the fix). Quitting must end the program without an error."""
     sim = SimFleet()
     app = FleetApp(sim.fleet, requester=Requests("refuse"), clock=sim.clock, refresh_s=0.0005)
-    async with app.run_test(size=SIZE) as pilot:
+    refreshes: list[None] = []
+    refresh = app.refresh_fleet
+    monkeypatch.setattr(app, "refresh_fleet", lambda: refreshes.append(refresh()))
+    async with app.run_test(size=SIZE):
         sim.step()
-        await pilot.pause(0.01)  # refreshes are drawn; leaving the block quits the app
+        await until(lambda: len(refreshes) >= 5, "refreshes drawn")  # leaving quits the app
     assert app.return_code in (None, 0), "ended without an error"
 
 
@@ -344,7 +351,7 @@ async def test_the_command_palette_jumps_to_a_node() -> None:
         await pilot.press("colon")
         await pilot.pause()
         await pilot.press(*"node inf1")
-        await pilot.pause(0.5)
+        await until(lambda: palette_choice(app) == "node inf1", "the palette to offer node inf1")
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, NodeScreen)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from textual.command import Command, CommandList, CommandPalette
 from textual.content import Content
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
@@ -22,6 +21,7 @@ from console.tui.key_bar import KeyBar
 from console.tui.node_view import NodeScreen
 from tests.conftest import until
 from tests.support.notices import Notices
+from tests.support.palette import palette_choice
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
@@ -188,14 +188,6 @@ async def palette_commands(app: FleetApp, *queries: str) -> list[str]:
     """What the palette offers for each of ``queries``, as its search finds them."""
     provider = FleetCommands(app.screen)
     return [hit.text or "" for query in queries async for hit in provider.search(query)]
-
-
-def palette_choice(app: FleetApp) -> str:
-    """The command the open palette runs on enter (its highlighted hit); "" for none."""
-    if not isinstance(app.screen, CommandPalette):
-        return ""
-    option = app.screen.query_one(CommandList).highlighted_option
-    return option.hit.text or "" if isinstance(option, Command) else ""
 
 
 async def test_the_palette_offers_the_verbs_on_what_is_chosen() -> None:
