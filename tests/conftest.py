@@ -25,6 +25,8 @@ from typing import NamedTuple, TypeVar
 
 import pytest
 
+from tests.support.tmux import Tmux
+
 T = TypeVar("T")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
@@ -293,3 +295,11 @@ def agent_factory(short_tmp: Path) -> Iterator[Callable[..., AgentProc]]:
     for agent in made:
         if agent.proc is not None:
             agent.stop(signal.SIGKILL if agent.proc.poll() is None else signal.SIGTERM)
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    """A tmux server of its own for one test (tests/tui), killed after it."""
+    t = Tmux(ensure_tool("tmux", "tmux"), f"gf-test-{os.getpid()}")
+    yield t
+    t.run("kill-server")

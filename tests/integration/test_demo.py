@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.conftest import demo_process
+from tests.support.demo import demo_process
 
 pytestmark = pytest.mark.integration
 

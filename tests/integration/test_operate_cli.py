@@ -19,7 +19,7 @@ from agents.client import AgentClient
 from agents.protocol import Sample
 from console.inventory import load_inventory
 from tests.conftest import wait_for
-from tests.integration.conftest import demo_process, gpufleet
+from tests.support.demo import demo_process, gpufleet
 
 pytestmark = pytest.mark.integration
 TRICKY = 'fan "A"; $(reboot) `id` ünï'

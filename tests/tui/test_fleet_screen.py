@@ -23,32 +23,12 @@ from console.tui.fleet_view import FleetScreen
 from console.tui.help import HelpScreen
 from console.tui.node_view import NodeScreen
 from tests.conftest import until
+from tests.support.fleetapp import SIZE, fleet_screen, make, names
 from tests.support.notices import Notices
 from tests.support.palette import palette_choice
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
-SIZE = (160, 45)
-
-
-def make(sim: SimFleet, *, readonly: bool = False, answer: str = "refuse") -> FleetApp:
-    return FleetApp(
-        sim.fleet,
-        requester=Requests(answer),
-        clock=sim.clock,
-        refresh_s=None,
-        readonly=readonly,
-    )
-
-
-def fleet_screen(app: FleetApp) -> FleetScreen:
-    screen = app.screen
-    assert isinstance(screen, FleetScreen)
-    return screen
-
-
-def names(app: FleetApp) -> list[str]:
-    return fleet_screen(app).table.row_names
 
 
 def cell(app: FleetApp, node: str, column: str) -> str:

@@ -8,12 +8,12 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ensure_tool, wait_for
+from tests.conftest import wait_for
+from tests.support.tmux import Tmux
 
 pytestmark = [pytest.mark.tui, pytest.mark.integration]
 
@@ -35,30 +35,6 @@ def test_without_a_terminal_the_screen_says_what_to_do(args: list[str], tmp_path
     [line] = done.stderr.splitlines()
     assert line.startswith("gpufleet: error: no terminal for the screen: use ")
     assert "Traceback" not in done.stderr
-
-
-class Tmux:
-    def __init__(self, tmux: str, socket: str) -> None:
-        self.base = [tmux, "-L", socket]
-
-    def run(self, *args: str) -> str:
-        done = subprocess.run(
-            [*self.base, *args], capture_output=True, text=True, timeout=20, check=False
-        )
-        return done.stdout
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "gf")
-
-    def keys(self, *keys: str) -> None:
-        self.run("send-keys", "-t", "gf", *keys)
-
-
-@pytest.fixture
-def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    t = Tmux(ensure_tool("tmux", "tmux"), f"gf-test-{os.getpid()}")
-    yield t
-    t.run("kill-server")
 
 
 def test_the_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:

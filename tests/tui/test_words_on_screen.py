@@ -9,9 +9,9 @@ from textual.geometry import Region
 from textual.widgets import DataTable, Input
 
 from console.tui.text_line import TextLine
+from tests.support.fleetapp import SIZE, make, names
 from tests.support.notices import Notices
 from tests.tui.fleetdata import SimFleet
-from tests.tui.test_fleet_screen import SIZE, make, names
 
 pytestmark = pytest.mark.tui
 
