@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ensure_tool, wait_for
+from tests.conftest import system_tool, wait_for
 from tests.integration.sshd import free_port
 
 #: A scrape target: "host:port", or "host:port" with labels Prometheus attaches to its series.
@@ -133,7 +133,7 @@ def start_prometheus(
     """Start Prometheus scraping ``targets``' ``/metrics``; returns once it answers ready.
     A target's labels may set ``__metrics_path__`` (bench/prom_scale.py serves many nodes
     from one address, a path each) and ``instance``."""
-    binary = ensure_tool("prometheus", "prometheus")
+    binary = system_tool("prometheus")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (root / "prometheus.yml").write_text(

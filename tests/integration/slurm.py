@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ensure_tool, skip_or_fail, wait_for
+from tests.conftest import skip_or_fail, system_tool, wait_for
 from tests.integration.sshd import free_port
 
 NODES = ("node1", "node2", "node3", "node4")
@@ -45,16 +45,7 @@ TERMINAL_JOB_STATES = frozenset(
      "PREEMPTED", "TIMEOUT"}
 )  # fmt: skip
 
-_TOOLS = (
-    ("munged", "munge"),
-    ("slurmctld", "slurmctld"),
-    ("slurmd", "slurmd"),
-    ("scontrol", "slurm-client"),
-    ("sinfo", "slurm-client"),
-    ("sbatch", "slurm-client"),
-    ("squeue", "slurm-client"),
-    ("scancel", "slurm-client"),
-)
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "scontrol", "sinfo", "sbatch", "squeue", "scancel")
 
 
 def partition_of(node: str) -> str:
@@ -395,7 +386,7 @@ def start_slurm(
         raise ValueError("RebootProgram is ours: it must never reboot this host")
     if os.geteuid() != 0:
         skip_or_fail("a private Slurm cluster needs root here (SlurmUser=root, slurmd as root)")
-    tools = {tool: ensure_tool(tool, package) for tool, package in _TOOLS}
+    tools = {tool: system_tool(tool) for tool in SLURM_TOOLS}
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     munge_dir = root / "munge"
