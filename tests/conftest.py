@@ -1,4 +1,5 @@
-"""Shared test helpers: waiting on conditions, real agent processes, and honest skips.
+"""What every test may use: waiting on a condition (``wait_for``, ``until``), real agent
+processes, the system tools installed once at the start of the session, and honest skips.
 
 A test that needs something this machine lacks (root, a system tool) skips with the reason;
 under CI (CI=true) that skip is a failure instead, so a green CI run means it really ran. The
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import pytest
+
+from tests.support.system_tools import SYSTEM_TOOLS, install, missing_packages
+from tests.support.tmux import Tmux
 
 T = TypeVar("T")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -140,49 +144,70 @@ def installed(script: str) -> str:
     return path
 
 
-def ensure_tool(tool: str, apt_package: str) -> str:
-    """The tool's path, installing its Debian package when missing and we are root."""
+#: What the session could not install (package: apt's last words), for the skip's reason.
+_NOT_INSTALLED: dict[str, str] = {}
+
+
+def _apt(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    return subprocess.run(argv, env=env, check=False, capture_output=True, text=True)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before any test: when an integration test is to run, install every system tool the
+    tests use that is missing (``SYSTEM_TOOLS``), in one apt-get run, as root where apt-get
+    is. Elsewhere nothing is installed and the tests that need a missing tool skip."""
+    if not any(item.get_closest_marker("integration") for item in session.items):
+        return
+    packages = missing_packages()
+    if not packages or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"installing what the tests run: {' '.join(packages)} (apt-get)")
+    _NOT_INSTALLED.update(install(packages, _apt))
+
+
+def system_tool(tool: str) -> str:
+    """The path of a system tool a test runs (one of ``SYSTEM_TOOLS``, which the session
+    installed if it could); missing is a skip naming why (a failure under CI)."""
+    package = SYSTEM_TOOLS[tool]
     path = shutil.which(tool)
     if path:
         return path
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", apt_package],
-            env=env,
-            check=False,
-            capture_output=True,
-        )
-        path = shutil.which(tool)
-        if path:
-            return path
-    skip_or_fail(f"{tool} not installed and could not be installed ({apt_package})")
+    why = _NOT_INSTALLED.get(package, "run the tests as root with apt-get to install it")
+    skip_or_fail(f"{tool} not installed (Debian package {package}: {why})")
     raise AssertionError("unreachable")
 
 
-def wait_for(
-    condition: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
-) -> T:
-    """Poll ``condition`` until it returns something truthy, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
+POLL_SECONDS = 0.02
+
+
+def wait_for(condition: Callable[[], T | None], what: str, limit: float = 10.0) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; past ``limit``
+    seconds fail naming ``what`` was awaited. The one way a test blocks on a condition."""
+    deadline = time.monotonic() + limit
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+            raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
+        time.sleep(POLL_SECONDS)
 
 
-async def until(cond: Callable[[], object], what: str, limit: float = 30.0) -> None:
-    """``wait_for`` for a test running on the event loop: polls without blocking it."""
+async def until(condition: Callable[[], T | None], what: str, limit: float = 30.0) -> T:
+    """``wait_for`` for a test running on the event loop: polls without blocking it, so the
+    tasks (an agent, a Textual app) it waits on run in between."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
-    while not cond():
+    while True:
+        value = condition()
+        if value:
+            return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def agent_command() -> list[str]:
@@ -237,8 +262,8 @@ class AgentProc:
             lambda: (
                 "serving" in self.log()[mark:] or self.proc is None or self.proc.poll() is not None
             ),
-            timeout,
             "the agent to serve",
+            timeout,
         )
         if self.proc.poll() is not None:
             raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log()}")
@@ -287,3 +312,11 @@ def agent_factory(short_tmp: Path) -> Iterator[Callable[..., AgentProc]]:
     for agent in made:
         if agent.proc is not None:
             agent.stop(signal.SIGKILL if agent.proc.poll() is None else signal.SIGTERM)
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    """A tmux server of its own for one test (tests/tui), killed after it."""
+    t = Tmux(system_tool("tmux"), f"gf-test-{os.getpid()}")
+    yield t
+    t.run("kill-server")

@@ -6,7 +6,11 @@ as it runs the real tool; each records the argv it was given, one JSON list per 
 The kubectl stand-in keeps one node's object in a JSON file and answers the handful of
 commands the adapter uses, its messages modelled on kubectl's own for the cases the tests
 exercise (a node not found, an eviction a PodDisruptionBudget blocks). It is not Kubernetes:
-what it proves is the argv the adapter runs and how the agent reads the answers.
+what it proves is the argv the adapter runs and how the agent reads the answers. So it
+takes exactly the argv the adapter is meant to run (``KUBECTL_FORMS``), every word and flag:
+anything else (a flag dropped, added or spelt another way) it refuses loudly, exiting 2 with
+the argv on stderr and in ``kubectl.refused`` (``refused``), so a change to the adapter's
+commands fails the tests instead of passing unread.
 """
 
 from __future__ import annotations
@@ -42,13 +46,37 @@ def calls(tool: Path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
+_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+
+#: The argv the stand-in takes, a regular expression a word (``_NAME``: a node's name): the
+#: commands ``agents/kube.py`` runs, and nothing else (a label: ``KEY=VALUE``).
+KUBECTL_FORMS: tuple[tuple[str, ...], ...] = (
+    ("get", "node", _NAME, "--output=json"),
+    ("cordon", _NAME),
+    ("uncordon", _NAME),
+    ("drain", _NAME, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=[1-9][0-9]*s"),
+    ("label", "node", _NAME, r"[-A-Za-z0-9_./]+=[-A-Za-z0-9_.]*", "--overwrite"),
+)
+
 _KUBECTL = """#!{python}
-import json, sys, time
+import json, re, sys, time
 STATE = {state!r}
 LOG = {log!r}
+FORMS = {forms!r}
 args = sys.argv[1:]
 with open(LOG, "a") as f:
     f.write(json.dumps(args) + "\\n")
+if not any(
+    len(form) == len(args) and all(re.fullmatch(w, a) for w, a in zip(form, args))
+    for form in FORMS
+):
+    with open({refused!r}, "a") as f:
+        f.write(json.dumps(args) + "\\n")
+    sys.stderr.write(
+        "kubectl stand-in (tests/fakes/tools.py): refused argv %s, not one the adapter is"
+        " meant to run (KUBECTL_FORMS)\\n" % json.dumps(args)
+    )
+    sys.exit(2)
 with open(STATE) as f:
     world = json.load(f)
 node = world["node"]
@@ -73,6 +101,8 @@ elif verb in ("cordon", "uncordon"):
     save()
     print("node/%s %s" % (args[1], "cordoned" if verb == "cordon" else "uncordoned"))
 elif verb == "drain":
+    if args[1] != node["metadata"]["name"]:
+        missing(args[1])
     node["spec"]["unschedulable"] = True
     save()
     time.sleep(world.get("evict_seconds", 0))
@@ -87,13 +117,12 @@ elif verb == "drain":
         sys.exit(1)
     print("node/%s drained" % args[1])
 elif verb == "label":
+    if args[2] != node["metadata"]["name"]:
+        missing(args[2])
     key, _, value = args[3].partition("=")
     node["metadata"]["labels"][key] = value
     save()
     print("node/%s labeled" % args[2])
-else:
-    sys.stderr.write("error: unknown command %r for \\"kubectl\\"\\n" % verb)
-    sys.exit(1)
 """
 
 
@@ -112,7 +141,13 @@ def fake_kubectl(
     state.write_text(json.dumps(world))
     path = where / "kubectl"
     log = where / "kubectl.log"
-    path.write_text(_KUBECTL.format(python=sys.executable, state=str(state), log=str(log)))
+    refused = where / "kubectl.refused"
+    path.write_text(
+        _KUBECTL.format(
+            python=sys.executable, state=str(state), log=str(log), refused=str(refused),
+            forms=KUBECTL_FORMS,
+        )
+    )  # fmt: skip
     path.chmod(0o755)
     return path
 
@@ -122,3 +157,11 @@ def kube_node(kubectl: Path) -> dict[str, object]:
     world = json.loads((kubectl.parent / "kube-node.json").read_text())
     node: dict[str, object] = world["node"]
     return node
+
+
+def refused(kubectl: Path) -> list[list[str]]:
+    """The argv the kubectl stand-in at ``kubectl`` refused, oldest first."""
+    log = kubectl.parent / "kubectl.refused"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tests.conftest import ensure_tool, skip_or_fail
+from tests.conftest import skip_or_fail, system_tool
 
 _TABLE = "gfcut"
 
@@ -54,8 +54,8 @@ def netns() -> Iterator[Netns]:
     """A namespace with a veth pair to this host, removed afterwards whatever happens."""
     if os.geteuid() != 0:
         skip_or_fail("network namespaces need root")
-    ensure_tool("ip", "iproute2")
-    ensure_tool("nft", "nftables")
+    system_tool("ip")
+    system_tool("nft")
     tag = f"{os.getpid() % 100000}"
     name, host_if, node_if = f"gf{tag}", f"gfh{tag}", f"gfn{tag}"
     third = os.getpid() % 250 + 1  # a /30 of 10.213.x.0 per test process

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ensure_tool, wait_for
+from tests.conftest import system_tool, wait_for
 from tests.integration.sshd import free_port
 
 #: A scrape target: "host:port", or "host:port" with labels Prometheus attaches to its series.
@@ -111,7 +111,7 @@ class PrometheusServer:
             ok = len(active) == count and all(t["health"] == "up" for t in active)
             return active if ok else None
 
-        return wait_for(up, timeout, f"{count} Prometheus target(s) up")
+        return wait_for(up, f"{count} Prometheus target(s) up", timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -133,7 +133,7 @@ def start_prometheus(
     """Start Prometheus scraping ``targets``' ``/metrics``; returns once it answers ready.
     A target's labels may set ``__metrics_path__`` (bench/prom_scale.py serves many nodes
     from one address, a path each) and ``instance``."""
-    binary = ensure_tool("prometheus", "prometheus")
+    binary = system_tool("prometheus")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (root / "prometheus.yml").write_text(
@@ -166,7 +166,7 @@ def start_prometheus(
             return False
 
     try:
-        wait_for(ready, 30, "Prometheus to be ready")
+        wait_for(ready, "Prometheus to be ready", 30)
     except BaseException:
         server.stop()
         raise

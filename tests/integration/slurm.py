@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ensure_tool, skip_or_fail, wait_for
+from tests.conftest import skip_or_fail, system_tool, wait_for
 from tests.integration.sshd import free_port
 
 NODES = ("node1", "node2", "node3", "node4")
@@ -45,16 +45,7 @@ TERMINAL_JOB_STATES = frozenset(
      "PREEMPTED", "TIMEOUT"}
 )  # fmt: skip
 
-_TOOLS = (
-    ("munged", "munge"),
-    ("slurmctld", "slurmctld"),
-    ("slurmd", "slurmd"),
-    ("scontrol", "slurm-client"),
-    ("sinfo", "slurm-client"),
-    ("sbatch", "slurm-client"),
-    ("squeue", "slurm-client"),
-    ("scancel", "slurm-client"),
-)
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "scontrol", "sinfo", "sbatch", "squeue", "scancel")
 
 
 def partition_of(node: str) -> str:
@@ -219,7 +210,7 @@ class SlurmCluster:
             ok = info["state"] == state and sorted(info["state_flags"]) == sorted(flags)
             return info if ok else None
 
-        return wait_for(matches, timeout, f"{node} to be {state} {list(flags)}")
+        return wait_for(matches, f"{node} to be {state} {list(flags)}", timeout)
 
     def submit(
         self,
@@ -253,12 +244,12 @@ class SlurmCluster:
                 raise AssertionError(f"job {job} ended {state} instead of running")
             return state == "RUNNING"
 
-        wait_for(running, timeout, f"job {job} to run")
+        wait_for(running, f"job {job} to run", timeout)
 
     def cancel(self, job: int, timeout: float = 15.0) -> None:
         """Cancel a job and wait until Slurm says it ended."""
         self.check(["scancel", str(job)])
-        wait_for(lambda: self.job_state(job) in TERMINAL_JOB_STATES, timeout, f"job {job} to end")
+        wait_for(lambda: self.job_state(job) in TERMINAL_JOB_STATES, f"job {job} to end", timeout)
 
     def reboots(self) -> list[str]:
         """The nodes whose ``RebootProgram`` ran, oldest first (a node once per call)."""
@@ -274,20 +265,20 @@ class SlurmCluster:
         this the node stays ``down`` + ``REBOOT_ISSUED`` until ``ResumeTimeout`` (60 s), then
         ``down`` with reason ``"<reason> : reboot issued : reboot timed out"``."""
         done = self.reboots_finished.get(node, 0)
-        wait_for(lambda: self.reboots().count(node) > done, timeout, f"{node}'s RebootProgram")
+        wait_for(lambda: self.reboots().count(node) > done, f"{node}'s RebootProgram", timeout)
         self.reboots_finished[node] = done + 1
         issued = wait_for(
             lambda: (
                 info if "REBOOT_ISSUED" in (info := self.node_json(node))["state_flags"] else None
             ),
-            timeout,
             f"{node} to be REBOOT_ISSUED",
+            timeout,
         )
         # slurmctld takes the reboot as done only when the boot time slurmd reports (whole
         # seconds, seen a second early) is later than when it issued the reboot, which it also
         # stamped on the reason: booting sooner leaves the node waiting for the timeout.
         after = issued["reason_changed_at"] + 2
-        wait_for(lambda: time.time() >= after, timeout, "a boot time later than the reboot")
+        wait_for(lambda: time.time() >= after, "a boot time later than the reboot", timeout)
         self.restart_slurmd(node, rebooted=True)
         return wait_for(
             lambda: (
@@ -295,8 +286,8 @@ class SlurmCluster:
                 if "REBOOT_ISSUED" not in (info := self.node_json(node))["state_flags"]
                 else None
             ),
-            timeout,
             f"Slurm to see {node} rebooted",
+            timeout,
         )
 
     def log(self, name: str = "ctld") -> str:
@@ -364,8 +355,8 @@ class SlurmCluster:
                 with contextlib.suppress(AssertionError):
                     wait_for(
                         lambda: not stray_pids(self.root, own),
-                        max(1.0, deadline - time.monotonic() - 5),
                         "job steps to end",
+                        max(1.0, deadline - time.monotonic() - 5),
                     )
         for name in [*(f"slurmd-{n}" for n in NODES), "slurmctld", "munged"]:
             proc = self.procs.get(name)
@@ -381,7 +372,7 @@ class SlurmCluster:
         for pid in strays:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not any(alive(pid) for pid in strays), 10, f"processes {strays} to end")
+        wait_for(lambda: not any(alive(pid) for pid in strays), f"processes {strays} to end", 10)
 
 
 def start_slurm(
@@ -395,7 +386,7 @@ def start_slurm(
         raise ValueError("RebootProgram is ours: it must never reboot this host")
     if os.geteuid() != 0:
         skip_or_fail("a private Slurm cluster needs root here (SlurmUser=root, slurmd as root)")
-    tools = {tool: ensure_tool(tool, package) for tool, package in _TOOLS}
+    tools = {tool: system_tool(tool) for tool in SLURM_TOOLS}
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     munge_dir = root / "munge"
@@ -433,12 +424,12 @@ def start_slurm(
              f"--seed-file={munge_dir / 'seed'}"],
         )  # fmt: skip
         wait_for(
-            lambda: cluster.daemons_running() and munge_socket.exists(), timeout, "munged's socket"
+            lambda: cluster.daemons_running() and munge_socket.exists(), "munged's socket", timeout
         )
         cluster._spawn("slurmctld", [tools["slurmctld"], "-D", "-f", str(conf)])
         for node in NODES:
             cluster.start_slurmd(node)
-        wait_for(cluster.all_idle, timeout, "all Slurm nodes to be idle")
+        wait_for(cluster.all_idle, "all Slurm nodes to be idle", timeout)
     except BaseException:
         cluster.stop()
         raise

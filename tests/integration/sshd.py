@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncssh
 import psutil
 
-from tests.conftest import ensure_tool, skip_or_fail, wait_for
+from tests.conftest import skip_or_fail, system_tool, wait_for
 
 
 def free_port() -> int:
@@ -85,7 +85,7 @@ class Sshd:
             with socket.socket() as s:
                 return s.connect_ex((self.address, self.port)) == 0
 
-        wait_for(listening, 15, "sshd to listen")
+        wait_for(listening, "sshd to listen", 15)
 
     def rekey(self) -> asyncssh.SSHKey:
         """Restart with a new host key, as a reinstalled (or impersonated) host would."""
@@ -114,7 +114,7 @@ def start_sshd(
     ``host_key_type`` the one host key sshd offers."""
     if os.geteuid() != 0:
         skip_or_fail("a private sshd on loopback needs root here (privilege separation)")
-    sshd = ensure_tool("sshd", "openssh-server")
+    sshd = system_tool("sshd")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     host_key = asyncssh.generate_private_key(host_key_type)

@@ -78,7 +78,7 @@ class Viewer:
         """Read the hello, the inventory and the replay, up to the first live sample."""
         while True:
             while not self.pending:
-                data = await self.reader.read(65536)
+                data = await asyncio.wait_for(self.reader.read(65536), 30)
                 assert data, "the agent closed the stream"
                 self.pending.extend(self.splitter.feed(data))
             line = self.pending.pop(0)

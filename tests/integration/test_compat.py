@@ -40,8 +40,8 @@ from console.fleetlinks import FleetLinks
 from tests.conftest import FIXTURES, REPO, AgentProc, extract_tar, skip_or_fail, until
 from tests.fakes.simnode import Node
 from tests.integration.sshd import Sshd
-from tests.integration.test_link import entry, options
-from tests.integration.test_status_cli import write_fleet
+from tests.support.links import entry, options
+from tests.support.status_cli import write_fleet
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +21,7 @@ from agents.gpu.base import GpuInventory, XidEvent
 from agents.gpu.sim import SimBackend
 from agents.protocol import GpuReading
 from agents.sdnotify import Notifier
+from tests.conftest import until
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +55,6 @@ class HangingBackend:
 
     def close(self) -> None:
         self.release.set()
-
-
-async def _until(cond: Callable[[], bool], what: str) -> None:
-    """Poll ``cond`` (it reads a socket and a log, nothing to await) with a deadline."""
-    deadline = asyncio.get_running_loop().time() + 10.0
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _agent(short_tmp: Path, backend: HangingBackend, watchdog_usec: int) -> daemon.Agent:
@@ -107,15 +98,15 @@ async def test_hung_read_stops_the_watchdog_but_not_the_socket(
     task = asyncio.create_task(agent.run(stop))
     try:
         await asyncio.wait_for(agent.serving.wait(), 10)
-        await _until(lambda: notify.count("WATCHDOG=1") >= 3, "watchdog pings")
+        await until(lambda: notify.count("WATCHDOG=1") >= 3, "watchdog pings")
 
         caplog.set_level(logging.ERROR, logger="gpufleet.agent")
         backend.hang.set()
-        await _until(lambda: notify.count("STATUS=sampling stalled") >= 1, "the stall reported")
+        await until(lambda: notify.count("STATUS=sampling stalled") >= 1, "the stall reported")
         pings = notify.count("WATCHDOG=1")
         # The stall is reported again one stall period (0.3 s, six ping periods) later: in
         # between, a watchdog fed regardless of progress would have pinged about six times.
-        await _until(lambda: notify.count("STATUS=sampling stalled") >= 2, "a second report")
+        await until(lambda: notify.count("STATUS=sampling stalled") >= 2, "a second report")
         assert notify.count("WATCHDOG=1") == pings, "the watchdog was fed while stuck"
         assert "sampling stalled" in caplog.text
 
@@ -127,7 +118,7 @@ async def test_hung_read_stops_the_watchdog_but_not_the_socket(
 
         backend.hang.clear()
         backend.release.set()
-        await _until(lambda: notify.count("WATCHDOG=1") > pings, "pings again")
+        await until(lambda: notify.count("WATCHDOG=1") > pings, "pings again")
     finally:
         stop.set()
         backend.release.set()
@@ -153,7 +144,7 @@ async def test_slow_sampling_interval_still_feeds_the_watchdog(short_tmp: Path) 
     task = asyncio.create_task(agent.run(stop))
     try:
         await asyncio.wait_for(agent.serving.wait(), 10)
-        await _until(lambda: notify.count("WATCHDOG=1") >= 5, "pings between samples")
+        await until(lambda: notify.count("WATCHDOG=1") >= 5, "pings between samples")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -171,7 +162,7 @@ async def test_stop_during_a_hung_read_shuts_down(
     task = asyncio.create_task(agent.run(stop))
     await asyncio.wait_for(agent.serving.wait(), 10)
     backend.hang.set()
-    await _until(lambda: notify.count("STATUS=sampling stalled") >= 1, "the stall reported")
+    await until(lambda: notify.count("STATUS=sampling stalled") >= 1, "the stall reported")
     stop.set()
     await asyncio.wait_for(task, 5)  # without waiting for the read, which never returns
     assert not (short_tmp / "agent.sock").exists()

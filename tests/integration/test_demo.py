@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.conftest import demo_process
+from tests.support.demo import demo_process
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def test_scripted_incidents_become_alerts(demo: tuple[subprocess.Popen[str], Pat
         lost = {"xid", "gpu_lost"} <= doc["demo05"] or "gpu_lost" in doc["demo05"]
         return doc if overheated and lost else None
 
-    doc = wait_for(alerts, 60, "the overheat and the XID 79 to show")
+    doc = wait_for(alerts, "the overheat and the XID 79 to show", 60)
     assert "slowdown" in doc["demo03"]
     assert doc["demo01"] == set(), "nodes without incidents stay quiet"
 

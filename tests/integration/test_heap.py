@@ -16,7 +16,7 @@ from console.heap import HeapFreezer
 from console.link import NodeLink
 from tests.conftest import AgentProc, until
 from tests.integration.sshd import Sshd
-from tests.integration.test_link import FAST, Running, entry, options
+from tests.support.links import FAST, Running, entry, options
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from agents.cli import main
 from agents.install import DEFAULT_GROUP, config_template, packaged_unit
-from tests.conftest import REPO, agent_command, ensure_tool, skip_or_fail
+from tests.conftest import REPO, agent_command, skip_or_fail, system_tool
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +61,8 @@ def root(tmp_path: Path) -> Path:
     """A bare system root: accounts files with root alone, nothing of systemd's."""
     if os.geteuid() != 0:
         skip_or_fail("groupadd/useradd --prefix need root, even on a temporary root")
-    ensure_tool("systemctl", "systemd")
-    ensure_tool("groupadd", "passwd")
+    system_tool("systemctl")
+    system_tool("groupadd")
     r = tmp_path / "root"
     (r / "etc").mkdir(parents=True)
     (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
@@ -98,7 +98,7 @@ def verify(root: Path) -> str:
     """systemd-analyze verify on the installed unit with its drop-in, inside the root (so
     that the program it checks for is the root's). verify only warns on errors, so its whole
     output is returned."""
-    tool = ensure_tool("systemd-analyze", "systemd")
+    tool = system_tool("systemd-analyze")
     out = subprocess.run(
         [tool, "verify", f"--root={root}", f"/{UNIT}"],
         capture_output=True,
@@ -324,7 +324,7 @@ def test_without_root_on_the_live_system_it_is_one_line() -> None:
         got = CliRunner().invoke(main, ["install"])
         result: dict[str, Any] = {"code": got.exit_code, "out": got.stdout, "err": got.stderr}
     else:
-        ensure_tool("systemctl", "systemd")
+        system_tool("systemctl")
 
         def run() -> dict[str, Any]:
             got = CliRunner().invoke(main, ["install"])
@@ -397,7 +397,7 @@ def test_installing_from_a_venv_under_tmp_is_refused(tmp_path: Path) -> None:
     install. The unit's PrivateTmp=yes would hide the program: refused, on the live system."""
     if os.geteuid() != 0:
         skip_or_fail("install on the live system needs root")
-    ensure_tool("systemctl", "systemd")
+    system_tool("systemctl")
     venv = Path(tempfile.mkdtemp(prefix="gpufleet-venv-", dir="/tmp"))
     try:
         subprocess.run(

@@ -29,30 +29,9 @@ from console.link import PACE_BURST, PACE_FACTOR, LinkOptions, NodeLink
 from tests.conftest import REPO, AgentProc, until, wait_for
 from tests.integration.netns import netns
 from tests.integration.sshd import Sshd, start_sshd
+from tests.support.links import FAST, Running, entry, options
 
 pytestmark = pytest.mark.integration
-
-FAST = ("--backend", "sim", "--gpus", "2", "--interval", "0.1")
-
-
-def entry(sshd: Sshd, socket: str) -> NodeEntry:
-    return NodeEntry(
-        name="127.0.0.1", group="g", pool="p", hostname=None, user="root", port=sshd.port,
-        jump=None, identity=None, socket=socket, scheduler_name="n1",
-    )  # fmt: skip
-
-
-def options(sshd: Sshd, **kw: object) -> LinkOptions:
-    base: dict[str, object] = {
-        "known_hosts": sshd.known_hosts,
-        "client_keys": [str(sshd.client_key_path)],
-        "ssh_config": [],
-        "backoff_initial": 0.2,
-        "backoff_max": 1.0,
-        # The fallback runs this agent's attach; a node would have gpufleet-agent on PATH.
-        "attach_command": f"{sys.executable} -m agents attach",
-    }
-    return LinkOptions(**{**base, **kw})  # type: ignore[arg-type]
 
 
 class Rereading:
@@ -72,41 +51,6 @@ class Rereading:
         if op == "state" and self.sent.count("state") == 1:
             await self.then()
         return await self.link.request(op, args, wait)
-
-
-class Running:
-    """A NodeLink running in the background for the length of a test, with the model's
-    clock ticking as the console's would, and every link state it passed through kept."""
-
-    def __init__(self, node: NodeEntry, opts: LinkOptions) -> None:
-        self.fleet = FleetState([node])
-        self.link = NodeLink(node, self.fleet, opts, asyncio.Semaphore(4))
-        self.view = self.fleet.nodes[node.name]
-        self.seen: list[str] = []
-        self.fleet.subscribe(self._record)
-        self.task = asyncio.create_task(self.link.run())
-        self.ticker = asyncio.create_task(self._tick())
-
-    def shows(self, link: str) -> Callable[[], bool]:
-        """The screen's view: the link state as of the latest flush."""
-        return lambda: self.seen[-1:] == [link]
-
-    def _record(self, _changed: set[str]) -> None:
-        if not self.seen or self.seen[-1] != self.view.link:
-            self.seen.append(self.view.link)
-
-    async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            self.fleet.tick(loop.time())
-            self.fleet.flush()
-            await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        for task in (self.task, self.ticker):
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
 
 async def test_stream_reaches_the_fleet_over_ssh(
@@ -131,7 +75,9 @@ async def test_a_one_shot_snapshot_skips_the_history_and_takes_the_newest_as_liv
     node as answered on its newest sample, sent at once (not an interval later)."""
     agent = agent_factory("--backend", "sim", "--gpus", "2", "--interval", "0.1").start()
     with AgentClient(agent.socket, history=False) as warm:  # let the agent buffer 2 s
-        wait_for(lambda: (f := warm.recv()) is not None and getattr(f, "seq", 0) > 20, 10)
+        wait_for(
+            lambda: (f := warm.recv()) is not None and getattr(f, "seq", 0) > 20, "2 s buffered", 10
+        )
     fleet = await snapshot([entry(sshd, agent.socket)], options(sshd), wait=10)
     view = fleet.nodes["127.0.0.1"]
     assert view.answered

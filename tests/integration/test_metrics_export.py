@@ -47,7 +47,7 @@ def start_agents(make: Callable[..., AgentProc], count: int) -> list[tuple[Agent
 def series(prom: PrometheusServer, promql: str, count: int) -> list[dict[str, Any]]:
     """Wait until the query returns exactly ``count`` series."""
     found = wait_for(  # a tuple, so that "no series" can be what we wait for
-        lambda: (r,) if len(r := prom.query(promql)) == count else None, 20, f"{count} x {promql}"
+        lambda: (r,) if len(r := prom.query(promql)) == count else None, f"{count} x {promql}", 20
     )
     return found[0]
 

@@ -19,7 +19,7 @@ from agents.client import AgentClient
 from agents.protocol import Sample
 from console.inventory import load_inventory
 from tests.conftest import wait_for
-from tests.integration.conftest import demo_process, gpufleet
+from tests.support.demo import demo_process, gpufleet
 
 pytestmark = pytest.mark.integration
 TRICKY = 'fan "A"; $(reboot) `id` ünï'
@@ -278,7 +278,7 @@ def inject(inventory: Path, node: str, fault: str) -> None:
             utils = [frame.gpus[gpu].util_gpu or 0 for gpu in (0, 1)]
             return all(u >= 90 for u in utils) if fault == "busy" else not any(utils)
 
-        wait_for(shown, 20, f"{node}'s GPUs {fault} in a sample")
+        wait_for(shown, f"{node}'s GPUs {fault} in a sample", 20)
 
 
 def test_drain_wait_returns_when_the_node_is_drained(fleet: Path) -> None:
@@ -324,7 +324,7 @@ def test_ctrl_c_says_what_was_sent_and_what_is_known_of_each_node(
         )  # fmt: skip
         try:
             said = "waiting for 2 nodes to be drained"
-            wait_for(lambda: said in err.read_text() or proc.poll() is not None, 60, said)
+            wait_for(lambda: said in err.read_text() or proc.poll() is not None, said, 60)
             assert proc.poll() is None, err.read_text()
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=30)

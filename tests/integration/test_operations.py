@@ -65,7 +65,7 @@ def gpu_set(
         AgentClient(agent.socket, stream=False) as actor,
     ):
         assert actor.request("sim_inject", fault=fault, gpu=0).ok
-        wait_for(settled(watcher, busy=fault == "busy"), 20, f"the GPU {fault}")
+        wait_for(settled(watcher, busy=fault == "busy"), f"the GPU {fault}", 20)
         yield agent, watcher, actor
 
 
@@ -87,14 +87,14 @@ def test_drain_waits_for_the_gpu_work_then_reports_drained(
         assert answer.result is not None
         assert answer.result["after"]["state"] == "draining"
         seen = state_events(watcher, events)
-        wait_for(lambda: seen("draining"), 20, "the draining event")
+        wait_for(lambda: seen("draining"), "the draining event", 20)
         assert actor.request("sim_inject", fault="idle", gpu=0).ok
-        drained = wait_for(lambda: seen("drained"), 20, "the drained event")
+        drained = wait_for(lambda: seen("drained"), "the drained event", 20)
         assert drained.state is not None and drained.state.reason == "bad fan; $(id)"
         assert actor.request("state").result == {**answer.result["after"], "state": "drained",
                                                  "deadline": None}  # fmt: skip
         assert actor.request("resume", reason="fan replaced").ok
-        wait_for(lambda: seen("schedulable"), 20, "the schedulable event")
+        wait_for(lambda: seen("schedulable"), "the schedulable event", 20)
     assert StateStore(agent.state_dir).load().state == "schedulable"
     ops = [(e.op, e.result) for e in AuditLog(agent.state_dir).entries() if e.op != "sim_inject"]
     assert ops == [("drain", "ok"), ("resume", "ok")]
@@ -117,14 +117,14 @@ def test_a_drain_timeout_with_work_still_running_leaves_the_node_draining(
                 return frame
             return None
 
-        notice = wait_for(told, 20, "the notice that the timeout passed")
+        notice = wait_for(told, "the notice that the timeout passed", 20)
         assert notice.message == (
             "drain timeout passed with work still running on gpu0: still draining"
         )
         assert (actor.request("state").result or {})["state"] == "draining"
         assert actor.request("sim_inject", fault="idle", gpu=0).ok
         events: list[Event] = []
-        wait_for(lambda: state_events(watcher, events)("drained"), 20, "drained once idle")
+        wait_for(lambda: state_events(watcher, events)("drained"), "drained once idle", 20)
 
 
 def test_a_gpu_reset_waits_for_the_gpu_to_be_idle(agent_factory: Callable[..., AgentProc]) -> None:
@@ -132,7 +132,7 @@ def test_a_gpu_reset_waits_for_the_gpu_to_be_idle(agent_factory: Callable[..., A
         busy = actor.request("restart", target="gpu0", reason="XID 79 earlier")
         assert (busy.ok, busy.code) == (False, "gpu_busy")
         assert actor.request("sim_inject", fault="idle", gpu=0).ok
-        wait_for(settled(watcher, busy=False), 20, "the GPU idle")
+        wait_for(settled(watcher, busy=False), "the GPU idle", 20)
         done = actor.request("restart", target="gpu0", reason="XID 79 earlier")
         assert done.ok, done
         assert done.result is not None and done.result["message"].startswith("gpu 0: reset")
@@ -211,10 +211,10 @@ def test_a_node_restarted_through_the_agent_is_back_in_service_on_its_new_boot(
             answer = actor.request("state")
             return str(answer.result["state"]) if answer.result else ""
 
-        wait_for(lambda: state() == "schedulable", 10, "the node back in service")
+        wait_for(lambda: state() == "schedulable", "the node back in service", 10)
         # The state is saved, then the entry appended (under one lock, before any reply);
         # a reader of the state alone can come between the two.
-        wait_for(lambda: AuditLog(agent.state_dir).entries(), 10, "the resume audited")
+        wait_for(lambda: AuditLog(agent.state_dir).entries(), "the resume audited", 10)
     [entry] = AuditLog(agent.state_dir).entries()
     assert (entry.op, entry.who, entry.result) == ("resume", "gpufleet-agent", "ok")
     assert entry.args["reason"] == "back after the reboot asked by olga"

@@ -23,7 +23,7 @@ from console.inventory import load_inventory
 from console.link import LinkOptions
 from console.promsource import PromSource
 from console.tui.action_dialog import ActionDialog, ActionResults
-from console.tui.app import FleetApp
+from console.tui.app import make_app
 from console.tui.fleet_view import FleetScreen
 from console.tui.text_line import TextLine
 from tests.conftest import AgentProc, until, wait_for
@@ -124,7 +124,7 @@ def test_the_prometheus_source_shows_the_same_fleet_as_the_ssh_source(site: Site
             return None  # not scraped since the drain yet
         return (code_ssh, ssh), (code_prom, prom)
 
-    (code_ssh, ssh), (code_prom, prom) = wait_for(both, 60, "the drain in both views")
+    (code_ssh, ssh), (code_prom, prom) = wait_for(both, "the drain in both views", 60)
     assert [n["name"] for n in prom] == [n["name"] for n in ssh] == list(POOLS)
     assert [stable(n) for n in prom[:3]] == [stable(n) for n in ssh[:3]]
     for node in prom[:3]:
@@ -175,7 +175,7 @@ async def test_the_screen_on_prometheus_acts_over_ssh_on_the_chosen_node_only(si
     )
     feed = PromSource(inv.nodes, site.prom.base_url, poll_s=0.5)
     actions = ActionLinks(inv.nodes, options)
-    app = FleetApp(feed.fleet, feed=feed, requester=actions, refresh_s=0.2)
+    app = make_app(feed, requester=actions, refresh_s=0.2)
     fleet = feed.fleet
     async with app.run_test(size=(160, 45)) as pilot:
         screen = app.screen

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import demo_process, gpufleet
+from tests.support.demo import demo_process, gpufleet
 
 pytestmark = pytest.mark.integration
 

@@ -94,7 +94,7 @@ async def test_live_samples_queued_behind_a_slow_history_are_all_sent(agent: Age
         splitter = FrameSplitter()
         last_replayed = None
         while True:
-            data = await reader.read(1 << 16)
+            data = await asyncio.wait_for(reader.read(1 << 16), 30)
             assert data, "the agent closed the stream"
             lines = splitter.feed(data)
             frames = [decode(line) for line in lines if line is not None]

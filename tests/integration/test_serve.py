@@ -67,12 +67,13 @@ class RawClient:
         line, _, self.buf = self.buf.partition(b"\n")
         return decode(line)
 
-    def until(self, match: Callable[[Any], bool], limit: int = 10_000) -> Any:
+    def read_until(self, match: Callable[[Any], bool], what: str, limit: int = 10_000) -> Any:
+        """Read frames (each within the socket's timeout) up to the first that matches."""
         for _ in range(limit):
             f = self.frame()
             if match(f):
                 return f
-        raise AssertionError("no matching frame")
+        raise AssertionError(f"no {what} in {limit} frames")
 
     def closed(self) -> bool:
         """True once the agent has closed its end (drains what is left)."""
@@ -164,7 +165,7 @@ def test_slow_reader_never_delays_the_others(agent_factory: Callable[..., AgentP
         overlap = [[q for q in s if lo <= q <= hi] for s in seqs]
         assert overlap[0] == overlap[1] == overlap[2]
         assert all(s == sorted(s) for s in seqs)
-        wait_for(lambda: "too far behind" in agent.log(), 15, "the stuck client to be cut off")
+        wait_for(lambda: "too far behind" in agent.log(), "the stuck client to be cut off", 15)
         assert stuck.closed()
         # The others are still served after the stuck one is gone.
         assert len(_live_samples(readers[0], 5)) == 5
@@ -209,7 +210,7 @@ def test_bad_frames_are_answered_and_a_run_of_them_closes(
     assert isinstance(pong, Response) and pong.id == 7 and pong.ok
     for _ in range(5):
         raw.sock.sendall(b"garbage\n")
-    last = raw.until(lambda f: isinstance(f, Error) and f.fatal)
+    last = raw.read_until(lambda f: isinstance(f, Error) and f.fatal, "fatal error")
     assert last.code == "malformed"
     assert raw.closed()
 
@@ -261,7 +262,7 @@ def test_each_injected_fault_reaches_the_stream_as_its_event(
                     events.append(frame)
                 return seen(kind, gpu)
 
-            return wait_for(step, 20, f"{kind} event on GPU {gpu}")
+            return wait_for(step, f"{kind} event on GPU {gpu}", 20)
 
         assert collect("xid", 1).xid == 79
         collect("gpu_lost", 1)
@@ -495,14 +496,14 @@ def test_sd_notify_ready_watchdog_stopping(agent_factory: Callable[..., AgentPro
 
         wait_for(
             got_watchdog,
-            15,
             "READY and a WATCHDOG ping",
+            15,
         )
         ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
         assert "STATUS=" in messages[ready] and "4 GPUs via sim" in messages[ready]
         assert Path(agent.socket).exists(), "READY only once the socket is bound"
         proc.terminate()
-        wait_for(lambda: "STOPPING=1" in listener.recv(4096).decode(), 15, "STOPPING")
+        wait_for(lambda: "STOPPING=1" in listener.recv(4096).decode(), "STOPPING", 15)
         assert proc.wait(15) == 0
     finally:
         proc.kill()
@@ -629,7 +630,7 @@ def test_dead_streaming_clients_free_their_places(agent_factory: Callable[..., A
                     c.close()
             return True
 
-        return wait_for(attempt, 10, "all four places to be free again")
+        return wait_for(attempt, "all four places to be free again", 10)
 
     assert _as_user(nobody.pw_uid, nobody.pw_gid, four_places) == {"ok": True}
 
@@ -753,7 +754,7 @@ def test_a_state_change_is_retold_to_a_later_client_and_leaves_no_gap_in_the_sam
                 told.append(frame)
             return bool(told and live) and live[-1].seq > told[0].seq + 3  # samples after it
 
-        wait_for(step, 20, "the state event with samples after it")
+        wait_for(step, "the state event with samples after it", 20)
     seqs = [s.seq for s in live]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap where the event was"
 

@@ -76,7 +76,7 @@ def test_drain_is_draining_with_a_job_then_drained_and_resume(
                 events.append(frame)
             return next((e for e in events if e.state and e.state.state == "drained"), None)
 
-        event = wait_for(drained_event, 20, "the drained event")
+        event = wait_for(drained_event, "the drained event", 20)
         assert event.state is not None
         assert (event.state.reason, event.state.who) == (TRICKY, "root"), "the same drain"
         assert state_of(slurm_cluster, "node1") == ("idle", ["DRAIN"], TRICKY)
@@ -121,7 +121,7 @@ def test_an_admins_own_scontrol_is_followed(
                 return frame
             return None
 
-        event = wait_for(followed, 20, "the agent to follow Slurm")
+        event = wait_for(followed, "the agent to follow Slurm", 20)
         assert event.state is not None
         assert (event.state.reason, event.state.who) == ("by hand", "slurm")
 

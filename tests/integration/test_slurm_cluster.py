@@ -52,7 +52,7 @@ def test_stop_leaves_no_process_behind(short_tmp: Path) -> None:
         cluster.wait_running(job)
         pids = [proc.pid for proc in cluster.procs.values()]
         # The job's slurmstepd and shell are no children of ours: stop() must find and end them.
-        wait_for(lambda: len(stray_pids(cluster.root, set(pids))) >= 2, 10, "the job's processes")
+        wait_for(lambda: len(stray_pids(cluster.root, set(pids))) >= 2, "the job's processes", 10)
     finally:
         cluster.stop()
     assert all(proc.poll() is not None for proc in cluster.procs.values())

@@ -17,40 +17,11 @@ import pytest
 from agents.protocol import PROTOCOL_VERSION
 from tests.conftest import AgentProc, wait_for
 from tests.integration.sshd import Sshd, free_port, start_sshd
+from tests.support.status_cli import gpufleet, write_fleet
 
 pytestmark = pytest.mark.integration
 
 FAST = ("--backend", "sim", "--gpus", "2", "--interval", "0.2")
-
-
-def write_fleet(root: Path, sshd: Sshd, sockets: dict[str, str]) -> tuple[Path, Path]:
-    """An inventory of nodes named as the user's ssh config knows them."""
-    config = root / "ssh_config"
-    config.write_text(
-        "".join(
-            f"Host {name}\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
-            for name in sockets
-        )
-    )
-    inventory = root / "fleet.toml"
-    inventory.write_text(
-        "".join(
-            f'[[group]]\nname = "g{i}"\npool = "train"\nnodes = "{name}"\nsocket = "{sock}"\n'
-            for i, (name, sock) in enumerate(sockets.items())
-        )
-    )
-    return inventory, config
-
-
-def gpufleet(
-    sshd: Sshd, inventory: Path, config: Path, *args: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "console", "status", "--inventory", str(inventory),
-         "--ssh-config", str(config), "--known-hosts", str(sshd.known_hosts),
-         "--identity", str(sshd.client_key_path), "--connect-wait", "20", *args],
-        capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
 
 
 def test_status_json_contract_and_exit_codes(
@@ -333,7 +304,7 @@ def _held(server: Sshd) -> socket.socket:
         s.close()  # dropped: a slot was still taken by sshd's own start-up check
         return None
 
-    return wait_for(greeted, 30, "a held unauthenticated connection")
+    return wait_for(greeted, "a held unauthenticated connection", 30)
 
 
 def test_a_handshake_always_dropped_says_max_startups_and_what_to_change(

@@ -15,8 +15,8 @@ import pytest
 from console.status import node_doc, table
 from tests.conftest import AgentProc, until
 from tests.integration.sshd import Sshd
-from tests.integration.test_link import FAST, Running, entry, options
-from tests.integration.test_status_cli import gpufleet, write_fleet
+from tests.support.links import FAST, Running, entry, options
+from tests.support.status_cli import gpufleet, write_fleet
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agents.config import AgentConfig
-from tests.conftest import REPO, ensure_tool, installed
+from tests.conftest import REPO, installed, system_tool
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def _runnable_copy(tmp_path: Path) -> Path:
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    tool = ensure_tool("systemd-analyze", "systemd")
+    tool = system_tool("systemd-analyze")
     out = subprocess.run(
         [tool, "verify", str(_runnable_copy(tmp_path))], capture_output=True, text=True, timeout=60
     )
@@ -48,7 +48,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 def test_unit_exposure_score_stays_low(tmp_path: Path) -> None:
-    tool = ensure_tool("systemd-analyze", "systemd")
+    tool = system_tool("systemd-analyze")
     out = subprocess.run(
         [tool, "security", "--offline=true", str(_runnable_copy(tmp_path))],
         capture_output=True,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.tui.test_terminal import Tmux, tmux  # noqa: F401  (the fixture)
+from tests.support.tmux import Tmux
 
 pytestmark = [pytest.mark.tui, pytest.mark.integration]
 
@@ -38,7 +38,7 @@ CRASHING = textwrap.dedent(
 )
 
 
-def test_a_crash_exits_non_zero_with_one_line(tmux: Tmux, tmp_path: Path) -> None:  # noqa: F811
+def test_a_crash_exits_non_zero_with_one_line(tmux: Tmux, tmp_path: Path) -> None:
     script = tmp_path / "crashing.py"
     script.write_text(CRASHING)
     inventory = tmp_path / "fleet.toml"
@@ -54,7 +54,7 @@ def test_a_crash_exits_non_zero_with_one_line(tmux: Tmux, tmp_path: Path) -> Non
         screen = tmux.screen()
         return screen if "EXITED" in screen else None
 
-    screen = wait_for(ended, 60, "the screen to end")
+    screen = wait_for(ended, "the screen to end", 60)
     log = tmp_path / "gpufleet" / "console.log"
     # what is left on the terminal: our one line, then the exit status
     assert [line.rstrip() for line in screen.splitlines() if line.strip()] == [

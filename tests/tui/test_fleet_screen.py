@@ -22,30 +22,13 @@ from console.tui.app import FleetApp, make_app
 from console.tui.fleet_view import FleetScreen
 from console.tui.help import HelpScreen
 from console.tui.node_view import NodeScreen
+from tests.conftest import until
+from tests.support.fleetapp import SIZE, fleet_screen, make, names
+from tests.support.notices import Notices
+from tests.support.palette import palette_choice
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
-SIZE = (160, 45)
-
-
-def make(sim: SimFleet, *, readonly: bool = False, answer: str = "refuse") -> FleetApp:
-    return make_app(
-        sim.fleet,
-        requester=Requests(answer),
-        clock=sim.clock,
-        refresh_s=None,
-        readonly=readonly,
-    )
-
-
-def fleet_screen(app: FleetApp) -> FleetScreen:
-    screen = app.screen
-    assert isinstance(screen, FleetScreen)
-    return screen
-
-
-def names(app: FleetApp) -> list[str]:
-    return fleet_screen(app).table.row_names
 
 
 def cell(app: FleetApp, node: str, column: str) -> str:
@@ -288,15 +271,20 @@ async def test_losing_every_node_keeps_the_program_and_says_so() -> None:
         assert app.is_running
 
 
-async def test_quitting_while_the_fleet_refreshes_ends_cleanly() -> None:
+async def test_quitting_while_the_fleet_refreshes_ends_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Textual's timers tick on while the app takes its screens down; a refresh drawn into
     a half-removed fleet screen raised NoMatches on quit (seen once in CI; every time at this
     rate before the fix). Quitting must end the program without an error."""
     sim = SimFleet()
     app = make_app(sim.fleet, requester=Requests("refuse"), clock=sim.clock, refresh_s=0.0005)
-    async with app.run_test(size=SIZE) as pilot:
+    refreshes: list[None] = []
+    refresh = app.refresh_fleet
+    monkeypatch.setattr(app, "refresh_fleet", lambda: refreshes.append(refresh()))
+    async with app.run_test(size=SIZE):
         sim.step()
-        await pilot.pause(0.01)  # refreshes are drawn; leaving the block quits the app
+        await until(lambda: len(refreshes) >= 5, "refreshes drawn")  # leaving quits the app
     assert app.return_code in (None, 0), "ended without an error"
 
 
@@ -343,7 +331,7 @@ async def test_the_command_palette_jumps_to_a_node() -> None:
         await pilot.press("colon")
         await pilot.pause()
         await pilot.press(*"node inf1")
-        await pilot.pause(0.5)
+        await until(lambda: palette_choice(app) == "node inf1", "the palette to offer node inf1")
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, NodeScreen)
@@ -366,12 +354,12 @@ async def test_the_mouse_moves_the_cursor_sorts_and_opens() -> None:
 
 async def test_readonly_refuses_an_action_from_anywhere() -> None:
     """Not only the keys: the one way into an action says no in read-only mode."""
-    app = make(SimFleet(), readonly=True)
-    async with app.run_test(size=SIZE) as pilot:
+    app, notices = make(SimFleet(), readonly=True), Notices()
+    async with app.run_test(size=SIZE, message_hook=notices) as pilot:
         start_action(app, "drain", ["gpu01"])
         await pilot.pause()
         assert isinstance(app.screen, FleetScreen), "no dialog"
-        assert any("read-only" in str(n.message) for n in app._notifications)
+        assert notices.any("read-only")
         assert requests(app).sent == []
 
 
@@ -393,7 +381,8 @@ async def test_leaving_the_results_does_not_cancel_the_action() -> None:
     sim = SimFleet()
     slow = SlowRequests()
     app = make_app(sim.fleet, requester=slow, clock=sim.clock, refresh_s=None)
-    async with app.run_test(size=SIZE) as pilot:
+    notices = Notices()
+    async with app.run_test(size=SIZE, message_hook=notices) as pilot:
         await pilot.press("u")
         await pilot.click("#confirm")
         await pilot.pause()
@@ -404,8 +393,7 @@ async def test_leaving_the_results_does_not_cancel_the_action() -> None:
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert slow.sent == [("gpu01", "resume", {})], "sent and answered, not cancelled"
-        said = [str(n.message) for n in app._notifications]
-        assert "Resume gpu01: 1 ok" in said, "in the results screen's words"
+        assert "Resume gpu01: 1 ok" in notices.said, "in the results screen's words"
 
 
 async def test_the_cursor_stays_in_sight_in_a_small_terminal() -> None:

@@ -11,7 +11,6 @@ import pytest
 from textual.content import Content
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
-from textual.widgets._toast import Toast
 
 from console.tui.action_dialog import ActionDialog, ActionResults
 from console.tui.app import FleetApp, make_app
@@ -21,6 +20,8 @@ from console.tui.help import HelpScreen
 from console.tui.key_bar import KeyBar
 from console.tui.node_view import NodeScreen
 from tests.conftest import until
+from tests.support.notices import Notices
+from tests.support.palette import palette_choice
 from tests.tui.fleetdata import Requests, SimFleet
 
 pytestmark = pytest.mark.tui
@@ -183,22 +184,23 @@ async def test_readonly_node_view_has_no_verbs() -> None:
         assert sent(app) == []
 
 
-def palette_commands(app: FleetApp) -> list[str]:
+async def palette_commands(app: FleetApp, *queries: str) -> list[str]:
+    """What the palette offers for each of ``queries``, as its search finds them."""
     provider = FleetCommands(app.screen)
-    return [text for text, _, _ in provider._commands()]
+    return [hit.text or "" for query in queries async for hit in provider.search(query)]
 
 
 async def test_the_palette_offers_the_verbs_on_what_is_chosen() -> None:
     app = make()
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press("space", "space")
-        commands = palette_commands(app)
         for verb in ("drain", "resume", "restart", "reassign"):
-            assert f"{verb} 2 nodes: gpu[01-02]" in commands
+            assert f"{verb} 2 nodes: gpu[01-02]" in await palette_commands(app, verb)
         await pilot.press("colon")
         await pilot.pause()
         await pilot.press(*"restart 2")
-        await pilot.pause(0.5)
+        chosen = "restart 2 nodes: gpu[01-02]"
+        await until(lambda: palette_choice(app) == chosen, f"the palette to offer {chosen}")
         await pilot.press("enter")
         await pilot.pause()
         assert dialog(app).verb == "restart"
@@ -206,15 +208,18 @@ async def test_the_palette_offers_the_verbs_on_what_is_chosen() -> None:
         await pilot.press("escape", "escape")  # the dialog, then the marks
         await pilot.press("enter")  # the cursor's node: gpu03 (each mark moved down)
         assert isinstance(app.screen, NodeScreen)
-        assert "drain gpu03" in palette_commands(app)
+        assert "drain gpu03" in await palette_commands(app, "drain")
 
 
 async def test_the_palette_offers_no_verbs_read_only() -> None:
     app = make(readonly=True)
     async with app.run_test(size=WIDE) as pilot:
-        assert not [c for c in palette_commands(app) if c.startswith(("drain", "resume"))]
+        verbs = ("drain", "resume", "restart", "reassign")
+        assert "node gpu01" in await palette_commands(app, "node gpu01"), "the search works"
+        assert not [c for c in await palette_commands(app, *verbs) if c.startswith(verbs)]
         await pilot.press("enter")
-        assert not [c for c in palette_commands(app) if c.startswith(("drain", "restart"))]
+        assert isinstance(app.screen, NodeScreen)
+        assert not [c for c in await palette_commands(app, *verbs) if c.startswith(verbs)]
 
 
 async def test_help_lists_the_palette_key_once() -> None:
@@ -247,8 +252,8 @@ async def test_marks_are_announced_on_the_key_bar() -> None:
 
 
 async def test_marks_are_cleared_once_an_action_is_sent_and_it_says_so() -> None:
-    app = make()
-    async with app.run_test(size=WIDE) as pilot:
+    app, notices = make(), Notices()
+    async with app.run_test(size=WIDE, message_hook=notices) as pilot:
         await pilot.press("space", "space", "d", "escape")  # cancelled: the marks stay
         screen = app.screen
         assert isinstance(screen, FleetScreen)
@@ -257,7 +262,7 @@ async def test_marks_are_cleared_once_an_action_is_sent_and_it_says_so() -> None
         await finish(pilot)
         assert len(sent(app)) == 2
         assert screen.marked == set()
-        assert any("2 marks cleared" in str(n.message) for n in app._notifications)
+        assert notices.any("2 marks cleared")
         await pilot.press("escape")
         assert "marked" not in key_bar(app)
 
@@ -285,9 +290,9 @@ async def test_a_notification_never_covers_the_dialogs_buttons() -> None:
         await pilot.press("d")
         d = dialog(app)
         app.notify("demo incident: gpu 6 of demo03 climbing to about 92 C (slowdown at 89 C)")
-        await until(lambda: list(d.query(Toast)), "the notification")
+        await until(lambda: list(d.query("Toast")), "the notification")
         await pilot.pause()
-        for toast in d.query(Toast):
+        for toast in d.query("Toast"):
             for wid in ("#cancel", "#confirm", "#reason"):
                 assert not toast.region.overlaps(d.query_one(wid).region), wid
 
@@ -318,9 +323,9 @@ async def test_a_notification_at_80x24_takes_no_more_rows_than_its_words() -> No
     app = make()
     async with app.run_test(size=SMALL, notifications=True) as pilot:
         app.notify("demo03: gpu 6: cooling failure, about 92 C", title="demo incident")
-        await until(lambda: list(app.screen.query(Toast)), "the notification")
+        await until(lambda: list(app.screen.query("Toast")), "the notification")
         await pilot.pause()
-        (toast,) = app.screen.query(Toast)
+        (toast,) = app.screen.query("Toast")
         words = toast.render()
         assert isinstance(words, Content)
         lines = len(words.wrap(toast.content_size.width))
@@ -331,7 +336,6 @@ async def test_readonly_is_said_at_80_columns() -> None:
     """ "[read-only]" ended the header's long subtitle (the source and the log's path), which
     80 columns cut: a read-only screen looked like one whose keys were missing."""
     from textual.geometry import Region
-    from textual.widgets._header import HeaderTitle
 
     sim = SimFleet()
     source = "demo: 16 nodes x 8 simulated H100s over SSH  (log: /root/.local/state/x.log)"
@@ -341,7 +345,7 @@ async def test_readonly_is_said_at_80_columns() -> None:
     )  # fmt: skip
     async with app.run_test(size=SMALL) as pilot:
         await pilot.pause()
-        title = app.screen.query_one(HeaderTitle)
+        title = app.screen.query_one("HeaderTitle")
         drawn = title.render_lines(Region(0, 0, title.size.width, 1))[0].text
         assert "read-only" in drawn, drawn
 
@@ -349,7 +353,6 @@ async def test_readonly_is_said_at_80_columns() -> None:
 async def test_the_logs_path_is_in_the_help_not_cut_off_the_title() -> None:
     """At 80 columns the title ended "(log:…": the path was cut, and the source with it."""
     from textual.geometry import Region
-    from textual.widgets._header import HeaderTitle
 
     sim = SimFleet()
     source = "demo: 16 nodes x 8 simulated H100s over SSH"
@@ -359,7 +362,7 @@ async def test_the_logs_path_is_in_the_help_not_cut_off_the_title() -> None:
     )
     async with app.run_test(size=SMALL) as pilot:
         await pilot.pause()
-        title = app.screen.query_one(HeaderTitle)
+        title = app.screen.query_one("HeaderTitle")
         drawn = title.render_lines(Region(0, 0, title.size.width, 1))[0].text
         assert source in drawn and "…" not in drawn, drawn
         await pilot.press("question_mark")
@@ -397,9 +400,9 @@ async def test_a_notification_never_covers_the_helps_last_line() -> None:
                 "(slowdown at 89 C)",
                 title="demo incident",
             )
-        await until(lambda: len(help_screen.query(Toast)) == 2, "the notifications")
+        await until(lambda: len(help_screen.query("Toast")) == 2, "the notifications")
         await pilot.pause()
-        for toast in help_screen.query(Toast):
+        for toast in help_screen.query("Toast"):
             assert not toast.region.overlaps(help_screen.query_one("#hint").region)
 
 
@@ -410,13 +413,13 @@ async def test_a_notification_shows_once_over_a_dialog() -> None:
     async with app.run_test(size=SMALL, notifications=True) as pilot:
         behind = app.screen
         app.notify("demo02: its agent stopped", title="demo incident")
-        await until(lambda: list(behind.query(Toast)), "the notification")
+        await until(lambda: list(behind.query("Toast")), "the notification")
         await pilot.press("d")
         d = dialog(app)
-        await until(lambda: list(d.query(Toast)), "the notification on the dialog")
+        await until(lambda: list(d.query("Toast")), "the notification on the dialog")
         await pilot.pause()
-        shown = [t for t in behind.query(Toast) if t.display and t.visible]
+        shown = [t for t in behind.query("Toast") if t.display and t.visible]
         assert not shown, "also drawn behind the dialog"
         await pilot.press("escape")
         await pilot.pause()
-        assert [t for t in behind.query(Toast) if t.display and t.visible], "back when it closes"
+        assert [t for t in behind.query("Toast") if t.display and t.visible], "back when it closes"

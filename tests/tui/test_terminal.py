@@ -8,12 +8,12 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ensure_tool, wait_for
+from tests.conftest import wait_for
+from tests.support.tmux import Tmux
 
 pytestmark = [pytest.mark.tui, pytest.mark.integration]
 
@@ -37,45 +37,21 @@ def test_without_a_terminal_the_screen_says_what_to_do(args: list[str], tmp_path
     assert "Traceback" not in done.stderr
 
 
-class Tmux:
-    def __init__(self, tmux: str, socket: str) -> None:
-        self.base = [tmux, "-L", socket]
-
-    def run(self, *args: str) -> str:
-        done = subprocess.run(
-            [*self.base, *args], capture_output=True, text=True, timeout=20, check=False
-        )
-        return done.stdout
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "gf")
-
-    def keys(self, *keys: str) -> None:
-        self.run("send-keys", "-t", "gf", *keys)
-
-
-@pytest.fixture
-def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    t = Tmux(ensure_tool("tmux", "tmux"), f"gf-test-{os.getpid()}")
-    yield t
-    t.run("kill-server")
-
-
 def test_the_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
     command = shlex.join([sys.executable, "-m", "console", "demo", "--nodes", "4",
                           "--gpus-per-node", "2"])  # fmt: skip
     env = f"XDG_STATE_HOME={shlex.quote(str(tmp_path))}"
     tmux.run("new-session", "-d", "-x", "160", "-y", "45", "-s", "gf",
              f"env {env} {command}; echo EXITED $?; sleep 30")  # fmt: skip
-    wait_for(lambda: "4 nodes: 4 live" in tmux.screen(), 60, "four live nodes on screen")
+    wait_for(lambda: "4 nodes: 4 live" in tmux.screen(), "four live nodes on screen", 60)
     screen = tmux.screen()
     assert "demo01" in screen
     assert "d drain" in screen, "the key bar shows the verbs"
     tmux.keys("Down", "Enter")
-    wait_for(lambda: "UTIL %" in tmux.screen(), 20, "the node view")
+    wait_for(lambda: "UTIL %" in tmux.screen(), "the node view", 20)
     assert "demo02" in tmux.screen()
     tmux.keys("Escape")  # alone: an escape followed at once by a key reads as alt+key
-    wait_for(lambda: "UTIL %" not in tmux.screen(), 20, "back on the fleet view")
+    wait_for(lambda: "UTIL %" not in tmux.screen(), "back on the fleet view", 20)
     tmux.keys("q")
-    wait_for(lambda: "EXITED 0" in tmux.screen(), 30, "a clean exit on q")
+    wait_for(lambda: "EXITED 0" in tmux.screen(), "a clean exit on q", 30)
     assert (tmp_path / "gpufleet" / "console.log").exists(), "logs went to the file"

@@ -10,8 +10,8 @@ from textual.widgets import Input
 
 from agents.protocol import NodeState
 from console.tui.fleet_view import FleetScreen
+from tests.support.fleetapp import make
 from tests.tui.fleetdata import SimFleet
-from tests.tui.test_fleet_screen import make
 
 pytestmark = pytest.mark.tui
 

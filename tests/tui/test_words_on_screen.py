@@ -9,8 +9,9 @@ from textual.geometry import Region
 from textual.widgets import DataTable, Input
 
 from console.tui.text_line import TextLine
+from tests.support.fleetapp import SIZE, make, names
+from tests.support.notices import Notices
 from tests.tui.fleetdata import SimFleet
-from tests.tui.test_fleet_screen import SIZE, make, names
 
 pytestmark = pytest.mark.tui
 
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.tui
 async def test_an_unknown_value_is_an_error_naming_it_and_the_valid_ones(
     text: str, says: str
 ) -> None:
-    app = make(SimFleet())
-    async with app.run_test(size=SIZE) as pilot:
+    app, notices = make(SimFleet()), Notices()
+    async with app.run_test(size=SIZE, message_hook=notices) as pilot:
         await pilot.press("slash")
         app.screen.query_one("#filter", Input).value = text
         await pilot.press("enter")
@@ -36,7 +37,7 @@ async def test_an_unknown_value_is_an_error_naming_it_and_the_valid_ones(
         box = app.screen.query_one("#filter", Input)
         assert box.display and box.has_focus, "the box stays open to be put right"
         assert says in str(box.border_title), box.border_title
-        assert not app._notifications, "said on the box, not in a toast that covered it"
+        assert notices.said == [], "said on the box, not in a toast that covered it"
 
 
 async def test_a_filter_error_is_said_on_its_box_at_80x24_and_goes_once_put_right() -> None:

@@ -147,7 +147,7 @@ def test_port_taken_does_not_raise_and_says_why(caplog: pytest.LogCaptureFixture
         exp = MetricsExporter(ListenAddress("127.0.0.1", port), _collector())
         with caplog.at_level("ERROR", logger="gpufleet.metrics"):
             exp.start()
-            wait_for(lambda: "cannot listen on 127.0.0.1" in caplog.text, 10, "the log line")
+            wait_for(lambda: "cannot listen on 127.0.0.1" in caplog.text, "the log line", 10)
         assert not exp.bound.is_set()
         exp.close()  # while it waits to retry: returns at once
     assert "Address already in use" in caplog.text

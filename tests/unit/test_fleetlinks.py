@@ -10,6 +10,7 @@ import contextlib
 import errno
 import logging
 import socket
+from collections import Counter
 from pathlib import Path
 
 import asyncssh
@@ -35,16 +36,6 @@ nodes = "d[1-2]"
 """
 
 
-async def test_nodes_behind_one_jump_host_share_its_bound() -> None:
-    links = FleetLinks(parse_inventory(FLEET, "f").nodes, LinkOptions()).links
-    via = {name: link._via for name, link in links.items()}
-    assert via["a1"] is via["a2"] is via["a3"]
-    assert via["b1"] is via["b2"] and via["b1"] is not via["a1"]
-    assert via["d1"] is None and via["d2"] is None, "each has its own sshd"
-    assert via["a1"] is not None and via["a1"]._value == CONNECTING_PER_JUMP
-    assert len({id(link._connecting) for link in links.values()}) == 1, "one fleet-wide bound"
-
-
 class _Conn:
     """What a completed handshake hands back, for the race below: an SSH connection whose
     agent never answers (so a link that goes on with it never ends by itself)."""
@@ -62,6 +53,66 @@ class _Conn:
 
     async def open_unix_connection(self, path: str) -> None:
         await asyncio.Event().wait()
+
+
+class Handshakes:
+    """A stand-in for asyncssh.connect whose handshakes wait until ``release``, then are
+    refused: ``in_flight`` counts those under way by jump host ("" for none), ``most`` the
+    most ever under way at once in all."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.in_flight: Counter[str] = Counter()
+        self.most = 0
+
+    async def connect(self, host: str, **kw: object) -> _Conn:
+        via = str(kw.get("tunnel") or "")
+        self.in_flight[via] += 1
+        self.most = max(self.most, self.in_flight.total())
+        try:
+            await self.release.wait()
+        finally:
+            self.in_flight[via] -= 1
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    def under_way(self) -> dict[str, int]:
+        return dict(+self.in_flight)
+
+
+async def test_nodes_behind_one_jump_host_share_its_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Twelve nodes behind bastion-a: CONNECTING_PER_JUMP of their handshakes at once, never
+    more; the nodes behind bastion-b and those of their own sshd are not held up by them."""
+    handshakes = Handshakes()
+    monkeypatch.setattr(asyncssh, "connect", handshakes.connect)
+    nodes = parse_inventory(FLEET.replace("a[1-3]", "a[01-12]"), "f").nodes
+    links = FleetLinks(nodes, LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[]))
+    links.start()
+    try:
+        expected = {"bastion-a": CONNECTING_PER_JUMP, "bastion-b": 2, "": 2}
+        await until(lambda: handshakes.under_way() == expected, f"handshakes {expected}", 5)
+        assert handshakes.most == CONNECTING_PER_JUMP + 4, "more than the bound at once"
+    finally:
+        handshakes.release.set()
+        await links.stop()
+
+
+async def test_all_nodes_share_one_fleet_wide_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Seven nodes, behind two jump hosts and none: three handshakes at once in all."""
+    handshakes = Handshakes()
+    monkeypatch.setattr(asyncssh, "connect", handshakes.connect)
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[])
+    links = FleetLinks(parse_inventory(FLEET, "f").nodes, options, concurrency=3)
+    links.start()
+    try:
+        await until(lambda: handshakes.in_flight.total() == 3, "three handshakes under way", 5)
+        assert handshakes.most == 3, "more than the fleet-wide bound at once"
+    finally:
+        handshakes.release.set()
+        await links.stop()
 
 
 def _one_node(tmp_path: Path) -> FleetLinks:

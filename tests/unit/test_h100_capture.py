@@ -25,7 +25,7 @@ from console.fleet import FleetState
 from console.inventory import parse_inventory
 from console.rows import node_row
 from tests.conftest import FIXTURES
-from tests.unit.test_metrics import Series, parse
+from tests.support.exposition import Series, parse
 
 H100 = FIXTURES / "h100"
 _TS = re.compile(r"^gpufleet_sample_timestamp_seconds\{.*\} (\S+)$", re.MULTILINE)

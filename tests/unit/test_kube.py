@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from agents.config import RestartSection
 from agents.kube import KubeScheduler
-from tests.conftest import wait_for
+from tests.conftest import until
 from tests.fakes.opsnode import TRICKY, Node
-from tests.fakes.tools import calls, fake_kubectl, kube_node, recorder
+from tests.fakes.tools import calls, fake_kubectl, kube_node, recorder, refused
+
+
+@pytest.fixture(autouse=True)
+def kubectl_took_every_argv(tmp_path: Path) -> Iterator[None]:
+    """Each test's kubectl stand-in (in tmp_path) refused nothing the adapter ran."""
+    yield
+    assert refused(tmp_path / "kubectl") == [], (
+        "the adapter ran a kubectl argv the stand-in refuses"
+    )
 
 
 def kube_node_on(
@@ -39,7 +52,7 @@ def kube_node_on(
 
 
 async def settled(node: Node, state: str) -> None:
-    await asyncio.to_thread(wait_for, lambda: node.state.state == state, 10, state)
+    await until(lambda: node.state.state == state, f"the node {state}", 10)
 
 
 async def test_drain_cordons_then_evicts_and_is_drained_when_kubectl_returns(
@@ -64,7 +77,7 @@ async def test_an_eviction_a_budget_blocks_leaves_the_node_cordoned_and_says_why
 ) -> None:
     node, _, _ = kube_node_on(tmp_path, pdb=True)
     await node.ask("drain", reason="r", timeout=30)
-    await asyncio.to_thread(wait_for, lambda: node.told, 10, "the failure told")
+    await until(lambda: node.told, "the failure told", 10)
     [said] = node.told
     assert said.startswith("draining: pods not evicted, node stays cordoned: ")
     assert "violate the pod's disruption budget" in said
@@ -121,11 +134,11 @@ async def test_restart_node_is_drain_reboot_uncordon(tmp_path: Path) -> None:
     refused = await before.ask("restart", target="node", reason="kernel")
     assert refused.code == "not_drained", "never reboot a node with pods on it"
     await before.ask("drain", reason="kernel")
-    await asyncio.to_thread(wait_for, lambda: not sched.evicting, 10, "the eviction")
+    await until(lambda: not sched.evicting, "the eviction", 10)
     await before.handler.sync()
     assert before.state.state == "drained"
     assert (await before.ask("restart", target="node", reason="kernel")).ok
-    await asyncio.to_thread(wait_for, lambda: calls(tools / "systemctl"), 5, "the reboot")
+    await until(lambda: calls(tools / "systemctl"), "the reboot", 5)
     assert calls(tools / "systemctl") == [["reboot"]]
 
     after, _ = node_on("boot-2")
@@ -148,3 +161,50 @@ async def test_a_drain_cut_short_by_a_restart_evicts_again(tmp_path: Path) -> No
     await settled(again, "drained")
     assert again.told == ["drained: pods evicted"]
     assert len([c for c in calls(kubectl) if c[0] == "drain"]) == 2, "evicted again"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "node", "gpu-07"],  # the JSON the adapter reads: not asked for
+        ["get", "node", "gpu-07", "-o", "json"],  # not the spelling the adapter uses
+        ["get", "nodes", "gpu-07", "--output=json"],
+        ["cordon", "gpu-07", "--dry-run=client"],
+        ["drain", "gpu-07", "--ignore-daemonsets", "--timeout=60s"],  # emptyDir data kept
+        ["drain", "gpu-07", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s",
+         "--force"],
+        ["label", "node", "gpu-07", "gpufleet.io/pool=infer"],  # no --overwrite
+        ["delete", "node", "gpu-07"],
+        [],
+    ],
+)  # fmt: skip
+def test_the_kubectl_stand_in_refuses_an_argv_the_adapter_does_not_run(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """The stand-in takes exactly the adapter's commands: a flag dropped, added or spelt
+    otherwise fails loudly, and changes nothing."""
+    (tmp_path / "refusing").mkdir()  # not tmp_path: refusals there fail the test
+    kubectl = fake_kubectl(tmp_path / "refusing", "gpu-07")
+    before = kube_node(kubectl)
+    done = subprocess.run([str(kubectl), *argv], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "kubectl stand-in (tests/fakes/tools.py): refused argv" in done.stderr
+    assert json.dumps(argv) in done.stderr
+    assert refused(kubectl) == [argv]
+    assert kube_node(kubectl) == before
+
+
+def test_the_kubectl_stand_in_takes_the_adapters_argv(tmp_path: Path) -> None:
+    kubectl = fake_kubectl(tmp_path, "gpu-07")
+    for argv in (
+        ["get", "node", "gpu-07", "--output=json"],
+        ["cordon", "gpu-07"],
+        ["drain", "gpu-07", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s"],
+        ["uncordon", "gpu-07"],
+        ["label", "node", "gpu-07", "gpufleet.io/pool=infer", "--overwrite"],
+    ):
+        done = subprocess.run([str(kubectl), *argv], capture_output=True, text=True, check=False)
+        assert (done.returncode, done.stderr) == (0, ""), argv
+    assert kube_node(kubectl)["metadata"] == {
+        "name": "gpu-07", "labels": {"gpufleet.io/pool": "infer"}
+    }  # fmt: skip

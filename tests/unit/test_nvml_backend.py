@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from agents.gpu.base import SLOW_FIELDS, BackendUnavailable, XidEvent
 from agents.gpu.nvml import NvmlBackend
 from agents.gpu.procinfo import MAX_COMMAND_CHARS, ProcessTable
 from agents.protocol import GpuReading
+from tests.conftest import wait_for
 from tests.fakes.fake_pynvml import FakeNvml, make
 
 UUID0 = "GPU-a1c8b3f1-1bea-079e-4e2e-01b112c74d03"
@@ -67,14 +67,6 @@ def open_backend(clock: FakeClock) -> Iterator[Callable[..., tuple[NvmlBackend, 
         backend.close()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met before the deadline")
-        time.sleep(0.005)
-
-
 def collect_events(backend: NvmlBackend, count: int = 1) -> list[XidEvent]:
     """Drain until ``count`` events arrived (the event thread delivers them asynchronously)."""
     events: list[XidEvent] = []
@@ -83,7 +75,7 @@ def collect_events(backend: NvmlBackend, count: int = 1) -> list[XidEvent]:
         events.extend(backend.drain_events())
         return len(events) >= count
 
-    wait_for(arrived)
+    wait_for(arrived, f"{count} XID event(s)", 5)
     return events
 
 
@@ -809,7 +801,7 @@ def test_xid_reaches_drain_events(open_backend: Any, clock: FakeClock) -> None:
     backend, fake = open_backend(gpus=3)
     assert backend.drain_events() == []
     backend.start_events()
-    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 2)  # timeouts are "nothing happened"
+    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 2, "two waits timing out (no event)", 5)
     fake.inject_xid(2, 79)
     events = collect_events(backend)
     assert events == [XidEvent(gpu=2, xid=79, ts=clock.now)]
@@ -837,7 +829,7 @@ def test_xid_on_a_gpu_lost_at_start_arrives_once_it_is_back(clock: FakeClock) ->
     backend = NvmlBackend(fake, clock=clock)
     try:
         backend.start_events()
-        wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1)
+        wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1, "the event thread waiting", 5)
         fake.heal(1)
         clock.advance(5.0)
         assert backend.read()[1].lost is False
@@ -852,7 +844,7 @@ def test_xids_keep_arriving_after_a_watched_gpu_is_lost(
 ) -> None:
     backend, fake = open_backend(gpus=2)
     backend.start_events()
-    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1)
+    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1, "the event thread waiting", 5)
     fake.lose(0)  # every wait on a set holding GPU 0 now raises GpuIsLost
     fake.inject_xid(1, 48)
     assert [(e.gpu, e.xid) for e in collect_events(backend)] == [(1, 48)]
@@ -870,7 +862,7 @@ def test_close_stops_the_event_thread_and_shuts_down(clock: FakeClock) -> None:
     fake = make(1)
     backend = NvmlBackend(fake, clock=clock)
     backend.start_events()
-    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1)
+    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1, "the event thread waiting", 5)
     threads_before = {t.name for t in threading.enumerate()}
     assert "gpufleet-nvml-xid" in threads_before
     backend.close()

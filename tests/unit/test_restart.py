@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from agents.config import RestartSection
 from agents.protocol import REQUEST_SPECS, NodeState
 from agents.store import StateStore
-from tests.conftest import wait_for
+from tests.conftest import until
 from tests.fakes.opsnode import TRICKY, VIC, Node
 from tests.fakes.tools import calls, recorder
 
@@ -125,7 +125,7 @@ async def test_a_node_reboot_needs_a_drained_node_and_starts_after_the_reply(
     assert StateStore(tmp_path).load().resume_after_boot == "boot-1", "saved before the reply"
     assert calls(Path(r.systemctl)) == [], "not before the reply has left"
     assert [e.result for e in node.audit.entries()][-1] == "ok", "audited before it runs"
-    await asyncio.to_thread(wait_for, lambda: calls(Path(r.systemctl)), 5, "systemctl reboot")
+    await until(lambda: calls(Path(r.systemctl)), "systemctl reboot", 5)
     assert calls(Path(r.systemctl)) == [["reboot"]]
 
 
@@ -156,7 +156,7 @@ async def test_restarting_the_agent_runs_after_the_reply_and_a_failure_is_told(
     node = Node(tmp_path, restart=r)
     answer = await node.ask("restart", target="agent", reason="upgrade")
     assert answer.ok and answer.result["message"] == "restarting the agent (gpufleet-agent.service)"
-    await asyncio.to_thread(wait_for, lambda: node.told, 5, "the failure told")
+    await until(lambda: node.told, "the failure told", 5)
     assert calls(Path(r.systemctl)) == [["restart", "gpufleet-agent.service"]]
     assert node.told == [f"restart gpufleet-agent.service failed: systemctl: {said}"]
 

@@ -3,7 +3,6 @@ carried, and every refusal code an agent answers with is one of the closed set."
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any, get_args
 
@@ -22,7 +21,7 @@ from agents.protocol import (
     result_as,
     to_builtins,
 )
-from tests.conftest import wait_for
+from tests.conftest import until
 from tests.fakes.opsnode import VIC, Node
 from tests.fakes.tools import calls, recorder
 
@@ -74,7 +73,7 @@ async def test_every_op_answers_with_its_spec_result(tmp_path: Path) -> None:
     }, "what a result does not use is left out, as before it had a type"
     reboot = await ask("restart", target="node", reason="firmware")
     assert reboot.after.resume_after_boot == "boot-1"
-    await asyncio.to_thread(wait_for, lambda: ["reboot"] in calls(Path(r.systemctl)), 5, "reboot")
+    await until(lambda: ["reboot"] in calls(Path(r.systemctl)), "the reboot", 5)
     assert (await ask("resume", reason="")).after.state == "schedulable"
     audit = await ask("audit")
     assert isinstance(audit, AuditResult) and [e.op for e in audit.entries][:2] == [
