@@ -26,7 +26,6 @@ import click
 import msgspec
 
 from agents import __version__
-from agents.client import AgentClient, connect_unix
 from agents.config import (
     DEFAULT_CONFIG_PATH,
     AgentConfig,
@@ -34,10 +33,10 @@ from agents.config import (
     load_config,
     validate_config,
 )
-from agents.daemon import Agent
 from agents.gpu.base import GpuBackend
 from agents.gpu.select import open_backend
 from agents.host import HostSampler, host_info
+from agents.ops.store import AuditLog, StateStore, StoreError
 from agents.protocol import (
     GpufleetError,
     Inventory,
@@ -48,7 +47,8 @@ from agents.protocol import (
 )
 from agents.render import frame_line, sample_report
 from agents.sampler import Sampler, inventory_frame
-from agents.store import AuditLog, StateStore, StoreError
+from agents.serve.client import AgentClient, connect_unix
+from agents.serve.daemon import Agent
 
 EX_CONFIG = 78
 
@@ -230,7 +230,7 @@ def _one_sample(cfg: AgentConfig) -> tuple[Inventory, Sample]:
         try:
             state: NodeState | None = StateStore(Path(cfg.agent.state_dir)).load()
         except StoreError as exc:  # e.g. run by a user who may not read /var/lib/gpufleet
-            logging.getLogger("gpufleet.agent").warning("ops state unknown: %s", exc)
+            logging.getLogger(f"gpufleet.{__name__}").warning("ops state unknown: %s", exc)
             state = None
         return inventory_frame(cfg.node, backend.inventory(), host_info(), state), sample
     finally:

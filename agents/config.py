@@ -15,8 +15,8 @@ from typing import Final, Literal
 
 import msgspec
 
+from agents.ops.restart import UNIT_NAME
 from agents.protocol import METRICS_PORT, POOL_NAME, GpufleetError, clip
-from agents.restart import UNIT_NAME
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/gpufleet/agent.toml")
 #: Bound on the ring buffer (a day at 1 Hz is 86,400): memory, not taste, sets it.

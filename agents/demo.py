@@ -17,12 +17,12 @@ from pathlib import Path
 
 import click
 
-from agents.client import AgentClient, ConnectionClosed
 from agents.config import AgentConfig, AgentSection, SimSection
-from agents.daemon import Agent
 from agents.gpu.sim import SimBackend
 from agents.protocol import GpufleetError, Inventory, Said, result_as
 from agents.render import frame_line
+from agents.serve.client import AgentClient, ConnectionClosed
+from agents.serve.daemon import Agent
 
 FAULTS = ("overheat", "xid79", "ecc", "lost", "busy", "clear")
 

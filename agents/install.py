@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Final
 
 from agents.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, parse_config
+from agents.ops.store import atomic_write
 from agents.protocol import GpufleetError, clip
-from agents.store import atomic_write
 
 UNIT: Final = "gpufleet-agent.service"
 UNIT_DIR: Final = Path("/etc/systemd/system")

@@ -61,9 +61,9 @@ from typing import Any
 import psutil
 from benchlib import machine_facts, once_argv, publish, run_header
 
-from agents.client import AgentClient
 from agents.config import AgentConfig
 from agents.protocol import Inventory, Sample, encode, to_builtins
+from agents.serve.client import AgentClient
 
 REPO = Path(__file__).resolve().parent.parent
 TIMING_FIXTURE = REPO / "tests" / "fixtures" / "h100" / "nvml_timing.json"

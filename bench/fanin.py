@@ -4,7 +4,7 @@ Two ways to get every node's numbers into the console each second, side by side 
 
 - stream (gpufleet): one SSH connection per node, a direct-streamlocal channel to the node's
   agent, and the agent pushes a sample each second. The nodes are the real agent daemon
-  (``agents.daemon.Agent`` on simulated H100s) behind one embedded asyncssh server, exactly as
+  (``agents.serve.daemon.Agent`` on simulated H100s) behind one embedded asyncssh server, exactly as
   ``gpufleet demo`` runs them; the console side is ``NodeLink`` feeding ``FleetState``.
 - exec (exec-per-poll, the way gpustat-web polls): one SSH connection per node, kept open, and
   each second an exec channel running ``gpufleet-agent once --json`` on the node, whose JSON is
@@ -53,9 +53,9 @@ from benchlib import (
 
 from agents.protocol import Event, Inventory, Sample
 from console.demo import demo_fleet
-from console.fleet import FleetState
-from console.inventory import NodeEntry, load_inventory
-from console.link import LinkOptions, NodeLink
+from console.model.fleet import FleetState
+from console.model.inventory import NodeEntry, load_inventory
+from console.sources.ssh.link import LinkOptions, NodeLink
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fanin.json"
 GPUS = 8

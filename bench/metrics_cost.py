@@ -38,9 +38,9 @@ from typing import Any
 import psutil
 from benchlib import machine_facts, publish, run_header
 
+from agents.export.metrics import MetricsCollector, render
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
-from agents.metrics import MetricsCollector, render
 from agents.protocol import NodeState
 from agents.sampler import Sampler
 

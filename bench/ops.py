@@ -3,10 +3,10 @@
 Two ways to act on every node of a fleet, side by side in one run, on the same nodes:
 
 - gpufleet: what ``gpufleet drain all --reason R --yes --force`` (then ``gpufleet resume``)
-  does, by calling ``console.operate.operate`` itself: one SSH connection per node (bounded
+  does, by calling ``console.ops.operate.operate`` itself: one SSH connection per node (bounded
   handshakes), a direct-streamlocal channel to each agent, wait until every node has answered,
   the mass-action guard (``--force``: the whole fleet is far past a quarter of each pool), then
-  ``console.actions.run_action`` sends the request to each node's live session, at most
+  ``console.ops.actions.run_action`` sends the request to each node's live session, at most
   ``ACTION_CONCURRENCY`` in flight. ``FleetLinks`` is swapped, for the step only, for a subclass
   that notes the time around its ``start``/``settle``/``request`` and changes nothing else, so
   connecting is timed apart from the action.
@@ -73,17 +73,17 @@ from benchlib import (
     stop_node_hosts,
 )
 
-import console.operate
-from agents.daemon import Agent
+import console.ops.operate
 from agents.protocol import GpufleetError, Response, encode
 from agents.sampler import Sampler
-from console.actions import ACTION_CONCURRENCY, Verb
+from agents.serve.daemon import Agent
 from console.demo import demo_fleet
-from console.fleet import FleetState
-from console.fleetlinks import CONNECTING_AT_ONCE, FleetLinks
-from console.inventory import Inventory, NodeEntry, load_inventory
-from console.link import LinkOptions
-from console.operate import Operation, build, chosen_nodes, operate
+from console.model.fleet import FleetState
+from console.model.inventory import Inventory, NodeEntry, load_inventory
+from console.ops.actions import ACTION_CONCURRENCY, Verb
+from console.ops.operate import Operation, build, chosen_nodes, operate
+from console.sources.ssh.fleetlinks import CONNECTING_AT_ONCE, FleetLinks
+from console.sources.ssh.link import LinkOptions
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ops.json"
 GPUS = 8
@@ -280,7 +280,7 @@ class CpuMeter:
 class TimedLinks(FleetLinks):
     """``FleetLinks`` as ``operate`` makes it, noting when it started, when every node had
     answered (and the CPU spent connecting), and each request's send and answer; it changes
-    nothing else. Patched into ``console.operate`` for one step, so that the step is
+    nothing else. Patched into ``console.ops.operate`` for one step, so that the step is
     ``operate`` itself."""
 
     made: ClassVar[list[TimedLinks]] = []
@@ -336,7 +336,7 @@ async def gpufleet_step(
     TimedLinks.meter = meter
     meter.lap()
     began = time.perf_counter()
-    with mock.patch.object(console.operate, "FleetLinks", TimedLinks):
+    with mock.patch.object(console.ops.operate, "FleetLinks", TimedLinks):
         code, results = await operate(inv, chosen, op, options, said.append)
     ended = time.perf_counter()
     action_cpu = meter.lap()  # the action, and closing the connections

@@ -5,7 +5,7 @@ holds, in one run.
 The Prometheus side, from the nodes up:
 
 - N simulated nodes of 8 GPUs, each's ``/metrics`` page rendered per scrape by the agent's own
-  ``MetricsCollector`` and ``render`` (gzip level 1 past ``GZIP_MIN``, as ``agents.exporter``
+  ``MetricsCollector`` and ``render`` (gzip level 1 past ``GZIP_MIN``, as ``agents.export.exporter``
   sends it), over that node's newest sample, its own inventory (UUIDs from the simulator seeded
   per node) and ops state. The samples are the agent's ``Sampler`` on simulated H100s, a pool of
   readings per node template, re-timed so each node takes a sample every second at its own
@@ -23,7 +23,7 @@ The Prometheus side, from the nodes up:
   a terminal): the time from starting the source to the first frame the screen displays with
   every node live, and the process's CPU while it refreshes.
 
-The SSH side: ``--ssh-nodes`` real agents (``agents.daemon.Agent`` on simulated H100s, their
+The SSH side: ``--ssh-nodes`` real agents (``agents.serve.daemon.Agent`` on simulated H100s, their
 replay buffers filled as after 15 minutes up) behind embedded asyncssh servers in node-host
 processes (``bench/ops.py``'s), and the same ``FleetApp`` on ``FleetLinks``: the time to the
 first full screen and the console's CPU per second once steady.
@@ -64,11 +64,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' Prometheus launcher (tests/integration/prometheus.py)
 
 from agents.protocol import NodeState, Sample  # noqa: E402
-from console.fleet import FleetState  # noqa: E402
-from console.inventory import NodeEntry, parse_inventory  # noqa: E402
-from console.prometheus import PromClient  # noqa: E402
-from console.promsource import PromSource  # noqa: E402
-from console.promview import SLOW_EVERY  # noqa: E402
+from console.model.fleet import FleetState  # noqa: E402
+from console.model.inventory import NodeEntry, parse_inventory  # noqa: E402
+from console.sources.prometheus.client import PromClient  # noqa: E402
+from console.sources.prometheus.source import PromSource  # noqa: E402
+from console.sources.prometheus.view import SLOW_EVERY  # noqa: E402
 from console.tui.app import FleetApp  # noqa: E402
 from tests.integration.prometheus import PrometheusServer, start_prometheus  # noqa: E402
 
@@ -105,9 +105,9 @@ def inventory_text(count: int) -> str:
 
 def _collectors(count: int, first: int, interval: float) -> dict[bytes, Any]:
     """Each node's real collector, by the path Prometheus asks for its page."""
+    from agents.export.metrics import MetricsCollector
     from agents.gpu.sim import SimBackend
     from agents.host import HostSampler
-    from agents.metrics import MetricsCollector
     from agents.sampler import Sampler
 
     host = HostSampler()
@@ -141,8 +141,8 @@ def _collectors(count: int, first: int, interval: float) -> dict[bytes, Any]:
 
 
 async def _serve_pages(count: int, first: int, interval: float) -> None:
-    from agents.exporter import CONTENT_TYPE, GZIP_MIN
-    from agents.metrics import render
+    from agents.export.exporter import CONTENT_TYPE, GZIP_MIN
+    from agents.export.metrics import render
 
     pages = _collectors(count, first, interval)
     served = [0, 0]  # pages, bytes sent
@@ -357,8 +357,8 @@ async def fresh_console(
 async def ssh_console(nodes: int, window: float) -> dict[str, Any]:
     from ops import start_node_hosts
 
-    from console.fleetlinks import FleetLinks
-    from console.link import LinkOptions
+    from console.sources.ssh.fleetlinks import FleetLinks
+    from console.sources.ssh.link import LinkOptions
 
     hosts = await asyncio.to_thread(start_node_hosts, nodes, max(1, math.ceil(nodes / 100)), 900)
     try:

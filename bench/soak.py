@@ -9,7 +9,7 @@ random (seeded) moments:
 
 - GPU faults through the agent's request path: ``sim_inject`` (xid79, lost, clear, overheat,
   ecc, busy, idle) sent by the console's links, as any operator request is;
-- actions through the console's real code path, ``console.actions.run_action`` over the links,
+- actions through the console's real code path, ``console.ops.actions.run_action`` over the links,
   as the screen sends them once its dialog is confirmed: drain (with a timeout), resume,
   reassign between the two pools, restart gpuN (a simulated node allows GPU resets only; now
   and then ``restart agent``, which it must refuse), a few nodes at a time;
@@ -96,6 +96,7 @@ import psutil
 from benchlib import machine_facts, publish, run_header, spawn_node_hosts, stop_node_hosts
 
 from agents.config import AgentSection
+from agents.ops.store import AuditLog
 from agents.protocol import (
     MAX_AUDIT_READ,
     REQUEST_SPECS,
@@ -106,17 +107,16 @@ from agents.protocol import (
     Sample,
 )
 from agents.sampler import Sampler
-from agents.store import AuditLog
-from console.actions import Verb, pools, run_action
-from console.delivery import NotDelivered
 from console.demo import DemoFleet, demo_fleet
-from console.fleet import FleetState, LinkState
-from console.fleetlinks import FleetLinks
-from console.heap import HeapFreezer
-from console.inventory import NodeEntry, load_inventory
-from console.link import LinkOptions
-from console.operate import build
-from console.rows import RowCache, fleet_totals
+from console.model.fleet import FleetState, LinkState
+from console.model.heap import HeapFreezer
+from console.model.inventory import NodeEntry, load_inventory
+from console.ops.actions import Verb, pools, run_action
+from console.ops.operate import build
+from console.present.rows import RowCache, fleet_totals
+from console.sources.delivery import NotDelivered
+from console.sources.ssh.fleetlinks import FleetLinks
+from console.sources.ssh.link import LinkOptions
 from console.tui.app import REFRESH_S
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "soak.json"
@@ -628,7 +628,7 @@ class Soak:
 
     async def screen(self) -> None:
         """What ``FleetApp.refresh_fleet`` and the fleet view do at 2 Hz: freeze the heap when
-        it is time (``console.heap``), age the model, take the changed nodes, recompute their
+        it is time (``console.model.heap``), age the model, take the changed nodes, recompute their
         rows, sort the table, total the fleet."""
         self.rows.update(time.monotonic())  # every row once, as the fleet view does on mount
         while True:
@@ -839,7 +839,7 @@ class Soak:
     def heap_at_end(self) -> None:
         """The console's Python objects at the end, against the start (both after a full
         collection): what it keeps, and the garbage only ``gc.freeze()`` kept (objects frozen
-        by the screen's freezer, ``console.heap``, that became garbage since its last freeze:
+        by the screen's freezer, ``console.model.heap``, that became garbage since its last freeze:
         the cyclic collector does not look at them until it freezes again)."""
         gc.collect()
         kept = sys.getallocatedblocks()

@@ -41,8 +41,8 @@ from agents.gpu.sim import SimBackend
 from agents.host import HostSampler, host_info
 from agents.protocol import NodeState, decode, encode
 from agents.sampler import Sampler, inventory_frame
-from console.fleet import FleetState
-from console.inventory import parse_inventory
+from console.model.fleet import FleetState
+from console.model.inventory import parse_inventory
 from console.tui.app import FleetApp
 from console.tui.fleet_view import FleetScreen
 

@@ -31,13 +31,12 @@ import hostlist
 
 from agents.protocol import PROTOCOL_VERSION, GpufleetError, clip, parse_since, to_builtins
 from console import __version__
-from console.actions import Verb
-from console.fleet import FleetState, NodeView
-from console.fleetlinks import FleetLinks, snapshot
-from console.inventory import Inventory, find_inventory, load_inventory
-from console.link import CONNECTING_AT_ONCE, LinkOptions
 from console.logs import ROOT, get_logger
-from console.operate import (
+from console.model.fleet import FleetState, NodeView
+from console.model.inventory import Inventory, find_inventory, load_inventory
+from console.model.selector import check_pools, known_pools, parse_selector, select
+from console.ops.actions import Verb
+from console.ops.operate import (
     EXIT_INTERRUPTED,
     Operation,
     Progress,
@@ -47,10 +46,8 @@ from console.operate import (
     operate,
     result_lines,
 )
-from console.operate import fleet_audit as gather_audit
-from console.selector import check_pools, known_pools, parse_selector, select
-from console.source import SSH, SourceSpec, parse_source
-from console.status import (
+from console.ops.operate import fleet_audit as gather_audit
+from console.present.status import (
     EXIT_USAGE,
     check_result,
     exit_code,
@@ -58,7 +55,10 @@ from console.status import (
     status_doc,
     table,
 )
-from console.words import aligned, plural
+from console.present.words import aligned, plural
+from console.sources.spec import SSH, SourceSpec, parse_source
+from console.sources.ssh.fleetlinks import FleetLinks, snapshot
+from console.sources.ssh.link import CONNECTING_AT_ONCE, LinkOptions
 
 if TYPE_CHECKING:
     from console.tui.app import FleetApp
@@ -336,8 +336,8 @@ async def _screen(
     from console.tui.app import make_app
 
     if live.url is not None:
-        from console.actionlinks import ActionLinks
-        from console.promsource import PromSource
+        from console.sources.prometheus.source import PromSource
+        from console.sources.ssh.actionlinks import ActionLinks
 
         feed = PromSource(inv.nodes, live.url)
         actions = ActionLinks(inv.nodes, options)
@@ -433,7 +433,7 @@ class Reach:
             click.echo(f"{plural(len(chosen), 'node')} from {inv.source}", err=True)
         entries = [v.entry for v in chosen]
         if source.url is not None:
-            from console.promsource import prom_snapshot
+            from console.sources.prometheus.source import prom_snapshot
 
             fleet, fault = asyncio.run(prom_snapshot(entries, source.url, wait=self.wait))
             if fault is not None:
@@ -724,7 +724,7 @@ async def _demo(
     if main_task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     # Headless, the nodes' own logs would bury the demo's lines; it announces its incidents.
-    logging.getLogger("gpufleet.agent").setLevel(logging.ERROR)
+    logging.getLogger("gpufleet.agents").setLevel(logging.ERROR)
     async with demo_fleet(nodes, gpus) as fleet:
         if inventory_out is not None:
             try:

@@ -7,7 +7,7 @@ alone, and an inventory naming the nodes. The console then reaches them exactly 
 real fleet: SSH, host-key check, key auth, direct-streamlocal to each agent's socket. No root, no
 GPU, no configuration.
 
-The agents are the real daemon (``agents.daemon.Agent``), imported here because the demo plays
+The agents are the real daemon (``agents.serve.daemon.Agent``), imported here because the demo plays
 the nodes' part too; the console proper imports only the protocol.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import asyncssh
 
 from agents.config import AgentConfig, AgentSection
-from agents.daemon import Agent
 from agents.gpu.sim import DEMO_SPELLS, SimBackend
+from agents.serve.daemon import Agent
 
 #: Scripted incidents for ``--faults``: (seconds after start, node index, what).
 INCIDENTS = (

@@ -2,11 +2,11 @@
 told apart from the fleet's failures.
 
 Loggers are named after their modules under ``gpufleet`` (``get_logger(__name__)`` in
-``console/link.py`` is ``gpufleet.console.link``): the hierarchy ``console.cli`` sets up the
-per-user console log for (ours from INFO, other packages' from WARNING), so a module's lines
-can be found, and turned up or down, by its name. A line about one node or one source says so
-first (``node=gpu01 ...``, ``source=prometheus ...``: ``ContextLog``), the same way in every
-module, so that one ``grep 'node=gpu01 '`` gives a node's whole story.
+``console/sources/ssh/link.py`` is ``gpufleet.console.sources.ssh.link``): the hierarchy
+``console.cli`` sets up the per-user console log for (ours from INFO, other packages' from WARNING),
+so a module's lines can be found, and turned up or down, by its name. A line about one node or one
+source says so first (``node=gpu01 ...``, ``source=prometheus ...``: ``ContextLog``), the same way
+in every module, so that one ``grep 'node=gpu01 '`` gives a node's whole story.
 
 Levels: DEBUG and INFO for what happens routinely (a node connects, reconnects, an agent
 restarts, a poll is answered); WARNING for what an operator should look at (a host key refused

@@ -44,7 +44,7 @@ from agents.gpu.clocks import decode_clock_reasons
 from agents.gpu.procinfo import ProcessTable
 from agents.protocol import GpuInfo, GpuProcess, GpuReading
 
-log = logging.getLogger("gpufleet.agent.nvml")
+log = logging.getLogger(f"gpufleet.{__name__}")
 
 #: NVML errors that mean the card is gone or unusable until a reset: the GPU is lost.
 _LOST_ERRORS: Final = (

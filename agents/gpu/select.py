@@ -7,7 +7,7 @@ from typing import Literal
 
 from agents.gpu.base import BackendUnavailable, GpuBackend, NoGpus
 
-log = logging.getLogger("gpufleet.agent")
+log = logging.getLogger(f"gpufleet.{__name__}")
 
 BackendName = Literal["auto", "nvml", "sim"]
 

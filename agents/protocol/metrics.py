@@ -13,8 +13,9 @@ from agents.protocol.readings import GpuInfo, GpuReading, HostReading, NodeState
 # Prometheus source reads back: one table, so the two sides cannot drift. For each metric it
 # says where the value comes from (one field of a reading struct and its scale to the exported
 # unit, or a rule in words) and how often the console reads it. The agent's exporter
-# (agents/metrics.py) and the console's queries and decoding (console/promview.py) are derived
-# from it; tests/unit/test_metrics_roundtrip.py takes every field through both and back.
+# (agents/export/metrics.py) and the console's queries and decoding
+# (console/sources/prometheus/view.py) are derived from it; tests/unit/test_metrics_roundtrip.py
+# takes every field through both and back.
 #
 # Readings dcgm-exporter also exports keep its names, units and labels (``DCGM_FI_DEV_*``), so
 # that Grafana dashboards and alert rules written for it work unchanged; ours, and any of ours
@@ -59,12 +60,11 @@ MIB: Final = 1 << 20
 
 #: The structs a metric's value can be one field of (``agents.protocol.readings``).
 FieldStruct = Literal["GpuReading", "GpuInfo", "HostReading", "NodeState"]
-#: How often the console's Prometheus source (console/promview.py) reads a metric, for the
-#: whole fleet in one query: ``fast`` every poll (what the table and the alerts show),
-#: ``slow`` every ``SLOW_EVERY`` polls per node with news, ``static`` once per agent start
-#: (again only when ``gpufleet_inventory_timestamp_seconds`` moves), ``alerting`` its non-zero
-#: series every poll and all of them with the static set (so that absent still means "not
-#: known", never 0).
+#: How often the console's Prometheus source (console/sources/prometheus/view.py) reads a metric,
+#: for the whole fleet in one query: ``fast`` every poll (what the table and the alerts show),
+#: ``slow`` every ``SLOW_EVERY`` polls per node with news, ``static`` once per agent start (again
+#: only when ``gpufleet_inventory_timestamp_seconds`` moves), ``alerting`` its non-zero series every
+#: poll and all of them with the static set (so that absent still means "not known", never 0).
 ReadCadence = Literal["fast", "slow", "static", "alerting"]
 
 STRUCTS: Final[dict[FieldStruct, type[msgspec.Struct]]] = {

@@ -31,7 +31,8 @@ from textual.widget import Widget
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.widgets.data_table import RowKey
 
-from console.actions import (
+from console.model.fleet import DOWN_STATES, NodeView
+from console.ops.actions import (
     VERBS,
     ActionError,
     NodeResult,
@@ -46,12 +47,11 @@ from console.actions import (
     run_action,
     why_no_restart_targets,
 )
-from console.fleet import DOWN_STATES, NodeView
+from console.present.words import plural
 from console.tui.base import Acts, FleetAppBase, FleetDialog, FleetView
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
 from console.tui.text_table import rest_width
-from console.words import plural
 
 #: Processes listed in the dialog before "and N more".
 SHOWN_PROCESSES = 8

@@ -14,14 +14,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Header
 
-from console.fleet import AlertRecord
+from console.model.fleet import AlertRecord
+from console.present.words import ago
 from console.tui.base import FleetView
 from console.tui.help import HelpScreen
 from console.tui.key_bar import KeyBar
 from console.tui.style import clean, plain, toned
 from console.tui.text_line import TextBlock
 from console.tui.text_table import rest_width
-from console.words import ago
 
 #: Seconds between redraws for the ages alone ("12s ago") when no alert came or went.
 AGES_EVERY_S = 5.0

@@ -21,11 +21,11 @@ from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 
-from console.actions import Requester
-from console.fleet import FleetState
-from console.fleetlinks import FleetLinks
-from console.heap import HeapFreezer
 from console.logs import get_logger
+from console.model.fleet import FleetState
+from console.model.heap import HeapFreezer
+from console.ops.actions import Requester
+from console.sources.ssh.fleetlinks import FleetLinks
 from console.tui.alerts_view import AlertsScreen
 from console.tui.base import FleetAppBase
 from console.tui.commands import FleetCommands
@@ -34,7 +34,7 @@ from console.tui.node_view import NodeScreen
 from console.tui.style import clean
 
 if TYPE_CHECKING:
-    from console.source import FleetFeed
+    from console.sources.spec import FleetFeed
 
 #: Seconds between screen refreshes (about 2 Hz, design.md §4).
 REFRESH_S = 0.5
@@ -112,7 +112,7 @@ class FleetApp(FleetAppBase):
         # and the log's path) 80 columns cut it off.
         self.title = f"{self.TITLE} (read-only)" if readonly else self.TITLE
         self.sub_title = clean(source)
-        #: Keeps full collections short (40 to 80 ms at 1,000 nodes otherwise), see heap.py.
+        #: Keeps full collections short (40 to 80 ms at 1,000 nodes otherwise): model/heap.py.
         self.heap = HeapFreezer(fleet, links.links if links is not None else None)
         self._last_input = -math.inf  # by ``clock``
         #: The exception that ended the screen, if one did (said by cli.py, logged here).

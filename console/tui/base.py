@@ -16,11 +16,11 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
 
-from console.actions import Requester
-from console.fleet import FleetState
+from console.model.fleet import FleetState
+from console.ops.actions import Requester
 
 if TYPE_CHECKING:
-    from console.source import FleetFeed
+    from console.sources.spec import FleetFeed
 
 __all__ = ["Acts", "FleetAppBase", "FleetDialog", "FleetView", "acting_actions"]
 

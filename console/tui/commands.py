@@ -14,8 +14,8 @@ from textual.command import DiscoveryHit, Hit, Hits, Matcher, Provider
 from textual.content import Content
 from textual.screen import Screen
 
-from console.actions import VERBS
-from console.rows import parse_filter
+from console.ops.actions import VERBS
+from console.present.rows import parse_filter
 from console.tui.base import FleetAppBase
 from console.tui.fleet_view import FleetScreen
 from console.tui.style import clean

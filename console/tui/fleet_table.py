@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from console.rows import COLUMNS, NodeRow
+from console.present.rows import COLUMNS, NodeRow
 from console.tui.style import Tone, tone_style
 from console.tui.text_table import TableColumn, fit, layout
 
@@ -33,7 +33,7 @@ NAME_WIDTH_MAX: Final = 24
 
 
 def fleet_columns(fits: dict[str, int]) -> list[TableColumn]:
-    """The columns as ``console.rows.COLUMNS`` declares them, with the widths the fleet sets
+    """The columns as ``console.present.rows.COLUMNS`` declares them, with the widths the fleet sets
     (``fits``: the longest name and pool); the reason takes the room left on a wide
     terminal."""
     out = []

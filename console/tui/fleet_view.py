@@ -1,7 +1,7 @@
 """The fleet view: one row per node, the fleet's totals above, the verbs on the keys.
 
-Rows come from ``console.rows`` (headless); this screen only lays them out, keeps the cursor on
-the same node across refreshes, and redraws only the rows that changed when the order did not.
+Rows come from ``console.present.rows`` (headless); this screen only lays them out, keeps the cursor
+on the same node across refreshes, and redraws only the rows that changed when the order did not.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from textual.binding import Binding, BindingType
 from textual.content import Content
 from textual.widgets import Header, Input
 
-from console.actions import VERBS
-from console.rows import (
+from console.ops.actions import VERBS
+from console.present.rows import (
     COLUMN,
     COLUMNS,
     SORTABLE,

@@ -23,11 +23,12 @@ from agents.protocol import (
     clock_reason_words,
     slowdown_reasons,
 )
-from console.actions import VERBS
-from console.fleet import DOWN_STATES
-from console.history import Metric
-from console.rows import when
-from console.sparkline import sparkline
+from console.model.fleet import DOWN_STATES
+from console.model.history import Metric
+from console.ops.actions import VERBS
+from console.present.rows import when
+from console.present.sparkline import sparkline
+from console.present.words import age, plural
 from console.tui.action_dialog import VERB_BINDINGS, start_action
 from console.tui.base import FleetView
 from console.tui.help import HelpScreen
@@ -35,10 +36,9 @@ from console.tui.key_bar import KeyBar
 from console.tui.style import clean, na, tone_style
 from console.tui.text_line import TextBlock, packed
 from console.tui.text_table import Cell, TableColumn, layout, text_table
-from console.words import age, plural
 
 if TYPE_CHECKING:
-    from console.fleet import NodeView
+    from console.model.fleet import NodeView
 
 SPARK_WIDTH: Final = 16
 #: The GPU table's sparklines at their widest (they shrink on a narrow terminal).

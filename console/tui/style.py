@@ -17,8 +17,8 @@ from unicodedata import category
 from rich.text import Text
 from textual.app import App
 
-from console.rows import Tone
-from console.words import na
+from console.present.rows import Tone
+from console.present.words import na
 
 __all__ = ["Tone", "na", "tone_style", "toned"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.identity import Peer
-from agents.opsstate import StateOwner
+from agents.ops.requests import Caller, RequestHandler
+from agents.ops.state import StateOwner
+from agents.ops.store import AuditLog, StateStore
 from agents.protocol import NodeState, Request
-from agents.requests import Caller, RequestHandler
-from agents.store import AuditLog, StateStore
+from agents.serve.identity import Peer
 
 NOW = 1_800_000_000.0
 OLGA = Caller(Peer(pid=1, uid=2002, gid=2002, user="olga", groups=("ops",)), "operator")

@@ -8,8 +8,8 @@ import json
 import re
 from typing import Any
 
-from console.prometheus import PromError, Vector, decode_vector
-from console.promview import QUERIES
+from console.sources.prometheus.client import PromError, Vector, decode_vector
+from console.sources.prometheus.view import QUERIES
 from tests.conftest import FIXTURES
 
 ANSWERS: dict[str, Any] = json.loads((FIXTURES / "prometheus" / "answers.json").read_text())
@@ -38,8 +38,8 @@ class Recorded:
             raise PromError(self.fault)
         if _NARROWED.sub("", expr) in self.failing:
             raise PromError(f"http://prom.example:9090: no answer in {timeout:g} s")
-        # A query narrowed to some hosts (console.promview.only): the recorded answer to the
-        # whole query, less the other hosts' series.
+        # A query narrowed to some hosts (console.sources.prometheus.view.only): the recorded
+        # answer to the whole query, less the other hosts' series.
         narrowed = _NARROWED.search(expr)
         hosts = re.compile(json.loads(narrowed.group(1))) if narrowed else None
         key = KEYS[_NARROWED.sub("", expr)]

@@ -10,10 +10,10 @@ import msgspec
 
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
+from agents.ops.restart import allowed_targets
 from agents.protocol import Event, HostInfo, HostReading, Inventory, NodeState, Sample
-from agents.restart import allowed_targets
 from agents.sampler import Sampler, inventory_frame
-from console.fleet import FleetState
+from console.model.fleet import FleetState
 
 
 class QuietHost(HostSampler):

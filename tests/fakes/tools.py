@@ -49,7 +49,7 @@ def calls(tool: Path) -> list[list[str]]:
 _NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
 
 #: The argv the stand-in takes, a regular expression a word (``_NAME``: a node's name): the
-#: commands ``agents/kube.py`` runs, and nothing else (a label: ``KEY=VALUE``).
+#: commands ``agents/schedulers/kube.py`` runs, and nothing else (a label: ``KEY=VALUE``).
 KUBECTL_FORMS: tuple[tuple[str, ...], ...] = (
     ("get", "node", _NAME, "--output=json"),
     ("cordon", _NAME),

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.config import AgentConfig, AgentSection, ClientsSection
-from agents.daemon import Agent
 from agents.gpu.sim import SimBackend
+from agents.serve.daemon import Agent
 from tests.conftest import until
 
 

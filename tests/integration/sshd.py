@@ -21,6 +21,10 @@ import psutil
 
 from tests.conftest import skip_or_fail, system_tool, wait_for
 
+#: Ports ``free_port`` has given out in this process: a Slurm cluster asks for five before it
+#: starts any daemon, and two of them must never be the same one.
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
     """A loopback port free now, for a server started next: picked below the kernel's range
@@ -32,11 +36,14 @@ def free_port() -> int:
     )
     for _ in range(200):
         port = random.randrange(10000, max(10001, low))
+        if port in _HANDED_OUT:  # free now, but promised to a server not started yet
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

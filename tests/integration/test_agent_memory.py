@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from agents.daemon import Agent
 from agents.protocol import (
     PROTOCOL_VERSION,
     FrameSplitter,
@@ -31,7 +30,8 @@ from agents.protocol import (
     decode,
     encode,
 )
-from agents.server import ClientConn
+from agents.serve.daemon import Agent
+from agents.serve.server import ClientConn
 from console.demo import demo_fleet
 from tests.conftest import until
 from tests.integration.inproc import running_agent

@@ -23,6 +23,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from agents.ops.store import AuditLog
 from agents.protocol import (
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
@@ -33,10 +34,9 @@ from agents.protocol import (
     Response,
     encode,
 )
-from agents.store import AuditLog
-from console.actions import restart_targets, run_action
-from console.delivery import REQUEST_SINCE
-from console.fleetlinks import FleetLinks
+from console.ops.actions import restart_targets, run_action
+from console.sources.delivery import REQUEST_SINCE
+from console.sources.ssh.fleetlinks import FleetLinks
 from tests.conftest import FIXTURES, REPO, AgentProc, extract_tar, skip_or_fail, until
 from tests.fakes.simnode import Node
 from tests.integration.sshd import Sshd
@@ -129,7 +129,8 @@ def test_each_commit_in_the_table_is_the_last_of_its_minor() -> None:
 
 def test_every_request_says_which_minor_brought_it() -> None:
     """The console refuses to send a request to an agent older than the request: a new
-    request without its minor in ``console.delivery.REQUEST_SINCE`` would be sent to any agent."""
+    request without its minor in ``console.sources.delivery.REQUEST_SINCE`` would be sent to
+    any agent."""
     assert set(REQUEST_SINCE) == set(REQUEST_SPECS)
     assert all(0 <= m <= PROTOCOL_MINOR for m in REQUEST_SINCE.values())
 

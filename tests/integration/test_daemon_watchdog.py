@@ -14,13 +14,13 @@ from typing import Literal
 
 import pytest
 
-from agents import daemon
-from agents.client import AgentClient
 from agents.config import AgentConfig, AgentSection
 from agents.gpu.base import GpuInventory, XidEvent
 from agents.gpu.sim import SimBackend
 from agents.protocol import GpuReading
-from agents.sdnotify import Notifier
+from agents.serve import daemon
+from agents.serve.client import AgentClient
+from agents.serve.sdnotify import Notifier
 from tests.conftest import until
 
 pytestmark = pytest.mark.integration
@@ -100,7 +100,7 @@ async def test_hung_read_stops_the_watchdog_but_not_the_socket(
         await asyncio.wait_for(agent.serving.wait(), 10)
         await until(lambda: notify.count("WATCHDOG=1") >= 3, "watchdog pings")
 
-        caplog.set_level(logging.ERROR, logger="gpufleet.agent")
+        caplog.set_level(logging.ERROR, logger="gpufleet.agents")
         backend.hang.set()
         await until(lambda: notify.count("STATUS=sampling stalled") >= 1, "the stall reported")
         pings = notify.count("WATCHDOG=1")

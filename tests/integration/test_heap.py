@@ -12,8 +12,8 @@ from typing import Any
 import asyncssh
 import pytest
 
-from console.heap import HeapFreezer
-from console.link import NodeLink
+from console.model.heap import HeapFreezer
+from console.sources.ssh.link import NodeLink
 from tests.conftest import AgentProc, until
 from tests.integration.sshd import Sshd
 from tests.support.links import FAST, Running, entry, options

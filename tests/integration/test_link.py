@@ -17,15 +17,15 @@ import asyncssh
 import psutil
 import pytest
 
-from agents.client import AgentClient
+from agents.ops.store import AuditLog
 from agents.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Response, Sample
-from agents.store import AuditLog
-from console.actions import run_action
-from console.delivery import NotDelivered
-from console.fleet import FleetState, LinkState
-from console.fleetlinks import FleetLinks, snapshot
-from console.inventory import NodeEntry
-from console.link import PACE_BURST, PACE_FACTOR, LinkOptions, NodeLink
+from agents.serve.client import AgentClient
+from console.model.fleet import FleetState, LinkState
+from console.model.inventory import NodeEntry
+from console.ops.actions import run_action
+from console.sources.delivery import NotDelivered
+from console.sources.ssh.fleetlinks import FleetLinks, snapshot
+from console.sources.ssh.link import PACE_BURST, PACE_FACTOR, LinkOptions, NodeLink
 from tests.conftest import REPO, AgentProc, until, wait_for
 from tests.integration.netns import netns
 from tests.integration.sshd import Sshd, start_sshd
@@ -603,8 +603,8 @@ async def test_backoff_keeps_growing_for_a_node_that_stays_down(
             raise asyncio.CancelledError
 
     monkeypatch.setattr(link, "_session", session)
-    monkeypatch.setattr("console.link.random.uniform", lambda a, b: 1.0)
-    monkeypatch.setattr("console.link.asyncio.sleep", sleep)
+    monkeypatch.setattr("console.sources.ssh.link.random.uniform", lambda a, b: 1.0)
+    monkeypatch.setattr("console.sources.ssh.link.asyncio.sleep", sleep)
     with pytest.raises(asyncio.CancelledError):
         await link.run()
     assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from agents.client import AgentClient
 from agents.protocol import GPU_LABELS, Inventory, Sample
+from agents.serve.client import AgentClient
 from tests.conftest import AgentProc, wait_for
 from tests.integration.prometheus import PrometheusServer, prometheus_factory
 from tests.integration.sshd import free_port

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.client import AgentClient
 from agents.protocol import Sample
-from console.inventory import load_inventory
+from agents.serve.client import AgentClient
+from console.model.inventory import load_inventory
 from tests.conftest import wait_for
 from tests.support.demo import demo_process, gpufleet
 

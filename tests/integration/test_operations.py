@@ -15,14 +15,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agents.client import AgentClient
 from agents.config import AgentConfig, AgentSection
-from agents.daemon import Agent
 from agents.gpu.sim import DEMO_SPELLS, SimBackend
-from agents.identity import Peer
+from agents.ops.requests import Caller
+from agents.ops.store import AuditLog, StateStore
 from agents.protocol import Event, NodeState, Request, Sample, decode
-from agents.requests import Caller
-from agents.store import AuditLog, StateStore
+from agents.serve.client import AgentClient
+from agents.serve.daemon import Agent
+from agents.serve.identity import Peer
 from tests.conftest import AgentProc, agent_command, until, wait_for
 
 pytestmark = pytest.mark.integration

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from textual.widgets import Input
 
-from console.actionlinks import ActionLinks
-from console.actions import restart_targets
-from console.inventory import load_inventory
-from console.link import LinkOptions
-from console.promsource import PromSource
+from console.model.inventory import load_inventory
+from console.ops.actions import restart_targets
+from console.sources.prometheus.source import PromSource
+from console.sources.ssh.actionlinks import ActionLinks
+from console.sources.ssh.link import LinkOptions
 from console.tui.action_dialog import ActionDialog, ActionResults
 from console.tui.app import make_app
 from console.tui.fleet_view import FleetScreen

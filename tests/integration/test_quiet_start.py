@@ -53,7 +53,7 @@ def test_loading_a_dsa_key_after_start_warns_nothing() -> None:
     """asyncssh reads the deprecated names again when it meets a DSA key (an old id_dsa, a
     known_hosts line): the filter holds for the life of the process, not only the import."""
     code = (
-        "import console.link, asyncssh\n"
+        "import console.sources.ssh.link, asyncssh\n"
         "from asyncssh.crypto.dsa import DSAPrivateKey\n"
         "k = DSAPrivateKey.generate(1024)\n"
         "print(type(k).__name__)\n"
@@ -67,7 +67,7 @@ def test_our_own_and_other_code_warnings_still_show() -> None:
     """The filter is for asyncssh's use of deprecated cryptography only: a warning of ours, and
     cryptography's deprecations raised anywhere else, still reach stderr."""
     code = (
-        "import warnings, console.link\n"
+        "import warnings, console.sources.ssh.link\n"
         "warnings.warn('ours, still shown', stacklevel=1)\n"
         "from cryptography.utils import CryptographyDeprecationWarning as C\n"
         "warnings.warn('not asyncssh, still shown', C, stacklevel=1)\n"

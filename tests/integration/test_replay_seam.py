@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from agents.config import ClientsSection
-from agents.daemon import Agent
 from agents.protocol import PROTOCOL_VERSION, FrameSplitter, Hello, Sample, decode, encode
+from agents.serve.daemon import Agent
 from tests.conftest import until
 from tests.integration.inproc import Running, running_agent
 

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
-from agents.client import AgentClient, AgentUnreachable, ConnectionClosed
+from agents.ops.store import AuditLog, StateStore
 from agents.protocol import (
     PROTOCOL_VERSION,
     AuditEntry,
@@ -36,7 +36,7 @@ from agents.protocol import (
     decode,
     encode,
 )
-from agents.store import AuditLog, StateStore
+from agents.serve.client import AgentClient, AgentUnreachable, ConnectionClosed
 from tests.conftest import AgentProc, agent_command, skip_or_fail, wait_for
 
 pytestmark = pytest.mark.integration

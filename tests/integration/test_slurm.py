@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents.client import AgentClient
+from agents.ops.store import AuditLog
 from agents.protocol import Event
-from agents.store import AuditLog
+from agents.serve.client import AgentClient
 from tests.conftest import AgentProc, wait_for
 from tests.integration.slurm import SlurmCluster, slurm_cluster_fixture  # noqa: F401
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.client import AgentClient
+from agents.ops.store import AuditLog, StateStore
 from agents.protocol import NodeState
-from agents.store import AuditLog, StateStore
+from agents.serve.client import AgentClient
 from tests.conftest import AgentProc, skip_or_fail
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from console.status import node_doc, table
+from console.present.status import node_doc, table
 from tests.conftest import AgentProc, until
 from tests.integration.sshd import Sshd
 from tests.support.links import FAST, Running, entry, options

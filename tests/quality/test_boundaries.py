@@ -3,15 +3,19 @@
 - ``agents/`` (what runs on a node) never imports the console, Textual or asyncssh.
 - ``console/`` imports nothing from ``agents`` but the shared wire protocol.
 - the console's headless core (everything outside its TUI package) never imports Textual.
+- each layer folder loads only what its layer may (``LAYERS``): the model and the words loaded
+  by a fresh interpreter pull in no screen and no SSH, whoever imports them.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -94,3 +98,51 @@ def test_importing_every_agent_module_loads_no_ui_or_ssh() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+#: What importing each layer may not load, module by module, in a fresh interpreter (so what
+#: a module drags in through its own imports counts, not only what it names). Textual and Rich
+#: draw the screen; asyncssh is the SSH transport; click is the command line.
+SCREEN: Final = ("textual", "rich")
+LAYERS: Final[dict[str, tuple[str, ...]]] = {
+    "agents": ("console", "textual", "rich", "asyncssh"),
+    "agents/protocol": ("console", "textual", "rich", "asyncssh", "click", "psutil", "pynvml"),
+    "console/model": (*SCREEN, "asyncssh", "click"),
+    "console/present": (*SCREEN, "asyncssh", "click"),
+    "console/sources": (*SCREEN, "click"),
+    "console/sources/prometheus": (*SCREEN, "click", "asyncssh"),
+    "console/ops/actions.py": (*SCREEN, "asyncssh", "click"),
+    "console/ops": (*SCREEN,),
+}
+
+
+def _layer_modules(place: str) -> list[str]:
+    path = REPO / place
+    files = [path] if path.suffix == ".py" else _modules(place)
+    return [
+        ".".join(p.relative_to(REPO).with_suffix("").parts)
+        for p in files
+        if p.name != "__main__.py"
+    ]
+
+
+@pytest.mark.parametrize("place", sorted(LAYERS))
+def test_each_layer_loads_only_what_it_may(place: str) -> None:
+    """Modules are imported one at a time; the first one after which a banned package is in
+    ``sys.modules`` is the one that brought it in, and is named."""
+    code = (
+        "import importlib, json, sys\n"
+        f"banned = {LAYERS[place]!r}\n"
+        "seen, blame = set(), []\n"
+        f"for m in {_layer_modules(place)!r}:\n"
+        "    importlib.import_module(m)\n"
+        "    now = {n.split('.')[0] for n in sys.modules} & set(banned)\n"
+        "    blame += [f'{m} loads {b}' for b in sorted(now - seen)]\n"
+        "    seen |= now\n"
+        "print(json.dumps(blame))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from console.fleet import FleetState
-from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink
+from console.model.fleet import FleetState
+from console.model.inventory import NodeEntry
+from console.sources.ssh.link import LinkOptions, NodeLink
 from tests.integration.sshd import Sshd
 
 FAST = ("--backend", "sim", "--gpus", "2", "--interval", "0.1")

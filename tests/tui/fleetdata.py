@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from agents.protocol import NodeState, Response
-from console.fleet import FleetState
-from console.inventory import parse_inventory
+from console.model.fleet import FleetState
+from console.model.inventory import parse_inventory
 from tests.fakes.simnode import Node, feed
 
 INVENTORY = (

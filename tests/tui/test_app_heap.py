@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from console.heap import HeapFreezer
+from console.model.heap import HeapFreezer
 from console.tui.app import TYPING_S, make_app
 from tests.tui.fleetdata import Requests, SimFleet
 

@@ -11,9 +11,9 @@ import pytest
 from textual.widgets import DataTable, Input
 
 from console.demo import demo_fleet
-from console.fleetlinks import FleetLinks
-from console.inventory import load_inventory
-from console.link import LinkOptions
+from console.model.inventory import load_inventory
+from console.sources.ssh.fleetlinks import FleetLinks
+from console.sources.ssh.link import LinkOptions
 from console.tui.action_dialog import ActionDialog, ActionResults
 from console.tui.app import make_app
 from console.tui.fleet_view import FleetScreen

@@ -15,7 +15,7 @@ import pytest
 from textual.widgets import Button, DataTable, Input, Select
 
 from agents.protocol import Response
-from console.rows import COLUMNS, parse_filter, summarize
+from console.present.rows import COLUMNS, parse_filter, summarize
 from console.tui.action_dialog import ActionDialog, ActionResults, start_action
 from console.tui.alerts_view import AlertsScreen
 from console.tui.app import FleetApp, make_app
@@ -421,7 +421,7 @@ async def test_marks_hidden_by_the_filter_are_not_acted_on() -> None:
 
 async def test_the_table_shows_each_declared_column_as_declared() -> None:
     """The fleet table's columns, headers and cells come from one declaration
-    (``console.rows.COLUMNS``): a live node's cells are its summary's words; a down node's
+    (``console.present.rows.COLUMNS``): a live node's cells are its summary's words; a down node's
     readings are blank (no old numbers beside "unreachable")."""
     sim = SimFleet()
     app = make(sim)

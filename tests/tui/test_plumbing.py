@@ -15,10 +15,10 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
 import console.tui
-from console.fleet import FleetState
-from console.fleetlinks import FleetLinks
-from console.inventory import parse_inventory
-from console.link import LinkOptions
+from console.model.fleet import FleetState
+from console.model.inventory import parse_inventory
+from console.sources.ssh.fleetlinks import FleetLinks
+from console.sources.ssh.link import LinkOptions
 from console.tui.app import make_app
 from console.tui.base import Acts, FleetView
 from console.tui.key_bar import keys_of

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from console import words
-from console.inventory import parse_inventory
-from console.promsource import PromSource
+from console.model.inventory import parse_inventory
+from console.present import words
+from console.sources.prometheus.source import PromSource
 from console.tui.app import make_app
 from console.tui.fleet_view import FleetScreen
 from console.tui.text_line import TextLine

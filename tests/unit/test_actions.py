@@ -10,7 +10,10 @@ import msgspec
 import pytest
 
 from agents.protocol import GpuProcess, NodeState, Response
-from console.actions import (
+from console.model.fleet import FleetState
+from console.model.inventory import parse_inventory
+from console.model.selector import parse_selector, select
+from console.ops.actions import (
     ActionError,
     NodeResult,
     affected,
@@ -22,13 +25,10 @@ from console.actions import (
     run_action,
     why_no_restart_targets,
 )
-from console.delivery import NotDelivered
-from console.fleet import FleetState
-from console.inventory import parse_inventory
-from console.operate import outcome_code, result_lines
-from console.rows import node_row, parse_filter
-from console.selector import parse_selector, select
-from console.status import status_doc
+from console.ops.operate import outcome_code, result_lines
+from console.present.rows import node_row, parse_filter
+from console.present.status import status_doc
+from console.sources.delivery import NotDelivered
 from tests.conftest import until
 from tests.fakes.simnode import Node, feed
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.client import AgentClient, AgentTimeout, AgentUnreachable, ConnectionClosed
 from agents.protocol import PROTOCOL_VERSION, Error, Hello, encode
+from agents.serve.client import AgentClient, AgentTimeout, AgentUnreachable, ConnectionClosed
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def test_the_log_rotates_and_keeps_a_bounded_number_of_files(
     monkeypatch.setattr(cli, "LOG_MAX_BYTES", 2000)
     path = Path(cli._log_to_file())
     assert path == tmp_path / "gpufleet" / "console.log"
-    log = logging.getLogger("gpufleet.console.link")
+    log = logging.getLogger("gpufleet.console.sources.ssh.link")
     for n in range(400):  # ~40 kB: many times what the files may hold together
         log.info("node%03d: unreachable: Server not responding to keepalive", n)
     files = sorted(p.name for p in path.parent.iterdir())
@@ -52,7 +52,7 @@ def test_an_unwritable_state_directory_does_not_stop_the_screen(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     monkeypatch.setattr(cli, "_home_of", lambda uid: None)  # and no home of one's own
     assert cli._log_to_file() == "/dev/null"
-    logging.getLogger("gpufleet.console.link").warning("still fine")
+    logging.getLogger("gpufleet.console.sources.ssh.link").warning("still fine")
 
 
 def test_other_libraries_log_only_warnings_unless_debug(
@@ -64,14 +64,14 @@ def test_other_libraries_log_only_warnings_unless_debug(
     logging.getLogger("asyncssh").info("Opening SSH connection to node01, port 22")
     logging.getLogger("textual").debug("compose")
     logging.getLogger("asyncssh").warning("a library warning")
-    logging.getLogger("gpufleet.console.link").info("node01: connected")
+    logging.getLogger("gpufleet.console.sources.ssh.link").info("node01: connected")
     text = path.read_text()
     assert "Opening SSH connection" not in text and "compose" not in text
     assert "a library warning" in text and "node01: connected" in text
 
     path = Path(cli._log_to_file(debug=True))
     logging.getLogger("asyncssh").info("Opening SSH connection to node02, port 22")
-    logging.getLogger("gpufleet.console.link").debug("node02: frame")
+    logging.getLogger("gpufleet.console.sources.ssh.link").debug("node02: frame")
     text = path.read_text()
     assert "node02, port 22" in text and "node02: frame" in text
 

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.metrics_core import Metric
 
 from agents.config import ConfigError, ListenAddress, parse_config, parse_listen
-from agents.exporter import MAX_CONCURRENT, MetricsExporter
+from agents.export.exporter import MAX_CONCURRENT, MetricsExporter
+from agents.export.metrics import MetricsCollector
 from agents.gpu.base import GpuInventory
-from agents.metrics import MetricsCollector
 from agents.protocol import GpuInfo, NodeState, Sample
 from tests.conftest import wait_for
 from tests.integration.sshd import free_port
@@ -145,7 +145,7 @@ def test_port_taken_does_not_raise_and_says_why(caplog: pytest.LogCaptureFixture
         holder.listen()
         port = holder.getsockname()[1]
         exp = MetricsExporter(ListenAddress("127.0.0.1", port), _collector())
-        with caplog.at_level("ERROR", logger="gpufleet.metrics"):
+        with caplog.at_level("ERROR", logger="gpufleet.agents.export.exporter"):
             exp.start()
             wait_for(lambda: "cannot listen on 127.0.0.1" in caplog.text, "the log line", 10)
         assert not exp.bound.is_set()

@@ -8,8 +8,8 @@ import pytest
 from agents.gpu.clocks import CLOCK_REASON_BITS
 from agents.protocol import CLOCK_REASONS, Event, NodeState, clock_reason_words
 from agents.sampler import derive_findings
-from console.fleet import AlertRules, FleetState
-from console.inventory import parse_inventory
+from console.model.fleet import AlertRules, FleetState
+from console.model.inventory import parse_inventory
 from tests.fakes.simnode import Node, feed
 
 FLEET = '[[group]]\nname = "train"\nnodes = "gpu[1-3]"\n'

@@ -16,9 +16,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from console.fleetlinks import CONNECTING_PER_JUMP, FleetLinks, snapshot
-from console.inventory import parse_inventory
-from console.link import CONNECTING_PER_HOST, LinkOptions, handshake_words, stop_links
+from console.model.inventory import parse_inventory
+from console.sources.ssh.fleetlinks import CONNECTING_PER_JUMP, FleetLinks, snapshot
+from console.sources.ssh.link import CONNECTING_PER_HOST, LinkOptions, handshake_words, stop_links
 from tests.conftest import until
 
 FLEET = """
@@ -178,7 +178,7 @@ async def test_stop_is_bounded_even_for_a_link_that_ignores_every_cancel(
     links.start()
     task = links._tasks[0]
     await until(lambda: links.links["n1"].tried, "the handshake to start")
-    with caplog.at_level(logging.WARNING, "gpufleet.console.link"):
+    with caplog.at_level(logging.WARNING, "gpufleet.console.sources.ssh.link"):
         async with asyncio.timeout(20):
             await stop_links(links.links.values(), [task], grace=0.1)
     assert not task.done()

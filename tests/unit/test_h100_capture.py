@@ -18,12 +18,12 @@ from typing import Final
 
 import pytest
 
+from agents.export.metrics import MetricsCollector, render
 from agents.gpu.base import GpuInventory
-from agents.metrics import MetricsCollector, render
 from agents.protocol import Hello, Inventory, NodeState, Sample, decode
-from console.fleet import FleetState
-from console.inventory import parse_inventory
-from console.rows import node_row
+from console.model.fleet import FleetState
+from console.model.inventory import parse_inventory
+from console.present.rows import node_row
 from tests.conftest import FIXTURES
 from tests.support.exposition import Series, parse
 

@@ -1,4 +1,4 @@
-"""When the console freezes its heap, and when it freezes it again (console.heap)."""
+"""When the console freezes its heap, and when it freezes it again (console.model.heap)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from console.fleet import FleetState
-from console.heap import REFREEZE_MIN_NODES, HeapFreezer
-from console.inventory import parse_inventory
+from console.model.fleet import FleetState
+from console.model.heap import REFREEZE_MIN_NODES, HeapFreezer
+from console.model.inventory import parse_inventory
 
 
 @dataclass

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from agents.protocol import GpuReading, Sample
-from console.history import History
+from console.model.history import History
 from tests.fakes.simnode import Node
 
 

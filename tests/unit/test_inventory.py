@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from console.inventory import (
+from console.model.inventory import (
     DEFAULT_SOCKET,
     InventoryError,
     find_inventory,
@@ -149,7 +149,7 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(home))
     user_file = home / ".config" / "gpufleet" / "fleet.toml"
     system_file = tmp_path / "etc-fleet.toml"
-    monkeypatch.setattr("console.inventory.SYSTEM_INVENTORY", system_file)
+    monkeypatch.setattr("console.model.inventory.SYSTEM_INVENTORY", system_file)
     with pytest.raises(InventoryError, match=r"no inventory: pass --inventory PATH"):
         find_inventory(None, {})
     system_file.write_text("")

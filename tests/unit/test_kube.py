@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agents.config import RestartSection
-from agents.kube import KubeScheduler
+from agents.schedulers.kube import KubeScheduler
 from tests.conftest import until
 from tests.fakes.opsnode import TRICKY, Node
 from tests.fakes.tools import calls, fake_kubectl, kube_node, recorder, refused

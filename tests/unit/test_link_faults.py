@@ -18,10 +18,11 @@ import asyncssh
 import pytest
 
 from agents.protocol import PROTOCOL_VERSION, Event, Hello, ProtocolError, encode
-from console import cli, link
-from console.fleetlinks import FleetLinks
-from console.inventory import parse_inventory
-from console.link import LinkFailure, LinkOptions, classify
+from console import cli
+from console.model.inventory import parse_inventory
+from console.sources.ssh import link
+from console.sources.ssh.fleetlinks import FleetLinks
+from console.sources.ssh.link import LinkFailure, LinkOptions, classify
 from tests.conftest import until
 
 NODE = parse_inventory('[[group]]\nname = "g"\nnodes = "n1"\n', "f").nodes
@@ -126,10 +127,13 @@ async def test_a_bug_in_frame_handling_is_a_fault_with_its_traceback_not_unreach
     text = await asyncio.to_thread(console_log.read_text)
     assert text.count("Traceback (most recent call last)") == 1, text
     assert "in frame_handling_with_a_bug" in text and "KeyError: 'gpu9'" in text
-    assert f"ERROR gpufleet.console.link: node=n1 {words} (reconnecting with backoff)" in text
+    assert (
+        f"ERROR gpufleet.console.sources.ssh.link: node=n1 {words} (reconnecting with backoff)"
+        in text
+    )
     assert "traceback as logged first for node=n1" in text, "a retry's fault not logged"
     assert "unreachable" not in text
-    assert "INFO gpufleet.console.link: node=n1 SSH connected to " in text
+    assert "INFO gpufleet.console.sources.ssh.link: node=n1 SSH connected to " in text
     assert "node=n1 SSH connected again to " in text
 
 
@@ -254,7 +258,7 @@ async def test_a_node_down_is_logged_at_info_once_and_then_at_debug(
         raise ConnectionRefusedError(111, "Connect call failed")
 
     monkeypatch.setattr(asyncssh, "connect", connect)
-    caplog.set_level(logging.DEBUG, "gpufleet.console.link")
+    caplog.set_level(logging.DEBUG, "gpufleet.console.sources.ssh.link")
     async with _links(tmp_path):
         await until(lambda: tries >= 4, "a few retries")
     said = [r for r in caplog.records if "unreachable: connection refused" in r.getMessage()]
@@ -276,7 +280,7 @@ async def test_a_refused_login_is_a_warning(
         raise asyncssh.PermissionDenied("Permission denied")
 
     monkeypatch.setattr(asyncssh, "connect", connect)
-    caplog.set_level(logging.DEBUG, "gpufleet.console.link")
+    caplog.set_level(logging.DEBUG, "gpufleet.console.sources.ssh.link")
     async with _links(tmp_path):
         await until(lambda: tries >= 3, "a few retries")
     said = [r for r in caplog.records if "auth_failed" in r.getMessage()]

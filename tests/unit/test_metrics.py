@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
+from agents.export.metrics import MetricsCollector, render
 from agents.gpu.base import GpuInventory
 from agents.gpu.clocks import encode_clock_reasons
 from agents.gpu.nvml import NvmlBackend
 from agents.gpu.sim import SimBackend
 from agents.host import HostSampler
-from agents.metrics import MetricsCollector, render
 from agents.protocol import (
     GPU_LABELS,
     METRIC_SPECS,

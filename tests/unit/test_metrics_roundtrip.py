@@ -1,7 +1,7 @@
 """Every field of the metric table, there and back: the agent's exporter renders a sample as
 ``/metrics`` text, a small PromQL evaluator answers each of the console's queries
-(``console.promview.QUERIES``) over that text as Prometheus would after one scrape, and the
-console's decoding (``nodes_from``) must give back the very values the agent held: in the
+(``console.sources.prometheus.view.QUERIES``) over that text as Prometheus would after one scrape,
+and the console's decoding (``nodes_from``) must give back the very values the agent held: in the
 field's own unit and type, a 0 as 0 and an absent value as absent.
 
 Both sides derive their conversions from ``agents.protocol.metrics.METRICS``; this is what
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.export.metrics import MetricsCollector, render
 from agents.gpu.base import GpuInventory
-from agents.metrics import MetricsCollector, render
 from agents.protocol import (
     MIB,
     Event,
@@ -33,8 +33,8 @@ from agents.protocol import (
     Sample,
 )
 from agents.protocol.metrics import LABEL_FIELDS, METRICS, STRUCTS, FieldRef, FieldStruct
-from console.prometheus import Vector
-from console.promview import QUERIES, PromNode, nodes_from
+from console.sources.prometheus.client import Vector
+from console.sources.prometheus.view import QUERIES, PromNode, nodes_from
 
 NOW: Final = 1_800_000_000.0
 SCRAPED: Final = NOW + 0.25  # Prometheus' clock when it scraped the page

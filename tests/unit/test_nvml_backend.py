@@ -254,7 +254,7 @@ def test_unexpected_nvml_error_is_none_and_logged_once(
 ) -> None:
     backend, fake = open_backend()
     fake.set_error(function, error)
-    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agents.gpu.nvml"):
         for _ in range(3):
             [r] = backend.read()
             assert getattr(r, field) is None
@@ -269,7 +269,7 @@ def test_missing_pynvml_function_is_none_and_logged_once(
 ) -> None:
     backend, fake = open_backend()
     fake.remove("nvmlDeviceGetPowerUsage")
-    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agents.gpu.nvml"):
         for _ in range(3):
             [r] = backend.read()
             assert r.power_mw is None
@@ -283,7 +283,7 @@ def test_unexpected_exception_reading_one_gpu_stays_in_that_gpu(
 ) -> None:
     backend, fake = open_backend(gpus=2)
     fake.set_value("nvmlDeviceGetPowerUsage", "not a number", gpu=0)
-    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agents.gpu.nvml"):
         for _ in range(3):
             odd, fine = backend.read()
             assert odd == GpuReading(index=0)
@@ -345,7 +345,7 @@ def test_temperature_and_clock_reasons_fall_back_in_an_older_pynvml(
     fake.remove("nvmlDeviceGetTemperatureV")
     fake.remove("nvmlDeviceGetCurrentClocksEventReasons")
     fake.set_value("nvmlDeviceGetCurrentClocksThrottleReasons", 4)
-    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agents.gpu.nvml"):
         backend = NvmlBackend(fake, clock=clock)
         try:
             [r] = backend.read()
@@ -453,7 +453,7 @@ def test_process_query_library_mismatch_is_none_and_logged_once(
     fake.set_error("nvmlDeviceGetComputeRunningProcesses", pynvml.NVMLError_FunctionNotFound)
     with pytest.raises(pynvml.NVMLLibraryMismatchError):
         fake.nvmlDeviceGetComputeRunningProcesses(fake.nvmlDeviceGetHandleByIndex(0))
-    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agents.gpu.nvml"):
         for _ in range(3):
             [r] = backend.read()
             assert r.processes is None
@@ -686,7 +686,7 @@ def test_one_failed_temperature_read_at_start_is_no_value_not_a_lost_gpu(
     temperature is n/a for that read, with one warning naming the GPU and the query."""
     fake = make(2)
     fake.set_error("nvmlDeviceGetTemperatureV", pynvml.NVMLError_Unknown, gpu=1)
-    with caplog.at_level(logging.INFO, logger="gpufleet.agent.nvml"):
+    with caplog.at_level(logging.INFO, logger="gpufleet.agents.gpu.nvml"):
         backend = NvmlBackend(fake, clock=clock)
         try:
             assert backend.inventory().gpus[1].uuid is not None
@@ -740,7 +740,7 @@ def test_a_failing_query_is_logged_once_per_gpu_and_again_after_it_recovers(
     open_backend: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend, fake = open_backend(gpus=2)
-    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agents.gpu.nvml"):
         fake.set_error("nvmlDeviceGetPowerUsage", pynvml.NVMLError_Unknown)
         for _ in range(3):
             assert [r.power_mw for r in backend.read()] == [None, None]
@@ -813,7 +813,7 @@ def test_device_refusing_events_is_skipped(
 ) -> None:
     backend, fake = open_backend(gpus=2)
     fake.set_error("nvmlDeviceRegisterEvents", pynvml.NVMLError_NotSupported, gpu=0)
-    with caplog.at_level(logging.WARNING, logger="gpufleet.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="gpufleet.agents.gpu.nvml"):
         backend.start_events()
     refusals = [r for r in caplog.records if "GPU 0" in r.getMessage()]
     assert len(refusals) == 1

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from agents.ops.store import StateStore
 from agents.protocol import NodeState
-from agents.store import StateStore
 from tests.fakes.opsnode import NOW, TRICKY, VIC, Node
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.opsstate import StateNotSaved, StateOwner
+from agents.ops.state import StateNotSaved, StateOwner
+from agents.ops.store import StateStore, StoreError
 from agents.protocol import NodeState
-from agents.scheduler import SchedView
-from agents.store import StateStore, StoreError
+from agents.schedulers.base import SchedView
 
 NOW = 1_800_000_000.0
 

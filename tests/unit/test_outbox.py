@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from agents.outbox import Outbox
+from agents.serve.outbox import Outbox
 
 DEADLINE = 5.0  # seconds a test waits for something that should happen at once
 

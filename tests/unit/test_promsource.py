@@ -5,8 +5,8 @@ source's rules (inventory decides, vanished series, a faulty server) on the real
 Prometheus 2.42 scraping three real agents (simulated GPUs, ``--seed 3``, ``[metrics]`` on)
 every second, gpu02 drained ("HBM errors", ``--timeout 0``), gpu01's GPU 1 given an XID 79
 (which loses it) and its GPU 0 overheated, and "stranger", which no inventory here names; every
-query of ``console.promview.QUERIES`` asked at one evaluation time. The same path runs against
-the live server in tests/integration/test_promsource.py.
+query of ``console.sources.prometheus.view.QUERIES`` asked at one evaluation time. The same path
+runs against the live server in tests/integration/test_promsource.py.
 """
 
 from __future__ import annotations
@@ -21,14 +21,21 @@ from typing import Any
 import pytest
 
 from agents.protocol import MIB
-from console import promsource, words
-from console.fleet import NodeView
-from console.inventory import parse_inventory
-from console.prometheus import QUERY_TIMEOUT_S, PromClient, PromError, Vector, decode_vector
-from console.promsource import FIRST_QUERY_TIMEOUT_S, NameIndex, PromSource
-from console.promview import HEAD_KEYS, QUERIES, nodes_from, nodes_of
-from console.rows import node_row
-from console.source import SSH, SourceError, SourceSpec, parse_source
+from console.model.fleet import NodeView
+from console.model.inventory import parse_inventory
+from console.present import words
+from console.present.rows import node_row
+from console.sources.prometheus import source as promsource
+from console.sources.prometheus.client import (
+    QUERY_TIMEOUT_S,
+    PromClient,
+    PromError,
+    Vector,
+    decode_vector,
+)
+from console.sources.prometheus.source import FIRST_QUERY_TIMEOUT_S, NameIndex, PromSource
+from console.sources.prometheus.view import HEAD_KEYS, QUERIES, nodes_from, nodes_of
+from console.sources.spec import SSH, SourceError, SourceSpec, parse_source
 from tests.conftest import until
 from tests.fakes.prometheus import ANSWERS, Recorded
 
@@ -427,7 +434,7 @@ async def test_a_fault_of_our_own_in_a_poll_is_the_sources_with_its_traceback_lo
         raise KeyError("Hostname")
 
     monkeypatch.setattr(promsource, "nodes_of", conversion_with_a_bug)
-    caplog.set_level(logging.DEBUG, "gpufleet.console.promsource")
+    caplog.set_level(logging.DEBUG, "gpufleet.console.sources.prometheus.source")
     for _ in range(2):
         clock.now += 2
         await src.poll()

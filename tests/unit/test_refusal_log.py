@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.identity import Peer
-from agents.server import RefusalLog
+from agents.serve.identity import Peer
+from agents.serve.server import RefusalLog
 
 NOBODY = Peer(pid=10, uid=65534, gid=65534, user="nobody", groups=())
 DAEMON = Peer(pid=11, uid=1, gid=1, user="daemon", groups=())

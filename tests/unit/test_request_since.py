@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agents.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, REQUEST_SPECS
-from console.delivery import knows
+from console.sources.delivery import knows
 
 
 def test_every_request_appeared_in_a_minor_of_this_major() -> None:

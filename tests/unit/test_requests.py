@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from agents.config import RolesSection
-from agents.identity import Peer, role_of
-from agents.opsstate import StateOwner
+from agents.ops.requests import Caller, RequestHandler
+from agents.ops.state import StateOwner
+from agents.ops.store import AuditLog
 from agents.protocol import AuditEntry, NodeState, Request, Response
-from agents.requests import Caller, RequestHandler
-from agents.store import AuditLog
+from agents.serve.identity import Peer, role_of
 
 NOW = 1_700_000_123.5
 VIEWER = Peer(pid=10, uid=2001, gid=2001, user="vic", groups=("vic", "users"))

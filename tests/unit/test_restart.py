@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agents.config import RestartSection
+from agents.ops.store import StateStore
 from agents.protocol import REQUEST_SPECS, NodeState
-from agents.store import StateStore
 from tests.conftest import until
 from tests.fakes.opsnode import TRICKY, VIC, Node
 from tests.fakes.tools import calls, recorder

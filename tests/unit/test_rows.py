@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from agents.protocol import NodeState
-from console.fleet import FleetState
-from console.inventory import parse_inventory
-from console.rows import (
+from console.model.fleet import FleetState
+from console.model.inventory import parse_inventory
+from console.model.selector import SelectorError
+from console.present.rows import (
     COLUMN,
     SORTABLE,
     Column,
@@ -19,7 +20,6 @@ from console.rows import (
     node_row,
     parse_filter,
 )
-from console.selector import SelectorError
 from tests.fakes.simnode import Node, feed
 
 FLEET = (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.sdnotify import Notifier
+from agents.serve.sdnotify import Notifier
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from agents.protocol import HostInfo, Inventory, NodeState
-from console.fleet import FleetState
-from console.inventory import parse_inventory
-from console.selector import SelectorError, parse_selector, select
+from console.model.fleet import FleetState
+from console.model.inventory import parse_inventory
+from console.model.selector import SelectorError, parse_selector, select
 
 FLEET = """
 [[group]]

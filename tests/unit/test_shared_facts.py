@@ -22,11 +22,11 @@ from agents.protocol import (
     slowdown_reasons,
 )
 from agents.sampler import derive_findings
-from console.actions import busy_without_processes
-from console.fleet import AlertRules, FleetState, NodeView
-from console.inventory import parse_inventory
-from console.promsource import PromSource
-from console.rows import fleet_totals, node_row
+from console.model.fleet import AlertRules, FleetState, NodeView
+from console.model.inventory import parse_inventory
+from console.ops.actions import busy_without_processes
+from console.present.rows import fleet_totals, node_row
+from console.sources.prometheus.source import PromSource
 from tests.conftest import REPO
 from tests.fakes.prometheus import ANSWERS, Recorded
 from tests.fakes.simnode import Node, QuietHost, feed

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from agents.commands import CommandFailed
-from agents.slurm import node_view
+from agents.ops.commands import CommandFailed
+from agents.schedulers.slurm import node_view
 
 
 def doc(state: Any, flags: list[str], partitions: list[str] | None = None) -> dict[str, Any]:

@@ -8,10 +8,10 @@ from typing import get_args
 import msgspec
 
 from agents.protocol import NodeState, Sample
-from console.fleet import FleetState, LinkState
-from console.inventory import parse_inventory
-from console.rows import COLUMN, summarize
-from console.status import (
+from console.model.fleet import FleetState, LinkState
+from console.model.inventory import parse_inventory
+from console.present.rows import COLUMN, summarize
+from console.present.status import (
     EXIT_ALL,
     EXIT_NONE,
     EXIT_SOME_MISSING,

@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from agents.ops.store import AuditLog, StateStore, StoreError, atomic_write
 from agents.protocol import AuditEntry, NodeState
-from agents.store import AuditLog, StateStore, StoreError, atomic_write
 
 DRAINED = NodeState(state="drained", pool="train", reason="xid 79", who="alice", since=1234.5)
 

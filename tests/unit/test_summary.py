@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from console.fleet import FleetState
-from console.inventory import parse_inventory
-from console.rows import summarize
-from console.status import node_doc, table
+from console.model.fleet import FleetState
+from console.model.inventory import parse_inventory
+from console.present.rows import summarize
+from console.present.status import node_doc, table
 from tests.fakes.simnode import Node, feed
 
 FLEET = '[[group]]\nname = "train"\nnodes = "gpu1"\n'

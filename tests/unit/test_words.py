@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from console.words import age, ago, aligned, na, plural
+from console.present.words import age, ago, aligned, na, plural
 
 
 @pytest.mark.parametrize(

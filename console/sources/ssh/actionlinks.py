@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from agents.protocol import Response
-from console.delivery import NotDelivered
-from console.fleet import DOWN_STATES, AlertRules, FleetState
-from console.inventory import NodeEntry
-from console.link import LinkOptions, NodeLink, one_shot, stop_links
+from console.model.fleet import DOWN_STATES, AlertRules, FleetState
+from console.model.inventory import NodeEntry
+from console.sources.delivery import NotDelivered
+from console.sources.ssh.link import LinkOptions, NodeLink, one_shot, stop_links
 
 #: Seconds a request waits for its node's link to come up before it is not delivered.
 CONNECT_WAIT_S: Final = 15.0

@@ -54,11 +54,11 @@ from agents.protocol import (
     read_hello,
 )
 from console import __version__
-from console.delivery import REQUEST_SINCE, AgentTooOld, NotDelivered, knows
-from console.fleet import FleetState, LinkState
-from console.inventory import NodeEntry
 from console.logs import ContextLog, InternalErrors, get_logger, internal_words
-from console.words import plural
+from console.model.fleet import FleetState, LinkState
+from console.model.inventory import NodeEntry
+from console.present.words import plural
+from console.sources.delivery import REQUEST_SINCE, AgentTooOld, NotDelivered, knows
 
 log = get_logger(__name__)
 
@@ -416,7 +416,7 @@ class NodeLink:
         self.drops = 0  # handshakes of the current try dropped before the server's banner
         self._now = monotonic
         self.sessions = 0  # sessions that reached the agent (for tests and the soak)
-        self.ended = 0  # ... and of those, the ones over (console.heap counts them)
+        self.ended = 0  # ... and of those, the ones over (console.model.heap counts them)
         self.via_attach = False  # the last session used `gpufleet-agent attach`
         self._identity = os.path.expanduser(entry.identity) if entry.identity else None
         self._known_hosts = Path(entry.known_hosts or options.known_hosts).expanduser()

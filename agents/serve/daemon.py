@@ -19,24 +19,24 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from agents.commands import CommandFailed
 from agents.config import AgentConfig
-from agents.exporter import MetricsExporter
+from agents.export.exporter import MetricsExporter
+from agents.export.metrics import MetricsCollector
 from agents.gpu.base import GpuBackend
 from agents.host import HostSampler, host_info
-from agents.kube import KubeScheduler
-from agents.metrics import MetricsCollector
-from agents.opsstate import StateNotSaved, StateOwner
+from agents.ops.commands import CommandFailed
+from agents.ops.requests import RequestHandler
+from agents.ops.state import StateNotSaved, StateOwner
+from agents.ops.store import AuditLog, StateStore, StoreError
 from agents.protocol import Event, HostInfo, Inventory, NodeState, Sample, at_work
-from agents.requests import RequestHandler
 from agents.sampler import Sampler, inventory_frame
-from agents.scheduler import NoScheduler, Scheduler
-from agents.sdnotify import Notifier
-from agents.server import AgentServer
-from agents.slurm import SlurmScheduler
-from agents.store import AuditLog, StateStore, StoreError
+from agents.schedulers.base import NoScheduler, Scheduler
+from agents.schedulers.kube import KubeScheduler
+from agents.schedulers.slurm import SlurmScheduler
+from agents.serve.sdnotify import Notifier
+from agents.serve.server import AgentServer
 
-log = logging.getLogger("gpufleet.agent")
+log = logging.getLogger(f"gpufleet.{__name__}")
 T = TypeVar("T")
 
 #: A tick that has not returned after this many intervals (at least this many seconds) is

@@ -1,6 +1,6 @@
 """Whether a request reached a node's agent: what any transport raises when it did not, and
 which requests an agent of a given protocol minor knows. Kept apart from the SSH link so that
-the verbs (``console.actions``) can handle both without loading SSH."""
+the verbs (``console.ops.actions``) can handle both without loading SSH."""
 
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ and the alerts work unchanged. What is particular to this source:
   its traceback logged once; the nodes age into ``fault``, not ``unreachable``, since nothing
   is known to be wrong with them, and the next poll comes on time, as after any failed poll.
 
-Actions never go through here: ``console.actionlinks`` opens SSH to the chosen nodes only.
+Actions never go through here: ``console.sources.ssh.actionlinks`` opens SSH to the chosen
+nodes only.
 """
 
 from __future__ import annotations
@@ -41,11 +42,18 @@ from typing import Final
 import msgspec
 
 from agents.protocol import Event, NodeState
-from console.fleet import FleetState, LinkState
-from console.inventory import NodeEntry
 from console.logs import ContextLog, InternalErrors, get_logger
-from console.prometheus import QUERY_TIMEOUT_S, PromClient, PromError, Querier, Vector
-from console.promview import (
+from console.model.fleet import FleetState, LinkState
+from console.model.inventory import NodeEntry
+from console.present.words import plural
+from console.sources.prometheus.client import (
+    QUERY_TIMEOUT_S,
+    PromClient,
+    PromError,
+    Querier,
+    Vector,
+)
+from console.sources.prometheus.view import (
     HEAD_KEYS,
     QUERIES,
     SLOW_EVERY,
@@ -57,8 +65,7 @@ from console.promview import (
     nodes_of,
     only,
 )
-from console.source import FeedStatus, SourceSpec, data_age
-from console.words import plural
+from console.sources.spec import FeedStatus, SourceSpec, data_age
 
 log = ContextLog(get_logger(__name__), source="prometheus")
 

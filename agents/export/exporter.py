@@ -23,9 +23,9 @@ from typing import Any, Final
 from prometheus_client.registry import CollectorRegistry
 
 from agents.config import ListenAddress
-from agents.metrics import MetricsCollector, render
+from agents.export.metrics import MetricsCollector, render
 
-log = logging.getLogger("gpufleet.metrics")
+log = logging.getLogger(f"gpufleet.{__name__}")
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MAX_CONCURRENT: Final = 4

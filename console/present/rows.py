@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
 
 from agents.protocol import GpuInfo, GpuReading, NodeState, Sample, computing
-from console.fleet import DOWN_STATES, Alert, FleetState, LinkState, NodeView, PoolSource
-from console.selector import Selector, SelectorError, check_pools, known_pools, parse_selector
-from console.words import age, na, plural
+from console.model.fleet import DOWN_STATES, Alert, FleetState, LinkState, NodeView, PoolSource
+from console.model.selector import Selector, SelectorError, check_pools, known_pools, parse_selector
+from console.present.words import age, na, plural
 
 #: A column's key (``COLUMNS`` declares them).
 Column = str

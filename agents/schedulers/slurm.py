@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import hostlist
 
-from agents.commands import CommandFailed, run_argv
+from agents.ops.commands import CommandFailed, run_argv
 from agents.protocol import NodeState, OpsState
-from agents.scheduler import SchedulerKind, SchedView
+from agents.schedulers.base import SchedulerKind, SchedView
 
 #: Reads of the node's partitions a move makes before giving up (see ``move``).
 MOVE_ATTEMPTS: Final = 12

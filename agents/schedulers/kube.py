@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agents.commands import CommandFailed, run_argv
+from agents.ops.commands import CommandFailed, run_argv
 from agents.protocol import NodeState, OpsState
-from agents.scheduler import SchedulerKind, SchedView
+from agents.schedulers.base import SchedulerKind, SchedView
 
-log = logging.getLogger("gpufleet.agent")
+log = logging.getLogger(f"gpufleet.{__name__}")
 
 #: ``kubectl drain --timeout`` when the request gives none.
 DEFAULT_DRAIN_TIMEOUT = 600.0

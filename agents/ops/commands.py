@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from agents.protocol import GpufleetError, RefusalCode, clip
 
-log = logging.getLogger("gpufleet.agent")
+log = logging.getLogger(f"gpufleet.{__name__}")
 
 #: How much of a tool's output is kept; an error message is a line or two.
 MAX_OUTPUT = 1 << 20

@@ -7,10 +7,10 @@ load balancer or one sshd serving many node names is one sshd for every node beh
 Requests go to a node's live session by name. Headless: the TUI drives the model's clock and
 refresh; this only keeps the links up.
 
-A fault of gpufleet's own code in a link (``console.link.classify``: ``fault``) shows on its
-node and, as the feed's fault, above the table, naming where the traceback is: one bug can
-strike every node, and the operator should see it is the console's, once, not a fleet of
-failing nodes. Its traceback is logged once for the fleet (``InternalErrors``, shared).
+A fault of gpufleet's own code in a link (``console.sources.ssh.link.classify``: ``fault``) shows on
+its node and, as the feed's fault, above the table, naming where the traceback is: one bug can
+strike every node, and the operator should see it is the console's, once, not a fleet of failing
+nodes. Its traceback is logged once for the fleet (``InternalErrors``, shared).
 """
 
 from __future__ import annotations
@@ -23,13 +23,19 @@ from types import TracebackType
 from typing import Any
 
 from agents.protocol import Response
-from console.fleet import DOWN_STATES, FleetState
-from console.inventory import NodeEntry
-from console.link import CONNECTING_AT_ONCE as CONNECTING_AT_ONCE
-from console.link import CONNECTING_PER_HOST, LinkOptions, NodeLink, one_shot, stop_links
 from console.logs import InternalErrors
-from console.source import SSH, FeedStatus, data_age
-from console.words import plural
+from console.model.fleet import DOWN_STATES, FleetState
+from console.model.inventory import NodeEntry
+from console.present.words import plural
+from console.sources.spec import SSH, FeedStatus, data_age
+from console.sources.ssh.link import CONNECTING_AT_ONCE as CONNECTING_AT_ONCE
+from console.sources.ssh.link import (
+    CONNECTING_PER_HOST,
+    LinkOptions,
+    NodeLink,
+    one_shot,
+    stop_links,
+)
 
 #: ... and through one jump host: its sshd's MaxStartups (10:30:100 by default) starts
 #: dropping unauthenticated connections past 10.

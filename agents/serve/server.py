@@ -27,8 +27,7 @@ from typing import Any
 
 from agents import __version__
 from agents.config import AgentConfig, socket_mode
-from agents.identity import Peer, peer_of, role_of
-from agents.outbox import Outbox
+from agents.ops.requests import Caller, RequestHandler
 from agents.protocol import (
     MAX_BAD_FRAMES,
     NO_HELLO,
@@ -50,9 +49,10 @@ from agents.protocol import (
     our_hello,
     read_hello,
 )
-from agents.requests import Caller, RequestHandler
+from agents.serve.identity import Peer, peer_of, role_of
+from agents.serve.outbox import Outbox
 
-log = logging.getLogger("gpufleet.agent")
+log = logging.getLogger(f"gpufleet.{__name__}")
 
 CLOSE_GRACE = 5.0  # seconds a closing client has to read its last frame
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between summaries of refused connections, per user

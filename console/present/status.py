@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from agents.protocol import clip
-from console.fleet import LinkState, NodeView
-from console.rows import COLUMN, NodeSummary, summarize
-from console.words import aligned, plural
+from console.model.fleet import LinkState, NodeView
+from console.present.rows import COLUMN, NodeSummary, summarize
+from console.present.words import aligned, plural
 
 EXIT_ALL: Final = 0
 EXIT_SOME_MISSING: Final = 1
@@ -95,7 +95,8 @@ def status_doc(views: Iterable[NodeView], now: float) -> list[dict[str, Any]]:
     return [node_doc(v, now) for v in views]
 
 
-#: The table's columns, left to right, as the screen declares them (``console.rows.COLUMNS``).
+#: The table's columns, left to right, as the screen declares them
+#: (``console.present.rows.COLUMNS``).
 TABLE_COLUMNS: Final = (
     "name", "pool", "link", "state", "gpus", "util", "temp", "power", "reason", "alerts",
 )  # fmt: skip

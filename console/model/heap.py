@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
-from console.fleet import FleetState
 from console.logs import get_logger
+from console.model.fleet import FleetState
 
 log = get_logger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from agents.commands import CommandFailed
+from agents.ops.commands import CommandFailed
 from agents.protocol import NodeState, OpsState
 
 SchedulerKind = Literal["none", "slurm", "kubernetes"]

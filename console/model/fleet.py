@@ -32,9 +32,9 @@ from agents.protocol import (
     slowdown_reasons,
     xid_message,
 )
-from console.history import History
-from console.inventory import NodeEntry
-from console.words import age
+from console.model.history import History
+from console.model.inventory import NodeEntry
+from console.present.words import age
 
 LinkState = Literal[
     "connecting",  # only until the first answer: a retry keeps the data, or the node down

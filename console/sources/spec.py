@@ -5,7 +5,7 @@ prometheus=URL``), for fleets too large for one console's SSH fan-out.
 Either way the same ``FleetState`` is fed, so the screen and ``status`` do not care which;
 they only ask the feed how it is doing (``FeedStatus``), to say which source they show and how
 old its data is. Actions do not go through a feed: they always go over SSH to the chosen
-nodes only (``console.actionlinks``). Headless: no Textual here.
+nodes only (``console.sources.ssh.actionlinks``). Headless: no Textual here.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agents.protocol import GpufleetError, clip
-from console.fleet import FleetState
-from console.words import age, ago
+from console.model.fleet import FleetState
+from console.present.words import age, ago
 
 SourceKind = Literal["ssh", "prometheus"]
 

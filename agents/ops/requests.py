@@ -20,10 +20,19 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from agents.commands import CommandFailed, run_argv
 from agents.config import RestartSection
-from agents.identity import Peer
-from agents.opsstate import Change, StateNotSaved, StateOwner
+from agents.ops.commands import CommandFailed, run_argv
+from agents.ops.restart import (
+    AGENT,
+    NODE,
+    allowed_targets,
+    gpu_index,
+    gpu_reset_argv,
+    reboot_argv,
+    unit_argv,
+)
+from agents.ops.state import Change, StateNotSaved, StateOwner
+from agents.ops.store import AuditLog, StoreError
 from agents.protocol import (
     REQUEST_SPECS,
     AuditArgs,
@@ -51,19 +60,10 @@ from agents.protocol import (
     decode_args,
     to_builtins,
 )
-from agents.restart import (
-    AGENT,
-    NODE,
-    allowed_targets,
-    gpu_index,
-    gpu_reset_argv,
-    reboot_argv,
-    unit_argv,
-)
-from agents.scheduler import NoScheduler, Scheduler, SchedView
-from agents.store import AuditLog, StoreError
+from agents.schedulers.base import NoScheduler, Scheduler, SchedView
+from agents.serve.identity import Peer
 
-log = logging.getLogger("gpufleet.agent")
+log = logging.getLogger(f"gpufleet.{__name__}")
 encode_json = msgspec.json.encode
 
 #: Who the audit log names for what the agent does on its own (resume after a reboot).

@@ -53,7 +53,7 @@ from agents.protocol import (
     xid_message,
 )
 from agents.protocol.metrics import METRICS, FieldRef, FieldStruct
-from console.prometheus import Vector
+from console.sources.prometheus.client import Vector
 
 #: Polls between two reads of one node's slow readings.
 SLOW_EVERY: Final = 6

@@ -24,8 +24,8 @@ from agents.protocol import (
     at_work,
     result_as,
 )
-from console.delivery import AgentTooOld, NotDelivered
-from console.fleet import DOWN_STATES, FleetState, NodeView
+from console.model.fleet import DOWN_STATES, FleetState, NodeView
+from console.sources.delivery import AgentTooOld, NotDelivered
 
 Verb = Literal["drain", "resume", "restart", "reassign"]
 

@@ -17,7 +17,7 @@ from typing import Final, get_args
 import hostlist
 
 from agents.protocol import GpufleetError, OpsState
-from console.fleet import LinkState, NodeView
+from console.model.fleet import LinkState, NodeView
 
 FILTER_KEYS: Final = ("pool", "state", "link")
 #: What ``state=`` and ``link=`` may name: a value outside these can match no node ever, so it

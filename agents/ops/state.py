@@ -20,9 +20,9 @@ from typing import Literal
 
 import msgspec
 
+from agents.ops.store import StateStore, StoreError
 from agents.protocol import GpufleetError, NodeState, OpsState
-from agents.scheduler import SchedView, follow
-from agents.store import StateStore, StoreError
+from agents.schedulers.base import SchedView, follow
 
 
 class StateNotSaved(GpufleetError):

@@ -1,5 +1,5 @@
 """``gpufleet drain | resume | restart | reassign``: the verbs for scripts, on the same path
-as the screen's (``console.actions`` over ``FleetLinks``).
+as the screen's (``console.ops.actions`` over ``FleetLinks``).
 
 In order: select candidates from the inventory (hosts), connect to them and to the rest of
 their inventory pools, apply the selector's pool/state/link/alert terms (a node's pool is its
@@ -37,7 +37,10 @@ from agents.protocol import (
     decode_args,
     result_as,
 )
-from console.actions import (
+from console.model.fleet import DOWN_STATES, FleetState, NodeView
+from console.model.inventory import Inventory
+from console.model.selector import parse_selector, select
+from console.ops.actions import (
     NodeResult,
     Verb,
     guard_warnings,
@@ -45,14 +48,11 @@ from console.actions import (
     request_args,
     run_action,
 )
-from console.delivery import AgentTooOld, NotDelivered, knows
-from console.fleet import DOWN_STATES, FleetState, NodeView
-from console.fleetlinks import FleetLinks
-from console.inventory import Inventory
-from console.link import LinkOptions, one_shot
-from console.selector import parse_selector, select
-from console.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING
-from console.words import plural
+from console.present.status import EXIT_ALL, EXIT_NONE, EXIT_SOME_MISSING
+from console.present.words import plural
+from console.sources.delivery import AgentTooOld, NotDelivered, knows
+from console.sources.ssh.fleetlinks import FleetLinks
+from console.sources.ssh.link import LinkOptions, one_shot
 
 #: The exit status of a verb interrupted by Ctrl-C (SIGINT), as a shell reports one.
 EXIT_INTERRUPTED: Final = 130

@@ -1,0 +1,1 @@
+"""The agent's ``/metrics`` endpoint and what it says."""

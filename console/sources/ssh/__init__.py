@@ -1,0 +1,2 @@
+"""One SSH link per node (asyncssh), carrying the agent's stream and the
+requests the console sends."""
