@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import shutil
 import signal
@@ -320,3 +321,18 @@ def tmux() -> Iterator[Tmux]:
     t = Tmux(system_tool("tmux"), f"gf-test-{os.getpid()}")
     yield t
     t.run("kill-server")
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The console's ``_log_to_file`` replaces the root logger's handlers: pytest's are put
+    back after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        handler.close()
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,6 @@ from click.testing import CliRunner
 
 from console import cli
 from tests.conftest import skip_or_fail
-
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """``_log_to_file`` replaces the root logger's handlers: put pytest's back after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        handler.close()
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 def test_the_log_rotates_and_keeps_a_bounded_number_of_files(

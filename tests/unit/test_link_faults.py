@@ -11,7 +11,6 @@ import errno
 import logging
 import random
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -29,21 +28,13 @@ NODE = parse_inventory('[[group]]\nname = "g"\nnodes = "n1"\n', "f").nodes
 
 
 @pytest.fixture
-def console_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def console_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root_logging: None) -> Path:
     """The per-user console log as the console sets it up (``_log_to_file``), under
-    ``tmp_path``; pytest's own handlers put back after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    ``tmp_path``; pytest's own handlers put back after (``root_logging``)."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     path = Path(cli._log_to_file())
     assert path == tmp_path / "state" / "gpufleet" / "console.log"
-    yield path
-    for handler in list(root.handlers):
-        handler.close()
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+    return path
 
 
 class _Stream:
