@@ -214,6 +214,22 @@ async def test_a_proxyjump_loop_through_ssh_config_is_said_not_followed(
     )
 
 
+@pytest.mark.parametrize("hostname", ["gpu01..lab", "x" * 64 + ".lab"])
+async def test_a_host_name_no_resolver_can_encode_is_unreachable_not_our_fault(
+    tmp_path: Path, hostname: str
+) -> None:
+    """An empty label or one over 63 characters: the resolver cannot even encode the name
+    (UnicodeError from the IDNA codec, a ValueError). That is the operator's inventory, said as
+    such: ``unreachable`` with what to fix, never ``fault`` (gpufleet's own bug)."""
+    group = f'[[group]]\nname = "g"\nnodes = "a"\nhostname = "{hostname}"\n'
+    nodes = parse_inventory(group, "f").nodes
+    options = LinkOptions(known_hosts=tmp_path / "kh", ssh_config=[])
+    fleet = await snapshot(nodes, options, wait=10)
+    view = fleet.nodes["a"]
+    assert view.link == "unreachable", view.link_reason
+    assert view.link_reason.startswith(f"cannot resolve {hostname}: not a valid host name")
+
+
 async def test_handshakes_to_one_sshd_are_bounded_whatever_the_node_names(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -277,10 +277,16 @@ def _same(policy: HostKeyPolicy) -> HostKeyPolicy:
     return policy
 
 
+def _host_port(where: str) -> tuple[str, str]:
+    """``host:port`` as its two parts ("" for no port); an IPv6 address is left whole."""
+    host, _, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "")
+    return host, port
+
+
 def handshake_words(exc: BaseException, where: str, waited: float) -> str:
     """Why a handshake failed, as an operator reads it (not ``[Errno 111] Connect call
     failed ('127.0.0.1', 1)``), and what to look at."""
-    host, _, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "")
+    host, port = _host_port(where)
     on_port = f" on port {port}" if port else ""
     if isinstance(exc, ConnectionRefusedError):
         return f"connection refused by {host}{on_port}: is sshd running there, on that port?"
@@ -627,6 +633,13 @@ class NodeLink:
             except RecursionError:
                 raise LinkFailure(
                     "unreachable", "ProxyJump loops through ssh_config: fix the ProxyJump lines"
+                ) from None
+            except UnicodeError:  # the resolver cannot even encode the name: the operator's
+                host, _ = _host_port(self.destination or e.hostname or e.name)
+                raise LinkFailure(
+                    "unreachable",
+                    f"cannot resolve {clip(host)}: not a valid host name (an empty label, or "
+                    "one over 63 characters): check it in the inventory or ssh_config",
                 ) from None
             except (OSError, asyncssh.DisconnectError) as exc:
                 self._check_stop()
