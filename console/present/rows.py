@@ -148,10 +148,6 @@ class NodeSummary:
         return HostSummary(h.cpu_percent, load, h.mem_used, h.mem_total)
 
 
-#: The screen's name for a node's summary: a row of the fleet table is one.
-NodeRow = NodeSummary
-
-
 def _gpu(r: GpuReading, info: GpuInfo | None) -> GpuSummary:
     return GpuSummary(
         index=r.index,
@@ -238,10 +234,6 @@ def summarize(view: NodeView, now: float) -> NodeSummary:
             tuple(inventory.gpus) if inventory else (),
         ),
     )
-
-
-#: The name the screen and its tests know the summary by.
-node_row = summarize
 
 
 # -- the columns --------------------------------------------------------------------------------
@@ -381,7 +373,7 @@ class Totals:
         ]
 
 
-def fleet_totals(rows: Iterable[NodeRow]) -> Totals:
+def fleet_totals(rows: Iterable[NodeSummary]) -> Totals:
     """The header's counts, from the rows (every node's, not only those a filter shows)."""
     rows = list(rows)
     return Totals(
@@ -442,7 +434,7 @@ def filter_note(shown: int, text: str) -> str:
     return f"showing {shown} ({text})" if shown else f"no node matches ({text})"
 
 
-def sort_rows(rows: list[NodeRow], column: Column, reverse: bool) -> list[NodeRow]:
+def sort_rows(rows: list[NodeSummary], column: Column, reverse: bool) -> list[NodeSummary]:
     """By ``column``, names breaking ties; unknown values last either way."""
     rows = sorted(rows, key=lambda r: r.key(column), reverse=reverse)
     if reverse:
@@ -456,17 +448,19 @@ class RowCache:
 
     def __init__(self, fleet: FleetState) -> None:
         self.fleet = fleet
-        self._rows: dict[str, NodeRow] = {}
+        self._rows: dict[str, NodeSummary] = {}
 
     def update(self, now: float, changed: Iterable[str] | None = None) -> None:
         """Recompute the rows of ``changed`` (every row when None)."""
         for name in self.fleet.nodes if changed is None else changed:
             self._rows[name] = summarize(self.fleet.nodes[name], now)
 
-    def all(self) -> list[NodeRow]:
+    def all(self) -> list[NodeSummary]:
         return list(self._rows.values())
 
-    def visible(self, row_filter: RowFilter | None, column: Column, reverse: bool) -> list[NodeRow]:
+    def visible(
+        self, row_filter: RowFilter | None, column: Column, reverse: bool
+    ) -> list[NodeSummary]:
         views: Iterable[NodeView] = self.fleet.nodes.values()
         if row_filter is not None:
             views = [v for v in views if row_filter.matches(v)]
@@ -482,7 +476,6 @@ __all__ = [
     "ColumnSpec",
     "GpuSummary",
     "HostSummary",
-    "NodeRow",
     "NodeSummary",
     "Readings",
     "RowCache",
@@ -492,7 +485,6 @@ __all__ = [
     "Totals",
     "filter_note",
     "fleet_totals",
-    "node_row",
     "parse_filter",
     "row_tone",
     "summarize",

@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from console.present.rows import COLUMNS, NodeRow
+from console.present.rows import COLUMNS, NodeSummary
 from console.tui.style import Tone, tone_style
 from console.tui.text_table import TableColumn, fit, layout
 
@@ -45,7 +45,7 @@ def fleet_columns(fits: dict[str, int]) -> list[TableColumn]:
 
 
 Cell = tuple[str, Tone]
-CellsOf = Callable[[NodeRow], list[Cell]]
+CellsOf = Callable[[NodeSummary], list[Cell]]
 
 
 class FleetTable(ScrollView, can_focus=True):
@@ -92,11 +92,11 @@ class FleetTable(ScrollView, can_focus=True):
         super().__init__(id=id)
         self.columns = list(columns)
         self._cells_of = cells
-        self.rows: list[NodeRow] = []
+        self.rows: list[NodeSummary] = []
         self.marked: set[str] = set()
         self.cursor_row = 0
         self._index: dict[str, int] = {}
-        self._cache: dict[tuple[NodeRow, bool, bool, int, int, int], Strip] = {}
+        self._cache: dict[tuple[NodeSummary, bool, bool, int, int, int], Strip] = {}
         self._width = 0  # the width laid out for, and each column's width there (or None)
         self._widths: list[int | None] = []
         self._tones: dict[tuple[Tone, str], Style] = {}
@@ -114,7 +114,7 @@ class FleetTable(ScrollView, can_focus=True):
     def current_node(self) -> str | None:
         return self.rows[self.cursor_row].name if self.rows else None
 
-    def set_rows(self, rows: list[NodeRow]) -> None:
+    def set_rows(self, rows: list[NodeSummary]) -> None:
         """New rows (sorted, filtered); the cursor stays on the node it was on, if shown.
         Only the lines on screen whose row changed are redrawn."""
         current = self.current_node()
@@ -196,7 +196,7 @@ class FleetTable(ScrollView, can_focus=True):
                 text.append(fit(c.label_in(w), w) + " ", style)
         return Strip(list(text.render(self.app.console))).extend_cell_length(self._width, style)
 
-    def _line(self, row: NodeRow, cursor: bool, marked: bool) -> Strip:
+    def _line(self, row: NodeSummary, cursor: bool, marked: bool) -> Strip:
         """Segments straight from the cells (no Rich layout: every cell has its width)."""
         base = self.get_component_rich_style("fleet-table--cursor") if cursor else Style()
         segments = [Segment("*" if marked else " ", base)]

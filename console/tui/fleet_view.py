@@ -19,7 +19,7 @@ from console.present.rows import (
     COLUMNS,
     SORTABLE,
     Column,
-    NodeRow,
+    NodeSummary,
     RowCache,
     RowFilter,
     SelectorError,
@@ -153,7 +153,7 @@ class FleetScreen(FleetView[None]):
         line.text = status.line()
         line.set_class(status.fault is not None, "fault")
 
-    def _cells(self, row: NodeRow) -> list[Cell]:
+    def _cells(self, row: NodeSummary) -> list[Cell]:
         """Each column's words and tone, as ``COLUMNS`` declares them; a node with no
         readings (down, connecting) shows none, not even "n/a": no old numbers as current."""
         blank = not (row.live_data or row.link == "stale")

@@ -26,7 +26,7 @@ from console.ops.actions import (
     why_no_restart_targets,
 )
 from console.ops.operate import outcome_code, result_lines
-from console.present.rows import node_row, parse_filter
+from console.present.rows import parse_filter, summarize
 from console.present.status import status_doc
 from console.sources.delivery import NotDelivered
 from tests.conftest import until
@@ -222,7 +222,7 @@ def test_a_reassigned_node_is_in_its_agents_pool_everywhere() -> None:
     assert (doc["pool"], doc["pool_source"], doc["inventory_pool"]) == ("train", "agent", "infer")
     chosen = select(f.nodes.values(), parse_selector("pool=train"))
     assert [v.name for v in chosen] == [*(f"gpu{i}" for i in range(1, 9)), "inf1"]
-    assert node_row(moved, 2.0).pool == "train"
+    assert summarize(moved, 2.0).pool == "train"
     assert parse_filter("pool=infer").matches(moved) is False
     # train: 9 nodes now, so three drained is a third; infer: 3 nodes, one is a third.
     [warning] = guard_warnings(f, ["gpu1", "gpu2", "inf1"], "drain")

@@ -23,7 +23,7 @@ from agents.gpu.base import GpuInventory
 from agents.protocol import Hello, Inventory, NodeState, Sample, decode
 from console.model.fleet import FleetState
 from console.model.inventory import parse_inventory
-from console.present.rows import node_row
+from console.present.rows import summarize
 from tests.conftest import FIXTURES
 from tests.support.exposition import Series, parse
 
@@ -80,7 +80,7 @@ def test_the_console_shows_the_busy_card_without_alarming_on_its_power_cap() -> 
         assert view.alerts == [], (s.seq, [a.kind for a in view.alerts])
     busiest = max(samples, key=lambda s: s.gpus[0].power_mw or 0)
     fleet.apply("vm", busiest, 100.0)
-    row = node_row(fleet.nodes["vm"], 100.1)
+    row = summarize(fleet.nodes["vm"], 100.1)
     assert (row.gpus, row.util_max, row.gpus_busy) == (1, busiest.gpus[0].util_gpu, 1)
     assert row.power_w is not None and 690 < row.power_w < 710
     assert len(fleet.nodes["vm"].history) == len(samples) + 1  # the sparklines hold them all

@@ -24,7 +24,7 @@ from agents.protocol import MIB
 from console.model.fleet import NodeView
 from console.model.inventory import parse_inventory
 from console.present import words
-from console.present.rows import node_row
+from console.present.rows import summarize
 from console.sources.prometheus import source as promsource
 from console.sources.prometheus.client import (
     QUERY_TIMEOUT_S,
@@ -259,7 +259,7 @@ async def test_the_first_poll_shows_every_node_before_the_static_and_slow_sets()
     }  # fmt: skip
     one = src.fleet.nodes["gpu01"]
     assert (one.link, src.fleet.nodes["gpu02"].link) == ("live", "live")
-    row = node_row(one, clock.now)
+    row = summarize(one, clock.now)
     assert row.mem_total is not None and row.temp is not None and row.power_w is not None
     assert {"xid", "gpu_lost", "temperature", "slowdown"} <= {a.kind for a in one.alerts}
     assert gpu0(one) == (None, None, None), "identities, limits, clocks: not read yet"

@@ -12,13 +12,13 @@ from console.present.rows import (
     COLUMN,
     SORTABLE,
     Column,
-    NodeRow,
+    NodeSummary,
     RowCache,
     RowFilter,
     filter_note,
     fleet_totals,
-    node_row,
     parse_filter,
+    summarize,
 )
 from tests.fakes.simnode import Node, feed
 
@@ -30,7 +30,7 @@ FLEET = (
 
 def visible_rows(
     fleet: FleetState, now: float, row_filter: RowFilter | None, column: Column, reverse: bool
-) -> list[NodeRow]:
+) -> list[NodeSummary]:
     cache = RowCache(fleet)
     cache.update(now)
     return cache.visible(row_filter, column, reverse)
@@ -55,7 +55,7 @@ def fleet() -> FleetState:
 
 def test_a_live_row_sums_its_gpus(fleet: FleetState) -> None:
     view = fleet.nodes["gpu1"]
-    row = node_row(view, 10.5)
+    row = summarize(view, 10.5)
     assert view.sample is not None
     gpus = view.sample.gpus
     assert (row.link_text, row.gpus, row.live_data) == ("live", 2, True)
@@ -66,13 +66,13 @@ def test_a_live_row_sums_its_gpus(fleet: FleetState) -> None:
 
 
 def test_drained_row_carries_reason_and_who_at_when(fleet: FleetState) -> None:
-    row = node_row(fleet.nodes["gpu3"], 10.5)
+    row = summarize(fleet.nodes["gpu3"], 10.5)
     assert row.state == "drained"
     assert row.state_detail == "bad HBM (alice@1970-01-01 00:00)"
 
 
 def test_a_down_node_shows_its_reason_and_no_numbers(fleet: FleetState) -> None:
-    row = node_row(fleet.nodes["inf1"], 10.5)
+    row = summarize(fleet.nodes["inf1"], 10.5)
     assert row.link_text == "unreachable: connection refused"
     assert (row.util, row.temp, row.power_w, row.live_data) == (None, None, None, False)
     assert row.critical
@@ -80,7 +80,7 @@ def test_a_down_node_shows_its_reason_and_no_numbers(fleet: FleetState) -> None:
 
 def test_stale_shows_its_age(fleet: FleetState) -> None:
     fleet.tick(20.0)
-    assert node_row(fleet.nodes["gpu1"], 20.0).link_text == "stale 10s"
+    assert summarize(fleet.nodes["gpu1"], 20.0).link_text == "stale 10s"
 
 
 def test_totals(fleet: FleetState) -> None:
@@ -147,7 +147,7 @@ def test_totals_add_up_when_a_gpu_is_lost(fleet: FleetState) -> None:
 def test_a_node_never_heard_of_has_gpus_unknown_not_0() -> None:
     f = FleetState(parse_inventory(FLEET, "f").nodes)
     f.set_link("inf1", "unreachable", "connection refused", 1.0)
-    row = node_row(f.nodes["inf1"], 1.0)
+    row = summarize(f.nodes["inf1"], 1.0)
     assert (row.gpus, row.util, row.power_w) == (None, None, None)
 
 

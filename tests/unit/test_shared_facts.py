@@ -25,7 +25,7 @@ from agents.sampler import derive_findings
 from console.model.fleet import AlertRules, FleetState, NodeView
 from console.model.inventory import parse_inventory
 from console.ops.actions import busy_without_processes
-from console.present.rows import fleet_totals, node_row
+from console.present.rows import fleet_totals, summarize
 from console.sources.prometheus.source import PromSource
 from tests.conftest import REPO
 from tests.fakes.prometheus import ANSWERS, Recorded
@@ -81,7 +81,7 @@ def test_the_totals_count_computing_gpus_as_busy() -> None:
             GpuReading(index=3, util_gpu=97, processes=JOB),
         ]
     )
-    row = node_row(fleet.nodes["gpu1"], 1.0)
+    row = summarize(fleet.nodes["gpu1"], 1.0)
     assert (row.gpus_busy, row.gpus_idle) == (2, 2)
     assert "4 GPUs: 2 busy, 2 idle;" in fleet_totals([row]).line()
 
