@@ -47,6 +47,7 @@ from agents.protocol.frames import (
     Request,
     Response,
     Sample,
+    Side,
     check_version,
     decode,
     encode,
@@ -56,7 +57,6 @@ from agents.protocol.frames import (
 from agents.protocol.handshake import (
     NO_HELLO,
     Greeting,
-    Side,
     fatal_error,
     is_mismatch,
     our_hello,

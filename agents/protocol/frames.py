@@ -37,12 +37,16 @@ class _Frame(msgspec.Struct, tag_field="t", kw_only=True, frozen=True):
     pass
 
 
+#: Who speaks: the agent, the console, or a tool (the agent's own commands, a test).
+Side = Literal["agent", "console", "tool"]
+
+
 class Hello(_Frame, tag="hello", kw_only=True, frozen=True):
     """First frame from each side. ``proto`` is "MAJOR.MINOR"."""
 
     proto: str
     software: str
-    peer: Literal["agent", "console", "tool"]
+    peer: Side
     node: str | None = None  # agent: its node name
     interval_s: float | None = None  # agent: sampling interval
     history: bool = True  # client: all the buffered samples first (False: the newest only)

@@ -11,7 +11,7 @@ ends with are decided here, once, and each side only moves the bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 from agents.protocol.errors import ProtocolError
 from agents.protocol.frames import (
@@ -20,6 +20,7 @@ from agents.protocol.frames import (
     Error,
     Frame,
     Hello,
+    Side,
     check_version,
     parse_version,
 )
@@ -27,8 +28,6 @@ from agents.protocol.frames import (
 #: ``Error.code`` / ``ProtocolError.code`` of a peer whose first frame was not its hello, or
 #: that said nothing in time.
 NO_HELLO: Final = "handshake"
-
-Side = Literal["agent", "console", "tool"]
 
 
 def our_hello(
